@@ -1,0 +1,74 @@
+"""Local training hyperparameters, read from a round's config with device defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+#: Config key Flower's FedProx strategy injects for the proximal term's weight.
+FLOWER_PROX_KEY = "proximal-mu"
+
+
+@dataclass
+class TrainConfig:
+    """Mini-batch SGD settings for one round of local training.
+
+    ``local_steps > 0`` runs that many mini-batch steps; otherwise ``local_epochs``
+    full passes over the local data. This dataclass is also the Hydra schema of the
+    ``client`` config group, so ``client.lr=abc`` fails type checking there.
+    """
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    local_epochs: int = 1
+    local_steps: int = 0
+    prox_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.local_epochs < 1 and self.local_steps < 1:
+            problems.append("one of local_epochs or local_steps must be >= 1")
+        if self.local_steps < 0:
+            problems.append(f"local_steps must be >= 0, got {self.local_steps}")
+        if self.prox_mu < 0:
+            problems.append(f"prox_mu must be >= 0, got {self.prox_mu}")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+
+    def updated_from(self, config: Mapping[str, object], prefix: str = "client.") -> TrainConfig:
+        """These defaults overridden by ``client.<field>`` keys of a round config.
+
+        Flower's ``proximal-mu`` (set by FedProx) sets ``prox_mu``.
+        """
+        changes: dict[str, object] = {}
+        for f in fields(self):
+            key = prefix + f.name
+            if key in config:
+                changes[f.name] = _coerce(key, config[key], type(getattr(self, f.name)))
+        if FLOWER_PROX_KEY in config:
+            changes["prox_mu"] = _coerce(FLOWER_PROX_KEY, config[FLOWER_PROX_KEY], float)
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_config(self, prefix: str = "client.") -> dict[str, int | float]:
+        """This config as flat round-config entries."""
+        return {prefix + f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(key: str, value: object, kind: type) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)

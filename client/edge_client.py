@@ -1,0 +1,108 @@
+"""EdgeClient: the device side of a round, from a Task proto to an Update proto.
+
+``handle(task)`` decodes the global model (checked against the device's own model),
+trains with mini-batch SGD, computes ``delta = local - global``, encodes it with the
+round's codec and returns it with metrics. It never raises for a bad task: the error
+goes back in ``Update.error`` so the server can log it and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from fedge.client.config import TrainConfig
+from fedge.client.model_io import load_arrays, model_arrays
+from fedge.client.training import train
+from fedge.protos import config as wire_config
+from fedge.protos.codecs import CodecSpec, decode_update, encode_update
+from fedge.protos.v1 import task_pb2, tensor_pb2
+from fedge.tasks.base import FederatedTask, Split, evaluate
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+EVALUATE = "evaluate"
+
+
+class EdgeClient:
+    """One device: its local data, its model, and the state it keeps across rounds.
+
+    Parameters
+    ----------
+    task:
+        The learning task (builds the model, defines the loss).
+    data:
+        The device's local examples.
+    node_id:
+        The device's id in the federation.
+    defaults:
+        Training settings used where a round's config does not set them.
+    seed:
+        Base seed; round ``r`` shuffles with ``(seed, node_id, r)``, so results do
+        not depend on which process or machine runs the client.
+    """
+
+    def __init__(
+        self,
+        task: FederatedTask,
+        data: Split,
+        node_id: int,
+        defaults: TrainConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.task = task
+        self.data = data
+        self.node_id = node_id
+        self.defaults = defaults or TrainConfig()
+        self.seed = seed
+        torch.manual_seed(seed)
+        self.model = task.build_model()
+        self._reference = model_arrays(self.model)
+
+    def handle(self, task: task_pb2.Task) -> task_pb2.Update:
+        """Run one task and answer it; failures are reported in ``Update.error``."""
+        try:
+            if task.kind == TRAIN:
+                return self._train(task)
+            if task.kind == EVALUATE:
+                return self._evaluate(task)
+            raise ValueError(f"unknown task kind {task.kind!r} (expected 'train' or 'evaluate')")
+        except Exception as exc:  # report, never crash the device loop
+            log.warning("node %d: task %s failed: %s", self.node_id, task.task_id, exc)
+            return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, error=f"{type(exc).__name__}: {exc}")
+
+    def _load_global(self, task: task_pb2.Task) -> dict[str, np.ndarray]:
+        weights = decode_update(task.model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
+        load_arrays(self.model, weights)
+        return weights
+
+    def _train(self, task: task_pb2.Task) -> task_pb2.Update:
+        start = time.perf_counter()
+        config = wire_config.from_wire(task.config)
+        cfg = self.defaults.updated_from(config)
+        spec = CodecSpec.from_config(config)
+        global_weights = self._load_global(task)
+        rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
+        torch.manual_seed(int(rng.integers(2**31)))
+        stats = train(self.model, self.task, self.data, cfg, rng)
+        local = model_arrays(self.model)
+        delta = {k: local[k] - global_weights[k] for k in local}
+        update = encode_update(delta, spec, tensor_pb2.UPDATE_KIND_DELTA, base_round=task.model.base_round)
+        metrics = {
+            "num-examples": float(stats.num_examples),
+            "train_loss": stats.mean_loss,
+            "local_steps": float(stats.steps),
+            "compute_s": stats.compute_s,
+            "handle_s": time.perf_counter() - start,
+        }
+        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)
+
+    def _evaluate(self, task: task_pb2.Task) -> task_pb2.Update:
+        self._load_global(task)
+        loss, accuracy = evaluate(self.model, self.task, self.data)
+        metrics = {"num-examples": float(len(self.data)), "loss": loss, "accuracy": accuracy}
+        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, metrics=metrics)

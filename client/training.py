@@ -1,0 +1,65 @@
+"""Local training: mini-batch SGD with momentum, weight decay and a FedProx term."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedge.client.config import TrainConfig
+from fedge.tasks.base import FederatedTask, Split
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one round of local training did."""
+
+    mean_loss: float  # mean training loss over the steps taken
+    num_examples: int  # size of the local training set
+    steps: int  # optimiser steps taken
+    compute_s: float  # wall-clock seconds spent training
+
+
+def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Index batches for one round: shuffled epochs, cut to ``local_steps`` if set."""
+    per_epoch = max(1, -(-num_examples // cfg.batch_size))
+    epochs = -(-cfg.local_steps // per_epoch) if cfg.local_steps > 0 else cfg.local_epochs
+    batches: list[np.ndarray] = []
+    for _ in range(epochs):
+        perm = rng.permutation(num_examples)
+        batches.extend(perm[i : i + cfg.batch_size] for i in range(0, num_examples, cfg.batch_size))
+    return batches[: cfg.local_steps] if cfg.local_steps > 0 else batches
+
+
+def train(
+    model: nn.Module,
+    task: FederatedTask,
+    data: Split,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> TrainStats:
+    """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights."""
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty local dataset")
+    start = time.perf_counter()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    total, steps = 0.0, 0
+    for batch in batch_order(len(data), cfg, rng):
+        index = torch.from_numpy(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss = task.loss(model(x_all[index]), y_all[index])
+        total += loss.item()
+        if anchor is not None:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            loss = loss + 0.5 * cfg.prox_mu * prox
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    return TrainStats(total / max(steps, 1), len(data), steps, time.perf_counter() - start)

@@ -1,0 +1,143 @@
+"""The codec contract, the codec spec carried in round config, and the registry.
+
+A codec is an encode/decode pair over one tensor (TensorFlow Federated's encoding
+stages are the model): ``encode(array) -> CompressedTensor`` and
+``decode(CompressedTensor) -> array``. Everything decode needs (codec id, shape,
+dtype, parameters) is inside the CompressedTensor, so a decoder needs only the bytes.
+Written by hand because no library encodes tensors to a wire-stable protobuf format.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from fedge.protos.codecs import dtypes
+from fedge.protos.codecs.errors import MalformedPayloadError, UnknownCodecError
+from fedge.protos.v1 import tensor_pb2 as pb
+
+#: Prefix of codec keys in a round's ConfigRecord / Task.config.
+CONFIG_PREFIX = "fedge.codec"
+
+ConfigScalar = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """Which codec to use and its parameters, e.g. ``CodecSpec("fp16")``.
+
+    Serialised into a round's config as ``fedge.codec = name`` and
+    ``fedge.codec.<param> = value``, so every client of a round encodes the same way.
+    """
+
+    name: str = "fp32"
+    params: Mapping[str, ConfigScalar] = field(default_factory=dict)
+
+    def to_config(self, prefix: str = CONFIG_PREFIX) -> dict[str, ConfigScalar]:
+        """Flat config entries for this spec."""
+        out: dict[str, ConfigScalar] = {prefix: self.name}
+        out.update({f"{prefix}.{k}": v for k, v in self.params.items()})
+        return out
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, object], prefix: str = CONFIG_PREFIX
+    ) -> CodecSpec:
+        """Read a spec back from flat config entries; fp32 when none is given."""
+        name = config.get(prefix, "fp32")
+        if not isinstance(name, str):
+            raise UnknownCodecError(f"config key {prefix!r} must be a codec name, got {name!r}")
+        start = prefix + "."
+        params = {
+            k[len(start) :]: v  # type: ignore[misc]
+            for k, v in config.items()
+            if k.startswith(start) and isinstance(v, (int, float, str, bool))
+        }
+        return cls(name, params)
+
+
+class Codec(ABC):
+    """Encodes one numpy tensor to a CompressedTensor and decodes it back."""
+
+    #: Wire id of this codec, written into ``CompressedTensor.codec``.
+    name: str = ""
+    #: True when ``decode(encode(x)) == x`` bit for bit.
+    lossless: bool = False
+
+    def encode(self, array: np.ndarray, name: str = "") -> pb.CompressedTensor:
+        """Encode ``array`` (any shape) into a CompressedTensor named ``name``."""
+        array = np.asarray(array)
+        msg = pb.CompressedTensor(
+            name=name, codec=self.name, shape=list(array.shape), dtype=dtypes.to_wire(array.dtype)
+        )
+        self._encode_into(array, msg)
+        return msg
+
+    def decode(self, msg: pb.CompressedTensor) -> np.ndarray:
+        """Decode a CompressedTensor written by this codec; raises ``CodecError``."""
+        if msg.codec != self.name:
+            raise UnknownCodecError(f"codec {self.name!r} cannot decode {msg.codec!r}")
+        if any(d < 0 for d in msg.shape):
+            raise MalformedPayloadError(f"tensor {msg.name!r}: negative dimension in {list(msg.shape)}")
+        return self._decode(msg, tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype))
+
+    @abstractmethod
+    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor) -> None:
+        """Fill ``msg.data`` / ``msg.params`` / ``msg.parts`` for ``array``."""
+
+    @abstractmethod
+    def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Rebuild the tensor of ``shape`` and ``dtype`` from ``msg``."""
+
+
+def expect_bytes(msg: pb.CompressedTensor, count: int, item_size: int) -> None:
+    """Raise ``MalformedPayloadError`` unless ``msg.data`` holds exactly ``count`` items."""
+    if len(msg.data) != count * item_size:
+        raise MalformedPayloadError(
+            f"tensor {msg.name!r} ({msg.codec}): payload is {len(msg.data)} bytes, "
+            f"shape {list(msg.shape)} needs {count * item_size}"
+        )
+
+
+def num_elements(shape: tuple[int, ...]) -> int:
+    """Number of elements of a tensor of ``shape``."""
+    return int(prod(shape))
+
+
+_REGISTRY: dict[str, Callable[..., Codec]] = {}
+
+
+def register(name: str) -> Callable[[type[Codec]], type[Codec]]:
+    """Class decorator: make a codec constructible by name from a :class:`CodecSpec`."""
+
+    def wrap(cls: type[Codec]) -> type[Codec]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Names of all registered codecs."""
+    return sorted(_REGISTRY)
+
+
+def make_codec(spec: CodecSpec | str) -> Codec:
+    """Build the codec a spec names; ``UnknownCodecError`` lists the known ones."""
+    if isinstance(spec, str):
+        spec = CodecSpec(spec)
+    try:
+        factory = _REGISTRY[spec.name]
+    except KeyError:
+        raise UnknownCodecError(
+            f"unknown codec {spec.name!r}; available: {', '.join(available())}"
+        ) from None
+    try:
+        return factory(**dict(spec.params))
+    except TypeError as exc:
+        raise UnknownCodecError(f"codec {spec.name!r}: bad parameters {dict(spec.params)}: {exc}") from None

@@ -1,0 +1,115 @@
+"""Whole-model encoding: a dict of named tensors <-> one ``CompressedUpdate``.
+
+:func:`decode_update` is the safe decoder: it checks the payload against the model it
+claims to update (tensor names, shapes, dtypes, finiteness, size) and raises a typed
+:class:`~fedge.protos.codecs.errors.CodecError` naming the first problem it finds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedge.protos.codecs import dtypes
+from fedge.protos.codecs.base import CodecSpec, make_codec
+from fedge.protos.codecs.errors import (
+    CodecError,
+    DTypeMismatchError,
+    MalformedPayloadError,
+    NonFiniteError,
+    OversizeError,
+    ShapeMismatchError,
+    UnknownCodecError,
+)
+from fedge.protos.v1 import tensor_pb2 as pb
+
+#: Codec for tensors that are not floating point (counters, masks): stored as they are.
+LOSSLESS_CODEC = "fp32"
+
+
+def encode_update(
+    arrays: Mapping[str, np.ndarray],
+    spec: CodecSpec | str,
+    kind: int = pb.UPDATE_KIND_DELTA,
+    base_round: int = 0,
+) -> pb.CompressedUpdate:
+    """Encode named tensors with ``spec``; non-float tensors go losslessly."""
+    codec = make_codec(spec)
+    raw = make_codec(LOSSLESS_CODEC)
+    out = pb.CompressedUpdate(kind=kind, base_round=base_round)
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        chosen = codec if np.issubdtype(array.dtype, np.floating) else raw
+        out.tensors.append(chosen.encode(array, name))
+    return out
+
+
+def parse_update(payload: bytes, max_bytes: int | None = None) -> pb.CompressedUpdate:
+    """Parse serialised ``CompressedUpdate`` bytes; typed errors for junk or oversize."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise OversizeError(f"update is {len(payload)} bytes, the limit is {max_bytes}")
+    msg = pb.CompressedUpdate()
+    try:
+        msg.ParseFromString(payload)
+    except Exception as exc:  # protobuf raises DecodeError, sometimes others
+        raise MalformedPayloadError(f"update bytes do not parse: {exc}") from None
+    return msg
+
+
+def decode_update(
+    update: pb.CompressedUpdate,
+    reference: Mapping[str, np.ndarray] | None = None,
+    *,
+    expected_kind: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Decode every tensor; with ``reference``, validate against that model.
+
+    Raises a :class:`CodecError` subclass when a codec is unknown, a payload is
+    malformed, the tensor names/shapes/dtypes differ from ``reference``, or a
+    value is NaN/Inf.
+    """
+    if expected_kind is not None and update.kind != expected_kind:
+        raise MalformedPayloadError(
+            f"update kind {pb.UpdateKind.Name(update.kind) if update.kind in pb.UpdateKind.values() else update.kind}"
+            f" where {pb.UpdateKind.Name(expected_kind)} was expected"
+        )
+    names = [t.name for t in update.tensors]
+    if len(set(names)) != len(names):
+        raise MalformedPayloadError("update names a tensor twice")
+    if reference is not None and set(names) != set(reference):
+        missing = sorted(set(reference) - set(names))
+        extra = sorted(set(names) - set(reference))
+        raise ShapeMismatchError(f"tensor names differ from the model: missing {missing}, unexpected {extra}")
+    decoded: dict[str, np.ndarray] = {}
+    for tensor in update.tensors:
+        if reference is not None:
+            _check_meta(tensor, reference[tensor.name])
+        try:
+            array = make_codec(tensor.codec).decode(tensor)
+        except UnknownCodecError:
+            raise UnknownCodecError(f"tensor {tensor.name!r}: unknown codec {tensor.codec!r}") from None
+        except CodecError:
+            raise
+        except (ValueError, TypeError, IndexError, OverflowError, MemoryError) as exc:
+            raise MalformedPayloadError(f"tensor {tensor.name!r} ({tensor.codec}): {exc}") from None
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise NonFiniteError(f"tensor {tensor.name!r} holds NaN or Inf")
+        decoded[tensor.name] = array
+    return decoded
+
+
+def _check_meta(tensor: pb.CompressedTensor, expected: np.ndarray) -> None:
+    shape = tuple(int(d) for d in tensor.shape)
+    if shape != tuple(expected.shape):
+        raise ShapeMismatchError(
+            f"tensor {tensor.name!r}: shape {list(shape)}, the model has {list(expected.shape)}"
+        )
+    dtype = dtypes.from_wire(tensor.dtype)
+    if dtype != expected.dtype:
+        raise DTypeMismatchError(f"tensor {tensor.name!r}: dtype {dtype}, the model has {expected.dtype}")
+
+
+def payload_bytes(update: pb.CompressedUpdate) -> int:
+    """Serialised size of an update in bytes (what crosses the wire)."""
+    return update.ByteSize()

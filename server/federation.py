@@ -1,0 +1,108 @@
+"""The round driver: a Flower strategy's ``start`` over a fedge Grid, with metrics.
+
+:func:`run_federation` calls ``strategy.start(grid=...)`` with a central evaluation
+callback that also closes each round's record (accuracy, loss, bytes up and down,
+wall seconds), so the per-round metrics come from one place for every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedge.server.evaluation import CentralEvaluator
+from fedge.server.grid import FedgeGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    """Metrics of one round; round 0 is the initial model (no traffic)."""
+
+    round: int
+    accuracy: float  # central test accuracy of the global model after the round, [0, 1]
+    loss: float  # central test loss
+    uplink_bytes: int  # serialised Update protos received this round
+    downlink_bytes: int  # serialised Task protos sent this round
+    wall_s: float  # seconds since the previous round ended
+    replies: int  # successful client replies
+    failures: int  # failed or lost clients
+    dropped: int = 0  # replies refused by the decoder
+    train_loss: float | None = None  # mean client training loss (aggregated)
+
+
+@dataclass
+class FederationResult:
+    """Everything a run produced."""
+
+    rounds: list[RoundRecord]
+    final_arrays: ArrayRecord
+    flower_result: Result = field(repr=False)
+
+    @property
+    def final(self) -> RoundRecord:
+        return self.rounds[-1]
+
+    def to_dict(self) -> dict:
+        return {"rounds": [asdict(r) for r in self.rounds]}
+
+
+def run_federation(
+    strategy: Strategy,
+    grid: FedgeGrid,
+    initial_arrays: ArrayRecord,
+    evaluator: CentralEvaluator,
+    num_rounds: int,
+    train_config: ConfigRecord | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    timeout_s: float = 3600.0,
+) -> FederationResult:
+    """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round."""
+    if num_rounds < 1:
+        raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    rounds: list[RoundRecord] = []
+    clock = [time.perf_counter()]
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        loss, accuracy = evaluator(arrays)
+        now = time.perf_counter()
+        traffic = grid.traffic.round(server_round)
+        dropped_log = getattr(strategy, "log", None)
+        dropped = len(dropped_log.dropped_in(server_round)) if dropped_log is not None else 0
+        record = RoundRecord(
+            round=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            uplink_bytes=traffic.uplink_bytes,
+            downlink_bytes=traffic.downlink_bytes,
+            wall_s=now - clock[0],
+            replies=traffic.replies - dropped,
+            failures=traffic.failures,
+            dropped=dropped,
+        )
+        clock[0] = now
+        rounds.append(record)
+        if on_round is not None:
+            on_round(record)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial_arrays,
+        num_rounds=num_rounds,
+        timeout=timeout_s,
+        train_config=train_config,
+        evaluate_fn=evaluate_fn,
+    )
+    for record in rounds:
+        metrics = result.train_metrics_clientapp.get(record.round)
+        if metrics is not None and "train_loss" in metrics:
+            record.train_loss = float(metrics["train_loss"])
+    final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)

@@ -1,0 +1,78 @@
+"""Translation between Flower Messages and fedge's wire protos (Task, Update).
+
+Every fedge Grid uses these two functions, so the in-process, gRPC and Ray backends
+put exactly the same bytes on their (real or simulated) wire.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+
+from fedge.protos import PROTOCOL_VERSION
+from fedge.protos import config as wire_config
+from fedge.protos import records
+from fedge.protos.codecs import encode_update
+from fedge.protos.v1 import task_pb2, tensor_pb2
+
+#: Config key in which Flower strategies announce the round.
+SERVER_ROUND_KEY = "server-round"
+
+
+def message_to_task(message: Message) -> task_pb2.Task:
+    """The Task proto a device receives for an instruction Message.
+
+    The model comes from the ``fedge.model`` record that CompressedStrategy wrote;
+    a message from an unwrapped strategy (one ArrayRecord) is sent losslessly.
+    """
+    content = message.content
+    task = task_pb2.Task(
+        task_id=message.metadata.message_id,
+        kind=message.metadata.message_type.split(".")[0],
+        server_round=_round_of(message),
+        node_id=message.metadata.dst_node_id,
+        protocol_version=PROTOCOL_VERSION,
+    )
+    if records.MODEL_RECORD in content.config_records:
+        task.model.ParseFromString(content.config_records[records.MODEL_RECORD][records.PAYLOAD])
+    elif len(content.array_records) == 1:
+        arrays = next(iter(content.array_records.values()))
+        task.model.CopyFrom(
+            encode_update(
+                {k: v.numpy() for k, v in arrays.items()}, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS
+            )
+        )
+    else:
+        raise ValueError("message carries no model: expected a fedge.model record or one ArrayRecord")
+    config = content.config_records.get(records.CONFIG_RECORD)
+    if config is not None:
+        wire_config.to_wire(dict(config), task.config)
+    return task
+
+
+def update_to_reply(update: task_pb2.Update, instruction: Message) -> Message:
+    """The reply Message a strategy receives for a device's Update."""
+    if update.error:
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, update.error), reply_to=instruction)
+    content = RecordDict({records.METRICS_RECORD: MetricRecord(dict(update.metrics))})
+    if update.HasField("update"):
+        content[records.UPDATE_RECORD] = ConfigRecord({records.PAYLOAD: update.update.SerializeToString()})
+    return Message(content, reply_to=instruction)
+
+
+def failure_reply(instruction: Message, reason: str) -> Message:
+    """An error reply for a task that never produced an Update (node lost, timeout)."""
+    return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=instruction)
+
+
+def _round_of(message: Message) -> int:
+    """The server round of a message: Flower strategies put it in the config record
+    (``server-round``); some set ``group_id`` to it instead."""
+    config = message.content.config_records.get(records.CONFIG_RECORD)
+    value = config.get(SERVER_ROUND_KEY) if config is not None else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(message.metadata.group_id)
+    except ValueError:
+        return 0

@@ -1,0 +1,1 @@
+"""fedge.simulations: one-machine federations (``fedge-sim``), partitioning, backends."""

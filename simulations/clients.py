@@ -1,0 +1,52 @@
+"""A picklable recipe for the simulated devices, built once per worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedge.client import EdgeClient, TrainConfig
+from fedge.tasks.base import FederatedTask, TaskData
+
+#: Node id of partition ``i`` is ``NODE_ID_BASE + i`` (Flower reserves small ids).
+NODE_ID_BASE = 1000
+
+
+def node_id_of(partition: int) -> int:
+    """The node id a simulation gives to the client holding ``partition``."""
+    return NODE_ID_BASE + partition
+
+
+@dataclass
+class ClientRecipe:
+    """How to build each simulated EdgeClient: task, partition indices, defaults.
+
+    Sent to worker processes (it pickles small: indices, not data); each process
+    loads the task's data once and builds its clients lazily, keeping them (and the
+    state they carry across rounds) for the whole run.
+    """
+
+    task: FederatedTask
+    partitions: Mapping[int, np.ndarray]  # node id -> indices into the training pool
+    defaults: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
+    _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_data"], state["_clients"] = None, {}
+        return state
+
+    def client(self, node_id: int) -> EdgeClient:
+        """The (cached) client of ``node_id``."""
+        if node_id not in self._clients:
+            if node_id not in self.partitions:
+                raise KeyError(f"no partition for node {node_id}")
+            if self._data is None:
+                self._data = self.task.load()
+            data = self._data.train.subset(self.partitions[node_id])
+            self._clients[node_id] = EdgeClient(self.task, data, node_id, self.defaults, self.seed)
+        return self._clients[node_id]

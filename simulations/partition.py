@@ -1,0 +1,33 @@
+"""Split a task's training pool across clients with flwr-datasets partitioners.
+
+flwr-datasets partitioners work on a Hugging Face ``Dataset``; fedge hands them a
+two-column table (``label``, ``idx``) built from the task's labels and reads back the
+example indices of each partition, so any partitioner (IID, Dirichlet, pathological,
+natural id, ...) works on any in-memory task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import Partitioner
+
+
+def partition_indices(
+    labels: np.ndarray, partitioner: Partitioner, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Example indices (int64 arrays) of each of the partitioner's partitions.
+
+    ``groups`` adds a ``group`` column (natural client ids) for natural-id partitioners.
+    """
+    columns: dict[str, np.ndarray] = {"label": np.asarray(labels), "idx": np.arange(len(labels))}
+    if groups is not None:
+        columns["group"] = np.asarray(groups)
+    partitioner.dataset = Dataset.from_dict(columns)
+    parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(partitioner.num_partitions)]
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ValueError(
+            f"partitions {empty} are empty: use fewer clients or a less skewed partition"
+        )
+    return parts

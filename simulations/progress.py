@@ -1,0 +1,69 @@
+"""What a person sees while a simulation runs: a rich progress bar and a summary table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedge.server.federation import RoundRecord
+
+MB = 1e6
+
+
+class RoundProgress:
+    """A progress bar over rounds showing the latest accuracy and uplink volume."""
+
+    def __init__(self, num_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self._uplink = 0
+        self._progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("up {task.fields[up]} MB"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task("rounds", total=num_rounds, acc="-", up="0.00")
+
+    def __enter__(self) -> RoundProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, record: RoundRecord) -> None:
+        """Advance by one round (round 0, the initial evaluation, only sets accuracy)."""
+        self._uplink += record.uplink_bytes
+        self._progress.update(
+            self._task,
+            advance=1 if record.round > 0 else 0,
+            acc=f"{record.accuracy:.4f}",
+            up=f"{self._uplink / MB:.2f}",
+        )
+
+
+def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
+    """Totals of a run: final and best accuracy, bytes each way, time."""
+    trained = [r for r in rounds if r.round > 0]
+    table = Table(title=title)
+    for column in ("rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"):
+        table.add_column(column, justify="right")
+    final = rounds[-1]
+    table.add_row(
+        str(len(trained)),
+        f"{final.accuracy:.4f}",
+        f"{max(r.accuracy for r in rounds):.4f}",
+        f"{sum(r.uplink_bytes for r in trained) / MB:.3f}",
+        f"{sum(r.downlink_bytes for r in trained) / MB:.3f}",
+        str(sum(r.failures + r.dropped for r in trained)),
+        f"{sum(r.wall_s for r in trained):.1f}",
+    )
+    return table

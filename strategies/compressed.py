@@ -1,0 +1,180 @@
+"""CompressedStrategy: any Flower Message-API strategy, with compressed traffic.
+
+The wrapper pattern of Flower's DP wrappers (``flwr/serverapp/strategy/dp_*.py``):
+it holds the user's strategy and
+
+* ``configure_train``/``configure_evaluate``: injects the uplink codec spec into the
+  round's ConfigRecord, remembers the global model, and replaces each message's
+  ArrayRecord by the encoded model (``fedge.model`` record, downlink codec);
+* ``aggregate_train``: decodes every reply's ``fedge.update`` against the global model
+  it was computed from (safe decoder: names, shapes, dtypes, finite values, size),
+  drops a bad reply with a logged reason, and hands the inner strategy replies of the
+  form it expects (one ArrayRecord ``global + delta``, one MetricRecord);
+* everything else delegates.
+
+So FedAvg, FedProx, FedAdam, Krum, ... aggregate dense arrays unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedge.protos import records
+from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
+from fedge.protos.v1 import tensor_pb2
+
+log = logging.getLogger(__name__)
+
+#: Default largest accepted update, in bytes (a fp32 model of 256M parameters).
+DEFAULT_MAX_UPDATE_BYTES = 1 << 30
+
+
+@dataclass
+class DroppedReply:
+    """A reply the wrapper refused, and why."""
+
+    server_round: int
+    node_id: int
+    reason: str
+
+
+@dataclass
+class CompressionLog:
+    """What the wrapper decoded and refused, round by round."""
+
+    dropped: list[DroppedReply] = field(default_factory=list)
+
+    def dropped_in(self, server_round: int) -> list[DroppedReply]:
+        return [d for d in self.dropped if d.server_round == server_round]
+
+
+class CompressedStrategy(Strategy):
+    """Wrap ``strategy`` so its traffic is compressed with fedge codecs.
+
+    Parameters
+    ----------
+    strategy:
+        Any Flower Message-API strategy (FedAvg, FedAdam, Krum, a DP wrapper, ...).
+    uplink:
+        Codec the devices encode their model deltas with.
+    downlink:
+        Codec the global model is broadcast with (``fp32`` = lossless).
+    max_update_bytes:
+        Replies larger than this are refused before parsing.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        uplink: CodecSpec | str = "fp32",
+        downlink: CodecSpec | str = "fp32",
+        max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
+    ) -> None:
+        self.strategy = strategy
+        self.uplink = CodecSpec(uplink) if isinstance(uplink, str) else uplink
+        self.downlink = CodecSpec(downlink) if isinstance(downlink, str) else downlink
+        self.max_update_bytes = max_update_bytes
+        self.log = CompressionLog()
+        self._global: dict[int, dict[str, np.ndarray]] = {}
+
+    # -- configure: encode the broadcast ------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config.update(self.uplink.to_config())
+        self._global = {server_round: {k: v.numpy() for k, v in arrays.items()}}
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._encode_models(server_round, messages)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        return self._encode_models(server_round, messages)
+
+    def _encode_models(self, server_round: int, messages: list[Message]) -> list[Message]:
+        encoded: dict[int, bytes] = {}  # one encoding per distinct ArrayRecord
+        for message in messages:
+            content = message.content
+            if len(content.array_records) != 1:
+                raise ValueError(
+                    f"{type(self.strategy).__name__} sent a message with "
+                    f"{len(content.array_records)} ArrayRecords; CompressedStrategy needs exactly one"
+                )
+            key, arrays = next(iter(content.array_records.items()))
+            if id(arrays) not in encoded:
+                model = encode_update(
+                    {k: v.numpy() for k, v in arrays.items()},
+                    self.downlink,
+                    tensor_pb2.UPDATE_KIND_WEIGHTS,
+                    base_round=server_round - 1,
+                )
+                encoded[id(arrays)] = model.SerializeToString()
+            new = RecordDict({k: v for k, v in content.items() if k != key})
+            new[records.MODEL_RECORD] = ConfigRecord({records.PAYLOAD: encoded[id(arrays)]})
+            message.content = new
+        return messages
+
+    # -- aggregate: decode and validate replies -------------------------------------
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        reference = self._global.get(server_round)
+        if reference is None:
+            raise RuntimeError(f"aggregate_train for round {server_round} before configure_train")
+        kept = [r for r in replies if r.has_error() or self._decode_reply(server_round, r, reference)]
+        return self.strategy.aggregate_train(server_round, kept)
+
+    def _decode_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> bool:
+        """Replace the reply's content by dense arrays; False (and logged) if refused."""
+        node = reply.metadata.src_node_id
+        try:
+            content = reply.content
+            if records.UPDATE_RECORD not in content.config_records:
+                raise CodecError("reply carries no fedge.update record")
+            payload = content.config_records[records.UPDATE_RECORD].get(records.PAYLOAD)
+            if not isinstance(payload, bytes):
+                raise CodecError("fedge.update record holds no payload bytes")
+            if len(content.metric_records) != 1:
+                raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
+            update = parse_update(payload, self.max_update_bytes)
+            if update.base_round != server_round - 1:
+                raise CodecError(f"update is relative to round {update.base_round}, expected {server_round - 1}")
+            delta = decode_update(update, reference, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
+        except CodecError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("round %d: dropped reply from node %d: %s", server_round, node, reason)
+            self.log.dropped.append(DroppedReply(server_round, node, reason))
+            return False
+        dense = ArrayRecord(
+            {name: Array(_apply_delta(reference[name], delta[name])) for name in reference}
+        )
+        metrics = next(iter(content.metric_records.values()))
+        reply.content = RecordDict({"arrays": dense, records.METRICS_RECORD: metrics})
+        return True
+
+    # -- delegation ---------------------------------------------------------------
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        log.debug("CompressedStrategy: uplink %s, downlink %s, wrapping:", self.uplink, self.downlink)
+        self.strategy.summary()
+
+    def __getattr__(self, name: str):
+        # Attributes the inner strategy defines (fraction_train, ...) read through.
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+
+def _apply_delta(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``base + delta`` in the base's dtype."""
+    return (base + delta).astype(base.dtype, copy=False)
