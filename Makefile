@@ -1,0 +1,34 @@
+# fedge: `make run` (default simulation) and `make test`; both create .venv if missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedge-installed
+
+.PHONY: install run test bench protos clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that lies on these machines; a bare `torch` would
+# pull several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedge-sim
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
+	$(BIN)/python -m bench.runner
+
+protos: $(STAMP)
+	$(BIN)/python -m fedge.protos.generate
+
+clean:
+	rm -rf outputs multirun .pytest_cache
