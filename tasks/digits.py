@@ -2,7 +2,8 @@
 
 Source: ``sklearn.datasets.load_digits`` (ships inside the scikit-learn wheel, BSD-3),
 1,797 grey images of 8x8 pixels (values 0..16), 10 classes, no writer ids. A seeded,
-stratified ``test_fraction`` is held out for central evaluation.
+stratified ``test_fraction`` is held out for central evaluation. Pixels are scaled to
+[0, 1] and standardised with the dataset's mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import numpy as np
 from torch import nn
 
 from fedge.tasks.base import FederatedTask, Split, TaskData
+
+
+#: Mean and standard deviation of all pixels after scaling to [0, 1].
+PIXEL_MEAN, PIXEL_STD = 0.3054, 0.3761
 
 
 class DigitsCNN(nn.Module):
@@ -54,7 +59,7 @@ class DigitsTask(FederatedTask):
         from sklearn.model_selection import train_test_split
 
         bunch = load_digits()
-        x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+        x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
         y = bunch.target.astype(np.int64)
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=self.test_fraction, random_state=self.seed, stratify=y
