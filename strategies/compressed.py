@@ -130,7 +130,10 @@ class CompressedStrategy(Strategy):
         if reference is None:
             raise RuntimeError(f"aggregate_train for round {server_round} before configure_train")
         kept = [r for r in replies if r.has_error() or self._decode_reply(server_round, r, reference)]
-        return self.strategy.aggregate_train(server_round, kept)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if arrays is not None:
+            arrays = _as_model_dtypes(arrays, reference)
+        return arrays, metrics
 
     def _decode_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> bool:
         """Replace the reply's content by dense arrays; False (and logged) if refused."""
@@ -173,6 +176,19 @@ class CompressedStrategy(Strategy):
         if name == "strategy":
             raise AttributeError(name)
         return getattr(self.strategy, name)
+
+
+def _as_model_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:
+    """The aggregate in the model's own dtypes.
+
+    Some Flower strategies (the FedOpt family) return float64 aggregates of float32
+    models; the global model keeps the dtype devices were built with.
+    """
+    if all(arrays[k].dtype == str(reference[k].dtype) for k in arrays.keys() if k in reference):
+        return arrays
+    return ArrayRecord(
+        {k: Array(v.numpy().astype(reference[k].dtype, copy=False)) if k in reference else v for k, v in arrays.items()}
+    )
 
 
 def _apply_delta(base: np.ndarray, delta: np.ndarray) -> np.ndarray:

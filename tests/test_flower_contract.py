@@ -1,0 +1,44 @@
+"""The Flower internals fedge relies on. When a Flower upgrade breaks one, this fails loudly."""
+
+import inspect
+
+import flwr
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedge.server.identity import ensure_task_identity
+
+
+def test_flower_version_is_the_tested_minor():
+    major, minor = (int(x) for x in flwr.__version__.split(".")[:2])
+    assert (major, minor) == (1, 41), f"fedge is tested with flwr 1.41.x, found {flwr.__version__}"
+
+
+def test_task_identity_is_where_fedge_sets_it():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    ensure_task_identity(7)
+    assert TaskIdentity.run_id == 7
+    from flwr.app import Message
+
+    msg = Message(RecordDict({"c": ConfigRecord()}), 1000, "train")
+    assert msg.metadata.run_id == 7
+
+
+def test_grid_abstract_methods_are_those_fedge_implements():
+    abstract = {name for name, member in inspect.getmembers(Grid) if getattr(member, "__isabstractmethod__", False)}
+    assert abstract == {"set_run", "run", "create_message", "get_node_ids", "push_messages", "pull_messages", "send_and_receive"}
+
+
+def test_strategy_start_signature():
+    from flwr.serverapp.strategy import Strategy
+
+    params = inspect.signature(Strategy.start).parameters
+    assert {"grid", "initial_arrays", "num_rounds", "timeout", "train_config", "evaluate_fn"} <= set(params)
+
+
+def test_arrayrecord_from_torch_state_dict():
+    import torch
+
+    record = ArrayRecord(torch.nn.Linear(2, 3).state_dict())
+    assert list(record.keys()) == ["weight", "bias"] and record["weight"].numpy().shape == (3, 2)
