@@ -83,21 +83,30 @@ class LocalGrid(FedgeGrid):
         jobs: list[list[int]] = [[] for _ in self._workers]
         for position, (node_id, _) in enumerate(tasks):
             jobs[self._worker_of[node_id]].append(position)
-        for (proc, conn), positions in zip(self._workers, jobs):
+        sent = [False] * len(self._workers)
+        for w, ((proc, conn), positions) in enumerate(zip(self._workers, jobs)):
             if positions:
-                conn.send([tasks[p] for p in positions])
+                try:
+                    conn.send([tasks[p] for p in positions])
+                    sent[w] = True
+                except (BrokenPipeError, OSError):
+                    self._log_dead(proc)
         answers: list[bytes | None] = [None] * len(tasks)
-        for (proc, conn), positions in zip(self._workers, jobs):
-            if not positions:
+        for w, ((proc, conn), positions) in enumerate(zip(self._workers, jobs)):
+            if not sent[w]:
                 continue
             try:
                 results = conn.recv()
             except (EOFError, OSError):
-                log.error("worker %s died (exit code %s); its clients count as failed", proc.name, proc.exitcode)
+                self._log_dead(proc)
                 continue
             for p, result in zip(positions, results):
                 answers[p] = result
         return answers
+
+    @staticmethod
+    def _log_dead(proc: mp.process.BaseProcess) -> None:
+        log.error("worker %s died (exit code %s); its clients count as failed", proc.name, proc.exitcode)
 
     def close(self) -> None:
         for proc, conn in self._workers:

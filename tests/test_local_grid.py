@@ -1,0 +1,86 @@
+"""LocalGrid: clients pinned to worker processes keep their state; dead workers fail softly."""
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+
+from fedge.client import EdgeClient, TrainConfig
+from fedge.server.wire import message_to_task
+from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.local_grid import LocalGrid
+from fedge.strategies import CompressedStrategy
+from fedge.tasks.digits import DigitsTask
+
+
+class CountingClient(EdgeClient):
+    """An EdgeClient that reports how many tasks this instance has handled."""
+
+    calls = 0
+
+    def handle(self, task):
+        self.calls += 1
+        update = super().handle(task)
+        update.metrics["calls"] = float(self.calls)
+        return update
+
+
+class CountingRecipe(ClientRecipe):
+    def client(self, node_id):
+        if node_id not in self._clients:
+            if self._data is None:
+                self._data = self.task.load()
+            data = self._data.train.subset(self.partitions[node_id])
+            self._clients[node_id] = CountingClient(self.task, data, node_id, self.defaults, self.seed)
+        return self._clients[node_id]
+
+
+def recipe(cls=ClientRecipe, clients=4):
+    task = DigitsTask()
+    parts = np.array_split(np.arange(200), clients)
+    return cls(task, {node_id_of(i): p for i, p in enumerate(parts)}, TrainConfig(local_steps=1))
+
+
+def train_messages(grid, strategy, server_round):
+    initial = ArrayRecord(DigitsTask().build_model().state_dict())
+    return list(strategy.configure_train(server_round, initial, ConfigRecord(), grid))
+
+
+def test_client_state_persists_across_rounds_in_its_worker():
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+    with LocalGrid(recipe(CountingRecipe), num_workers=2) as grid:
+        for server_round in (1, 2, 3):
+            replies = grid.send_and_receive(train_messages(grid, strategy, server_round))
+            calls = [r.content["metrics"]["calls"] for r in replies]
+            assert calls == [float(server_round)] * 4
+
+
+def test_replies_come_back_in_request_order():
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+    with LocalGrid(recipe(), num_workers=2) as grid:
+        messages = train_messages(grid, strategy, 1)
+        replies = grid.send_and_receive(messages)
+        assert [r.metadata.src_node_id for r in replies] == [m.metadata.dst_node_id for m in messages]
+        assert [r.metadata.reply_to_message_id for r in replies] == [m.metadata.message_id for m in messages]
+
+
+def test_dead_worker_fails_its_clients_not_the_round():
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+    with LocalGrid(recipe(), num_workers=2) as grid:
+        proc, _ = grid._workers[0]
+        proc.kill()
+        proc.join()
+        replies = grid.send_and_receive(train_messages(grid, strategy, 1))
+        failed = [r for r in replies if r.has_error()]
+        assert len(replies) == 4 and len(failed) == 2
+        assert all("did not answer" in r.error.reason for r in failed)
+        round_traffic = grid.traffic.round(1)
+        assert (round_traffic.replies, round_traffic.failures) == (2, 2)
+
+
+def test_task_bytes_are_what_the_grid_counts():
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+    with LocalGrid(recipe()) as grid:
+        messages = train_messages(grid, strategy, 1)
+        grid.send_and_receive(messages)  # assigns the message ids the tasks carry
+        expected = sum(len(message_to_task(m).SerializeToString()) for m in messages)
+        assert grid.traffic.round(1).downlink_bytes == expected
