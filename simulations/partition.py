@@ -24,7 +24,16 @@ def partition_indices(
     if groups is not None:
         columns["group"] = np.asarray(groups)
     partitioner.dataset = Dataset.from_dict(columns)
-    parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(partitioner.num_partitions)]
+    try:
+        parts = [
+            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+            for i in range(partitioner.num_partitions)
+        ]
+    except (ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{type(partitioner).__name__} cannot split {len(labels)} examples into "
+            f"{partitioner.num_partitions} partitions ({exc}); partitions would be empty"
+        ) from None
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ValueError(
