@@ -35,6 +35,7 @@ class RoundRecord:
     failures: int  # failed or lost clients
     dropped: int = 0  # replies refused by the decoder
     train_loss: float | None = None  # mean client training loss (aggregated)
+    federated_accuracy: float | None = None  # clients' evaluation on their own data, if run
 
 
 @dataclass
@@ -104,5 +105,8 @@ def run_federation(
         metrics = result.train_metrics_clientapp.get(record.round)
         if metrics is not None and "train_loss" in metrics:
             record.train_loss = float(metrics["train_loss"])
+        evaluated = result.evaluate_metrics_clientapp.get(record.round)
+        if evaluated is not None and "accuracy" in evaluated:
+            record.federated_accuracy = float(evaluated["accuracy"])
     final_arrays = result.arrays if result.arrays is not None else initial_arrays
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)

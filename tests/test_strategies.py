@@ -41,3 +41,11 @@ def test_inner_strategy_settings_come_from_config(make_cfg):
 
     inner = instantiate(make_cfg(["strategy=fedadam", "strategy.eta=0.2"]).strategy)
     assert type(inner).__name__ == "FedAdam" and inner.eta == 0.2
+
+
+def test_federated_evaluation_reaches_clients(make_cfg):
+    cfg = make_cfg(["rounds=2", "strategy.fraction_evaluate=1.0", "strategy.min_evaluate_nodes=2", *FAST])
+    rounds = run_experiment(cfg).result.rounds
+    assert rounds[0].federated_accuracy is None
+    assert all(0.0 <= r.federated_accuracy <= 1.0 for r in rounds[1:])
+    assert all(r.train_loss is not None for r in rounds[1:])
