@@ -39,7 +39,7 @@ from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "grpc")
 
 
 class ConfigError(ValueError):
@@ -112,7 +112,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     train_config = ConfigRecord(train_cfg.to_config())
 
     console = console or Console()
-    with LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker) as grid:
+    if cfg.backend.name == "grpc":  # real gRPC: fedge-client processes on loopback
+        from fedge.simulations.grpc_backend import grpc_grid
+
+        grid = grpc_grid(cfg, recipe)
+    else:
+        grid = LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker)
+    with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
     weights = {k: v.numpy() for k, v in result.final_arrays.items()}
@@ -126,6 +132,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "final": asdict(result.final),
             "rounds": [asdict(r) for r in result.rounds],
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
+            **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)
