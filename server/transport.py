@@ -318,6 +318,7 @@ class FederationServer:
         return self
 
     def stop(self, grace_s: float = 2.0) -> None:
+        """Stop serving. Devices are not told the federation is over (``board.finish``
+        does that): to them this looks like a crash, and they reconnect."""
         self.health.enter_graceful_shutdown()
-        self.board.finish()
         self._server.stop(grace_s).wait()
