@@ -117,14 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_one_round(venv: Path, work: Path) -> dict:
     """The fresh venv's fedge-client against a server in this process, one round, mTLS."""
-    from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.serverapp.strategy import FedAvg
-
     from fedge.server.certs import CertDir, create_federation, issue_devices
     from fedge.server.config import ServerConfig
-    from fedge.server.grpc_grid import GrpcGrid
+    from fedge.server.probe import probe_device
     from fedge.server.transport import FederationServer, ServerCredentials
-    from fedge.strategies import CompressedStrategy
     from fedge.tasks.digits import DigitsTask
 
     certs = CertDir(work / "certs")
@@ -141,24 +137,18 @@ def run_one_round(venv: Path, work: Path) -> dict:
     ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": ""})
     try:
-        grid = GrpcGrid(server)
-        grid.wait_for_nodes(1, timeout_s=120)
-        strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1))
-        messages = list(strategy.configure_train(1, ArrayRecord(task.build_model().state_dict()), ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages)
-        grid.close()
+        probe = probe_device(server, task, join_timeout_s=120)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
         server.stop()
-    reply = replies[0]
     return {
         "exit": proc.returncode,
-        "ok": not reply.has_error(),
-        "num_examples": None if reply.has_error() else reply.content["metrics"]["num-examples"],
-        "uplink_grpc_bytes": grid.wire[1].uplink_grpc_bytes,
-        "downlink_grpc_bytes": grid.wire[1].downlink_grpc_bytes,
+        "ok": probe.ok,
+        "num_examples": probe.reply.content["metrics"]["num-examples"] if probe.ok else None,
+        "uplink_grpc_bytes": probe.wire.uplink_grpc_bytes,
+        "downlink_grpc_bytes": probe.wire.downlink_grpc_bytes,
         "client_output_tail": out[-500:],
     }
 

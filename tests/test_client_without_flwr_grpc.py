@@ -19,8 +19,7 @@ import numpy as np
 from grpc_helpers import make_certs, start_server
 from packaging.requirements import Requirement
 
-from fedge.server.grpc_grid import GrpcGrid
-from fedge.strategies import CompressedStrategy
+from fedge.server.probe import probe_device
 from fedge.tasks.digits import DigitsTask
 from test_client_without_flwr import BLOCK_FLWR
 
@@ -82,18 +81,10 @@ def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        grid = GrpcGrid(server)
-        grid.wait_for_nodes(1, timeout_s=60)
-        from flwr.app import ArrayRecord, ConfigRecord
-        from flwr.serverapp.strategy import FedAvg
-
-        strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1))
-        messages = list(strategy.configure_train(1, ArrayRecord(task.build_model().state_dict()), ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages)
-        assert not replies[0].has_error(), replies[0].error.reason
-        assert replies[0].content["metrics"]["num-examples"] == 150.0
-        grid.close()  # the federation is finished: the device leaves and exits
-        out, err = proc.communicate(timeout=60)
+        probe = probe_device(server, task)
+        assert probe.ok, probe.reply.error.reason
+        assert probe.reply.content["metrics"]["num-examples"] == 150.0
+        out, err = proc.communicate(timeout=60)  # the federation is over: the device leaves and exits
     finally:
         if proc.poll() is None:
             proc.kill()
