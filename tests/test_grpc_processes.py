@@ -169,3 +169,29 @@ def test_server_killed_after_round_two_resumes_and_devices_reconnect(tmp_path):
     assert results["final"]["accuracy"] > 0.8
     client_log = (tmp_path / "1000.log").read_text()
     assert "connection lost" in client_log and client_log.count("joined 127.0.0.1") >= 2
+
+
+def test_fedge_client_exits_cleanly_on_sigterm(tmp_path):
+    from grpc_helpers import make_certs, start_server
+
+    certs = make_certs(tmp_path / "certs")
+    shard = DigitsTask().load().train.subset(np.arange(50))
+    np.savez(tmp_path / "d.npz", x=shard.x, y=shard.y)
+    server = start_server(certs, pull_wait_s=60.0)
+    proc = subprocess.Popen([
+        str(BIN / "fedge-client"), "--server", server.address, "--task", "digits", "--data", str(tmp_path / "d.npz"),
+        "--ca", str(certs.ca), "--cert", str(certs.device("1000")), "--key", str(certs.device_key("1000")),
+        "--pull-wait", "60",
+    ], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: server.registry.live_node_ids() == [1000], 60, "the device to join")
+        time.sleep(0.5)  # now in its 60 s long poll
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, proc.stdout.read()
+        assert time.monotonic() - start < 10  # the long poll was cut short
+        assert server.registry.live_node_ids() == [] and server.registry.knows(1000)  # it said Leave
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
