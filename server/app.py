@@ -72,6 +72,11 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.max_workers < 2 * cfg.num_clients:
+        log.warning(
+            "server.max_workers=%d is below 2 x num_clients (%d): devices waiting in a long poll "
+            "hold a thread each, so heartbeats may be refused", settings.max_workers, 2 * cfg.num_clients,
+        )
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

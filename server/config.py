@@ -28,7 +28,7 @@ class ServerConfig:
     join_timeout_s: float = 600.0  # longest wait for num_clients devices before a round
     pull_wait_s: float = 30.0  # longest a PullTask long poll is held open
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # data bytes per gRPC message of a transfer
-    max_workers: int = 64  # gRPC server threads (a device in a long poll holds one)
+    max_workers: int = 64  # gRPC server threads: >= 2 per device (a long poll holds one; heartbeats, pushes)
     checkpoint_dir: str = "checkpoint"  # fedge-server: atomic checkpoint after every round
     resume: bool = False  # fedge-server: continue from checkpoint_dir
 

@@ -59,6 +59,7 @@ class GrpcSimulation(GrpcGrid):
         threads: int = 1,
     ) -> None:
         settings.address = "127.0.0.1:0"
+        settings.max_workers = max(settings.max_workers, 2 * len(recipe.partitions) + 4)
         self.work_dir = Path(tempfile.mkdtemp(prefix="fedge-grpc-"))
         node_ids = sorted(recipe.partitions)
         certs = CertDir(self.work_dir / "certs")
