@@ -9,8 +9,9 @@ Written by hand because no library encodes tensors to a wire-stable protobuf for
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from math import prod
 
@@ -68,14 +69,24 @@ class Codec(ABC):
     #: True when ``decode(encode(x)) == x`` bit for bit.
     lossless: bool = False
 
-    def encode(self, array: np.ndarray, name: str = "") -> pb.CompressedTensor:
-        """Encode ``array`` (any shape) into a CompressedTensor named ``name``."""
+    def encode(
+        self, array: np.ndarray, name: str = "", state: MutableMapping[str, object] | None = None
+    ) -> pb.CompressedTensor:
+        """Encode ``array`` (any shape) into a CompressedTensor named ``name``.
+
+        ``state`` is the encoder's per-tensor memory across rounds (e.g. PowerSGD's
+        warm-start factors); stateless codecs ignore it. Decoding never needs it.
+        """
         array = np.asarray(array)
         msg = pb.CompressedTensor(
             name=name, codec=self.name, shape=list(array.shape), dtype=dtypes.to_wire(array.dtype)
         )
-        self._encode_into(array, msg)
+        self._encode_into(array, msg, state)
         return msg
+
+    def supports(self, array: np.ndarray) -> bool:
+        """Whether this codec can encode ``array`` (else the update's fallback codec does)."""
+        return True
 
     def decode(self, msg: pb.CompressedTensor) -> np.ndarray:
         """Decode a CompressedTensor written by this codec; raises ``CodecError``."""
@@ -86,7 +97,9 @@ class Codec(ABC):
         return self._decode(msg, tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype))
 
     @abstractmethod
-    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor) -> None:
+    def _encode_into(
+        self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping[str, object] | None
+    ) -> None:
         """Fill ``msg.data`` / ``msg.params`` / ``msg.parts`` for ``array``."""
 
     @abstractmethod
@@ -127,17 +140,31 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Shorthand names: ``q8`` = 8-bit uniform, ``q4s`` = 4-bit stochastic uniform.
+_UNIFORM_ALIAS = re.compile(r"^q([1-8])(s?)$")
+
+
+def resolve_alias(spec: CodecSpec) -> CodecSpec:
+    """Expand a shorthand codec name (``q8``, ``q4s``) into its full spec."""
+    match = _UNIFORM_ALIAS.match(spec.name)
+    if match is None:
+        return spec
+    params = {"bits": int(match.group(1)), "stochastic": bool(match.group(2)), **spec.params}
+    return CodecSpec("uniform", params)
+
+
 def make_codec(spec: CodecSpec | str) -> Codec:
     """Build the codec a spec names; ``UnknownCodecError`` lists the known ones."""
     if isinstance(spec, str):
         spec = CodecSpec(spec)
+    spec = resolve_alias(spec)
     try:
         factory = _REGISTRY[spec.name]
     except KeyError:
         raise UnknownCodecError(
-            f"unknown codec {spec.name!r}; available: {', '.join(available())}"
+            f"unknown codec {spec.name!r}; available: {', '.join(available())}, q1..q8[s]"
         ) from None
     try:
         return factory(**dict(spec.params))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UnknownCodecError(f"codec {spec.name!r}: bad parameters {dict(spec.params)}: {exc}") from None

@@ -18,7 +18,7 @@ class Fp32Codec(Codec):
 
     lossless = True
 
-    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor) -> None:
+    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: object = None) -> None:
         msg.data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -35,7 +35,7 @@ class Fp16Codec(Codec):
     rejects; model weights and deltas stay far inside that range.
     """
 
-    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor) -> None:
+    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: object = None) -> None:
         msg.data = np.ascontiguousarray(array, dtype="<f2").tobytes()
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
