@@ -100,7 +100,7 @@ class Codec(ABC):
     def _encode_into(
         self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping[str, object] | None
     ) -> None:
-        """Fill ``msg.data`` / ``msg.params`` / ``msg.parts`` for ``array``."""
+        """Fill ``msg.data`` / ``msg.ints`` / ``msg.floats`` / ``msg.parts`` for ``array``."""
 
     @abstractmethod
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -114,6 +114,22 @@ def expect_bytes(msg: pb.CompressedTensor, count: int, item_size: int) -> None:
             f"tensor {msg.name!r} ({msg.codec}): payload is {len(msg.data)} bytes, "
             f"shape {list(msg.shape)} needs {count * item_size}"
         )
+
+
+def ints_of(msg: pb.CompressedTensor, count: int) -> list[int]:
+    """The ``count`` positional integer parameters of ``msg``, or ``MalformedPayloadError``."""
+    if len(msg.ints) != count:
+        raise MalformedPayloadError(f"tensor {msg.name!r} ({msg.codec}): expected {count} int parameters, got {len(msg.ints)}")
+    return [int(v) for v in msg.ints]
+
+
+def floats_of(msg: pb.CompressedTensor, count: int) -> list[float]:
+    """The ``count`` positional float parameters of ``msg``, or ``MalformedPayloadError``."""
+    if len(msg.floats) != count:
+        raise MalformedPayloadError(
+            f"tensor {msg.name!r} ({msg.codec}): expected {count} float parameters, got {len(msg.floats)}"
+        )
+    return [float(v) for v in msg.floats]
 
 
 def num_elements(shape: tuple[int, ...]) -> int:

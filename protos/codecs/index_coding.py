@@ -7,6 +7,11 @@ floor for sparse sets; a ``d``-bit bitmap is near-optimal for dense ones. The sm
 the two is sent. The unary parts and the remainders go in two separate bit streams, so
 both directions vectorise with numpy (no per-index Python loop).
 
+Wire layout (a ``CompressedTensor`` part with codec ``indices``, ``shape = [k]``):
+``ints = [d, method, b, u]``: universe size, method (0 bitmap, 1 Rice, 2 Rice-coded
+complement), Rice parameter, length of the unary stream in bits; ``data`` = unary stream
+then ``b``-bit remainders (MSB first), padded to a byte.
+
 Written by hand: no maintained Python library encodes index sets this way.
 """
 
@@ -16,6 +21,7 @@ import math
 
 import numpy as np
 
+from fedge.protos.codecs.base import ints_of
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
@@ -43,13 +49,12 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
         mask = np.ones(universe, dtype=bool)
         mask[idx] = False
         part = encode_indices(np.flatnonzero(mask), universe)
-        if part.params["method"] == RICE:
-            part.params["method"] = RICE_COMPLEMENT
+        if part.ints[1] == RICE:
+            part.ints[1] = RICE_COMPLEMENT
         part.shape[0] = idx.size
         return part
     k = idx.size
     part = pb.CompressedTensor(codec="indices", shape=[k], dtype=pb.DTYPE_INT64)
-    part.params["universe"] = universe
     gaps = np.diff(idx, prepend=-1) - 1 if k else idx
     best_b, best = 0, universe + 1  # bitmap cost + 1: Rice must beat it
     if k:
@@ -61,7 +66,7 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
     if best > universe:
         mask = np.zeros(universe, dtype=np.uint8)
         mask[idx] = 1
-        part.params["method"] = BITMAP
+        part.ints.extend([universe, BITMAP, 0, 0])
         part.data = _bits_to_bytes(mask)
         return part
     q = gaps >> best_b
@@ -70,9 +75,7 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
     unary[np.cumsum(q + 1) - 1] = 0  # each quotient's ones end with a zero
     shifts = np.arange(best_b - 1, -1, -1, dtype=np.int64)
     remainders = ((gaps[:, None] >> shifts) & 1).ravel() if best_b else np.zeros(0, np.uint8)
-    part.params["method"] = RICE
-    part.params["b"] = best_b
-    part.params["unary_bits"] = unary_len
+    part.ints.extend([universe, RICE, best_b, unary_len])
     part.data = _bits_to_bytes(np.concatenate([unary, remainders.astype(np.uint8)]))
     return part
 
@@ -82,8 +85,7 @@ def decode_indices(part: pb.CompressedTensor) -> np.ndarray:
     if part.codec != "indices" or len(part.shape) != 1:
         raise MalformedPayloadError(f"expected an index part, got codec {part.codec!r}")
     k = int(part.shape[0])
-    universe = int(part.params.get("universe", -1))
-    method = int(part.params.get("method", -1))
+    universe, method, b, unary_len = ints_of(part, 4)
     if k < 0 or universe < 0 or k > universe:
         raise MalformedPayloadError(f"index part: {k} indices of a universe of {universe}")
     bits = np.unpackbits(np.frombuffer(part.data, dtype=np.uint8))
@@ -107,8 +109,7 @@ def decode_indices(part: pb.CompressedTensor) -> np.ndarray:
 
 
 def _decode_rice(part: pb.CompressedTensor, bits: np.ndarray, k: int, universe: int) -> np.ndarray:
-    b = int(part.params.get("b", -1))
-    unary_len = int(part.params.get("unary_bits", -1))
+    _, _, b, unary_len = ints_of(part, 4)
     if not 0 <= b < MAX_RICE_BITS or unary_len < k or (unary_len + k * b + 7) // 8 != len(part.data):
         raise MalformedPayloadError("index part: Rice parameters do not match the payload size")
     unary = bits[:unary_len]

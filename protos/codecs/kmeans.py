@@ -4,7 +4,8 @@
 Lloyd's algorithm in one dimension: centroids start at evenly spaced quantiles, and each
 iteration assigns values with ``searchsorted`` on the midpoints between sorted
 centroids (O(n log c)) and moves centroids to their members' means (``bincount``).
-Written by hand because scikit-learn's KMeans is neither a client dependency nor fast
+Wire layout: ``ints = [bits]``, ``data`` = ``bits``-bit indices, one float32 part = the
+codebook. Written by hand because scikit-learn's KMeans is neither a client dependency nor fast
 on millions of 1-D points.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from fedge.protos.codecs import bitpack
-from fedge.protos.codecs.base import Codec, num_elements, register
+from fedge.protos.codecs.base import Codec, ints_of, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
@@ -52,12 +53,12 @@ class KMeansCodec(Codec):
             centroids, assignment = kmeans_1d(flat, clusters, self.iterations)
         else:
             centroids, assignment = np.zeros(clusters, np.float32), np.zeros(0, np.int64)
-        msg.params["bits"] = self.bits
+        msg.ints.append(self.bits)
         msg.data = bitpack.pack(assignment.astype(np.uint8), self.bits)
         msg.parts.add(codec="fp32", shape=[clusters], dtype=pb.DTYPE_FLOAT32, data=centroids.astype("<f4").tobytes())
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        bits = int(msg.params.get("bits", 0))
+        (bits,) = ints_of(msg, 1)
         if not 1 <= bits <= 8 or len(msg.parts) != 1 or len(msg.parts[0].data) != 4 * (1 << bits):
             raise MalformedPayloadError(f"tensor {msg.name!r} (kmeans): bad bits or codebook")
         codebook = np.frombuffer(msg.parts[0].data, dtype="<f4")

@@ -3,7 +3,7 @@
 The tensor is viewed as a matrix ``M`` of shape ``(shape[0], rest)``. One power
 iteration from the previous round's right factor ``Q`` (kept in the encoder's state:
 warm start) gives ``P = orth(M Q)`` and ``Q = M^T P``; the pair (``P``: ``n x r``,
-``Q``: ``m x r``, float32) is sent and decoded as ``P Q^T``. Biased: use error feedback.
+``Q``: ``m x r``, float32 parts; ``ints = [r]``) is sent and decoded as ``P Q^T``. Biased: use error feedback.
 Tensors where rank ``r`` would not save bytes (``r * (n + m) >= n * m``) cannot be
 encoded by this codec; :func:`~fedge.protos.codecs.update.encode_update` sends them
 with its fallback codec.
@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from fedge.protos.codecs.base import Codec, num_elements, register
+from fedge.protos.codecs.base import Codec, ints_of, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
@@ -50,12 +50,12 @@ class PowerSGDCodec(Codec):
         q = matrix.T @ p
         if state is not None:
             state[STATE_KEY] = q
-        msg.params["rank"] = self.rank
+        msg.ints.append(self.rank)
         msg.parts.add(codec="fp32", shape=list(p.shape), dtype=pb.DTYPE_FLOAT32, data=p.astype("<f4").tobytes())
         msg.parts.add(codec="fp32", shape=list(q.shape), dtype=pb.DTYPE_FLOAT32, data=q.astype("<f4").tobytes())
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        rank = int(msg.params.get("rank", 0))
+        (rank,) = ints_of(msg, 1)
         if len(shape) < 2 or rank < 1 or len(msg.parts) != 2:
             raise MalformedPayloadError(f"tensor {msg.name!r} (powersgd): bad rank or parts")
         n = shape[0]

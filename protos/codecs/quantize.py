@@ -4,7 +4,11 @@ Each value maps to one of ``2**bits`` evenly spaced levels between the minimum a
 maximum of its tensor (or of its channel: the first axis). Deterministic rounding picks
 the nearest level; stochastic rounding picks the level above with probability equal to
 the distance from the level below, so ``E[decode(encode(x))] = x`` (unbiased, as in
-QSGD, Alistarh et al. 2017). The scale and offset travel in ``parts`` as float32.
+QSGD, Alistarh et al. 2017).
+
+Wire layout: ``ints = [bits, channels]``; for one channel ``floats = [offset, step]``, for
+several two float32 ``parts`` (offsets, steps); ``data`` = ``bits``-bit level indices,
+MSB first.
 
 Written by hand because neither torch nor numpy offers a serialisable sub-byte format.
 """
@@ -16,7 +20,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from fedge.protos.codecs import bitpack
-from fedge.protos.codecs.base import Codec, num_elements, register
+from fedge.protos.codecs.base import Codec, floats_of, ints_of, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
@@ -59,19 +63,23 @@ class UniformCodec(Codec):
         else:
             np.rint(q, out=q)
         np.clip(q, 0, levels, out=q)
-        msg.params["bits"] = self.bits
-        msg.params["channels"] = channels
+        msg.ints.extend([self.bits, channels])
         msg.data = bitpack.pack(q.astype(np.uint8).ravel(), self.bits)
+        if channels == 1:
+            msg.floats.extend([float(lo[0]), float(scale[0])])
+            return
         msg.parts.add(codec="fp32", shape=[channels], dtype=pb.DTYPE_FLOAT32, data=lo.astype("<f4").tobytes())
         msg.parts.add(codec="fp32", shape=[channels], dtype=pb.DTYPE_FLOAT32, data=scale.astype("<f4").tobytes())
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        bits = int(msg.params.get("bits", 0))
-        channels = int(msg.params.get("channels", 0))
+        bits, channels = ints_of(msg, 2)
         n = num_elements(shape)
-        if channels < 1 or (n and n % channels) or len(msg.parts) != 2:
+        if channels < 1 or (n and n % channels) or len(msg.parts) != (0 if channels == 1 else 2):
             raise MalformedPayloadError(f"tensor {msg.name!r} (uniform): bad channels {channels} or parts {len(msg.parts)}")
-        lo, scale = (_floats(p, channels, msg.name) for p in msg.parts)
+        if channels == 1:
+            lo, scale = (np.array([v], dtype=np.float32) for v in floats_of(msg, 2))
+        else:
+            lo, scale = (_floats(p, channels, msg.name) for p in msg.parts)
         q = bitpack.unpack(msg.data, n, bits).astype(np.float32).reshape(channels, -1)
         q *= scale[:, None]
         q += lo[:, None]

@@ -1,6 +1,6 @@
 """Scaled sign (EF-signSGD, Karimireddy et al. 2019): one bit per element plus a scale.
 
-``decode = mean(|x|) * sign(x)``: biased, so clients run it with error feedback, which
+``decode = mean(|x|) * sign(x)``; ``floats = [scale]``. Biased, so clients run it with error feedback, which
 restores convergence. Zero maps to +scale.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from fedge.protos.codecs import bitpack
-from fedge.protos.codecs.base import Codec, num_elements, register
+from fedge.protos.codecs.base import Codec, floats_of, num_elements, register
 from fedge.protos.v1 import tensor_pb2 as pb
 
 
@@ -21,10 +21,11 @@ class SignCodec(Codec):
 
     def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping | None) -> None:
         flat = np.asarray(array, dtype=np.float32).ravel()
-        msg.params["scale"] = float(np.abs(flat).mean()) if flat.size else 0.0
+        msg.floats.append(float(np.abs(flat).mean()) if flat.size else 0.0)
         msg.data = bitpack.pack((flat >= 0).astype(np.uint8), 1)
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         bits = bitpack.unpack(msg.data, num_elements(shape), 1)
-        scale = np.float32(msg.params.get("scale", 0.0))
+        (scale,) = floats_of(msg, 1)
+        scale = np.float32(scale)
         return ((bits.astype(np.float32) * 2 - 1) * scale).reshape(shape).astype(dtype, copy=False)

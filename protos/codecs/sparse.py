@@ -3,7 +3,7 @@
 A sparse tensor is sent as two ``parts``: the kept positions (index coding, see
 :mod:`index_coding`) and the kept values, encoded by the ``values`` codec (``fp32``,
 ``fp16``, ``q8``, ...): sparsify, then quantise. Random-k sends no indices at all: the
-decoder regenerates them from the seed in ``params``. Top-k is biased (run it with
+decoder regenerates them from the seed in ``params``. Random-k's ``ints = [k, seed]``. Top-k is biased (run it with
 error feedback); random-k with ``unbiased=True`` scales values by ``d / k`` so that
 ``E[decode(encode(x))] = x``.
 """
@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from fedge.protos.codecs.base import Codec, make_codec, num_elements, register
+from fedge.protos.codecs.base import Codec, ints_of, make_codec, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.codecs.index_coding import decode_indices, encode_indices
 from fedge.protos.v1 import tensor_pb2 as pb
@@ -81,7 +81,7 @@ class TopKCodec(_Sparse):
         if len(msg.parts) != 2:
             raise MalformedPayloadError(f"tensor {msg.name!r} (topk): expected index and value parts")
         idx = decode_indices(msg.parts[0])
-        if int(msg.parts[0].params.get("universe", -1)) != n:
+        if not msg.parts[0].ints or int(msg.parts[0].ints[0]) != n:
             raise MalformedPayloadError(f"tensor {msg.name!r} (topk): index universe differs from the shape")
         return idx
 
@@ -100,19 +100,17 @@ class RandomKCodec(_Sparse):
 
     def _select(self, flat: np.ndarray, k: int, msg: pb.CompressedTensor) -> np.ndarray:
         seed = int(self._rng.integers(1 << 52))
-        msg.params["seed"] = seed
-        msg.params["k"] = k
+        msg.ints.extend([k, seed])
         return _random_positions(seed, flat.size, k)
 
     def _value_scale(self, n: int, k: int) -> float:
         return n / k if (self.unbiased and k) else 1.0
 
     def _positions(self, msg: pb.CompressedTensor, n: int) -> np.ndarray:
-        k = int(msg.params.get("k", -1))
-        seed = msg.params.get("seed", -1.0)
-        if not 0 <= k <= n or seed < 0 or seed != int(seed) or len(msg.parts) != 1:
+        k, seed = ints_of(msg, 2)
+        if not 0 <= k <= n or seed < 0 or len(msg.parts) != 1:
             raise MalformedPayloadError(f"tensor {msg.name!r} (randk): bad k {k} or seed")
-        return _random_positions(int(seed), n, k)
+        return _random_positions(seed, n, k)
 
 
 def _random_positions(seed: int, n: int, k: int) -> np.ndarray:
