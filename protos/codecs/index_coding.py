@@ -51,8 +51,9 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
         part = encode_indices(np.flatnonzero(mask), universe)
         if part.ints[1] == RICE:
             part.ints[1] = RICE_COMPLEMENT
-        part.shape[0] = idx.size
-        return part
+            part.shape[0] = idx.size
+            return part
+        return _bitmap(idx, universe)
     k = idx.size
     part = pb.CompressedTensor(codec="indices", shape=[k], dtype=pb.DTYPE_INT64)
     gaps = np.diff(idx, prepend=-1) - 1 if k else idx
@@ -64,11 +65,7 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
             if cost < best:
                 best_b, best = b, cost
     if best > universe:
-        mask = np.zeros(universe, dtype=np.uint8)
-        mask[idx] = 1
-        part.ints.extend([universe, BITMAP, 0, 0])
-        part.data = _bits_to_bytes(mask)
-        return part
+        return _bitmap(idx, universe)
     q = gaps >> best_b
     unary_len = int(q.sum()) + k
     unary = np.ones(unary_len, dtype=np.uint8)
@@ -77,6 +74,14 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
     remainders = ((gaps[:, None] >> shifts) & 1).ravel() if best_b else np.zeros(0, np.uint8)
     part.ints.extend([universe, RICE, best_b, unary_len])
     part.data = _bits_to_bytes(np.concatenate([unary, remainders.astype(np.uint8)]))
+    return part
+
+
+def _bitmap(idx: np.ndarray, universe: int) -> pb.CompressedTensor:
+    mask = np.zeros(universe, dtype=np.uint8)
+    mask[idx] = 1
+    part = pb.CompressedTensor(codec="indices", shape=[idx.size], dtype=pb.DTYPE_INT64, data=_bits_to_bytes(mask))
+    part.ints.extend([universe, BITMAP, 0, 0])
     return part
 
 

@@ -48,7 +48,7 @@ class UniformCodec(Codec):
 
     def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping | None) -> None:
         x = np.asarray(array, dtype=np.float32)
-        channels = x.shape[0] if (self.per_channel and x.ndim >= 2) else 1
+        channels = x.shape[0] if (self.per_channel and x.ndim >= 2 and x.size) else 1
         rows = x.reshape(channels, -1) if x.size else x.reshape(channels, 0)
         lo = rows.min(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
         hi = rows.max(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
