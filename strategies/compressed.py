@@ -237,5 +237,5 @@ def _as_model_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> A
 
 
 def _apply_delta(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """``base + delta`` in the base's dtype."""
-    return (base + delta).astype(base.dtype, copy=False)
+    """``base + delta`` in the base's dtype (an array even for 0-d tensors)."""
+    return np.asarray(base + delta, dtype=base.dtype)

@@ -68,6 +68,8 @@ class Codec(ABC):
     name: str = ""
     #: True when ``decode(encode(x)) == x`` bit for bit.
     lossless: bool = False
+    #: How many positional ``(ints, floats)`` this codec writes; None = it checks itself.
+    wire_params: tuple[int, int] | None = (0, 0)
 
     def encode(
         self, array: np.ndarray, name: str = "", state: MutableMapping[str, object] | None = None
@@ -94,6 +96,11 @@ class Codec(ABC):
             raise UnknownCodecError(f"codec {self.name!r} cannot decode {msg.codec!r}")
         if any(d < 0 for d in msg.shape):
             raise MalformedPayloadError(f"tensor {msg.name!r}: negative dimension in {list(msg.shape)}")
+        if self.wire_params is not None and (len(msg.ints), len(msg.floats)) != self.wire_params:
+            raise MalformedPayloadError(
+                f"tensor {msg.name!r} ({msg.codec}): {len(msg.ints)} int and {len(msg.floats)} float "
+                f"parameters, the codec writes {self.wire_params[0]} and {self.wire_params[1]}"
+            )
         return self._decode(msg, tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype))
 
     @abstractmethod

@@ -39,6 +39,8 @@ def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 8) -> tuple[n
 class KMeansCodec(Codec):
     """Codebook of ``2**bits`` centroids and ``bits``-bit indices (1..8)."""
 
+    wire_params = (1, 0)
+
     def __init__(self, bits: int = 4, iterations: int = 8) -> None:
         bits = int(bits)
         if not 1 <= bits <= 8:

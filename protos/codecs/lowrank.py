@@ -26,6 +26,8 @@ STATE_KEY = "powersgd_q"
 class PowerSGDCodec(Codec):
     """Rank-``rank`` factorisation with warm-started power iteration."""
 
+    wire_params = (1, 0)
+
     def __init__(self, rank: int = 2, seed: int = 0) -> None:
         rank = int(rank)
         if rank < 1:

@@ -37,6 +37,8 @@ class UniformCodec(Codec):
     seed: base seed of the stochastic rounding's generator (None = fresh entropy).
     """
 
+    wire_params = None  # [bits, channels] and, for one channel, [offset, step]
+
     def __init__(self, bits: int = 8, stochastic: bool = False, per_channel: bool = False, seed: int | None = None) -> None:
         bits = int(bits)
         if not 1 <= bits <= 8:
@@ -79,6 +81,7 @@ class UniformCodec(Codec):
         if channels == 1:
             lo, scale = (np.array([v], dtype=np.float32) for v in floats_of(msg, 2))
         else:
+            floats_of(msg, 0)
             lo, scale = (_floats(p, channels, msg.name) for p in msg.parts)
         q = bitpack.unpack(msg.data, n, bits).astype(np.float32).reshape(channels, -1)
         q *= scale[:, None]

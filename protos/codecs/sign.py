@@ -19,6 +19,8 @@ from fedge.protos.v1 import tensor_pb2 as pb
 class SignCodec(Codec):
     """1 bit per element and one float32 scale (the mean magnitude)."""
 
+    wire_params = (0, 1)
+
     def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping | None) -> None:
         flat = np.asarray(array, dtype=np.float32).ravel()
         msg.floats.append(float(np.abs(flat).mean()) if flat.size else 0.0)

@@ -93,6 +93,8 @@ class RandomKCodec(_Sparse):
     ``unbiased=True`` scales the kept values by ``d / k`` (unbiased estimator).
     """
 
+    wire_params = (2, 0)
+
     def __init__(self, ratio: float = 0.01, values: str = "fp32", unbiased: bool = False, seed: int | None = None) -> None:
         super().__init__(ratio, values)
         self.unbiased = bool(unbiased)
