@@ -26,6 +26,15 @@ def pack(values: np.ndarray, bits: int) -> bytes:
         return values.tobytes()
     if bits == 1:
         return np.packbits(values).tobytes()
+    if 8 % bits == 0:  # 2 or 4 bits: whole values per byte, MSB first
+        per_byte = 8 // bits
+        padded = np.zeros(-(-values.size // per_byte) * per_byte, dtype=np.uint8)
+        padded[: values.size] = values
+        groups = padded.reshape(-1, per_byte)
+        out = np.zeros(groups.shape[0], dtype=np.uint8)
+        for j in range(per_byte):
+            out |= groups[:, j] << np.uint8(bits * (per_byte - 1 - j))
+        return out.tobytes()
     shifts = np.arange(bits - 1, -1, -1, dtype=np.uint8)
     matrix = (values[:, None] >> shifts) & 1
     return np.packbits(matrix.ravel()).tobytes()
@@ -42,6 +51,11 @@ def unpack(data: bytes, count: int, bits: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
         return raw.copy()
+    if 8 % bits == 0 and bits > 1:
+        per_byte = 8 // bits
+        mask = np.uint8((1 << bits) - 1)
+        shifts = np.arange(per_byte - 1, -1, -1, dtype=np.uint8) * np.uint8(bits)
+        return ((raw[:, None] >> shifts) & mask).ravel()[:count]
     flat = np.unpackbits(raw, count=count * bits)
     if bits == 1:
         return flat

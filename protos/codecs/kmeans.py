@@ -21,18 +21,26 @@ from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """``(centroids (c,), assignment (n,))`` of a 1-D k-means; centroids sorted."""
-    centroids = np.quantile(values, np.linspace(0, 1, clusters)).astype(np.float32)
-    assignment = np.zeros(values.size, dtype=np.int64)
+def kmeans_1d(
+    values: np.ndarray, clusters: int, iterations: int = 8, sample: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(centroids (c,), assignment (n,))`` of a 1-D k-means; centroids sorted.
+
+    Centroids are fitted on an evenly strided subsample of at most ``sample`` values
+    (the distribution, not every value, decides 1-D centroids); every value is then
+    assigned to its nearest centroid.
+    """
+    fit = values[:: max(1, values.size // sample)]
+    centroids = np.quantile(fit, np.linspace(0, 1, clusters)).astype(np.float32)
     for _ in range(iterations):
         centroids = np.sort(centroids)
-        assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
+        assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, fit)
         counts = np.bincount(assignment, minlength=clusters)
-        sums = np.bincount(assignment, weights=values, minlength=clusters)
+        sums = np.bincount(assignment, weights=fit, minlength=clusters)
         moved = np.divide(sums, counts, out=centroids.astype(np.float64), where=counts > 0)
         centroids = moved.astype(np.float32)
-    return centroids, assignment
+    centroids = np.sort(centroids)
+    return centroids, np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
 
 
 @register("kmeans")
