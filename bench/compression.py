@@ -40,11 +40,11 @@ RESULTS = REPO / "bench" / "results"
 #: label -> fedge-sim overrides
 CODECS: dict[str, list[str]] = {
     "fp32 (baseline)": ["compression=none"],
+    "top-1% + q8 + EF": ["compression=topk"],
+    "top-1% + q8, no EF": ["compression=topk", "compression.error_feedback=false"],
     "fp16": ["compression=fp16"],
     "q8 per-channel": ["compression=q8"],
     "qsgd 4-bit stochastic": ["compression=qsgd"],
-    "top-1% + q8 + EF": ["compression=topk"],
-    "top-1% + q8, no EF": ["compression=topk", "compression.error_feedback=false"],
     "random-5% + fp16 + EF": ["compression=randk"],
     "sign + EF": ["compression=sign"],
     "PowerSGD r2 + EF": ["compression=powersgd"],
@@ -65,7 +65,8 @@ THROUGHPUT_SPECS = {
 }
 
 
-def federations(rounds: int, seeds: list[int], width: int, alpha: float) -> dict:
+def federations(rounds: int, seeds: list[int], width: int, alpha: float, on_codec=None) -> dict:
+    """Run every codec for every seed; ``on_codec(summary so far)`` after each codec."""
     register_configs()
     runs: dict[str, list[dict]] = {}
     for label, overrides in CODECS.items():
@@ -96,6 +97,13 @@ def federations(rounds: int, seeds: list[int], width: int, alpha: float) -> dict
                 }
             )
             print(f"{label:28s} seed {seed}: acc {rounds_out[-1].accuracy:.4f}", flush=True)
+        if on_codec is not None:
+            on_codec(summarise(runs))
+    return summarise(runs)
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Per-codec means and ratios against the fp32 baseline."""
     base = runs[BASELINE]
     base_acc = statistics.mean(r["final_accuracy"] for r in base)
     base_up = statistics.mean(r["uplink_bytes"] for r in base)
@@ -237,13 +245,17 @@ def main(argv: list[str] | None = None) -> None:
         "throughput": throughput(),
         "index_coding": index_coding(),
     }
-    print(json.dumps(result["throughput"], indent=1)[:2000])
-    if not args.skip_federations:
-        result["federations"] = federations(args.rounds, args.seeds, args.width, args.alpha)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compression.json").write_text(json.dumps(result, indent=2))
-    if "federations" in result:
-        (RESULTS / "compression.md").write_text(markdown(result))
+
+    def write(federation_summary: dict | None) -> None:
+        if federation_summary is not None:
+            result["federations"] = federation_summary
+            (RESULTS / "compression.md").write_text(markdown(result))
+        (RESULTS / "compression.json").write_text(json.dumps(result, indent=2))
+
+    write(None)
+    if not args.skip_federations:
+        write(federations(args.rounds, args.seeds, args.width, args.alpha, on_codec=write))
     print(f"wrote {RESULTS / 'compression.json'}")
 
 
