@@ -1,9 +1,14 @@
 """EdgeClient: the device side of a round, from a Task proto to an Update proto.
 
 ``handle(task)`` decodes the global model (checked against the device's own model),
-trains with mini-batch SGD, computes ``delta = local - global``, encodes it with the
-round's codec and returns it with metrics. It never raises for a bad task: the error
-goes back in ``Update.error`` so the server can log it and carry on.
+trains with mini-batch SGD, computes ``delta = local - global``, clips it if the server
+runs client-side DP, encodes it with the round's codec (with error feedback if asked)
+and returns it with metrics. It never raises for a bad task: the error goes back in
+``Update.error`` so the server can log it and carry on.
+
+The broadcast may be full weights or, with downlink delta compression, a compressed
+change to the model this device received last; the client keeps that model to rebuild
+exactly what the server meant it to have.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import time
 import numpy as np
 import torch
 
+from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.config import TrainConfig
 from fedge.client.model_io import load_arrays, model_arrays
 from fedge.client.training import train
+from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config as wire_config
-from fedge.protos.codecs import CodecSpec, decode_update, encode_update
+from fedge.protos.codecs import decode_update
+from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.tasks.base import FederatedTask, Split, evaluate
 
@@ -62,6 +70,9 @@ class EdgeClient:
         torch.manual_seed(seed)
         self.model = task.build_model()
         self._reference = model_arrays(self.model)
+        self.uplink = UplinkEncoder()
+        self.held_round: int | None = None  # round of the last training broadcast received
+        self._held: dict[str, np.ndarray] | None = None
 
     def handle(self, task: task_pb2.Task) -> task_pb2.Update:
         """Run one task and answer it; failures are reported in ``Update.error``."""
@@ -76,29 +87,47 @@ class EdgeClient:
             return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, error=f"{type(exc).__name__}: {exc}")
 
     def _load_global(self, task: task_pb2.Task) -> dict[str, np.ndarray]:
-        weights = decode_update(task.model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
+        model = task.model
+        if model.kind == tensor_pb2.UPDATE_KIND_DELTA:
+            if self._held is None or self.held_round != model.base_round:
+                raise ValueError(
+                    f"broadcast is a delta from round {model.base_round}, "
+                    f"this device holds round {self.held_round}"
+                )
+            delta = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
+            weights = {k: self._held[k] + delta[k] for k in self._held}
+        else:
+            weights = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
         load_arrays(self.model, weights)
+        if task.kind == TRAIN:
+            self._held, self.held_round = weights, task.server_round
         return weights
 
     def _train(self, task: task_pb2.Task) -> task_pb2.Update:
         start = time.perf_counter()
         config = wire_config.from_wire(task.config)
         cfg = self.defaults.updated_from(config)
-        spec = CodecSpec.from_config(config)
+        plan = UplinkPlan.from_config(config)
         global_weights = self._load_global(task)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         torch.manual_seed(int(rng.integers(2**31)))
         stats = train(self.model, self.task, self.data, cfg, rng)
         local = model_arrays(self.model)
         delta = {k: local[k] - global_weights[k] for k in local}
-        update = encode_update(delta, spec, tensor_pb2.UPDATE_KIND_DELTA, base_round=task.model.base_round)
-        metrics = {
-            "num-examples": float(stats.num_examples),
-            "train_loss": stats.mean_loss,
-            "local_steps": float(stats.steps),
-            "compute_s": stats.compute_s,
-            "handle_s": time.perf_counter() - start,
-        }
+        metrics: dict[str, float] = {}
+        if CLIPPING_NORM_KEY in config:
+            delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
+            metrics["update_norm"] = norm
+        update = self.uplink.encode(delta, plan, base_round=task.server_round - 1)
+        metrics.update(
+            {
+                "num-examples": float(stats.num_examples),
+                "train_loss": stats.mean_loss,
+                "local_steps": float(stats.steps),
+                "compute_s": stats.compute_s,
+                "handle_s": time.perf_counter() - start,
+            }
+        )
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)
 
     def _evaluate(self, task: task_pb2.Task) -> task_pb2.Update:

@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fedge.client.config import TrainConfig
-from fedge.protos.codecs import CodecSpec, UnknownCodecError, make_codec
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.compression import compression_setup
 from fedge.simulations.config import register_configs
 from fedge.simulations.local_grid import LocalGrid
 from fedge.simulations.partition import partition_indices
@@ -70,11 +70,6 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
-    for key in ("uplink", "downlink"):
-        try:
-            make_codec(CodecSpec(cfg.compression[key]))
-        except UnknownCodecError as exc:
-            raise ConfigError(f"compression.{key}: {exc}") from None
     try:
         return TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
     except ValueError as exc:
@@ -98,12 +93,17 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         parts = partition_indices(data.train.y, partitioner, data.groups)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"partition: {exc}") from None
+    try:
+        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"compression: {exc}") from None
     inner = _build("strategy", cfg.strategy)
     strategy = CompressedStrategy(
         inner,  # type: ignore[arg-type]
-        uplink=CodecSpec(cfg.compression.uplink),
-        downlink=CodecSpec(cfg.compression.downlink),
-        max_update_bytes=cfg.compression.max_update_bytes,
+        uplink=setup.uplink,
+        downlink=setup.downlink,
+        downlink_delta=setup.downlink_delta,
+        max_update_bytes=setup.max_update_bytes,
     )
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -21,11 +21,28 @@ SCHEMA_NAME = "fedge_schema"
 
 @dataclass
 class CompressionConfig:
-    """Codecs: ``uplink`` for client deltas, ``downlink`` for the broadcast model."""
+    """What crosses the network (``conf/compression/*.yaml``).
+
+    ``codec`` encodes client deltas (uplink); the fields below it are that codec's
+    parameters, each used only by the codecs that take it. ``downlink`` encodes the
+    broadcast model; with ``downlink_delta`` the broadcast is the compressed change
+    from the model devices hold, with server-side error feedback.
+    """
 
     name: str = "none"
-    uplink: str = "fp32"
+    codec: str = "fp32"  # fp32, fp16, q1..q8[s], uniform, topk, randk, sign, powersgd, kmeans
+    ratio: float = 0.01  # topk, randk: share of entries kept
+    values: str = "fp32"  # topk, randk: codec of the kept values (fp32, fp16, q8, ...)
+    bits: int = 8  # uniform, kmeans
+    stochastic: bool = False  # uniform: unbiased stochastic rounding
+    per_channel: bool = False  # uniform: one scale per output channel
+    unbiased: bool = False  # randk: scale kept values by d/k
+    rank: int = 2  # powersgd
+    error_feedback: bool = False  # clients carry the compression error to the next round
+    dense_below: int = 0  # float tensors with fewer elements go with `fallback`
+    fallback: str = "fp32"
     downlink: str = "fp32"
+    downlink_delta: bool = False
     max_update_bytes: int = 1 << 30
 
 

@@ -3,9 +3,13 @@
 The wrapper pattern of Flower's DP wrappers (``flwr/serverapp/strategy/dp_*.py``):
 it holds the user's strategy and
 
-* ``configure_train``/``configure_evaluate``: injects the uplink codec spec into the
-  round's ConfigRecord, remembers the global model, and replaces each message's
-  ArrayRecord by the encoded model (``fedge.model`` record, downlink codec);
+* ``configure_train``/``configure_evaluate``: injects the uplink plan (codec spec,
+  error feedback) into the round's ConfigRecord and replaces each message's ArrayRecord
+  by the encoded model (``fedge.model`` record): full weights in the downlink codec, or
+  (``downlink_delta=True``) the compressed change from the model each device already
+  holds, with server-side error feedback (the next change is taken against what devices
+  actually hold, so the broadcast's compression error is carried, not lost). The server
+  remembers exactly what devices reconstruct and aggregates relative to that;
 * ``aggregate_train``: decodes every reply's ``fedge.update`` against the global model
   it was computed from (safe decoder: names, shapes, dtypes, finite values, size),
   drops a bad reply with a logged reason, and hands the inner strategy replies of the
@@ -28,6 +32,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedge.protos import records
 from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
+from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 
 log = logging.getLogger(__name__)
@@ -73,62 +78,79 @@ class CompressedStrategy(Strategy):
     def __init__(
         self,
         strategy: Strategy,
-        uplink: CodecSpec | str = "fp32",
+        uplink: UplinkPlan | CodecSpec | str = "fp32",
         downlink: CodecSpec | str = "fp32",
+        downlink_delta: bool = False,
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
     ) -> None:
         self.strategy = strategy
-        self.uplink = CodecSpec(uplink) if isinstance(uplink, str) else uplink
+        if isinstance(uplink, str):
+            uplink = CodecSpec(uplink)
+        self.uplink = uplink if isinstance(uplink, UplinkPlan) else UplinkPlan(uplink)
         self.downlink = CodecSpec(downlink) if isinstance(downlink, str) else downlink
+        self.downlink_delta = downlink_delta
         self.max_update_bytes = max_update_bytes
         self.log = CompressionLog()
-        self._global: dict[int, dict[str, np.ndarray]] = {}
+        self._reference: dict[int, dict[str, np.ndarray]] = {}
+        self._held: dict[str, np.ndarray] | None = None  # what devices of the last round hold
+        self._held_round = 0
+        self._holders: set[int] = set()  # nodes that hold it
 
     # -- configure: encode the broadcast ------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config.update(self.uplink.to_config())
-        self._global = {server_round: {k: v.numpy() for k, v in arrays.items()}}
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        return self._encode_models(server_round, messages)
+        if not messages:
+            return messages
+        weights = _numpy(_single_array_record(messages, self.strategy))
+        full, delta, received = self._broadcast(server_round, weights)
+        self._reference = {server_round: received}
+        for message in messages:
+            holder = delta is not None and message.metadata.dst_node_id in self._holders
+            _set_model(message, delta if holder else full)
+        self._held, self._held_round = received, server_round
+        self._holders = set()
+        return messages
+
+    def _broadcast(
+        self, server_round: int, weights: dict[str, np.ndarray]
+    ) -> tuple[bytes, bytes | None, dict[str, np.ndarray]]:
+        """``(full-weights payload, delta payload or None, weights devices end up with)``."""
+        if self.downlink_delta and self._held is not None and self._holders:
+            change = {k: weights[k] - self._held[k] for k in weights}
+            encoded = encode_update(change, self.downlink, tensor_pb2.UPDATE_KIND_DELTA, base_round=self._held_round)
+            sent = decode_update(encoded)
+            received = {k: self._held[k] + sent[k] for k in self._held}
+            full = encode_update(received, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS, base_round=server_round - 1)
+            return full.SerializeToString(), encoded.SerializeToString(), received
+        codec = "fp32" if self.downlink_delta else self.downlink
+        full = encode_update(weights, codec, tensor_pb2.UPDATE_KIND_WEIGHTS, base_round=server_round - 1)
+        return full.SerializeToString(), None, decode_update(full)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
-        return self._encode_models(server_round, messages)
-
-    def _encode_models(self, server_round: int, messages: list[Message]) -> list[Message]:
-        encoded: dict[int, bytes] = {}  # one encoding per distinct ArrayRecord
-        for message in messages:
-            content = message.content
-            if len(content.array_records) != 1:
-                raise ValueError(
-                    f"{type(self.strategy).__name__} sent a message with "
-                    f"{len(content.array_records)} ArrayRecords; CompressedStrategy needs exactly one"
-                )
-            key, arrays = next(iter(content.array_records.items()))
-            if id(arrays) not in encoded:
-                model = encode_update(
-                    {k: v.numpy() for k, v in arrays.items()},
-                    self.downlink,
-                    tensor_pb2.UPDATE_KIND_WEIGHTS,
-                    base_round=server_round - 1,
-                )
-                encoded[id(arrays)] = model.SerializeToString()
-            new = RecordDict({k: v for k, v in content.items() if k != key})
-            new[records.MODEL_RECORD] = ConfigRecord({records.PAYLOAD: encoded[id(arrays)]})
-            message.content = new
+        if messages:
+            weights = _numpy(_single_array_record(messages, self.strategy))
+            codec = "fp32" if self.downlink_delta else self.downlink
+            payload = encode_update(weights, codec, tensor_pb2.UPDATE_KIND_WEIGHTS, server_round).SerializeToString()
+            for message in messages:
+                _set_model(message, payload)
         return messages
 
     # -- aggregate: decode and validate replies -------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        reference = self._global.get(server_round)
+        reference = self._reference.get(server_round)
         if reference is None:
             raise RuntimeError(f"aggregate_train for round {server_round} before configure_train")
+        replies = list(replies)
+        # A device that answered without error decoded this round's broadcast: it holds it.
+        self._holders = {r.metadata.src_node_id for r in replies if not r.has_error()}
         kept = [r for r in replies if r.has_error() or self._decode_reply(server_round, r, reference)]
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if arrays is not None:
@@ -178,6 +200,29 @@ class CompressedStrategy(Strategy):
         return getattr(self.strategy, name)
 
 
+def _single_array_record(messages: list[Message], strategy: Strategy) -> ArrayRecord:
+    """The one ArrayRecord the inner strategy put into its messages."""
+    content = messages[0].content
+    if len(content.array_records) != 1:
+        raise ValueError(
+            f"{type(strategy).__name__} sent a message with {len(content.array_records)} "
+            "ArrayRecords; CompressedStrategy needs exactly one"
+        )
+    return next(iter(content.array_records.values()))
+
+
+def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _set_model(message: Message, payload: bytes) -> None:
+    """Replace the message's ArrayRecord by the encoded model (a ``fedge.model`` record)."""
+    content = message.content
+    new = RecordDict({k: v for k, v in content.items() if k not in content.array_records})
+    new[records.MODEL_RECORD] = ConfigRecord({records.PAYLOAD: payload})
+    message.content = new
+
+
 def _as_model_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:
     """The aggregate in the model's own dtypes.
 
@@ -192,5 +237,5 @@ def _as_model_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> A
 
 
 def _apply_delta(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """``base + delta`` in the base's dtype."""
-    return (base + delta).astype(base.dtype, copy=False)
+    """``base + delta`` in the base's dtype (an array even for 0-d tensors)."""
+    return np.asarray(base + delta, dtype=base.dtype)

@@ -9,8 +9,9 @@ Written by hand because no library encodes tensors to a wire-stable protobuf for
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from math import prod
 
@@ -67,15 +68,27 @@ class Codec(ABC):
     name: str = ""
     #: True when ``decode(encode(x)) == x`` bit for bit.
     lossless: bool = False
+    #: How many positional ``(ints, floats)`` this codec writes; None = it checks itself.
+    wire_params: tuple[int, int] | None = (0, 0)
 
-    def encode(self, array: np.ndarray, name: str = "") -> pb.CompressedTensor:
-        """Encode ``array`` (any shape) into a CompressedTensor named ``name``."""
+    def encode(
+        self, array: np.ndarray, name: str = "", state: MutableMapping[str, object] | None = None
+    ) -> pb.CompressedTensor:
+        """Encode ``array`` (any shape) into a CompressedTensor named ``name``.
+
+        ``state`` is the encoder's per-tensor memory across rounds (e.g. PowerSGD's
+        warm-start factors); stateless codecs ignore it. Decoding never needs it.
+        """
         array = np.asarray(array)
         msg = pb.CompressedTensor(
             name=name, codec=self.name, shape=list(array.shape), dtype=dtypes.to_wire(array.dtype)
         )
-        self._encode_into(array, msg)
+        self._encode_into(array, msg, state)
         return msg
+
+    def supports(self, array: np.ndarray) -> bool:
+        """Whether this codec can encode ``array`` (else the update's fallback codec does)."""
+        return True
 
     def decode(self, msg: pb.CompressedTensor) -> np.ndarray:
         """Decode a CompressedTensor written by this codec; raises ``CodecError``."""
@@ -83,11 +96,18 @@ class Codec(ABC):
             raise UnknownCodecError(f"codec {self.name!r} cannot decode {msg.codec!r}")
         if any(d < 0 for d in msg.shape):
             raise MalformedPayloadError(f"tensor {msg.name!r}: negative dimension in {list(msg.shape)}")
+        if self.wire_params is not None and (len(msg.ints), len(msg.floats)) != self.wire_params:
+            raise MalformedPayloadError(
+                f"tensor {msg.name!r} ({msg.codec}): {len(msg.ints)} int and {len(msg.floats)} float "
+                f"parameters, the codec writes {self.wire_params[0]} and {self.wire_params[1]}"
+            )
         return self._decode(msg, tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype))
 
     @abstractmethod
-    def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor) -> None:
-        """Fill ``msg.data`` / ``msg.params`` / ``msg.parts`` for ``array``."""
+    def _encode_into(
+        self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping[str, object] | None
+    ) -> None:
+        """Fill ``msg.data`` / ``msg.ints`` / ``msg.floats`` / ``msg.parts`` for ``array``."""
 
     @abstractmethod
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -101,6 +121,22 @@ def expect_bytes(msg: pb.CompressedTensor, count: int, item_size: int) -> None:
             f"tensor {msg.name!r} ({msg.codec}): payload is {len(msg.data)} bytes, "
             f"shape {list(msg.shape)} needs {count * item_size}"
         )
+
+
+def ints_of(msg: pb.CompressedTensor, count: int) -> list[int]:
+    """The ``count`` positional integer parameters of ``msg``, or ``MalformedPayloadError``."""
+    if len(msg.ints) != count:
+        raise MalformedPayloadError(f"tensor {msg.name!r} ({msg.codec}): expected {count} int parameters, got {len(msg.ints)}")
+    return [int(v) for v in msg.ints]
+
+
+def floats_of(msg: pb.CompressedTensor, count: int) -> list[float]:
+    """The ``count`` positional float parameters of ``msg``, or ``MalformedPayloadError``."""
+    if len(msg.floats) != count:
+        raise MalformedPayloadError(
+            f"tensor {msg.name!r} ({msg.codec}): expected {count} float parameters, got {len(msg.floats)}"
+        )
+    return [float(v) for v in msg.floats]
 
 
 def num_elements(shape: tuple[int, ...]) -> int:
@@ -127,17 +163,31 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Shorthand names: ``q8`` = 8-bit uniform, ``q4s`` = 4-bit stochastic uniform.
+_UNIFORM_ALIAS = re.compile(r"^q([1-8])(s?)$")
+
+
+def resolve_alias(spec: CodecSpec) -> CodecSpec:
+    """Expand a shorthand codec name (``q8``, ``q4s``) into its full spec."""
+    match = _UNIFORM_ALIAS.match(spec.name)
+    if match is None:
+        return spec
+    params = {"bits": int(match.group(1)), "stochastic": bool(match.group(2)), **spec.params}
+    return CodecSpec("uniform", params)
+
+
 def make_codec(spec: CodecSpec | str) -> Codec:
     """Build the codec a spec names; ``UnknownCodecError`` lists the known ones."""
     if isinstance(spec, str):
         spec = CodecSpec(spec)
+    spec = resolve_alias(spec)
     try:
         factory = _REGISTRY[spec.name]
     except KeyError:
         raise UnknownCodecError(
-            f"unknown codec {spec.name!r}; available: {', '.join(available())}"
+            f"unknown codec {spec.name!r}; available: {', '.join(available())}, q1..q8[s]"
         ) from None
     try:
         return factory(**dict(spec.params))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UnknownCodecError(f"codec {spec.name!r}: bad parameters {dict(spec.params)}: {exc}") from None

@@ -7,7 +7,7 @@ claims to update (tensor names, shapes, dtypes, finiteness, size) and raises a t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
@@ -33,15 +33,30 @@ def encode_update(
     spec: CodecSpec | str,
     kind: int = pb.UPDATE_KIND_DELTA,
     base_round: int = 0,
+    state: MutableMapping[str, dict] | None = None,
+    fallback: CodecSpec | str = LOSSLESS_CODEC,
+    dense_below: int = 0,
 ) -> pb.CompressedUpdate:
-    """Encode named tensors with ``spec``; non-float tensors go losslessly."""
+    """Encode named tensors with ``spec``.
+
+    Non-float tensors always go losslessly. Float tensors with fewer than
+    ``dense_below`` elements, or that the codec does not support (e.g. 1-D tensors for
+    PowerSGD), go with ``fallback``. ``state`` holds each tensor's encoder memory.
+    """
     codec = make_codec(spec)
+    small = make_codec(fallback)
     raw = make_codec(LOSSLESS_CODEC)
     out = pb.CompressedUpdate(kind=kind, base_round=base_round)
     for name, array in arrays.items():
         array = np.asarray(array)
-        chosen = codec if np.issubdtype(array.dtype, np.floating) else raw
-        out.tensors.append(chosen.encode(array, name))
+        if not np.issubdtype(array.dtype, np.floating):
+            chosen = raw
+        elif array.size < dense_below or not codec.supports(array):
+            chosen = small
+        else:
+            chosen = codec
+        tensor_state = state.setdefault(name, {}) if state is not None else None
+        out.tensors.append(chosen.encode(array, name, tensor_state))
     return out
 
 

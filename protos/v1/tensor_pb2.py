@@ -24,23 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64ge/protos/v1/tensor.proto\x12\x08\x66\x65\x64ge.v1\"\xfe\x01\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x1e\n\x05\x64type\x18\x04 \x01(\x0e\x32\x0f.fedge.v1.DType\x12\x36\n\x06params\x18\x05 \x03(\x0b\x32&.fedge.v1.CompressedTensor.ParamsEntry\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12)\n\x05parts\x18\x07 \x03(\x0b\x32\x1a.fedge.v1.CompressedTensor\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"w\n\x10\x43ompressedUpdate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.UpdateKind\x12\x12\n\nbase_round\x18\x02 \x01(\x04\x12+\n\x07tensors\x18\x03 \x03(\x0b\x32\x1a.fedge.v1.CompressedTensor*\xbe\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0e\n\nDTYPE_INT8\x10\x07\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x08\x12\x0e\n\nDTYPE_BOOL\x10\t*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_WEIGHTS\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64ge/protos/v1/tensor.proto\x12\x08\x66\x65\x64ge.v1\"\xb5\x01\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x1e\n\x05\x64type\x18\x04 \x01(\x0e\x32\x0f.fedge.v1.DType\x12\x0c\n\x04ints\x18\x05 \x03(\x12\x12\x0e\n\x06\x66loats\x18\x08 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12)\n\x05parts\x18\x07 \x03(\x0b\x32\x1a.fedge.v1.CompressedTensor\"w\n\x10\x43ompressedUpdate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.UpdateKind\x12\x12\n\nbase_round\x18\x02 \x01(\x04\x12+\n\x07tensors\x18\x03 \x03(\x0b\x32\x1a.fedge.v1.CompressedTensor*\xbe\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0e\n\nDTYPE_INT8\x10\x07\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x08\x12\x0e\n\nDTYPE_BOOL\x10\t*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_WEIGHTS\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge.protos.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPRESSEDTENSOR_PARAMSENTRY']._loaded_options = None
-  _globals['_COMPRESSEDTENSOR_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=421
-  _globals['_DTYPE']._serialized_end=611
-  _globals['_UPDATEKIND']._serialized_start=613
-  _globals['_UPDATEKIND']._serialized_end=702
+  _globals['_DTYPE']._serialized_start=348
+  _globals['_DTYPE']._serialized_end=538
+  _globals['_UPDATEKIND']._serialized_start=540
+  _globals['_UPDATEKIND']._serialized_end=629
   _globals['_COMPRESSEDTENSOR']._serialized_start=43
-  _globals['_COMPRESSEDTENSOR']._serialized_end=297
-  _globals['_COMPRESSEDTENSOR_PARAMSENTRY']._serialized_start=252
-  _globals['_COMPRESSEDTENSOR_PARAMSENTRY']._serialized_end=297
-  _globals['_COMPRESSEDUPDATE']._serialized_start=299
-  _globals['_COMPRESSEDUPDATE']._serialized_end=418
+  _globals['_COMPRESSEDTENSOR']._serialized_end=224
+  _globals['_COMPRESSEDUPDATE']._serialized_start=226
+  _globals['_COMPRESSEDUPDATE']._serialized_end=345
 # @@protoc_insertion_point(module_scope)

@@ -40,29 +40,24 @@ UPDATE_KIND_WEIGHTS: UpdateKind
 UPDATE_KIND_DELTA: UpdateKind
 
 class CompressedTensor(_message.Message):
-    __slots__ = ("name", "codec", "shape", "dtype", "params", "data", "parts")
-    class ParamsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    __slots__ = ("name", "codec", "shape", "dtype", "ints", "floats", "data", "parts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    INTS_FIELD_NUMBER: _ClassVar[int]
+    FLOATS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     codec: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
-    params: _containers.ScalarMap[str, float]
+    ints: _containers.RepeatedScalarFieldContainer[int]
+    floats: _containers.RepeatedScalarFieldContainer[float]
     data: bytes
     parts: _containers.RepeatedCompositeFieldContainer[CompressedTensor]
-    def __init__(self, name: _Optional[str] = ..., codec: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., params: _Optional[_Mapping[str, float]] = ..., data: _Optional[bytes] = ..., parts: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., codec: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., ints: _Optional[_Iterable[int]] = ..., floats: _Optional[_Iterable[float]] = ..., data: _Optional[bytes] = ..., parts: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ...) -> None: ...
 
 class CompressedUpdate(_message.Message):
     __slots__ = ("kind", "base_round", "tensors")

@@ -1,0 +1,55 @@
+"""The device's uplink encoder: error feedback and codec memory kept across rounds.
+
+Error feedback (Seide et al. 2014; Karimireddy et al. 2019): the part of the delta a
+biased codec (top-k, sign, PowerSGD) did not transmit is kept as a residual and added
+to the next round's delta, so nothing is lost, only delayed. The residual and the
+codecs' per-tensor state (PowerSGD's warm-start factors) live here, one instance per
+client, for the whole federation (and across reconnects of a device runtime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedge.protos.codecs import decode_update, encode_update
+from fedge.protos.codecs.plan import UplinkPlan
+from fedge.protos.v1 import tensor_pb2
+
+
+class UplinkEncoder:
+    """Encodes a client's deltas under an :class:`UplinkPlan`, keeping residuals."""
+
+    def __init__(self) -> None:
+        self.residual: dict[str, np.ndarray] = {}
+        self.codec_state: dict[str, dict] = {}
+
+    def encode(self, delta: Mapping[str, np.ndarray], plan: UplinkPlan, base_round: int) -> tensor_pb2.CompressedUpdate:
+        """The encoded update for ``delta`` (``local - global`` by tensor name)."""
+        corrected = dict(delta)
+        if plan.error_feedback:
+            for name, value in delta.items():
+                if name in self.residual and self.residual[name].shape == value.shape:
+                    corrected[name] = value + self.residual[name]
+        update = encode_update(
+            corrected,
+            plan.codec,
+            tensor_pb2.UPDATE_KIND_DELTA,
+            base_round,
+            state=self.codec_state,
+            fallback=plan.fallback,
+            dense_below=plan.dense_below,
+        )
+        if plan.error_feedback:
+            sent = decode_update(update)
+            self.residual = {
+                k: corrected[k] - sent[k] for k in corrected if np.issubdtype(corrected[k].dtype, np.floating)
+            }
+        else:
+            self.residual = {}
+        return update
+
+    def residual_norm(self) -> float:
+        """L2 norm of the residual carried to the next round."""
+        return float(np.sqrt(sum(float((r.astype(np.float64) ** 2).sum()) for r in self.residual.values())))
