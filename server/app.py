@@ -34,7 +34,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.config import TrainConfig
-from fedge.protos.codecs import CodecSpec
 from fedge.server.checkpoint import fingerprint
 from fedge.server.config import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
@@ -42,8 +41,9 @@ from fedge.server.federation import FederationResult
 from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.resume import run_resumable
 from fedge.server.transport import FederationServer, ServerCredentials
-from fedge.simulations.app import ConfigError, _build
+from fedge.simulations.app import ConfigError, _build, build_strategy
 from fedge.simulations.config import register_configs
+from fedge.simulations.grpc_backend import required_codecs
 from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask
 
@@ -83,20 +83,13 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     torch.manual_seed(cfg.seed)
     task: FederatedTask = _build("task", cfg.task)  # type: ignore[assignment]
     test = task.load().test
-    uplink, downlink = CodecSpec(cfg.compression.uplink), CodecSpec(cfg.compression.downlink)
-    strategy = CompressedStrategy(
-        _build("strategy", cfg.strategy),  # type: ignore[arg-type]
-        uplink=uplink,
-        downlink=downlink,
-        max_update_bytes=cfg.compression.max_update_bytes,
-    )
+    strategy = build_strategy(cfg)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, test, cfg.seed)
 
     server = FederationServer(
-        settings, credentials, required_codecs=[uplink.name, downlink.name],
-        max_update_bytes=cfg.compression.max_update_bytes,
+        settings, credentials, required_codecs=required_codecs(strategy), max_update_bytes=strategy.max_update_bytes
     ).start()
     grid = GrpcGrid(server)
     print(f"fedge-server: listening on {server.address} ({'mTLS' if server.secure else 'INSECURE'}); "

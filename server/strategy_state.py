@@ -84,6 +84,8 @@ def _encode(value: object, where: str, arrays: dict[str, np.ndarray]) -> dict[st
         return {"kind": "array_list", "length": len(value)}
     if isinstance(value, (list, tuple)) and all(isinstance(v, Scalar) for v in value):
         return {"kind": "scalar_list", "value": list(value)}
+    if isinstance(value, (set, frozenset)) and all(isinstance(v, Scalar) for v in value):
+        return {"kind": "scalar_set", "value": sorted(value, key=repr)}
     return None
 
 
@@ -103,6 +105,8 @@ def _restore_object(obj: object, description: Mapping[str, Any], arrays: Mapping
             value = float(entry["value"])
         elif kind == "scalar_list":
             value = list(entry["value"])
+        elif kind == "scalar_set":
+            value = set(entry["value"])
         elif kind == "array":
             value = np.array(arrays[where])
         elif kind == "array_record":

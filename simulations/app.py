@@ -76,6 +76,22 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"client: {exc}") from None
 
 
+def build_strategy(cfg: DictConfig) -> CompressedStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
+    try:
+        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"compression: {exc}") from None
+    inner = _build("strategy", cfg.strategy)
+    return CompressedStrategy(
+        inner,  # type: ignore[arg-type]
+        uplink=setup.uplink,
+        downlink=setup.downlink,
+        downlink_delta=setup.downlink_delta,
+        max_update_bytes=setup.max_update_bytes,
+    )
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     train_cfg = _check(cfg)
@@ -93,18 +109,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         parts = partition_indices(data.train.y, partitioner, data.groups)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"partition: {exc}") from None
-    try:
-        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"compression: {exc}") from None
-    inner = _build("strategy", cfg.strategy)
-    strategy = CompressedStrategy(
-        inner,  # type: ignore[arg-type]
-        uplink=setup.uplink,
-        downlink=setup.downlink,
-        downlink_delta=setup.downlink_delta,
-        max_update_bytes=setup.max_update_bytes,
-    )
+    strategy = build_strategy(cfg)
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
@@ -115,7 +120,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     if cfg.backend.name == "grpc":  # real gRPC: fedge-client processes on loopback
         from fedge.simulations.grpc_backend import grpc_grid
 
-        grid = grpc_grid(cfg, recipe)
+        grid = grpc_grid(cfg, recipe, strategy)
     else:
         grid = LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker)
     with grid:

@@ -25,6 +25,7 @@ from fedge.server.config import ServerConfig
 from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.transport import FederationServer, ServerCredentials
 from fedge.simulations.clients import ClientRecipe
+from fedge.strategies import CompressedStrategy
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,12 @@ class GrpcSimulation(GrpcGrid):
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def grpc_grid(cfg: DictConfig, recipe: ClientRecipe) -> GrpcSimulation:
+def required_codecs(strategy: CompressedStrategy) -> list[str]:
+    """Codec ids a device must support to take part (uplink, its fallback, downlink)."""
+    return sorted({strategy.uplink.codec.name, strategy.uplink.fallback, strategy.downlink.name})
+
+
+def grpc_grid(cfg: DictConfig, recipe: ClientRecipe, strategy: CompressedStrategy) -> GrpcSimulation:
     """The ``backend=grpc`` grid for a composed fedge-sim config."""
     from fedge.simulations.app import ConfigError
 
@@ -134,7 +140,7 @@ def grpc_grid(cfg: DictConfig, recipe: ClientRecipe) -> GrpcSimulation:
         recipe,
         settings,
         task_options,
-        sorted({cfg.compression.uplink, cfg.compression.downlink}),
-        cfg.compression.max_update_bytes,
+        required_codecs(strategy),
+        strategy.max_update_bytes,
         cfg.backend.threads_per_worker,
     )

@@ -34,10 +34,27 @@ def fresh():
     return recipe, initial, CentralEvaluator(TASK, DATA.test)
 
 
+def both_ways_compressed():
+    """conf/compression/downlink_q8: top-1% uplink with error feedback, 8-bit downlink deltas."""
+    from omegaconf import OmegaConf
+
+    from fedge.simulations.compression import compression_setup
+    from fedge.simulations.config import CompressionConfig
+
+    settings = OmegaConf.to_container(OmegaConf.structured(CompressionConfig(
+        codec="topk", ratio=0.01, values="q8", error_feedback=True, downlink="q8", downlink_delta=True,
+    )))
+    setup = compression_setup(settings)
+    inner = FedAvgM(fraction_train=0.75, fraction_evaluate=0.0, server_momentum=0.9)
+    return CompressedStrategy(inner, setup.uplink, setup.downlink, setup.downlink_delta, setup.max_update_bytes)
+
+
 STRATEGIES = {
     # partial sampling: the resumed run must also restore the client-sampling generator
-    "fedadam": lambda: FedAdam(fraction_train=0.75, fraction_evaluate=0.0, eta=0.01),
-    "fedavgm": lambda: FedAvgM(fraction_train=0.75, fraction_evaluate=0.0, server_momentum=0.9),
+    "fedadam": lambda: CompressedStrategy(FedAdam(fraction_train=0.75, fraction_evaluate=0.0, eta=0.01)),
+    "fedavgm": lambda: CompressedStrategy(FedAvgM(fraction_train=0.75, fraction_evaluate=0.0, server_momentum=0.9)),
+    # the wrapper's own state too: which model devices hold, for downlink deltas
+    "fedavgm-downlink-delta": both_ways_compressed,
 }
 
 
@@ -49,18 +66,18 @@ def weights(arrays):
 def test_resume_after_round_two_equals_an_uninterrupted_run(name, tmp_path):
     make = STRATEGIES[name]
     recipe, initial, evaluator = fresh()
-    plain = run_federation(CompressedStrategy(make()), LocalGrid(recipe), initial, evaluator, 4, ConfigRecord(TRAIN.to_config()))
+    plain = run_federation(make(), LocalGrid(recipe), initial, evaluator, 4, ConfigRecord(TRAIN.to_config()))
 
     recipe, initial, evaluator = fresh()
     first = run_resumable(
-        CompressedStrategy(make()), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp",
+        make(), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp",
         train_config=ConfigRecord(TRAIN.to_config()),
     )
     assert [r.round for r in first.rounds] == [0, 1, 2] and load_checkpoint(tmp_path).round == 2
     random.seed(99)  # a restarted process starts with other generator states
     np.random.seed(99)
     resumed = run_resumable(
-        CompressedStrategy(make()), LocalGrid(recipe), initial, evaluator, 4, tmp_path, "fp",
+        make(), LocalGrid(recipe), initial, evaluator, 4, tmp_path, "fp",
         resume=True, train_config=ConfigRecord(TRAIN.to_config()),
     )
     assert [r.round for r in resumed.rounds] == [0, 1, 2, 3, 4]
@@ -74,12 +91,12 @@ def test_resume_after_round_two_equals_an_uninterrupted_run(name, tmp_path):
 def test_the_strategy_state_is_what_makes_resume_exact(tmp_path, monkeypatch):
     """Control: resuming FedAdam without its moment estimates gives another model."""
     recipe, initial, evaluator = fresh()
-    plain = run_federation(CompressedStrategy(STRATEGIES["fedadam"]()), LocalGrid(recipe), initial, evaluator, 3, ConfigRecord(TRAIN.to_config()))
+    plain = run_federation(STRATEGIES["fedadam"](), LocalGrid(recipe), initial, evaluator, 3, ConfigRecord(TRAIN.to_config()))
     recipe, initial, evaluator = fresh()
-    run_resumable(CompressedStrategy(STRATEGIES["fedadam"]()), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp",
+    run_resumable(STRATEGIES["fedadam"](), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp",
                   train_config=ConfigRecord(TRAIN.to_config()))
     monkeypatch.setattr("fedge.server.strategy_state.restore", lambda *a, **k: None)
-    resumed = run_resumable(CompressedStrategy(STRATEGIES["fedadam"]()), LocalGrid(recipe), initial, evaluator, 3, tmp_path, "fp",
+    resumed = run_resumable(STRATEGIES["fedadam"](), LocalGrid(recipe), initial, evaluator, 3, tmp_path, "fp",
                             resume=True, train_config=ConfigRecord(TRAIN.to_config()))
     expected, got = weights(plain.final_arrays), weights(resumed.final_arrays)
     assert any(not np.array_equal(expected[k], got[k]) for k in expected)
@@ -87,16 +104,16 @@ def test_the_strategy_state_is_what_makes_resume_exact(tmp_path, monkeypatch):
 
 def test_resume_refuses_another_configuration_and_a_missing_checkpoint(tmp_path):
     recipe, initial, evaluator = fresh()
-    run_resumable(CompressedStrategy(STRATEGIES["fedavgm"]()), LocalGrid(recipe), initial, evaluator, 1, tmp_path, "fp-a")
+    run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 1, tmp_path, "fp-a")
     with pytest.raises(ValueError, match="different experiment configuration"):
-        run_resumable(CompressedStrategy(STRATEGIES["fedavgm"]()), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp-b", resume=True)
+        run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp-b", resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
-        run_resumable(CompressedStrategy(STRATEGIES["fedavgm"]()), LocalGrid(recipe), initial, evaluator, 2, tmp_path / "none", "fp", resume=True)
+        run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 2, tmp_path / "none", "fp", resume=True)
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     recipe, initial, evaluator = fresh()
-    run_resumable(CompressedStrategy(STRATEGIES["fedavgm"]()), LocalGrid(recipe), initial, evaluator, 1, tmp_path, "fp")
+    run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 1, tmp_path, "fp")
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     real_savez = np.savez
 
@@ -106,7 +123,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(checkpoint_module.np, "savez", torn_write)
     with pytest.raises(KeyboardInterrupt):
-        run_resumable(CompressedStrategy(STRATEGIES["fedavgm"]()), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp", resume=True)
+        run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp", resume=True)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no temporary file left behind
     assert load_checkpoint(tmp_path).round == 1
