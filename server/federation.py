@@ -101,6 +101,13 @@ def run_federation(
         train_config=train_config,
         evaluate_fn=evaluate_fn,
     )
+    attach_client_metrics(rounds, result)
+    final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
+
+
+def attach_client_metrics(rounds: list[RoundRecord], result: Result) -> None:
+    """Fill each record's client-side metrics (train loss, federated accuracy) from ``result``."""
     for record in rounds:
         metrics = result.train_metrics_clientapp.get(record.round)
         if metrics is not None and "train_loss" in metrics:
@@ -108,5 +115,3 @@ def run_federation(
         evaluated = result.evaluate_metrics_clientapp.get(record.round)
         if evaluated is not None and "accuracy" in evaluated:
             record.federated_accuracy = float(evaluated["accuracy"])
-    final_arrays = result.arrays if result.arrays is not None else initial_arrays
-    return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)

@@ -65,7 +65,7 @@ class FedgeGrid(Grid):
         """Deliver each message to its node now; replies wait for :meth:`pull_messages`."""
         batch: list[tuple[Message, int, bytes]] = []
         for message in messages:
-            if message.metadata.dst_node_id not in self._node_ids:
+            if not self._is_known(message.metadata.dst_node_id):
                 raise ValueError(f"message for unknown node {message.metadata.dst_node_id}")
             message.metadata.__dict__["_message_id"] = uuid4().hex
             task = message_to_task(message)
@@ -85,7 +85,11 @@ class FedgeGrid(Grid):
         """Push, then pull the replies in push order (deterministic aggregation order)."""
         return self.pull_messages(self.push_messages(messages))
 
-    # -- backend hook -------------------------------------------------------------
+    # -- backend hooks ------------------------------------------------------------
+    def _is_known(self, node_id: int) -> bool:
+        """May a message be addressed to ``node_id``? (Grids with dynamic nodes override.)"""
+        return node_id in self._node_ids
+
     @abstractmethod
     def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
         """Send each ``(node_id, Task bytes)``; return Update bytes per task, in order.

@@ -39,7 +39,7 @@ from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "grpc")
 
 
 class ConfigError(ValueError):
@@ -76,6 +76,22 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"client: {exc}") from None
 
 
+def build_strategy(cfg: DictConfig) -> CompressedStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
+    try:
+        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"compression: {exc}") from None
+    inner = _build("strategy", cfg.strategy)
+    return CompressedStrategy(
+        inner,  # type: ignore[arg-type]
+        uplink=setup.uplink,
+        downlink=setup.downlink,
+        downlink_delta=setup.downlink_delta,
+        max_update_bytes=setup.max_update_bytes,
+    )
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     train_cfg = _check(cfg)
@@ -93,18 +109,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         parts = partition_indices(data.train.y, partitioner, data.groups)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"partition: {exc}") from None
-    try:
-        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"compression: {exc}") from None
-    inner = _build("strategy", cfg.strategy)
-    strategy = CompressedStrategy(
-        inner,  # type: ignore[arg-type]
-        uplink=setup.uplink,
-        downlink=setup.downlink,
-        downlink_delta=setup.downlink_delta,
-        max_update_bytes=setup.max_update_bytes,
-    )
+    strategy = build_strategy(cfg)
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
@@ -112,7 +117,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     train_config = ConfigRecord(train_cfg.to_config())
 
     console = console or Console()
-    with LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker) as grid:
+    if cfg.backend.name == "grpc":  # real gRPC: fedge-client processes on loopback
+        from fedge.simulations.grpc_backend import grpc_grid
+
+        grid = grpc_grid(cfg, recipe, strategy)
+    else:
+        grid = LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker)
+    with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
     weights = {k: v.numpy() for k, v in result.final_arrays.items()}
@@ -126,6 +137,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "final": asdict(result.final),
             "rounds": [asdict(r) for r in result.rounds],
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
+            **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)

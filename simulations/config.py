@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from fedge.client.config import TrainConfig
+from fedge.server.config import ServerConfig
 
 SCHEMA_NAME = "fedge_schema"
 
@@ -64,6 +65,7 @@ class FedgeConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     client: TrainConfig = field(default_factory=TrainConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)  # gRPC server: fedge-server, backend=grpc
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0

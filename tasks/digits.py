@@ -46,6 +46,7 @@ class DigitsTask(FederatedTask):
 
     name = "digits"
     num_classes = 10
+    input_shape = (1, 8, 8)  # one example, as the model takes it
 
     def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16) -> None:
         if not 0.0 < test_fraction < 1.0:

@@ -1,0 +1,72 @@
+"""Shared pieces of the gRPC tests: certificates, an in-process server, device threads."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from fedge.client.connection import DeviceCredentials
+from fedge.client.runtime import DeviceRuntime, RuntimeSettings
+from fedge.server.certs import CertDir, create_federation, issue_devices
+from fedge.server.config import ServerConfig
+from fedge.server.transport import FederationServer, ServerCredentials
+from fedge.tasks.base import FederatedTask, Split
+
+DEVICES = ["1000", "1001", "1002"]
+#: Quick settings for loopback tests (seconds).
+FAST_SERVER = ServerConfig(address="127.0.0.1:0", heartbeat_s=1.0, round_timeout_s=60.0, pull_wait_s=5.0, max_workers=16)
+
+
+def make_certs(root: Path) -> CertDir:
+    create_federation(root)
+    issue_devices(root, DEVICES)
+    return CertDir(root)
+
+
+def start_server(certs: CertDir | None, codecs=("fp32",), credentials: ServerCredentials | None = None, **changes) -> FederationServer:
+    settings = replace(FAST_SERVER, insecure=certs is None, **changes)
+    if credentials is None and certs is not None:
+        credentials = ServerCredentials.from_dir(certs.root)
+    return FederationServer(settings, credentials, list(codecs)).start()
+
+
+def device_credentials(certs: CertDir, device: str) -> DeviceCredentials:
+    return DeviceCredentials.from_files(certs.ca, certs.device(device), certs.device_key(device))
+
+
+def start_device(
+    server: FederationServer, certs: CertDir | None, device: str, task: FederatedTask, data: Split, **changes
+) -> tuple[DeviceRuntime, threading.Thread, list[int]]:
+    """A DeviceRuntime in a thread; the list receives its exit status."""
+    settings = RuntimeSettings(
+        server=server.address,
+        device_id=device,
+        credentials=device_credentials(certs, device) if certs is not None else None,
+        pull_wait_s=2.0,
+        backoff_base_s=0.1,
+        backoff_max_s=0.5,
+        **changes,
+    )
+    runtime = DeviceRuntime(task, data, settings)
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(runtime.run()), daemon=True)
+    thread.start()
+    return runtime, thread, status
+
+
+def split_evenly(data: Split, parts: int) -> list[Split]:
+    return [data.subset(idx) for idx in np.array_split(np.arange(len(data)), parts)]
+
+
+def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 20 ms; AssertionError after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,93 @@
+"""fedge-client runs against a real server with flwr unimportable (issue 5, must-show 5).
+
+The fresh-venv install (only the ``client`` extra, then ``pip list``) is measured by
+``python -m bench.client_install`` (bench/results/client_install.json): it takes a
+few minutes of pip, too slow for the test suite. Here: the declared dependency
+closure of ``fedge[client]`` holds no flwr, and the real fedge-client process, with
+flwr blocked at import, joins a server over mTLS, verifies, trains and pushes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import PackageNotFoundError, distribution
+
+import numpy as np
+from grpc_helpers import make_certs, start_server
+from packaging.requirements import Requirement
+
+from fedge.server.probe import probe_device
+from fedge.tasks.digits import DigitsTask
+from test_client_without_flwr import BLOCK_FLWR
+
+SERVER_ONLY = {"flwr", "flwr-datasets", "hydra-core", "omegaconf", "ray", "datasets", "scikit-learn", "rich"}
+
+
+def dependency_closure(name: str, extras: tuple[str, ...] = ()) -> set[str]:
+    """Installed distributions ``name[extras]`` needs, following requirements (markers evaluated)."""
+    seen: set[str] = set()
+    todo = [(name, extras)]
+    while todo:
+        dist_name, dist_extras = todo.pop()
+        try:
+            dist = distribution(dist_name)
+        except PackageNotFoundError:
+            continue
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen and not dist_extras:
+            continue
+        seen.add(key)
+        for text in dist.requires or []:
+            req = Requirement(text)
+            environments = [{"extra": e} for e in dist_extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
+                todo.append((req.name, tuple(req.extras)))
+    return seen
+
+
+def test_the_client_extra_installs_no_flwr():
+    closure = dependency_closure("fedge", ("client",))
+    assert {"numpy", "torch", "grpcio", "protobuf", "cryptography"} <= closure
+    assert not closure & SERVER_ONLY, sorted(closure & SERVER_ONLY)
+    assert "flwr" in dependency_closure("fedge", ("server",))  # the walk does see extras
+
+
+def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path):
+    certs = make_certs(tmp_path / "certs")
+    task = DigitsTask()
+    shard = task.load().train.subset(np.arange(150))
+    data = tmp_path / "device.npz"
+    np.savez(data, x=shard.x, y=shard.y)
+    server = start_server(certs)
+    argv = [
+        "fedge-client", "--server", server.address, "--task", "digits", "--data", str(data),
+        "--ca", str(certs.ca), "--cert", str(certs.device("1000")), "--key", str(certs.device_key("1000")),
+        "--pull-wait", "2",
+    ]
+    script = BLOCK_FLWR + textwrap.dedent(
+        f"""
+        import json, runpy
+        sys.argv = {argv!r}
+        try:
+            runpy.run_module("fedge.client.cli", run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code
+        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"flwr", "hydra", "omegaconf", "ray", "sklearn", "datasets"}})
+        print(json.dumps({{"exit": code, "heavy": heavy}}))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        probe = probe_device(server, task)
+        assert probe.ok, probe.reply.error.reason
+        assert probe.reply.content["metrics"]["num-examples"] == 150.0
+        out, err = proc.communicate(timeout=60)  # the federation is over: the device leaves and exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report == {"exit": 0, "heavy": []}, err[-2000:]
