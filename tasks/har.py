@@ -14,7 +14,7 @@ Examples are windows of ``window`` steps (default 100 = 2 s) taken every ``strid
 steps. The held-out central test split is the last ``test_fraction`` of every
 recording in time (windows never straddle the cut), so every subject and exercise is
 in both splits and no test window overlaps a training window. With the defaults:
-3,777 training and 843 test windows of shape ``(6, 100)``. ``groups`` is the subject
+3,693 training and 770 test windows of shape ``(6, 100)``. ``groups`` is the subject
 id (1..10) of each training window: natural clients, one per subject
 (``partition=natural num_clients=10``), non-IID in how each person moves.
 Channels are standardised with the dataset-wide mean and standard deviation below.
@@ -67,8 +67,9 @@ class HarCNN(nn.Module):
 
 def windows(series: np.ndarray, window: int, stride: int) -> np.ndarray:
     """``(T, C)`` series -> ``(W, C, window)`` windows starting every ``stride`` steps."""
-    starts = range(0, len(series) - window + 1, stride)
-    return np.stack([series[s : s + window].T for s in starts]) if len(series) >= window else np.empty((0, series.shape[1], window))
+    if len(series) < window:
+        return np.empty((0, series.shape[1], window), dtype=series.dtype)
+    return np.stack([series[s : s + window].T for s in range(0, len(series) - window + 1, stride)])
 
 
 class HarTask(FederatedTask):
