@@ -175,26 +175,32 @@ def plot_accuracy_vs_uplink(runs: Sequence[Run], path: Path) -> Path:
 
 
 def plot_clients(runs: Sequence[Run], path: Path) -> Path:
-    fig = _figure(9.0, 6.5)
-    up_ax, compute_ax = fig.subplots(2, 1)
+    fig = _figure(9.0, 8.0)
+    up_ax, down_ax, compute_ax = fig.subplots(3, 1, sharex=True)
     nodes = sorted({int(n) for run in runs for n in run.results.get("clients", {})})
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         clients = run.results.get("clients", {})
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(nodes))]
-        up = [clients.get(str(n), {}).get("uplink_bytes", 0) / KB for n in nodes]
-        down = [clients.get(str(n), {}).get("downlink_bytes", 0) / KB for n in nodes]
-        bars = up_ax.bar(xs, up, width, label=f"{run.label} up")
-        up_ax.bar(xs, down, width, bottom=up, color=bars.patches[0].get_facecolor() if bars.patches else None, alpha=0.35)
-        compute_ax.bar(xs, [clients.get(str(n), {}).get("compute_s", 0.0) for n in nodes], width, label=run.label)
-    for ax in (up_ax, compute_ax):
-        ax.set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
+        per_node = [clients.get(str(n), {}) for n in nodes]
+        up_ax.bar(xs, [c.get("uplink_bytes", 0) / KB for c in per_node], width, label=run.label)
+        down_ax.bar(xs, [c.get("downlink_bytes", 0) / KB for c in per_node], width, label=run.label)
+        compute_ax.bar(xs, [c.get("compute_s", 0.0) for c in per_node], width, label=run.label)
+    up_ax.set(ylabel="uplink KB (log)", yscale="log", title="bytes each client sent over the run (serialised updates)")
+    sent = [b.get_height() for b in up_ax.patches if b.get_height() > 0]
+    if sent:
+        up_ax.set_ylim(min(sent) / 3, max(sent) * 3)
+    down_ax.set(ylabel="downlink KB", title="bytes each client received (serialised tasks)")
+    compute_ax.set(
+        xlabel="client (node id)",
+        ylabel="seconds",
+        title="training seconds per client (measured on this machine; simulated device time not recorded yet)",
+    )
+    compute_ax.set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
+    for ax in (up_ax, down_ax, compute_ax):
         ax.grid(alpha=0.3, axis="y")
-    up_ax.set(ylabel="KB (solid: uplink, light: downlink)", title="bytes per client over the run")
-    compute_ax.set(xlabel="client (node id)", ylabel="seconds", title="training seconds per client (measured here; simulated device time not recorded yet)")
     if nodes:
-        up_ax.legend(fontsize="small")
-        compute_ax.legend(fontsize="small")
+        fig.legend(*up_ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(len(runs), 4), fontsize="small")
     fig.savefig(path)
     return path
 

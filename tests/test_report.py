@@ -1,6 +1,7 @@
 """fedge-report: plots and a markdown report, also at the end of fedge-sim and of a sweep (must-show 3)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ def fedge_sim(tmp_path, *args):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # in-process clients, one torch thread as in a worker
     )
 
 
