@@ -70,7 +70,7 @@ class FedgeGrid(Grid):
             message.metadata.__dict__["_message_id"] = uuid4().hex
             task = message_to_task(message)
             payload = task.SerializeToString()
-            self.traffic.sent(task.server_round, len(payload))
+            self.traffic.sent(task.server_round, len(payload), message.metadata.dst_node_id)
             batch.append((message, task.server_round, payload))
         answers = self._deliver([(m.metadata.dst_node_id, p) for m, _, p in batch])
         for (message, server_round, _), answer in zip(batch, answers, strict=True):
@@ -107,14 +107,16 @@ class FedgeGrid(Grid):
         self.close()
 
     def _to_reply(self, message: Message, group: int, answer: bytes | None) -> Message:
+        node = message.metadata.dst_node_id
         if answer is None:
-            self.traffic.received(group, 0, ok=False)
-            return failure_reply(message, f"node {message.metadata.dst_node_id} did not answer")
+            self.traffic.received(group, 0, ok=False, node_id=node)
+            return failure_reply(message, f"node {node} did not answer")
         update = task_pb2.Update()
         try:
             update.ParseFromString(answer)
         except Exception as exc:  # a broken device must not break the round
-            self.traffic.received(group, len(answer), ok=False)
-            return failure_reply(message, f"node {message.metadata.dst_node_id} sent unparsable bytes: {exc}")
-        self.traffic.received(group, len(answer), ok=not update.error)
+            self.traffic.received(group, len(answer), ok=False, node_id=node)
+            return failure_reply(message, f"node {node} sent unparsable bytes: {exc}")
+        compute_s = update.metrics.get("compute_s", 0.0)
+        self.traffic.received(group, len(answer), ok=not update.error, node_id=node, compute_s=compute_s)
         return update_to_reply(update, message)

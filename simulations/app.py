@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -29,17 +30,16 @@ from fedge.client.config import TrainConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.backends import BACKENDS, make_grid
 from fedge.simulations.compression import compression_setup
 from fedge.simulations.config import register_configs
-from fedge.simulations.local_grid import LocalGrid
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, summary_table
+from fedge.simulations.report import make_report
 from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
-
-BACKENDS = ("local", "grpc")
 
 
 class ConfigError(ValueError):
@@ -109,6 +109,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         parts = partition_indices(data.train.y, partitioner, data.groups)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"partition: {exc}") from None
+    if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
+        raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
     strategy = build_strategy(cfg)
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -117,12 +119,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     train_config = ConfigRecord(train_cfg.to_config())
 
     console = console or Console()
-    if cfg.backend.name == "grpc":  # real gRPC: fedge-client processes on loopback
-        from fedge.simulations.grpc_backend import grpc_grid
-
-        grid = grpc_grid(cfg, recipe, strategy)
-    else:
-        grid = LocalGrid(recipe, cfg.backend.num_workers, cfg.backend.threads_per_worker)
+    try:
+        grid = make_grid(cfg, recipe, strategy)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"backend: {exc}") from None
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
@@ -138,6 +138,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "rounds": [asdict(r) for r in result.rounds],
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
             **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
+            "clients": {str(node): asdict(t) for node, t in grid.traffic.nodes().items()},
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)
@@ -152,11 +153,14 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
     try:
-        outcome = run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
+        outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     except ConfigError as exc:
         print(f"fedge-sim: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
+        print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final.accuracy
 
 

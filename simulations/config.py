@@ -8,7 +8,7 @@ Library objects (task, strategy, partitioner) are chosen by Hydra ``_target_``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -48,11 +48,16 @@ class CompressionConfig:
 
 @dataclass
 class BackendConfig:
-    """Where simulated clients run. ``local``: worker processes on this machine."""
+    """Where simulated clients run. ``local``: worker processes on this machine;
+    ``ray``: a Ray actor pool (``conf/backend/ray.yaml``)."""
 
     name: str = "local"
     num_workers: int = 2  # worker processes; 0 = run clients in the server process
-    threads_per_worker: int = 1  # torch intra-op threads per worker
+    threads_per_worker: int = 1  # torch intra-op threads per worker (or Ray actor)
+    # ray only:
+    address: Optional[str] = None  # None: private Ray on this machine; "auto", "ray://host:port"
+    num_actors: int = 4  # Ray actors, clients pinned to them
+    cpus_per_actor: float = 1.0  # Ray logical CPUs each actor reserves
 
 
 @dataclass

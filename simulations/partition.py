@@ -23,6 +23,14 @@ def partition_indices(
     columns: dict[str, np.ndarray] = {"label": np.asarray(labels), "idx": np.arange(len(labels))}
     if groups is not None:
         columns["group"] = np.asarray(groups)
+    wanted = getattr(partitioner, "_partition_by", None)  # natural-id and label-based partitioners
+    if wanted == "group" and groups is None:
+        raise ValueError(
+            f"{type(partitioner).__name__} splits by natural ids, but the task has no natural ids "
+            f"(writer, subject): choose partition=dirichlet, iid or pathological"
+        )
+    if isinstance(wanted, str) and wanted not in columns:
+        raise ValueError(f"{type(partitioner).__name__} splits by {wanted!r}; columns are {sorted(columns)}")
     partitioner.dataset = Dataset.from_dict(columns)
     try:
         parts = [

@@ -56,16 +56,21 @@ class DigitsTask(FederatedTask):
         self.width = width
 
     def load(self) -> TaskData:
-        from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
-        bunch = load_digits()
-        x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
-        y = bunch.target.astype(np.int64)
+        x, y = self.images()
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=self.test_fraction, random_state=self.seed, stratify=y
         )
         return TaskData(train=Split(x_train, y_train), test=Split(x_test, y_test))
+
+    def images(self) -> tuple[np.ndarray, np.ndarray]:
+        """All standardised images ``(N, 1, H, W)`` float32 and their labels ``(N,)`` int64."""
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
+        return x, bunch.target.astype(np.int64)
 
     def build_model(self) -> nn.Module:
         return DigitsCNN(self.num_classes, self.width)

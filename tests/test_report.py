@@ -1,0 +1,123 @@
+"""fedge-report: plots and a markdown report, also at the end of fedge-sim and of a sweep (must-show 3)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from fedge.simulations.report import make_report, run_labels
+
+BIN = Path(sys.executable).parent
+PNGS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "clients.png")
+FAST = ["rounds=2", "progress=false", "backend.num_workers=0", "client.local_epochs=1"]
+
+
+def fedge_sim(tmp_path, *args):
+    return subprocess.run(
+        [str(BIN / "fedge-sim"), *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/multi"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # in-process clients, one torch thread as in a worker
+    )
+
+
+def assert_real_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    pixels = imread(path)
+    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 500, pixels.shape
+    assert float(np.std(pixels[..., :3])) > 0.01, f"{path} is blank"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """`fedge-sim -m compression=none,fp16,topk`, as a user runs it."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = fedge_sim(tmp, "-m", "compression=none,fp16,topk", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "multi", proc
+
+
+def test_sweep_ends_with_one_report_comparing_its_runs(sweep):
+    sweep_dir, proc = sweep
+    assert sorted(p.parent.name for p in sweep_dir.rglob("results.json")) == ["0", "1", "2"]
+    reports = list(sweep_dir.rglob("report.md"))
+    assert reports == [sweep_dir / "report.md"], reports
+    assert f"sweep report: {sweep_dir / 'report.md'}" in proc.stdout
+    text = reports[0].read_text()
+    for label in ("compression=none", "compression=fp16", "compression=topk"):
+        assert f"## {label}" in text  # a table per run
+        assert f"| {label} | 2 |" in text  # a row in the summary table
+    for png in PNGS:
+        assert f"]({png})" in text
+        assert_real_png(sweep_dir / png)
+
+
+def test_report_numbers_are_the_runs_numbers(sweep):
+    sweep_dir, _ = sweep
+    text = (sweep_dir / "report.md").read_text()
+    for results_path in sweep_dir.rglob("results.json"):
+        results = json.loads(results_path.read_text())
+        uplink_mb = sum(r["uplink_bytes"] for r in results["rounds"]) / 1e6
+        assert f"| {results['final']['accuracy']:.4f} |" in text
+        assert f"| {uplink_mb:.3f} |" in text
+        # per-client bytes add up to the per-round totals
+        clients = results["clients"]
+        assert len(clients) == results["config"]["num_clients"]
+        assert sum(c["uplink_bytes"] for c in clients.values()) == sum(r["uplink_bytes"] for r in results["rounds"])
+        assert sum(c["downlink_bytes"] for c in clients.values()) == sum(r["downlink_bytes"] for r in results["rounds"])
+    by_codec = {
+        json.loads(p.read_text())["config"]["compression"]["name"]: sum(r["uplink_bytes"] for r in json.loads(p.read_text())["rounds"])
+        for p in sweep_dir.rglob("results.json")
+    }
+    assert by_codec["topk"] < by_codec["fp16"] < by_codec["none"]
+
+
+def test_single_run_writes_its_report(tmp_path):
+    proc = fedge_sim(tmp_path, *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "report.md").is_file()
+    for png in PNGS:
+        assert_real_png(tmp_path / "run" / png)
+
+
+def test_fedge_report_cli_on_run_dirs(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    proc = subprocess.run(
+        [str(BIN / "fedge-report"), str(sweep_dir / "0"), str(sweep_dir / "2"), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## compression=none" in text and "## compression=topk" in text and "fp16" not in text
+    for png in PNGS:
+        assert_real_png(tmp_path / "out" / png)
+
+
+def test_fedge_report_names_a_missing_run(tmp_path):
+    proc = subprocess.run([str(BIN / "fedge-report"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "no results.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_labels_name_what_differs():
+    base = {"task": {"_target_": "x.DigitsTask"}, "strategy": {"_target_": "flwr.FedAvg"}, "compression": {"name": "none", "codec": "fp32"}, "seed": 0}
+    topk = {**base, "compression": {"name": "topk", "codec": "topk"}}
+    prox = {**base, "strategy": {"_target_": "flwr.FedProx", "proximal_mu": 0.1}, "seed": 1}
+    assert run_labels([base, topk]) == ["compression=none", "compression=topk"]
+    assert run_labels([base, prox]) == ["seed=0, strategy=FedAvg", "seed=1, strategy=FedProx"]
+    assert run_labels([base]) == ["DigitsTask / FedAvg / none"]
+    assert run_labels([base, base]) == ["DigitsTask / FedAvg / none #0", "DigitsTask / FedAvg / none #1"]
+
+
+def test_make_report_rejects_runs_without_rounds(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"config": {}, "rounds": []}))
+    with pytest.raises(ValueError, match="no rounds"):
+        make_report([tmp_path])
