@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 #: Config key Flower's FedProx strategy injects for the proximal term's weight.
 FLOWER_PROX_KEY = "proximal-mu"
@@ -25,8 +25,14 @@ class TrainConfig:
     local_epochs: int = 1
     local_steps: int = 0
     prox_mu: float = 0.0
+    l1: float = 0.0  # L1 penalty weight on trainable weights (weight_decay is the L2 penalty)
+    checkpointing: bool = False  # gradient checkpointing of the model's sequential segments
+    checkpoint_segments: int = 2
+    freeze: list[str] = field(default_factory=list)  # state names (fnmatch patterns) kept fixed and not sent
+    trainable: list[str] = field(default_factory=list)  # if set, every other tensor is frozen
 
     def __post_init__(self) -> None:
+        self.freeze, self.trainable = list(self.freeze), list(self.trainable)
         problems = []
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
@@ -42,6 +48,10 @@ class TrainConfig:
             problems.append(f"local_steps must be >= 0, got {self.local_steps}")
         if self.prox_mu < 0:
             problems.append(f"prox_mu must be >= 0, got {self.prox_mu}")
+        if self.l1 < 0:
+            problems.append(f"l1 must be >= 0, got {self.l1}")
+        if self.checkpoint_segments < 1:
+            problems.append(f"checkpoint_segments must be >= 1, got {self.checkpoint_segments}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
 
@@ -59,12 +69,24 @@ class TrainConfig:
             changes["prox_mu"] = _coerce(FLOWER_PROX_KEY, config[FLOWER_PROX_KEY], float)
         return replace(self, **changes)  # type: ignore[arg-type]
 
-    def to_config(self, prefix: str = "client.") -> dict[str, int | float]:
-        """This config as flat round-config entries."""
-        return {prefix + f.name: getattr(self, f.name) for f in fields(self)}
+    def to_config(self, prefix: str = "client.") -> dict[str, int | float | bool | str]:
+        """This config as flat round-config entries (lists as comma-separated strings)."""
+        return {prefix + f.name: _to_wire(getattr(self, f.name)) for f in fields(self)}
 
 
-def _coerce(key: str, value: object, kind: type) -> int | float:
+def _to_wire(value: object) -> int | float | bool | str:
+    return ",".join(value) if isinstance(value, list) else value  # type: ignore[return-value]
+
+
+def _coerce(key: str, value: object, kind: type) -> int | float | bool | list[str]:
+    if kind is list:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key!r} must be a comma-separated string, got {value!r}")
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be a bool, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"config key {key!r} must be a number, got {value!r}")
     if kind is int:

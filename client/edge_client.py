@@ -21,6 +21,7 @@ import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.config import TrainConfig
+from fedge.client.freezing import freeze_parameters, frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
 from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
@@ -111,9 +112,12 @@ class EdgeClient:
         global_weights = self._load_global(task)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         torch.manual_seed(int(rng.integers(2**31)))
+        frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
+        freeze_parameters(self.model, frozen)
         stats = train(self.model, self.task, self.data, cfg, rng)
         local = model_arrays(self.model)
-        delta = {k: local[k] - global_weights[k] for k in local}
+        # Partial update: frozen tensors are not sent (the server keeps them as they are).
+        delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
@@ -125,6 +129,9 @@ class EdgeClient:
                 "train_loss": stats.mean_loss,
                 "local_steps": float(stats.steps),
                 "compute_s": stats.compute_s,
+                # client.memory: autograd-saved activations (deterministic), + weights/grads/optimiser state
+                "peak_activation_bytes": float(stats.peak_activation_bytes),
+                "peak_train_bytes": float(stats.peak_activation_bytes + stats.param_bytes),
                 "handle_s": time.perf_counter() - start,
             }
         )

@@ -1,4 +1,8 @@
-"""Local training: mini-batch SGD with momentum, weight decay and a FedProx term."""
+"""Local training: mini-batch SGD with momentum, L2 (weight decay), L1 and FedProx terms.
+
+Optionally checkpointed (:mod:`fedge.client.checkpointing`); activation memory is
+measured with :class:`fedge.client.memory.ActivationMeter`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedge.client.checkpointing import training_forward
 from fedge.client.config import TrainConfig
+from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.tasks.base import FederatedTask, Split
 
 
@@ -21,6 +27,8 @@ class TrainStats:
     num_examples: int  # size of the local training set
     steps: int  # optimiser steps taken
     compute_s: float  # wall-clock seconds spent training
+    peak_activation_bytes: int = 0  # most autograd-saved activation bytes alive at once (client.memory)
+    param_bytes: int = 0  # weights + gradients + optimiser state
 
 
 def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
@@ -49,17 +57,25 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
+    forward = training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
+    meter = ActivationMeter()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total, steps = 0.0, 0
-    for batch in batch_order(len(data), cfg, rng):
-        index = torch.from_numpy(batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss = task.loss(model(x_all[index]), y_all[index])
-        total += loss.item()
-        if anchor is not None:
-            prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
-            loss = loss + 0.5 * cfg.prox_mu * prox
-        loss.backward()
-        optimiser.step()
-        steps += 1
-    return TrainStats(total / max(steps, 1), len(data), steps, time.perf_counter() - start)
+    with meter.track(model):
+        for batch in batch_order(len(data), cfg, rng):
+            index = torch.from_numpy(batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss = task.loss(forward(x_all[index]), y_all[index])
+            total += loss.item()
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+                loss = loss + 0.5 * cfg.prox_mu * prox
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
+            loss.backward()
+            optimiser.step()
+            steps += 1
+    slots = 1 if cfg.momentum > 0 else 0
+    return TrainStats(
+        total / max(steps, 1), len(data), steps, time.perf_counter() - start, meter.peak_bytes, param_bytes(model, slots)
+    )

@@ -104,6 +104,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         downlink=setup.downlink,
         downlink_delta=setup.downlink_delta,
         max_update_bytes=setup.max_update_bytes,
+        freeze=train_cfg.freeze,  # issue 4: partial updates
+        trainable=train_cfg.trainable,
     )
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
     torch.manual_seed(cfg.seed)
