@@ -23,6 +23,7 @@ from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.config import TrainConfig
 from fedge.client.freezing import freeze_parameters, frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
+from fedge.client.qat import LSQModel
 from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config as wire_config
@@ -74,6 +75,7 @@ class EdgeClient:
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None
+        self.qat: LSQModel | None = None  # learned LSQ steps, kept across rounds once QAT starts
 
     def handle(self, task: task_pb2.Task) -> task_pb2.Update:
         """Run one task and answer it; failures are reported in ``Update.error``."""
@@ -114,7 +116,10 @@ class EdgeClient:
         torch.manual_seed(int(rng.integers(2**31)))
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
         freeze_parameters(self.model, frozen)
-        stats = train(self.model, self.task, self.data, cfg, rng)
+        if cfg.qat.bits and task.server_round >= cfg.qat.start_round and self.qat is None:
+            self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
+        qat = self.qat if cfg.qat.bits and task.server_round >= cfg.qat.start_round else None
+        stats = train(self.model, self.task, self.data, cfg, rng, qat)
         local = model_arrays(self.model)
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}

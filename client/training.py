@@ -16,6 +16,7 @@ from torch import nn
 from fedge.client.checkpointing import training_forward
 from fedge.client.config import TrainConfig
 from fedge.client.memory import ActivationMeter, param_bytes
+from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask, Split
 
 
@@ -48,16 +49,24 @@ def train(
     data: Split,
     cfg: TrainConfig,
     rng: np.random.Generator,
+    qat: LSQModel | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights."""
+    """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights.
+
+    With ``qat`` (a fake-quantised view of ``model``), train through it: the weights
+    and the quantisers' learned steps together.
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty local dataset")
     start = time.perf_counter()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_params = list(qat.quantisers.parameters()) if qat is not None else []
+    optimiser = torch.optim.SGD(params + steps_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
-    forward = training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
+    if qat is not None and cfg.checkpointing:
+        raise ValueError("client.qat and client.checkpointing cannot be combined (yet)")
+    forward = qat if qat is not None else training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
     meter = ActivationMeter()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total, steps = 0.0, 0

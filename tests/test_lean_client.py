@@ -107,3 +107,25 @@ def test_frozen_tensor_sent_anyway_is_refused(deep):
                                 ConfigRecord(TrainConfig(local_steps=1).to_config()))
     assert result.rounds[-1].dropped == 2
     assert "unexpected ['0.0.weight'" in strategy.log.dropped[0].reason
+
+
+def test_qat_config_flat_keys_and_lsq_steps_learn(deep):
+    task, data = deep
+    cfg = TrainConfig().updated_from({"client.qat.bits": 4, "client.qat.start_round": 2})
+    assert (cfg.qat.bits, cfg.qat.start_round) == (4, 2)
+    assert TrainConfig(qat={"bits": 8}).to_config()["client.qat.bits"] == 8
+    with pytest.raises(ValueError, match="qat.bits"):
+        TrainConfig(qat={"bits": 9})
+    client = EdgeClient(task, data.train.subset(np.arange(64)), node_id=1, defaults=TrainConfig(local_steps=3))
+    weights = model_arrays(client.model)
+    wire = {"client.qat.bits": 4, "client.qat.start_round": 2}
+    assert not client.handle(make_task(weights, round_=1, config=wire)).error
+    assert client.qat is None  # float training before start_round
+    update = client.handle(make_task(weights, round_=2, config=wire))
+    assert not update.error and client.qat is not None
+    steps = client.qat.steps()
+    assert all(s > 0 for s in steps.values()) and len(steps) == 2 * len(client.qat.layers)
+    # Weights seen by the forward pass are on the 4-bit grid of the learned step.
+    q = client.qat.quantisers["0/0/weight"]
+    wq = q(client.model[0][0].weight).detach()
+    assert len(torch.unique(wq)) <= 16
