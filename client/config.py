@@ -52,6 +52,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)  # state names (fnmatch patterns) kept fixed and not sent
     trainable: list[str] = field(default_factory=list)  # if set, every other tensor is frozen
     qat: QATConfig = field(default_factory=QATConfig)
+    memory_mb: float = 0.0  # device memory budget for training (client.budget); 0 = no limit
 
     def __post_init__(self) -> None:
         self.freeze, self.trainable = list(self.freeze), list(self.trainable)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.budget import fit_to_budget
 from fedge.client.config import TrainConfig
 from fedge.client.freezing import freeze_parameters, frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
@@ -119,6 +120,7 @@ class EdgeClient:
         if cfg.qat.bits and task.server_round >= cfg.qat.start_round and self.qat is None:
             self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
         qat = self.qat if cfg.qat.bits and task.server_round >= cfg.qat.start_round else None
+        cfg = fit_to_budget(self.model, self.task, self.data, cfg)
         stats = train(self.model, self.task, self.data, cfg, rng, qat)
         local = model_arrays(self.model)
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
@@ -138,6 +140,8 @@ class EdgeClient:
                 "peak_activation_bytes": float(stats.peak_activation_bytes),
                 "peak_train_bytes": float(stats.peak_activation_bytes + stats.param_bytes),
                 "handle_s": time.perf_counter() - start,
+                "batch_size": float(cfg.batch_size),
+                "checkpointing": float(cfg.checkpointing),
             }
         )
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)

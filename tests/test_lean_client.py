@@ -129,3 +129,20 @@ def test_qat_config_flat_keys_and_lsq_steps_learn(deep):
     q = client.qat.quantisers["0/0/weight"]
     wq = q(client.model[0][0].weight).detach()
     assert len(torch.unique(wq)) <= 16
+
+
+def test_memory_budget_refuses_or_fits_measured():
+    task = DigitsTask(model="mobilenet", width=32)
+    data = task.load()
+    local = data.train.subset(np.arange(128))
+    client = EdgeClient(task, local, node_id=1, defaults=TrainConfig(local_steps=2, batch_size=64))
+    weights = model_arrays(client.model)
+    update = client.handle(make_task(weights, config={"client.memory_mb": 0.5}))
+    assert "memory budget 0.5 MB is too small" in update.error and "needs at least" in update.error
+    plain = client.handle(make_task(weights, round_=2))
+    need = plain.metrics["peak_train_bytes"]
+    budget_mb = 0.6 * need / (1 << 20)  # fits only with checkpointing or a smaller batch
+    fitted = client.handle(make_task(weights, round_=3, config={"client.memory_mb": budget_mb}))
+    assert not fitted.error
+    assert fitted.metrics["peak_train_bytes"] <= budget_mb * (1 << 20)  # measured, not estimated
+    assert fitted.metrics["checkpointing"] == 1.0 or fitted.metrics["batch_size"] < 64
