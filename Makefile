@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	$(BIN)/python -m bench.runner
+	$(BIN)/python -m bench.client
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.budget import fit_to_budget
 from fedge.client.config import TrainConfig
+from fedge.client.freezing import freeze_parameters, frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
+from fedge.client.qat import LSQModel
 from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config as wire_config
@@ -73,6 +76,7 @@ class EdgeClient:
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None
+        self.qat: LSQModel | None = None  # learned LSQ steps, kept across rounds once QAT starts
 
     def handle(self, task: task_pb2.Task) -> task_pb2.Update:
         """Run one task and answer it; failures are reported in ``Update.error``."""
@@ -111,9 +115,16 @@ class EdgeClient:
         global_weights = self._load_global(task)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         torch.manual_seed(int(rng.integers(2**31)))
-        stats = train(self.model, self.task, self.data, cfg, rng)
+        frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
+        freeze_parameters(self.model, frozen)
+        if cfg.qat.bits and task.server_round >= cfg.qat.start_round and self.qat is None:
+            self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
+        qat = self.qat if cfg.qat.bits and task.server_round >= cfg.qat.start_round else None
+        cfg = fit_to_budget(self.model, self.task, self.data, cfg)
+        stats = train(self.model, self.task, self.data, cfg, rng, qat)
         local = model_arrays(self.model)
-        delta = {k: local[k] - global_weights[k] for k in local}
+        # Partial update: frozen tensors are not sent (the server keeps them as they are).
+        delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
@@ -125,7 +136,12 @@ class EdgeClient:
                 "train_loss": stats.mean_loss,
                 "local_steps": float(stats.steps),
                 "compute_s": stats.compute_s,
+                # client.memory: autograd-saved activations (deterministic), + weights/grads/optimiser state
+                "peak_activation_bytes": float(stats.peak_activation_bytes),
+                "peak_train_bytes": float(stats.peak_activation_bytes + stats.param_bytes),
                 "handle_s": time.perf_counter() - start,
+                "batch_size": float(cfg.batch_size),
+                "checkpointing": float(cfg.checkpointing),
             }
         )
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)

@@ -1,4 +1,8 @@
-"""Local training: mini-batch SGD with momentum, weight decay and a FedProx term."""
+"""Local training: mini-batch SGD with momentum, L2 (weight decay), L1 and FedProx terms.
+
+Optionally checkpointed (:mod:`fedge.client.checkpointing`); activation memory is
+measured with :class:`fedge.client.memory.ActivationMeter`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedge.client.checkpointing import training_forward
 from fedge.client.config import TrainConfig
+from fedge.client.memory import ActivationMeter, param_bytes
+from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask, Split
 
 
@@ -21,6 +28,8 @@ class TrainStats:
     num_examples: int  # size of the local training set
     steps: int  # optimiser steps taken
     compute_s: float  # wall-clock seconds spent training
+    peak_activation_bytes: int = 0  # most autograd-saved activation bytes alive at once (client.memory)
+    param_bytes: int = 0  # weights + gradients + optimiser state
 
 
 def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
@@ -40,26 +49,42 @@ def train(
     data: Split,
     cfg: TrainConfig,
     rng: np.random.Generator,
+    qat: LSQModel | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights."""
+    """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights.
+
+    With ``qat`` (a fake-quantised view of ``model``), train through it: the weights
+    and the quantisers' learned steps together.
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty local dataset")
     start = time.perf_counter()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_params = list(qat.quantisers.parameters()) if qat is not None else []
+    optimiser = torch.optim.SGD(params + steps_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
+    if qat is not None and cfg.checkpointing:
+        raise ValueError("client.qat and client.checkpointing cannot be combined (yet)")
+    forward = qat if qat is not None else training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
+    meter = ActivationMeter()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total, steps = 0.0, 0
-    for batch in batch_order(len(data), cfg, rng):
-        index = torch.from_numpy(batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss = task.loss(model(x_all[index]), y_all[index])
-        total += loss.item()
-        if anchor is not None:
-            prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
-            loss = loss + 0.5 * cfg.prox_mu * prox
-        loss.backward()
-        optimiser.step()
-        steps += 1
-    return TrainStats(total / max(steps, 1), len(data), steps, time.perf_counter() - start)
+    with meter.track(model):
+        for batch in batch_order(len(data), cfg, rng):
+            index = torch.from_numpy(batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss = task.loss(forward(x_all[index]), y_all[index])
+            total += loss.item()
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+                loss = loss + 0.5 * cfg.prox_mu * prox
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
+            loss.backward()
+            optimiser.step()
+            steps += 1
+    slots = 1 if cfg.momentum > 0 else 0
+    return TrainStats(
+        total / max(steps, 1), len(data), steps, time.perf_counter() - start, meter.peak_bytes, param_bytes(model, slots)
+    )

@@ -89,6 +89,8 @@ def build_strategy(cfg: DictConfig) -> CompressedStrategy:
         downlink=setup.downlink,
         downlink_delta=setup.downlink_delta,
         max_update_bytes=setup.max_update_bytes,
+        freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
+        trainable=list(cfg.client.trainable),
     )
 
 

@@ -30,6 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedge.client.freezing import frozen_names
 from fedge.protos import records
 from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
 from fedge.protos.codecs.plan import UplinkPlan
@@ -73,6 +74,9 @@ class CompressedStrategy(Strategy):
         Codec the global model is broadcast with (``fp32`` = lossless).
     max_update_bytes:
         Replies larger than this are refused before parsing.
+    freeze, trainable:
+        Frozen tensors (``fnmatch`` patterns, as ``client.freeze`` / ``client.trainable``):
+        replies must not carry them and the global model keeps them bit-identical.
     """
 
     def __init__(
@@ -82,8 +86,12 @@ class CompressedStrategy(Strategy):
         downlink: CodecSpec | str = "fp32",
         downlink_delta: bool = False,
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
+        freeze: Iterable[str] = (),
+        trainable: Iterable[str] = (),
     ) -> None:
         self.strategy = strategy
+        self.freeze, self.trainable = list(freeze), list(trainable)
+        self._frozen: set[str] = set()
         if isinstance(uplink, str):
             uplink = CodecSpec(uplink)
         self.uplink = uplink if isinstance(uplink, UplinkPlan) else UplinkPlan(uplink)
@@ -105,6 +113,7 @@ class CompressedStrategy(Strategy):
         if not messages:
             return messages
         weights = _numpy(_single_array_record(messages, self.strategy))
+        self._frozen = frozen_names(weights, self.freeze, self.trainable)
         full, delta, received = self._broadcast(server_round, weights)
         self._reference = {server_round: received}
         for message in messages:
@@ -155,6 +164,8 @@ class CompressedStrategy(Strategy):
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if arrays is not None:
             arrays = _as_model_dtypes(arrays, reference)
+            for name in self._frozen:  # bit-identical, whatever the inner strategy's arithmetic
+                arrays[name] = Array(reference[name])
         return arrays, metrics
 
     def _decode_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> bool:
@@ -172,14 +183,15 @@ class CompressedStrategy(Strategy):
             update = parse_update(payload, self.max_update_bytes)
             if update.base_round != server_round - 1:
                 raise CodecError(f"update is relative to round {update.base_round}, expected {server_round - 1}")
-            delta = decode_update(update, reference, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
+            sent = {k: v for k, v in reference.items() if k not in self._frozen}
+            delta = decode_update(update, sent, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
         except CodecError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("round %d: dropped reply from node %d: %s", server_round, node, reason)
             self.log.dropped.append(DroppedReply(server_round, node, reason))
             return False
         dense = ArrayRecord(
-            {name: Array(_apply_delta(reference[name], delta[name])) for name in reference}
+            {name: Array(_apply_delta(reference[name], delta[name]) if name in delta else reference[name]) for name in reference}
         )
         metrics = next(iter(content.metric_records.values()))
         reply.content = RecordDict({"arrays": dense, records.METRICS_RECORD: metrics})

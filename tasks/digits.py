@@ -12,6 +12,10 @@ import numpy as np
 from torch import nn
 
 from fedge.tasks.base import FederatedTask, Split, TaskData
+from fedge.tasks.models import EdgeMobileNet
+
+#: Models ``task.model`` may name: the small CNN or the deep MobileNet-style net.
+MODEL_KINDS = ("cnn", "mobilenet")
 
 
 #: Mean and standard deviation of all pixels after scaling to [0, 1].
@@ -48,9 +52,15 @@ class DigitsTask(FederatedTask):
     num_classes = 10
     input_shape = (1, 8, 8)  # one example, as the model takes it
 
-    def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16) -> None:
+    #: Shape of one example, (C, H, W).
+    input_shape = (1, 8, 8)
+
+    def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16, model: str = "cnn") -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if model not in MODEL_KINDS:
+            raise ValueError(f"model must be one of {MODEL_KINDS}, got {model!r}")
+        self.model = model
         self.test_fraction = test_fraction
         self.seed = seed
         self.width = width
@@ -73,4 +83,6 @@ class DigitsTask(FederatedTask):
         return x, bunch.target.astype(np.int64)
 
     def build_model(self) -> nn.Module:
+        if self.model == "mobilenet":
+            return EdgeMobileNet(self.input_shape, self.num_classes, self.width)
         return DigitsCNN(self.num_classes, self.width)

@@ -1,0 +1,100 @@
+"""Quantisation-aware training with learned step sizes (LSQ, Esser et al. 2019).
+
+Each conv/linear weight and each conv/linear input activation goes through a fake
+quantiser ``q(x) = round(clamp(x / s, qmin, qmax)) * s`` with a *learned* step ``s``;
+the rounding passes gradients straight through (STE) and the step's gradient is
+scaled by ``g = 1 / sqrt(numel * qmax)`` ("gradient scaling in network quantisation").
+Steps start at LSQ's ``2 * mean|x| / sqrt(qmax)``. Weights: signed, ``bits`` bits
+(8 or 4); activations: signed 8 bits (inputs can be negative: standardised pixels).
+
+The arithmetic is torch's own LSQ kernel, ``torch._fake_quantize_learnable_per_tensor_affine``
+(with its ``grad_factor``), the op behind ``torch.ao.quantization._LearnableFakeQuantize``.
+torch.ao's QAT flow itself is not used: its eager ``prepare_qat`` swaps modules (new
+state names, observers in the state) and its public fake-quantisers learn nothing
+(min/max observers); torchao's QAT targets linear layers in LLMs, not conv on CPU.
+So this module only wires the kernel: quantisers live beside the model (the model's
+state names stay those of the float model, so the federation and the wire are
+unchanged) and the forward pass runs through ``torch.func.functional_call`` with
+fake-quantised weights and forward pre-hooks on activations. The step sizes are
+device state, kept across rounds like error-feedback residuals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+QUANTISED = (nn.Conv2d, nn.Linear)
+
+
+class LSQQuantiser(nn.Module):
+    """Per-tensor signed fake quantiser with a learned step (LSQ) of ``bits`` bits."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        if not 2 <= bits <= 8:
+            raise ValueError(f"LSQ bits must be in [2, 8], got {bits}")
+        self.bits = bits
+        self.qmin, self.qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        self.scale = nn.Parameter(torch.ones(1))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialised):
+            with torch.no_grad():
+                self.scale.fill_(max(2 * x.detach().abs().mean().item() / math.sqrt(self.qmax), 1e-8))
+                self.initialised.fill_(True)
+        grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, self.scale, self.zero_point.float(), self.qmin, self.qmax, grad_factor
+        )
+
+
+class LSQModel:
+    """Fake-quantised training view of ``model``: weights at ``weight_bits``, inputs at ``act_bits``.
+
+    ``quantisers`` (an ``nn.ModuleDict``, keys ``<layer>.weight`` / ``<layer>.input``
+    with dots as ``/``) holds the learned steps; train them with the model's weights.
+    """
+
+    def __init__(self, model: nn.Module, weight_bits: int = 8, act_bits: int = 8) -> None:
+        self.model = model
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, QUANTISED)}
+        if not layers:
+            raise ValueError(f"{type(model).__name__} has no conv or linear layer to quantise")
+        self.layers = layers
+        self.quantisers = nn.ModuleDict()
+        for name in layers:
+            self.quantisers[_key(name, "weight")] = LSQQuantiser(weight_bits)
+            self.quantisers[_key(name, "input")] = LSQQuantiser(act_bits)
+
+    def steps(self) -> dict[str, float]:
+        """Learned steps by ``<layer>.weight`` / ``<layer>.input``."""
+        return {k.replace("/", "."): q.scale.item() for k, q in self.quantisers.items()}
+
+    @contextlib.contextmanager
+    def _activation_hooks(self) -> Iterator[None]:
+        handles = [
+            layer.register_forward_pre_hook(lambda _m, args, key=_key(name, "input"): (self.quantisers[key](args[0]),))
+            for name, layer in self.layers.items()
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weights = {f"{n}.weight": self.quantisers[_key(n, "weight")](m.weight) for n, m in self.layers.items()}
+        with self._activation_hooks():
+            return functional_call(self.model, weights, (x,), strict=False)
+
+
+def _key(layer: str, what: str) -> str:
+    return f"{layer.replace('.', '/')}.{what}".replace(".", "/")
