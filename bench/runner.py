@@ -1,0 +1,244 @@
+"""``python -m bench.runner`` (``make bench``): fedge's local backend against Flower's
+simulation runtime, side by side in one run, in client-rounds per second.
+
+Both runtimes run the same federation (:class:`bench.settings.BenchSettings`): the
+digits CNN, the same flwr-datasets partition of the same training pool over 100
+clients, the same local mini-batch SGD (fedge's own ``train`` on both sides, seeded
+identically), Flower's FedAvg over every client each round, central evaluation after
+each round, the same number of rounds. Only the runtime differs:
+
+* fedge: ``LocalGrid`` worker processes (``--fedge-workers``, each tried; 0 = in the
+  calling process), FedAvg inside ``CompressedStrategy`` (fp32), ``run_federation``;
+* Flower 1.41: ``ClientApp``/``ServerApp`` under ``flwr.simulation.run_simulation`` on
+  Ray, each actor given ``--flower-cpus-per-client`` CPUs (each tried).
+
+Reported per runtime: total wall clock (launch to return, start-up and teardown
+included) and steady state (rounds 2..N), each as client-rounds/s, plus the start-up,
+per-round and teardown seconds, FedAvg's aggregation seconds and accuracy. The >= 10x
+target of issue 2 is judged on the steady-state ratio of the best setting of each side
+(it does not depend on how many rounds amortise the start-up); the end-to-end ratio is
+reported beside it. Writes ``bench/results/runner.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from rich.console import Console
+from rich.table import Table
+
+from bench.fedge_side import run_fedge
+from bench.flower_side import run_flower
+from bench.instrumented import RunOutcome
+from bench.settings import (
+    DIRICHLET_MIN_PARTITION_SIZE,
+    PARTITIONS,
+    BenchSettings,
+    fedavg_options,
+    fedge_sim_client_defaults,
+    machine_info,
+    make_partitioner,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "runner.json"
+TARGET_RATIO = 10.0
+
+
+def max_weight_difference(a: ArrayRecord, b: ArrayRecord) -> float:
+    """Largest absolute difference between two models' weights (same names, shapes)."""
+    if set(a) != set(b):
+        raise ValueError(f"models differ in tensor names: {sorted(set(a) ^ set(b))}")
+    return max(float(np.max(np.abs(a[k].numpy() - b[k].numpy()))) for k in a)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    defaults = BenchSettings()
+    parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=defaults.num_clients)
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet alpha")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--local-epochs", type=int, default=defaults.train.local_epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.train.batch_size)
+    parser.add_argument("--fedge-workers", type=int, nargs="+", default=[2, 0], help="LocalGrid num_workers to try")
+    parser.add_argument(
+        "--flower-cpus-per-client", type=float, nargs="+", default=[1.0, 0.5], help="Ray num_cpus per actor, each tried"
+    )
+    parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)), help="CPUs Ray may use")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", action="append", default=[], help="a note to store in the results")
+    return parser.parse_args(argv)
+
+
+def _figures(outcome: RunOutcome, settings: BenchSettings) -> dict[str, object]:
+    figures = outcome.timeline.breakdown(settings.num_clients)
+    steady_aggregate = [outcome.aggregate_s[r] for r in range(2, settings.rounds + 1)]
+    figures["fedavg_aggregate_s_steady"] = statistics.fmean(steady_aggregate)
+    figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.num_clients
+    figures["client_torch_threads"] = outcome.client_torch_threads
+    return figures
+
+
+def _notes(runs: dict[str, dict], best_fedge: str, best_flower: str, machine: dict, after_load: float) -> list[str]:
+    """Facts a reader needs next to the figures, derived from this run's measurements."""
+    fedge, flower = runs[best_fedge], runs[best_flower]
+    cores = machine["usable_cores"]
+    notes = [
+        "Clients train with 1 torch thread on every side (LocalGrid threads_per_worker=1; "
+        "Ray's actors get OMP_NUM_THREADS from num_cpus; this process is set to 1 for num_workers=0 "
+        "and for both servers).",
+        "Round r's seconds run from the end of round r-1's central evaluation to the end of round r's; "
+        "start_up_s = launch until the initial evaluation + round 1's excess over a steady round; "
+        "teardown_s = last evaluation until the runtime returned (workers joined / Ray shut down).",
+        f"Steady state per client-round: fedge {fedge['ms_per_client_round_steady']:.1f} ms, Flower "
+        f"{flower['ms_per_client_round_steady']:.1f} ms. Both include the same local training and the same "
+        f"Flower FedAvg.aggregate_train over ArrayRecords (fedge {fedge['fedavg_aggregate_s_steady']:.2f} s, "
+        f"Flower {flower['fedavg_aggregate_s_steady']:.2f} s per round) and the same central evaluation.",
+    ]
+    load = max(machine["load_average_1m"] or 0.0, after_load)
+    if load > cores:
+        notes.append(
+            f"The machine was shared while this ran (1-minute load average {machine['load_average_1m']:.1f} "
+            f"before, {after_load:.1f} after, on {cores} cores): absolute seconds are inflated and noisy; "
+            "the runtimes ran one after the other under similar load, so compare ratios, and rerun on an idle "
+            "machine for absolute figures."
+        )
+    return notes
+
+
+def _table(runs: dict[str, dict], num_rounds: int) -> Table:
+    table = Table(
+        title=f"{num_rounds} rounds; c-r/s = client-rounds/s; steady = rounds 2..{num_rounds}",
+        caption="w = LocalGrid num_workers; cpu = Ray num_cpus per ClientApp actor",
+    )
+    for column in ("runtime", "start-up s", "steady s/round", "steady c-r/s", "teardown s", "total s", "total c-r/s", "acc"):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    for name, run in runs.items():
+        table.add_row(
+            name,
+            f"{run['start_up_s']:.1f}",
+            f"{run['steady_round_s']:.2f}",
+            f"{run['client_rounds_per_s_steady']:.0f}",
+            f"{run['teardown_s']:.1f}",
+            f"{run['total_s']:.1f}",
+            f"{run['client_rounds_per_s_total']:.1f}",
+            f"{run['final_accuracy']:.3f}",
+        )
+    return table
+
+
+def _best(runs: dict[str, dict], runtime: str, key: str) -> str:
+    return max((k for k, v in runs.items() if v["runtime"] == runtime), key=lambda k: runs[k][key])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run both runtimes, write the JSON, print the table; returns the JSON payload."""
+    args = _parse(argv)
+    try:
+        settings = BenchSettings(
+            num_clients=args.clients,
+            rounds=args.rounds,
+            partition=args.partition,
+            alpha=args.alpha,
+            seed=args.seed,
+            train=replace(fedge_sim_client_defaults(), local_epochs=args.local_epochs, batch_size=args.batch_size),
+        )
+    except ValueError as exc:
+        print(f"bench.runner: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if min(args.flower_cpus_per_client) <= 0 or min(args.fedge_workers) < 0:
+        print("bench.runner: --flower-cpus-per-client must be > 0 and --fedge-workers >= 0", file=sys.stderr)
+        raise SystemExit(2)
+    torch.set_num_threads(1)
+    console = Console()
+    machine = machine_info()
+    runs: dict[str, dict] = {}
+    finals: dict[str, ArrayRecord] = {}
+    for workers in args.fedge_workers:
+        name = f"fedge local w={workers}"
+        console.print(f"[bold]running {name}[/bold]")
+        outcome = run_fedge(settings, workers)
+        finals[name] = outcome.final_arrays
+        runs[name] = {"runtime": "fedge", "num_workers": workers, **_figures(outcome, settings)}
+    for cpus in args.flower_cpus_per_client:
+        name = f"Flower Ray {cpus:g}cpu"
+        console.print(f"[bold]running {name}[/bold]")
+        outcome = run_flower(settings, cpus, args.cpus)
+        finals[name] = outcome.final_arrays
+        runs[name] = {
+            "runtime": "flower",
+            "cpus_per_client": cpus,
+            "ray_num_cpus": args.cpus,
+            "concurrent_actors": int(args.cpus // cpus),
+            **_figures(outcome, settings),
+        }
+    after_load = os.getloadavg()[0]
+
+    steady, total = "client_rounds_per_s_steady", "client_rounds_per_s_total"
+    fedge_steady, flower_steady = _best(runs, "fedge", steady), _best(runs, "flower", steady)
+    fedge_total, flower_total = _best(runs, "fedge", total), _best(runs, "flower", total)
+    ratio_steady = runs[fedge_steady][steady] / runs[flower_steady][steady]
+    ratio_total = runs[fedge_total][total] / runs[flower_total][total]
+    payload = {
+        "benchmark": "client-rounds per second: fedge local backend vs Flower simulation runtime (Ray)",
+        "command": " ".join(["python -m bench.runner", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {
+            **{k: v for k, v in asdict(settings).items() if k != "train"},
+            "train": asdict(settings.train),
+            "task": "fedge.tasks.digits.DigitsTask (sklearn digits, DigitsCNN)",
+            "partitioner": type(make_partitioner(settings)).__name__
+            + (f" (min_partition_size={DIRICHLET_MIN_PARTITION_SIZE})" if settings.partition == "dirichlet" else ""),
+            "strategy": {"name": "flwr.serverapp.strategy.FedAvg", **fedavg_options(settings)},
+            "fedge_codec": "fp32 uplink and downlink (CompressedStrategy)",
+            "central_evaluation": "every round, on both sides (included in each round's seconds)",
+            "fedge_workers_tried": args.fedge_workers,
+            "flower_cpus_per_client_tried": args.flower_cpus_per_client,
+        },
+        "target": {
+            "ratio": TARGET_RATIO,
+            "judged_on": "steady-state client-rounds/s (rounds 2..N), best fedge setting vs best Flower setting",
+            "steady_state_ratio": ratio_steady,
+            "steady_state_met": ratio_steady >= TARGET_RATIO,
+            "steady_state_pair": [fedge_steady, flower_steady],
+            "end_to_end_ratio": ratio_total,
+            "end_to_end_met": ratio_total >= TARGET_RATIO,
+            "end_to_end_pair": [fedge_total, flower_total],
+        },
+        "runs": runs,
+        "sanity": {
+            "final_accuracy": {name: run["final_accuracy"] for name, run in runs.items()},
+            "max_abs_weight_difference_vs_best_flower_run": {
+                name: max_weight_difference(finals[name], finals[flower_steady]) for name in runs
+            },
+        },
+        "notes": _notes(runs, fedge_steady, flower_steady, machine, after_load) + list(args.note),
+        "machine": {**machine, "load_average_1m_after": after_load},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+
+    console.print(_table(runs, settings.rounds))
+    console.print(
+        f"fedge / Flower, best of each: steady state [bold]{ratio_steady:.1f}x[/bold], "
+        f"end to end [bold]{ratio_total:.1f}x[/bold]; target >= {TARGET_RATIO:g}x (steady state): "
+        + ("[green]met[/green]" if ratio_steady >= TARGET_RATIO else "[red]not met[/red]")
+    )
+    console.print(
+        f"machine: {machine['usable_cores']} cores, load average {machine['load_average_1m']:.1f} "
+        f"-> {after_load:.1f}; results: {args.out}"
+    )
+    return payload
+
+
+if __name__ == "__main__":
+    main()
