@@ -26,7 +26,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	$(BIN)/python -m bench.runner
+	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.client
+	$(BIN)/python -m bench.ceiling
+	$(BIN)/python -m bench.client_install
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate
