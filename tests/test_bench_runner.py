@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from bench.fedge_side import run_fedge
 from bench.flower_side import PARTITION_ID_KEY, train_reply
-from bench.runner import max_weight_difference
+from bench.runner import run_order, max_weight_difference
 from bench.settings import BenchSettings, client_partitions, fedge_sim_client_defaults, initial_arrays
 from bench.timing import Timeline
 from fedge.client import EdgeClient, TrainConfig
@@ -125,3 +125,13 @@ def test_fedge_side_times_every_round_and_trains():
     assert figures["total_s"] >= sum(figures["round_s"])
     assert sorted(outcome.aggregate_s) == [1, 2]
     assert max_weight_difference(outcome.final_arrays, initial_arrays(settings)) > 1e-3
+
+
+def test_runs_alternate_between_runtimes():
+    assert run_order([2, 0], [1.0, 0.5, 0.25]) == [
+        ("fedge", 2.0),
+        ("flower", 1.0),
+        ("fedge", 0.0),
+        ("flower", 0.5),
+        ("flower", 0.25),
+    ]
