@@ -192,7 +192,7 @@ class FedgeGrid(Grid):
             return failure_reply(message, f"node {node} sent unparsable bytes: {update}")
         compute_s = update.metrics.get("compute_s", 0.0)
         if straggler is not None:  # its Update never arrived in time: no uplink bytes
-            log.info(straggler)
+            log.debug(straggler)
             self.traffic.received(group, 0, ok=False, node_id=node, compute_s=compute_s)
             return failure_reply(message, straggler)
         self.traffic.received(group, len(answer), ok=not update.error, node_id=node, compute_s=compute_s)

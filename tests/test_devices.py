@@ -14,7 +14,9 @@ from fedge.simulations.app import ConfigError, run_experiment
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.devices import assign_profiles, profile_counts
 from fedge.tasks.digits import DigitsTask
+from fedge.simulations.report import make_report
 from test_edge_client import make_task
+from test_report import assert_real_png
 
 MIX = "device=mix_wearable_phone_gateway"
 
@@ -132,6 +134,11 @@ def test_profiles_change_round_time_and_energy_by_the_formula(make_cfg, tmp_path
     # Wearables on Bluetooth LE make the mix's round several times slower than all-phones.
     assert mix["rounds"][1]["sim_round_s"] > 5 * phones["rounds"][1]["sim_round_s"]
     assert mix["rounds"][1]["energy_j"] != pytest.approx(phones["rounds"][1]["energy_j"])
+    # fedge-report shows them: simulated columns, per-client profiles, time-to-accuracy plot.
+    text = make_report([tmp_path / "phone", tmp_path / "mix", tmp_path / "none"], tmp_path / "report").read_text()
+    assert "| sim s | energy J | stragglers | offline |" in text and "| profile |" in text
+    assert f"{mix['rounds'][1]['sim_round_s']:.2f}" in text
+    assert_real_png(tmp_path / "report" / "accuracy_vs_sim_time.png")
 
 
 def test_deadline_drops_slow_wearables_and_the_run_reaches_its_target(make_cfg, tmp_path):
