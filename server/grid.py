@@ -78,6 +78,7 @@ class FedgeGrid(Grid):
         """Deliver each message to its node now; replies wait for :meth:`pull_messages`."""
         batch: list[tuple[Message, task_pb2.Task, bytes]] = []
         ids: list[str] = []
+        train_rounds: set[int] = set()
         for message in messages:
             node = message.metadata.dst_node_id
             if not self._is_known(node):
@@ -85,6 +86,8 @@ class FedgeGrid(Grid):
             message.metadata.__dict__["_message_id"] = uuid4().hex
             ids.append(message.metadata.message_id)
             task = message_to_task(message)
+            if task.kind == "train":
+                train_rounds.add(task.server_round)
             if self.devices is not None and not self.devices.is_available(node, task.server_round):
                 self.devices.mark_unavailable(node, task.server_round)
                 self.traffic.received(task.server_round, 0, ok=False, node_id=node)
@@ -97,7 +100,7 @@ class FedgeGrid(Grid):
             batch.append((message, task, payload))
         answers = self._deliver([(m.metadata.dst_node_id, p) for m, _, p in batch]) if batch else []
         updates = [self._parse(answer) for answer in answers]
-        late = self._settle_devices(batch, answers, updates)
+        late = self._settle_devices(batch, answers, updates, train_rounds)
         for (message, task, _), answer, update, straggler in zip(batch, answers, updates, late, strict=True):
             self._replies[message.metadata.message_id] = self._to_reply(
                 message, task.server_round, answer, update, straggler
@@ -150,13 +153,16 @@ class FedgeGrid(Grid):
         batch: Sequence[tuple[Message, task_pb2.Task, bytes]],
         answers: Sequence[bytes | None],
         updates: Sequence[task_pb2.Update | Exception | None],
+        train_rounds: set[int],
     ) -> list[str | None]:
         """Price the training answers with the device simulator; per task, why it is a
         straggler (``None``: on time, or not priced)."""
         late: list[str | None] = [None] * len(batch)
         if self.devices is None:
             return late
-        by_round: dict[int, list[tuple[int, DeviceJob]]] = {}
+        # every training round seen gets settled, even one whose devices were all offline,
+        # so the simulated clock moves on (by device.round_interval_s at least)
+        by_round: dict[int, list[tuple[int, DeviceJob]]] = {r: [] for r in train_rounds}
         for i, ((message, task, payload), answer, update) in enumerate(zip(batch, answers, updates)):
             if task.kind != "train" or not isinstance(update, task_pb2.Update):
                 continue  # evaluation is not priced; lost or broken answers are failures anyway

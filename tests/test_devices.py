@@ -165,6 +165,18 @@ def test_deadline_drops_slow_wearables_and_the_run_reaches_its_target(make_cfg, 
     assert outcome.result.final.accuracy >= 0.93  # the default run's target, without the wearables
 
 
+def test_daily_schedule_in_a_run_moves_past_rounds_nobody_was_online(make_cfg, tmp_path):
+    # Phones online only 22:00-22:59; the clock starts at 21:00, one round an hour.
+    _, results = _run(make_cfg, tmp_path, "device=phone", "device.profiles.phone.availability=1.0",
+                      "device.profiles.phone.online_hours=[22]", "device.start_hour=21", "device.round_interval_s=3600",
+                      "rounds=3")
+    rounds = results["rounds"][1:]
+    assert [r["unavailable"] for r in rounds] == [10, 0, 10]
+    assert [r["replies"] for r in rounds] == [0, 10, 0] and rounds[0]["downlink_bytes"] == 0
+    initial = results["rounds"][0]["accuracy"]  # no replies: the global model stays as it was
+    assert rounds[0]["accuracy"] == initial and rounds[2]["accuracy"] == rounds[1]["accuracy"] != initial
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
@@ -180,3 +192,10 @@ def test_bad_device_config_is_named(make_cfg, overrides, needle):
     with pytest.raises(ConfigError) as err:
         run_experiment(make_cfg([*FAST, "rounds=1", *overrides]))
     assert needle in str(err.value)
+
+
+def test_fedge_server_refuses_a_simulated_deadline(make_cfg):
+    from fedge.server.app import serve
+
+    with pytest.raises(ConfigError, match=r"round_deadline_s=5 is simulated time .* server.round_timeout_s"):
+        serve(make_cfg(["server.round_deadline_s=5", "server.insecure=true", "progress=false"]))
