@@ -46,8 +46,9 @@ class FedgeGrid(Grid):
 
     def simulate_devices(self, devices: DeviceSimulator | None) -> None:
         """Price rounds with device profiles and enforce their deadline (None: off)."""
-        if devices is not None and set(devices.profiles) != set(self._node_ids):
-            raise ValueError("device profiles must cover exactly the grid's nodes")
+        missing = sorted(set(self._node_ids) - set(devices.profiles)) if devices is not None else []
+        if missing:
+            raise ValueError(f"nodes {missing} have no device profile")
         self.devices = devices
 
     # -- flwr.serverapp.Grid ------------------------------------------------------

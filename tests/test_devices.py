@@ -199,3 +199,15 @@ def test_fedge_server_refuses_a_simulated_deadline(make_cfg):
 
     with pytest.raises(ConfigError, match=r"round_deadline_s=5 is simulated time .* server.round_timeout_s"):
         serve(make_cfg(["server.round_deadline_s=5", "server.insecure=true", "progress=false"]))
+
+
+def test_fedge_client_takes_its_own_memory_budget(tmp_path, capsys):
+    from fedge.client.cli import build_runtime, main as client_main, parser
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2, int))
+    base = ["--server", "127.0.0.1:1", "--task", "digits", "--data", str(data), "--insecure", "--device-id", "d"]
+    assert build_runtime(parser().parse_args([*base, "--memory-mb", "64"])).defaults.memory_mb == 64.0
+    assert build_runtime(parser().parse_args(base)).defaults is None
+    assert client_main([*base, "--memory-mb", "-1"]) == 2
+    assert "--memory-mb must be >= 0 (0 = no limit), got -1.0" in capsys.readouterr().err
