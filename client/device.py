@@ -9,8 +9,9 @@ simulated seconds and joules:
 - ``joules = samples * joules_per_sample + downlink_bytes * joules_per_byte_down
   + uplink_bytes * joules_per_byte_up``
 
-A linear cost model on purpose (the one FedScale and most FL system papers use): it
-needs only the counts fedge measures, and it is exact to check. Availability is a
+A linear cost model on purpose (compute time per sample plus bytes over bandwidth, as
+FL system simulators such as FedScale model a client's round): it needs only the
+counts fedge measures, and it is exact to check. Availability is a
 probability per round, optionally within daily ``online_hours``. ``memory_mb`` is the
 device's training-memory budget (:mod:`fedge.client.budget`).
 

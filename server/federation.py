@@ -32,7 +32,7 @@ class RoundRecord:
     downlink_bytes: int  # serialised Task protos sent this round
     wall_s: float  # seconds since the previous round ended
     replies: int  # successful client replies
-    failures: int  # failed or lost clients
+    failures: int  # failed or lost clients (stragglers and offline devices included)
     dropped: int = 0  # replies refused by the decoder
     train_loss: float | None = None  # mean client training loss (aggregated)
     federated_accuracy: float | None = None  # clients' evaluation on their own data, if run

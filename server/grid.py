@@ -163,7 +163,7 @@ class FedgeGrid(Grid):
             return late
         # every training round seen gets settled, even one whose devices were all offline,
         # so the simulated clock moves on (by device.round_interval_s at least)
-        by_round: dict[int, list[tuple[int, DeviceJob]]] = {r: [] for r in train_rounds}
+        by_round: dict[int, list[tuple[int, DeviceJob]]] = {r: [] for r in sorted(train_rounds)}
         for i, ((message, task, payload), answer, update) in enumerate(zip(batch, answers, updates)):
             if task.kind != "train" or not isinstance(update, task_pb2.Update):
                 continue  # evaluation is not priced; lost or broken answers are failures anyway
