@@ -3,7 +3,7 @@
 The default ``fedge-sim`` run (digits, 10 clients, Dirichlet 0.5, FedAvg, 20 rounds)
 on simulated fleets: no profiles, all phones, the 60/30/10 wearable/phone/gateway mix
 and a 30/60/10 mix, each mix with and without ``server.round_deadline_s=2`` (between
-the phones' ~0.4 s and the wearables' ~9 s rounds). Per run: final accuracy, the
+the phones' ~0.5 s and the wearables' ~9 s rounds). Per run: final accuracy, the
 simulated seconds and joules of the whole run and up to the first round at the
 accuracy target (0.93, the default run's), stragglers and offline devices::
 
