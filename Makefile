@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.client
 	$(BIN)/python -m bench.ceiling
 	$(BIN)/python -m bench.client_install
+	$(BIN)/python -m bench.devices
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

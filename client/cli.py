@@ -20,6 +20,7 @@ import sys
 
 from fedge.client.connection import DeviceCredentials
 from fedge.client.data import load_local_data
+from fedge.client.config import TrainConfig
 from fedge.client.runtime import DeviceRuntime, RuntimeSettings
 from fedge.tasks.registry import resolve_task, task_names
 
@@ -61,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pull-wait", type=float, default=30.0, help="longest long poll, seconds")
     p.add_argument("--max-retries", type=int, default=0, help="give up after this many failed reconnects (0: never)")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest wait between reconnects, seconds")
+    p.add_argument("--memory-mb", type=float, default=0.0,
+                   help="this device's training-memory budget, MB; the server's client.memory_mb can only "
+                        "tighten it (default 0: no limit)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return p
 
@@ -118,7 +122,10 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
         backoff_max_s=args.backoff_max,
         profile=_profile(),
     )
-    return DeviceRuntime(task, data, settings)
+    if args.memory_mb < 0:
+        raise ValueError(f"--memory-mb must be >= 0 (0 = no limit), got {args.memory_mb}")
+    defaults = TrainConfig(memory_mb=args.memory_mb) if args.memory_mb > 0 else None
+    return DeviceRuntime(task, data, settings, defaults)
 
 
 def main(argv: list[str] | None = None) -> int:

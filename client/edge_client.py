@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ class EdgeClient:
     def _train(self, task: task_pb2.Task) -> task_pb2.Update:
         start = time.perf_counter()
         config = wire_config.from_wire(task.config)
-        cfg = self.defaults.updated_from(config)
+        cfg = self._within_device_memory(self.defaults.updated_from(config))
         plan = UplinkPlan.from_config(config)
         global_weights = self._load_global(task)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
@@ -135,6 +136,7 @@ class EdgeClient:
                 "num-examples": float(stats.num_examples),
                 "train_loss": stats.mean_loss,
                 "local_steps": float(stats.steps),
+                "train_samples": float(stats.samples),  # what a device profile prices (fedge.client.device)
                 "compute_s": stats.compute_s,
                 # client.memory: autograd-saved activations (deterministic), + weights/grads/optimiser state
                 "peak_activation_bytes": float(stats.peak_activation_bytes),
@@ -145,6 +147,14 @@ class EdgeClient:
             }
         )
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)
+
+    def _within_device_memory(self, cfg: TrainConfig) -> TrainConfig:
+        """A device's own ``memory_mb`` (its profile's) is a hard cap: a round config can
+        only tighten it, never lift it."""
+        own = self.defaults.memory_mb
+        if own > 0 and not 0 < cfg.memory_mb <= own:
+            return replace(cfg, memory_mb=own)
+        return cfg
 
     def _evaluate(self, task: task_pb2.Task) -> task_pb2.Update:
         self._load_global(task)

@@ -30,6 +30,7 @@ class TrainStats:
     compute_s: float  # wall-clock seconds spent training
     peak_activation_bytes: int = 0  # most autograd-saved activation bytes alive at once (client.memory)
     param_bytes: int = 0  # weights + gradients + optimiser state
+    samples: int = 0  # examples processed over all steps (forward + backward), partial batches included
 
 
 def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
@@ -69,7 +70,7 @@ def train(
     forward = qat if qat is not None else training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
     meter = ActivationMeter()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    total, steps = 0.0, 0
+    total, steps, samples = 0.0, 0, 0
     with meter.track(model):
         for batch in batch_order(len(data), cfg, rng):
             index = torch.from_numpy(batch)
@@ -84,7 +85,14 @@ def train(
             loss.backward()
             optimiser.step()
             steps += 1
+            samples += len(batch)
     slots = 1 if cfg.momentum > 0 else 0
     return TrainStats(
-        total / max(steps, 1), len(data), steps, time.perf_counter() - start, meter.peak_bytes, param_bytes(model, slots)
+        total / max(steps, 1),
+        len(data),
+        steps,
+        time.perf_counter() - start,
+        meter.peak_bytes,
+        param_bytes(model, slots),
+        samples,
     )

@@ -68,6 +68,11 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
     try:
         settings.check()
+        if settings.round_deadline_s > 0:
+            raise ValueError(
+                f"server.round_deadline_s={settings.round_deadline_s:g} is simulated time (fedge-sim with device "
+                "profiles); real devices get the real deadline server.round_timeout_s"
+            )
         train_cfg = TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
     except ValueError as exc:

@@ -22,7 +22,8 @@ class ServerConfig:
     address: str = "0.0.0.0:8443"  # fedge-server listens here (the grpc sim backend: 127.0.0.1, a free port)
     certs: str = "certs"  # fedge-certs directory: ca.pem, server.pem/.key, signing.pem/.key
     insecure: bool = False  # plaintext, devices unauthenticated, tasks unsigned: loopback development only
-    round_timeout_s: float = 300.0  # deadline of a round, seconds after its tasks are posted
+    round_timeout_s: float = 300.0  # real (wall-clock) deadline of a gRPC round, seconds after its tasks are posted
+    round_deadline_s: float = 0.0  # simulated deadline (device profiles, device=...): stragglers dropped; 0 = none
     min_reply_fraction: float = 0.5  # replies needed by the deadline (of nodes sampled) or the round is abandoned
     heartbeat_s: float = 5.0  # devices report at least this often; silent for 3x this = gone
     join_timeout_s: float = 600.0  # longest wait for num_clients devices before a round
@@ -41,6 +42,8 @@ class ServerConfig:
         """Raise ``ValueError`` naming the first setting that cannot work."""
         if self.round_timeout_s <= 0:
             raise ValueError(f"server.round_timeout_s must be > 0, got {self.round_timeout_s}")
+        if self.round_deadline_s < 0:
+            raise ValueError(f"server.round_deadline_s must be >= 0 (0 = no deadline), got {self.round_deadline_s}")
         if not 0 <= self.min_reply_fraction <= 1:
             raise ValueError(f"server.min_reply_fraction must be in [0, 1], got {self.min_reply_fraction}")
         if self.heartbeat_s <= 0:

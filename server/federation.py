@@ -2,7 +2,7 @@
 
 :func:`run_federation` calls ``strategy.start(grid=...)`` with a central evaluation
 callback that also closes each round's record (accuracy, loss, bytes up and down,
-wall seconds), so the per-round metrics come from one place for every backend.
+wall seconds, and with device profiles simulated seconds, joules, stragglers), so the per-round metrics come from one place for every backend.
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ class RoundRecord:
     downlink_bytes: int  # serialised Task protos sent this round
     wall_s: float  # seconds since the previous round ended
     replies: int  # successful client replies
-    failures: int  # failed or lost clients
+    failures: int  # failed or lost clients (stragglers and offline devices included)
     dropped: int = 0  # replies refused by the decoder
     train_loss: float | None = None  # mean client training loss (aggregated)
     federated_accuracy: float | None = None  # clients' evaluation on their own data, if run
+    # Simulated devices (device=..., fedge.server.devices); None / 0 without profiles:
+    sim_round_s: float | None = None  # simulated round time: slowest answer waited for (or the deadline)
+    energy_j: float | None = None  # joules of every device that worked, stragglers included
+    stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
+    unavailable: int = 0  # sampled devices that were offline (counted in failures)
 
 
 @dataclass
@@ -87,6 +92,11 @@ def run_federation(
             failures=traffic.failures,
             dropped=dropped,
         )
+        devices = getattr(grid, "devices", None)
+        if devices is not None and server_round > 0:
+            simulated = devices.round(server_round)
+            record.sim_round_s, record.energy_j = simulated.time_s, simulated.energy_j
+            record.stragglers, record.unavailable = simulated.stragglers, simulated.unavailable
         clock[0] = now
         rounds.append(record)
         if on_round is not None:

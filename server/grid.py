@@ -4,6 +4,11 @@ A backend subclass only implements :meth:`FedgeGrid._deliver`: take serialised T
 protos for some nodes and return serialised Update protos (or ``None`` for a node that
 never answered). Message bookkeeping, Task/Update translation and byte accounting
 live here, so the in-process, gRPC and Ray backends count the same bytes.
+
+With :meth:`FedgeGrid.simulate_devices`, a :class:`~fedge.server.devices.DeviceSimulator`
+sits around ``_deliver``: offline devices are not sent their task, each training reply
+is priced in simulated seconds and joules from its real byte counts, and stragglers
+past the simulated deadline become failure replies (every backend alike).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedge.protos.v1 import task_pb2
+from fedge.server.devices import DeviceJob, DeviceSimulator
 from fedge.server.identity import DEFAULT_RUN_ID, ensure_task_identity
 from fedge.server.traffic import TrafficLog
 from fedge.server.wire import failure_reply, message_to_task, update_to_reply
@@ -35,7 +41,15 @@ class FedgeGrid(Grid):
         self._run = Run.create_empty(run_id)
         self._replies: dict[str, Message] = {}
         self.traffic = TrafficLog()
+        self.devices: DeviceSimulator | None = None
         ensure_task_identity(run_id)
+
+    def simulate_devices(self, devices: DeviceSimulator | None) -> None:
+        """Price rounds with device profiles and enforce their deadline (None: off)."""
+        missing = sorted(set(self._node_ids) - set(devices.profiles)) if devices is not None else []
+        if missing:
+            raise ValueError(f"nodes {missing} have no device profile")
+        self.devices = devices
 
     # -- flwr.serverapp.Grid ------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -63,19 +77,36 @@ class FedgeGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver each message to its node now; replies wait for :meth:`pull_messages`."""
-        batch: list[tuple[Message, int, bytes]] = []
+        batch: list[tuple[Message, task_pb2.Task, bytes]] = []
+        ids: list[str] = []
+        train_rounds: set[int] = set()
         for message in messages:
-            if not self._is_known(message.metadata.dst_node_id):
-                raise ValueError(f"message for unknown node {message.metadata.dst_node_id}")
+            node = message.metadata.dst_node_id
+            if not self._is_known(node):
+                raise ValueError(f"message for unknown node {node}")
             message.metadata.__dict__["_message_id"] = uuid4().hex
+            ids.append(message.metadata.message_id)
             task = message_to_task(message)
+            if task.kind == "train":
+                train_rounds.add(task.server_round)
+            if self.devices is not None and not self.devices.is_available(node, task.server_round):
+                self.devices.mark_unavailable(node, task.server_round)
+                self.traffic.received(task.server_round, 0, ok=False, node_id=node)
+                self._replies[message.metadata.message_id] = failure_reply(
+                    message, f"node {node} is offline this round (device profile availability)"
+                )
+                continue
             payload = task.SerializeToString()
-            self.traffic.sent(task.server_round, len(payload), message.metadata.dst_node_id)
-            batch.append((message, task.server_round, payload))
-        answers = self._deliver([(m.metadata.dst_node_id, p) for m, _, p in batch])
-        for (message, server_round, _), answer in zip(batch, answers, strict=True):
-            self._replies[message.metadata.message_id] = self._to_reply(message, server_round, answer)
-        return [m.metadata.message_id for m, _, _ in batch]
+            self.traffic.sent(task.server_round, len(payload), node)
+            batch.append((message, task, payload))
+        answers = self._deliver([(m.metadata.dst_node_id, p) for m, _, p in batch]) if batch else []
+        updates = [self._parse(answer) for answer in answers]
+        late = self._settle_devices(batch, answers, updates, train_rounds)
+        for (message, task, _), answer, update, straggler in zip(batch, answers, updates, late, strict=True):
+            self._replies[message.metadata.message_id] = self._to_reply(
+                message, task.server_round, answer, update, straggler
+            )
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         """Replies for the given ids that have arrived (each is handed out once)."""
@@ -106,17 +137,70 @@ class FedgeGrid(Grid):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _to_reply(self, message: Message, group: int, answer: bytes | None) -> Message:
-        node = message.metadata.dst_node_id
+    @staticmethod
+    def _parse(answer: bytes | None) -> task_pb2.Update | Exception | None:
+        """The Update in ``answer``; the parse error if it is broken; None if no answer."""
         if answer is None:
-            self.traffic.received(group, 0, ok=False, node_id=node)
-            return failure_reply(message, f"node {node} did not answer")
+            return None
         update = task_pb2.Update()
         try:
             update.ParseFromString(answer)
         except Exception as exc:  # a broken device must not break the round
+            return exc
+        return update
+
+    def _settle_devices(
+        self,
+        batch: Sequence[tuple[Message, task_pb2.Task, bytes]],
+        answers: Sequence[bytes | None],
+        updates: Sequence[task_pb2.Update | Exception | None],
+        train_rounds: set[int],
+    ) -> list[str | None]:
+        """Price the training answers with the device simulator; per task, why it is a
+        straggler (``None``: on time, or not priced)."""
+        late: list[str | None] = [None] * len(batch)
+        if self.devices is None:
+            return late
+        # every training round seen gets settled, even one whose devices were all offline,
+        # so the simulated clock moves on (by device.round_interval_s at least)
+        by_round: dict[int, list[tuple[int, DeviceJob]]] = {r: [] for r in sorted(train_rounds)}
+        for i, ((message, task, payload), answer, update) in enumerate(zip(batch, answers, updates)):
+            if task.kind != "train" or not isinstance(update, task_pb2.Update):
+                continue  # evaluation is not priced; lost or broken answers are failures anyway
+            samples = int(update.metrics.get("train_samples", 0.0))
+            job = DeviceJob(message.metadata.dst_node_id, len(payload), len(answer or b""), samples)
+            by_round.setdefault(task.server_round, []).append((i, job))
+        for server_round, jobs in by_round.items():
+            verdicts = self.devices.settle(server_round, [job for _, job in jobs])
+            for (i, job), seconds in zip(jobs, verdicts):
+                if seconds is None:
+                    profile = self.devices.profiles[job.node_id]
+                    simulated = profile.round_seconds(job.downlink_bytes, job.samples, job.uplink_bytes)
+                    late[i] = (
+                        f"node {job.node_id} dropped as straggler: simulated {simulated:.3f} s "
+                        f"> server.round_deadline_s {self.devices.deadline_s:g} s ({profile.name})"
+                    )
+        return late
+
+    def _to_reply(
+        self,
+        message: Message,
+        group: int,
+        answer: bytes | None,
+        update: task_pb2.Update | Exception | None,
+        straggler: str | None = None,
+    ) -> Message:
+        node = message.metadata.dst_node_id
+        if answer is None or update is None:
+            self.traffic.received(group, 0, ok=False, node_id=node)
+            return failure_reply(message, f"node {node} did not answer")
+        if isinstance(update, Exception):
             self.traffic.received(group, len(answer), ok=False, node_id=node)
-            return failure_reply(message, f"node {node} sent unparsable bytes: {exc}")
+            return failure_reply(message, f"node {node} sent unparsable bytes: {update}")
         compute_s = update.metrics.get("compute_s", 0.0)
+        if straggler is not None:  # its Update never arrived in time: no uplink bytes
+            log.debug(straggler)
+            self.traffic.received(group, 0, ok=False, node_id=node, compute_s=compute_s)
+            return failure_reply(message, straggler)
         self.traffic.received(group, len(answer), ok=not update.error, node_id=node, compute_s=compute_s)
         return update_to_reply(update, message)

@@ -33,6 +33,7 @@ from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.backends import BACKENDS, make_grid
 from fedge.simulations.compression import compression_setup
 from fedge.simulations.config import register_configs
+from fedge.simulations.devices import device_simulator, fleet_profiles
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, summary_table
 from fedge.simulations.report import make_report
@@ -114,7 +115,14 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
     strategy = build_strategy(cfg)
-    recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, train_cfg, cfg.seed)
+    node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
+    try:
+        profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
+        devices = device_simulator(cfg, profiles)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    memory = {node: p.memory_mb for node, p in profiles.items()}
+    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
@@ -125,6 +133,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         grid = make_grid(cfg, recipe, strategy)
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
+    grid.simulate_devices(devices)
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
@@ -140,7 +149,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "rounds": [asdict(r) for r in result.rounds],
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
             **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
-            "clients": {str(node): asdict(t) for node, t in grid.traffic.nodes().items()},
+            "clients": _client_totals(grid),
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)
@@ -148,6 +157,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
     console.print(f"final accuracy: {result.final.accuracy:.4f}" + (f"  (results: {results_path})" if results_path else ""))
     return SimulationOutcome(result, weights, results_path)
+
+
+def _client_totals(grid: object) -> dict[str, dict]:
+    """Per-client bytes and compute seconds, with simulated device totals when profiled."""
+    clients = {node: asdict(t) for node, t in grid.traffic.nodes().items()}  # type: ignore[attr-defined]
+    devices = getattr(grid, "devices", None)
+    if devices is not None:
+        for node, totals in devices.totals.items():
+            clients.setdefault(node, {}).update(asdict(totals))
+    return {str(node): clients[node] for node in sorted(clients)}
 
 
 register_configs()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class ClientRecipe:
     partitions: Mapping[int, np.ndarray]  # node id -> indices into the training pool
     defaults: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -48,5 +49,8 @@ class ClientRecipe:
             if self._data is None:
                 self._data = self.task.load()
             data = self._data.train.subset(self.partitions[node_id])
-            self._clients[node_id] = EdgeClient(self.task, data, node_id, self.defaults, self.seed)
+            defaults = self.defaults
+            if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
+                defaults = replace(defaults, memory_mb=self.memory_mb[node_id])
+            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed)
         return self._clients[node_id]

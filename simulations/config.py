@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from fedge.client.config import TrainConfig
+from fedge.client.device import DeviceProfile
 from fedge.server.config import ServerConfig
 
 SCHEMA_NAME = "fedge_schema"
@@ -61,6 +62,22 @@ class BackendConfig:
 
 
 @dataclass
+class DeviceConfig:
+    """Simulated devices (``conf/device/*.yaml``): profiles and the fleet's mix of them.
+
+    ``mix`` maps profile names to shares of the clients (summing to 1); each client gets
+    a profile deterministically from the seed (:mod:`fedge.simulations.devices`). An
+    empty mix (``device=none``) simulates nothing: no simulated time, energy or deadline.
+    """
+
+    name: str = "none"
+    profiles: dict[str, DeviceProfile] = field(default_factory=dict)  # conf/device/profile/*.yaml
+    mix: dict[str, float] = field(default_factory=dict)  # profile name -> share of clients
+    start_hour: float = 0.0  # simulated hour of day when round 1 starts (for online_hours)
+    round_interval_s: float = 0.0  # simulated seconds between round starts, at least (0: back to back)
+
+
+@dataclass
 class FedgeConfig:
     """The whole experiment."""
 
@@ -71,6 +88,7 @@ class FedgeConfig:
     client: TrainConfig = field(default_factory=TrainConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     server: ServerConfig = field(default_factory=ServerConfig)  # gRPC server: fedge-server, backend=grpc
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated device profiles and mix
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0

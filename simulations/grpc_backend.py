@@ -94,6 +94,8 @@ class GrpcSimulation(GrpcGrid):
                 "--seed", str(recipe.seed), "--threads", str(threads), "--backoff-max", "2",
                 "--pull-wait", str(min(self.settings.pull_wait_s, 10.0)), "--log-level", "WARNING",
             ]
+            if recipe.memory_mb.get(node_id, 0.0) > 0:  # its device profile's budget
+                command += ["--memory-mb", str(recipe.memory_mb[node_id])]
             for key, value in task_options.items():
                 command += ["--task-option", f"{key}={value!r}"]
             if self.server.secure:

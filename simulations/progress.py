@@ -51,13 +51,18 @@ class RoundProgress:
 
 
 def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
-    """Totals of a run: final and best accuracy, bytes each way, time."""
+    """Totals of a run: final and best accuracy, bytes each way, time; with device
+    profiles also simulated seconds, joules and stragglers."""
     trained = [r for r in rounds if r.round > 0]
+    simulated = any(r.sim_round_s is not None for r in trained)
     table = Table(title=title)
-    for column in ("rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"):
+    columns = ["rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"]
+    if simulated:
+        columns += ["sim s", "energy J", "stragglers", "offline"]
+    for column in columns:
         table.add_column(column, justify="right")
     final = rounds[-1]
-    table.add_row(
+    row = [
         str(len(trained)),
         f"{final.accuracy:.4f}",
         f"{max(r.accuracy for r in rounds):.4f}",
@@ -65,5 +70,13 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
         f"{sum(r.downlink_bytes for r in trained) / MB:.3f}",
         str(sum(r.failures + r.dropped for r in trained)),
         f"{sum(r.wall_s for r in trained):.1f}",
-    )
+    ]
+    if simulated:
+        row += [
+            f"{sum(r.sim_round_s or 0.0 for r in trained):.2f}",
+            f"{sum(r.energy_j or 0.0 for r in trained):.3f}",
+            str(sum(r.stragglers for r in trained)),
+            str(sum(r.unavailable for r in trained)),
+        ]
+    table.add_row(*row)
     return table

@@ -8,10 +8,12 @@ report compares all runs given:
 - ``accuracy_vs_uplink.png``: the same against cumulative uplink megabytes (what a
   compression codec buys);
 - ``clients.png``: bytes each client sent and received over the run, and the
-  training seconds each client reported (measured compute on this machine; simulated
-  device time is not recorded yet, so it is not plotted);
+  training seconds each client reported (measured compute on this machine);
+- ``accuracy_vs_sim_time.png`` (runs with device profiles, ``device=...``): accuracy
+  against cumulative simulated round time (time to accuracy on the simulated fleet);
 - ``report.md``: a summary table of all runs, the plots, and per run a table of its
-  rounds and one of its clients.
+  rounds and one of its clients (with simulated seconds, joules, stragglers and
+  offline devices when the run had device profiles).
 
 Runs are labelled by what differs between their configs (``compression=topk``,
 ``strategy=FedProx``, ``seed=1``). Plots use matplotlib's ``Figure`` with the Agg
@@ -37,6 +39,7 @@ PLOTS = {
     "accuracy_vs_round": "accuracy vs round",
     "accuracy_vs_uplink": "accuracy vs cumulative uplink MB",
     "clients": "per-client bytes and compute seconds",
+    "accuracy_vs_sim_time": "accuracy vs cumulative simulated round time",
 }
 
 
@@ -61,6 +64,19 @@ class Run:
         for r in self.rounds:
             total += r["uplink_bytes"]
             out.append(total / MB)
+        return out
+
+
+    @property
+    def simulated(self) -> bool:
+        """Did the run simulate devices (``device=...``)?"""
+        return any(r.get("sim_round_s") is not None for r in self.rounds)
+
+    def cumulative_sim_s(self) -> list[float]:
+        total, out = 0.0, []
+        for r in self.rounds:
+            total += r.get("sim_round_s") or 0.0
+            out.append(total)
         return out
 
 
@@ -174,6 +190,20 @@ def plot_accuracy_vs_uplink(runs: Sequence[Run], path: Path) -> Path:
     return path
 
 
+def plot_accuracy_vs_sim_time(runs: Sequence[Run], path: Path) -> Path:
+    fig = _figure()
+    ax = fig.subplots()
+    for run in runs:
+        if run.simulated:
+            ax.plot(run.cumulative_sim_s(), [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
+    ax.set(xlabel="cumulative simulated round time (s, device profiles)", ylabel="central test accuracy")
+    ax.set_title(PLOTS["accuracy_vs_sim_time"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path)
+    return path
+
+
 def plot_clients(runs: Sequence[Run], path: Path) -> Path:
     fig = _figure(9.0, 8.0)
     up_ax, down_ax, compute_ax = fig.subplots(3, 1, sharex=True)
@@ -194,7 +224,7 @@ def plot_clients(runs: Sequence[Run], path: Path) -> Path:
     compute_ax.set(
         xlabel="client (node id)",
         ylabel="seconds",
-        title="training seconds per client (measured on this machine; simulated device time not recorded yet)",
+        title="training seconds per client (measured on this machine; simulated device time: report.md)",
     )
     compute_ax.set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
     for ax in (up_ax, down_ax, compute_ax):
@@ -205,9 +235,9 @@ def plot_clients(runs: Sequence[Run], path: Path) -> Path:
     return path
 
 
-def _summary_row(run: Run) -> list[str]:
+def _summary_row(run: Run, simulated: bool) -> list[str]:
     trained = run.rounds[1:] if run.rounds[0]["round"] == 0 else run.rounds
-    return [
+    row = [
         run.label,
         str(len(trained)),
         f"{run.rounds[-1]['accuracy']:.4f}",
@@ -217,6 +247,31 @@ def _summary_row(run: Run) -> list[str]:
         str(sum(r.get("failures", 0) + r.get("dropped", 0) for r in trained)),
         f"{sum(r['wall_s'] for r in trained):.1f}",
     ]
+    if simulated:
+        row += _simulated_cells(trained) if run.simulated else ["-"] * 4
+    return row
+
+
+def _simulated_cells(rounds: Sequence[dict[str, Any]]) -> list[str]:
+    """Simulated seconds, joules, stragglers and offline devices, summed over ``rounds``."""
+    return [
+        f"{sum(r.get('sim_round_s') or 0.0 for r in rounds):.2f}",
+        f"{sum(r.get('energy_j') or 0.0 for r in rounds):.3f}",
+        str(sum(r.get("stragglers", 0) for r in rounds)),
+        str(sum(r.get("unavailable", 0) for r in rounds)),
+    ]
+
+
+SIMULATED_COLUMNS = ["sim s", "energy J", "stragglers", "offline"]
+
+
+def _client_row(node: str, c: dict[str, Any], profiled: bool) -> list[str]:
+    row = [node, f"{c.get('uplink_bytes', 0) / KB:.1f}", f"{c.get('downlink_bytes', 0) / KB:.1f}",
+           str(c.get("replies", 0)), str(c.get("failures", 0)), f"{c.get('compute_s', 0.0):.2f}"]
+    if profiled:
+        row += [str(c.get("profile", "-")), f"{c.get('sim_busy_s', 0.0):.2f}", f"{c.get('energy_j', 0.0):.3f}",
+                str(c.get("stragglers", 0)), str(c.get("unavailable", 0))]
+    return row
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -228,20 +283,18 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str:
     """The report text; image and run paths are relative to ``out_dir``."""
     parts = ["# fedge report", ""]
-    parts.append(
-        _table(
-            ["run", "rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failed", "wall s"],
-            (_summary_row(r) for r in runs),
-        )
-    )
+    simulated = any(r.simulated for r in runs)
+    header = ["run", "rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failed", "wall s"]
+    parts.append(_table(header + (SIMULATED_COLUMNS if simulated else []), (_summary_row(r, simulated) for r in runs)))
     parts.append("")
     for key, image in images.items():
         parts += [f"![{PLOTS[key]}]({os.path.relpath(image, out_dir)})", ""]
     for run in runs:
         parts += [f"## {run.label}", "", f"`{os.path.relpath(run.path, out_dir)}`", ""]
+        header = ["round", "accuracy", "loss", "uplink KB", "downlink KB", "replies", "failures", "wall s"]
         parts.append(
             _table(
-                ["round", "accuracy", "loss", "uplink KB", "downlink KB", "replies", "failures", "wall s"],
+                header + (SIMULATED_COLUMNS if run.simulated else []),
                 (
                     [
                         str(r["round"]),
@@ -253,21 +306,20 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
                         str(r.get("failures", "")),
                         f"{r['wall_s']:.2f}",
                     ]
+                    + (_simulated_cells([r]) if run.simulated else [])
                     for r in run.rounds
                 ),
             )
         )
         clients = run.results.get("clients", {})
         if clients:
+            profiled = any("profile" in c for c in clients.values())
+            header = ["client", "uplink KB", "downlink KB", "replies", "failures", "compute s"]
+            if profiled:
+                header += ["profile", "sim s", "energy J", "stragglers", "offline"]
             parts += ["", "Per client (whole run):", ""]
             parts.append(
-                _table(
-                    ["client", "uplink KB", "downlink KB", "replies", "failures", "compute s"],
-                    (
-                        [n, f"{c['uplink_bytes'] / KB:.1f}", f"{c['downlink_bytes'] / KB:.1f}", str(c["replies"]), str(c["failures"]), f"{c['compute_s']:.2f}"]
-                        for n, c in sorted(clients.items(), key=lambda item: int(item[0]))
-                    ),
-                )
+                _table(header, (_client_row(n, c, profiled) for n, c in sorted(clients.items(), key=lambda item: int(item[0]))))
             )
         parts.append("")
     return "\n".join(parts)
@@ -291,6 +343,8 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
         "accuracy_vs_uplink": plot_accuracy_vs_uplink(runs, out_dir / "accuracy_vs_uplink.png"),
         "clients": plot_clients(runs, out_dir / "clients.png"),
     }
+    if any(run.simulated for run in runs):
+        images["accuracy_vs_sim_time"] = plot_accuracy_vs_sim_time(runs, out_dir / "accuracy_vs_sim_time.png")
     report = out_dir / "report.md"
     report.write_text(markdown(runs, images, out_dir))
     return report

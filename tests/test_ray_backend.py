@@ -41,6 +41,21 @@ def test_four_actors_match_local_bit_for_bit(ray_instance, make_cfg):
     assert on_ray.result.final.accuracy > on_ray.result.rounds[0].accuracy + 0.2  # it really trained
 
 
+def test_device_profiles_and_deadline_match_local_on_ray(ray_instance, make_cfg):
+    """The device simulation sits in FedgeGrid: Ray prices and drops exactly as local does."""
+    from fedge.simulations.app import run_experiment
+
+    common = ["progress=false", "rounds=2", "num_clients=6", "device=mix_wearable_phone_gateway",
+              "server.round_deadline_s=2", "client.local_epochs=1"]
+    on_ray = run_experiment(make_cfg([*common, "backend=ray", "backend.num_actors=2"]))
+    local = run_experiment(make_cfg([*common, "backend.num_workers=0"]))
+    simulated = [(r.sim_round_s, r.energy_j, r.stragglers, r.unavailable, r.replies) for r in local.result.rounds[1:]]
+    assert [(r.sim_round_s, r.energy_j, r.stragglers, r.unavailable, r.replies) for r in on_ray.result.rounds[1:]] == simulated
+    assert all(r[2] > 0 for r in simulated)  # wearables were dropped in every round
+    for name in local.final_weights:
+        assert np.array_equal(on_ray.final_weights[name], local.final_weights[name]), name
+
+
 def _recipe(clients=4):
     parts = np.array_split(np.arange(200), clients)
     return ClientRecipe(DigitsTask(), {node_id_of(i): p for i, p in enumerate(parts)}, TrainConfig(local_steps=1))
