@@ -124,6 +124,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, method: str = "auto",
         "torch_accuracy": float((float_logits.argmax(1) == test.y).mean()),
         "int8_method": int8_method,
         "int8_reference": "torch fake-quantised (LSQModel)" if use_qat else "torch float",
+        "int8_reference_accuracy": float((int8_reference.argmax(1) == test.y).mean()),
         "fp32": asdict(fp32),
         "int8": asdict(int8),
         "size_ratio": fp32.size_bytes / int8.size_bytes,
@@ -146,7 +147,7 @@ def table(report: dict):
 
     t = Table(title=f"fedge-export: {report['params']:,} params, {report['test_examples']} test examples, "
                     f"int8 {report['int8_method']}")
-    for column in ("file", "size (KB)", "test accuracy", "max |Δ logit| vs torch", "argmax agreement", "latency (ms/sample)"):
+    for column in ("file", "KB", "test accuracy", "max |Δ| vs torch", "argmax = torch", "ms/sample"):
         t.add_column(column, justify="left" if column == "file" else "right")
     for name in ("fp32", "int8"):
         r = report[name]
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     console.print(table(report))
     console.print(f"int8 is {report['size_ratio']:.2f}x smaller; accuracy {report['fp32']['accuracy']:.4f} -> "
                   f"{report['int8']['accuracy']:.4f} ({-report['accuracy_drop_pp']:+.2f} pp); "

@@ -50,7 +50,18 @@ def export_fp32(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
         verbose=False,
     )
     program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    _strip(model)
+    onnx.save(model, str(path))
     return path
+
+
+def _strip(model: onnx.ModelProto) -> None:
+    """Drop what inference does not need: the exporter's per-node metadata (source stack traces) and value_info."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
 
 
 def qdq_from_steps(fp32_path: Path, steps: Mapping[str, float], weight_bits: int, act_bits: int, path: Path) -> Path:
