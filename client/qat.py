@@ -26,8 +26,9 @@ global model (``fedge-export`` builds the int8 graph from them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -100,10 +101,10 @@ class LSQModel:
                 q.initialised.fill_(True)
 
     @contextlib.contextmanager
-    def _activation_hooks(self) -> Iterator[None]:
+    def _activation_hooks(self, layers: Mapping[str, nn.Module]) -> Iterator[None]:
         handles = [
             layer.register_forward_pre_hook(lambda _m, args, key=_key(name, "input"): (self.quantisers[key](args[0]),))
-            for name, layer in self.layers.items()
+            for name, layer in layers.items()
         ]
         try:
             yield
@@ -112,9 +113,24 @@ class LSQModel:
                 h.remove()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {f"{n}.weight": self.quantisers[_key(n, "weight")](m.weight) for n, m in self.layers.items()}
-        with self._activation_hooks():
-            return functional_call(self.model, weights, (x,), strict=False)
+        return self._run(self.model, "", x)
+
+    def pieces(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The model's children as fake-quantised callables, in order (for ``checkpoint_sequential``).
+
+        Each piece quantises its own weights and inputs when it runs, so a checkpointed
+        piece recomputed during backward quantises them again and the steps get their
+        gradients from the recomputation.
+        """
+        return [functools.partial(self._run, child, name) for name, child in self.model.named_children()]
+
+    def _run(self, module: nn.Module, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """``module`` (the model or its child ``prefix``) on ``x`` with its layers fake-quantised."""
+        inner = {n: m for n, m in self.layers.items() if not prefix or n == prefix or n.startswith(prefix + ".")}
+        cut = len(prefix) + 1 if prefix else 0
+        weights = {f"{n[cut:]}.weight".lstrip("."): self.quantisers[_key(n, "weight")](m.weight) for n, m in inner.items()}
+        with self._activation_hooks(inner):
+            return functional_call(module, weights, (x,), strict=False)
 
 
 def step_metrics(qat: LSQModel) -> dict[str, float]:
