@@ -133,7 +133,8 @@ def qat_markdown(q: dict) -> list[str]:
             f"{-r['accuracy_drop_pp']:+.2f} | {method} | {r['fp32_size_bytes'] / 1e3:.1f} | {r['int8_size_bytes'] / 1e3:.1f} | "
             f"{r['size_ratio']:.2f}x | {r['int8_argmax_agreement']:.4f} | {r['fp32_latency_ms']:.3f} | {r['int8_latency_ms']:.3f} |"
         )
-    lines += ["", "int8 argmax = torch: agreement with the torch model the int8 file stands for (the fake-quantised "
+    lines += ["", "int8: int8 activations and weights; qat4's file holds its 4-bit weights as ONNX INT4 (two a byte). "
+              "int8 argmax = torch: agreement with the torch model the int8 file stands for (the fake-quantised "
               "LSQ model for QAT runs, the float model for ORT static). Latency: ONNX Runtime, batch 1, one thread, "
               "median of 300 test images."]
     return lines

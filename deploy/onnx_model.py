@@ -5,8 +5,8 @@
 * :func:`qdq_from_steps`: the graph QAT trained, written out. For every Conv/Gemm node
   whose weight is ``<layer>.weight``: the weight is stored as int8, symmetric per tensor
   with the learned LSQ weight step (``clamp(round(w / s_w), qmin, qmax)``, ``qmin, qmax``
-  of ``client.qat.bits``; 4-bit values are stored in int8), followed by a
-  DequantizeLinear; the node's input goes through QuantizeLinear/DequantizeLinear with
+  of ``client.qat.bits``; with 4 bits or fewer the tensor is ONNX INT4, two values a
+  byte, opset 21), followed by a DequantizeLinear; the node's input goes through QuantizeLinear/DequantizeLinear with
   the learned input step (int8, zero point 0). That is exactly the fake-quantised
   forward pass of :class:`fedge.client.qat.LSQModel`, so the int8 file computes what the
   federation trained. Written by hand because ONNX Runtime's quantiser calibrates its
@@ -29,8 +29,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-#: ONNX opset of the exported files.
-OPSET = 20
+#: ONNX opset of the exported files; files with 4-bit weights (INT4 tensors) use opset 21.
+OPSET, INT4_OPSET = 20, 21
 INPUT, OUTPUT = "input", "logits"
 QUANTISED_OPS = ("Conv", "Gemm")
 
@@ -85,9 +85,8 @@ def qdq_from_steps(fp32_path: Path, steps: Mapping[str, float], weight_bits: int
             q = np.clip(np.round(weight * np.float32(1 / w_step)), qmin, qmax).astype(np.int8)
             graph.initializer.remove(next(t for t in graph.initializer if t.name == node.input[1]))
             graph.initializer.extend([
-                numpy_helper.from_array(q, f"{layer}.weight_quantized"),
+                *_int_weights(q, layer, packed=weight_bits <= 4),
                 numpy_helper.from_array(np.array(w_step, np.float32), f"{layer}.weight_scale"),
-                numpy_helper.from_array(np.array(0, np.int8), f"{layer}.weight_zero_point"),
                 numpy_helper.from_array(np.array(x_step, np.float32), f"{layer}.input_scale"),
                 numpy_helper.from_array(np.array(0, np.int8), f"{layer}.input_zero_point"),
             ])
@@ -107,9 +106,24 @@ def qdq_from_steps(fp32_path: Path, steps: Mapping[str, float], weight_bits: int
         raise ValueError(f"LSQ steps for layers that are not Conv/Gemm weights of the exported graph: {unused}")
     del graph.node[:]
     graph.node.extend(nodes)
+    if weight_bits <= 4:  # INT4 tensors need opset 21 (its ops here are supersets of opset 20's)
+        next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = INT4_OPSET
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def _int_weights(q: np.ndarray, layer: str, packed: bool) -> list[onnx.TensorProto]:
+    """The quantised weight and its zero point: int8, or INT4 (two values a byte) when ``packed``."""
+    if not packed:
+        return [numpy_helper.from_array(q, f"{layer}.weight_quantized"),
+                numpy_helper.from_array(np.array(0, np.int8), f"{layer}.weight_zero_point")]
+    nibbles = (q.flatten().astype(np.uint8) & 0x0F)
+    if len(nibbles) % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)  # ONNX: first element in the low 4 bits
+    return [helper.make_tensor(f"{layer}.weight_quantized", onnx.TensorProto.INT4, q.shape, packed.tobytes(), raw=True),
+            helper.make_tensor(f"{layer}.weight_zero_point", onnx.TensorProto.INT4, [], np.zeros(1, np.uint8).tobytes(), raw=True)]
 
 
 def _step(steps: Mapping[str, float], key: str) -> float:
@@ -160,4 +174,4 @@ def graph_ops(path: Path) -> dict[str, int]:
     return counts
 
 
-__all__ = ["OPSET", "INPUT", "OUTPUT", "export_fp32", "qdq_from_steps", "quantise_static", "graph_ops"]
+__all__ = ["OPSET", "INT4_OPSET", "INPUT", "OUTPUT", "export_fp32", "qdq_from_steps", "quantise_static", "graph_ops"]

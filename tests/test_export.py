@@ -79,3 +79,34 @@ def test_bad_inputs_are_named(qat_run, tmp_path):
         main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
     assert np.isfinite(list(run.steps.values())).all()
+
+
+def test_4bit_weights_are_packed_int4_and_match_the_fake_quantised_model(tmp_path):
+    import torch
+
+    from fedge.deploy.onnx_model import export_fp32
+    from fedge.deploy.verify import run as run_onnx
+    from fedge.tasks.digits import DigitsTask
+
+    from fedge.client import TrainConfig
+    from fedge.client.training import train
+
+    task = DigitsTask()
+    data = task.load()
+    test = data.test
+    torch.manual_seed(0)
+    model = task.build_model()
+    lsq = LSQModel(model, 4, 8)
+    train(model, task, data.train, TrainConfig(local_steps=30, batch_size=64), np.random.default_rng(0), lsq)
+    with torch.no_grad():
+        expected = lsq(torch.from_numpy(test.x)).numpy()
+    fp32 = export_fp32(model, test.x.shape[1:], tmp_path / "fp32.onnx")
+    int8 = qdq_from_steps(fp32, lsq.steps(), 8, 8, tmp_path / "int8.onnx")
+    int4 = qdq_from_steps(fp32, lsq.steps(), 4, 8, tmp_path / "int4.onnx")
+    weights = {t.name: t for t in onnx.load(str(int4)).graph.initializer}
+    assert weights["features.2.weight_quantized"].data_type == onnx.TensorProto.INT4
+    assert int8.stat().st_size > 1.6 * int4.stat().st_size  # two weights a byte
+    got = run_onnx(int4, test.x)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.98
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    assert (expected.argmax(1) == test.y).mean() > 0.7  # a trained model, so agreement means something
