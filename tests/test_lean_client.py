@@ -126,6 +126,9 @@ def test_qat_config_flat_keys_and_lsq_steps_learn(deep):
     assert not update.error and client.qat is not None
     steps = client.qat.steps()
     assert all(s > 0 for s in steps.values()) and len(steps) == 2 * len(client.qat.layers)
+    # The reply carries the learned steps, so the server can aggregate them for export.
+    assert {k: v for k, v in update.metrics.items() if k.startswith("qat.step.")} == pytest.approx(
+        {f"qat.step.{k}": v for k, v in steps.items()})
     # Weights seen by the forward pass are on the 4-bit grid of the learned step.
     q = client.qat.quantisers["0/0/weight"]
     wq = q(client.model[0][0].weight).detach()
