@@ -7,9 +7,13 @@
   with the learned LSQ weight step (``clamp(round(w / s_w), qmin, qmax)``, ``qmin, qmax``
   of ``client.qat.bits``; with 4 bits or fewer the tensor is ONNX INT4, two values a
   byte, opset 21), followed by a DequantizeLinear; the node's input goes through QuantizeLinear/DequantizeLinear with
-  the learned input step (int8, zero point 0). That is exactly the fake-quantised
-  forward pass of :class:`fedge.client.qat.LSQModel`, so the int8 file computes what the
-  federation trained. Written by hand because ONNX Runtime's quantiser calibrates its
+  the learned input step (int8, zero point 0). That is the fake-quantised forward pass
+  of :class:`fedge.client.qat.LSQModel`, so the int8 file computes what the federation
+  trained. Two additions let ONNX Runtime run int8 kernels (QLinearConv, QGemm) without
+  changing that: biases as int32 with scale ``input step * weight step`` (the QDQ
+  convention; an error below half that scale), and a layer's output quantised with the
+  next layer's input step where only quantisation-commuting ops (ReLU, max pooling,
+  reshapes) lie between (:func:`_quantise_outputs`). Written by hand because ONNX Runtime's quantiser calibrates its
   own scales: its ``TensorQuantOverrides`` can pin a tensor's scale, but it also
   quantises every other tensor (conv outputs, pooling) with calibrated ranges, which is
   not the model QAT trained.
@@ -106,11 +110,74 @@ def qdq_from_steps(fp32_path: Path, steps: Mapping[str, float], weight_bits: int
         raise ValueError(f"LSQ steps for layers that are not Conv/Gemm weights of the exported graph: {unused}")
     del graph.node[:]
     graph.node.extend(nodes)
+    _quantise_biases(graph, steps)
+    _quantise_outputs(graph)
     if weight_bits <= 4:  # INT4 tensors need opset 21 (its ops here are supersets of opset 20's)
         next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = INT4_OPSET
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+#: Ops between a quantised layer's output and the next quantised input that commute with
+#: symmetric quantisation (zero point 0): ``q(relu(y)) = relu(q(y))``, ``q(maxpool(y)) = maxpool(q(y))``.
+COMMUTING_OPS = ("Relu", "MaxPool", "Flatten", "Reshape")
+
+
+def _quantise_biases(graph: onnx.GraphProto, steps: Mapping[str, float]) -> None:
+    """Biases of the quantised layers as int32 with scale ``input step * weight step`` (the QDQ convention)."""
+    initialisers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)
+    for node in nodes:
+        if node.op_type not in QUANTISED_OPS or len(node.input) < 3 or not node.input[1].endswith(".weight_dequantized"):
+            continue
+        layer = node.input[1][: -len(".weight_dequantized")]
+        bias = initialisers.get(node.input[2])
+        if bias is None:
+            continue
+        scale = np.float32(steps[f"{layer}.input"]) * np.float32(steps[f"{layer}.weight"])
+        q = np.round(numpy_helper.to_array(bias) / scale).astype(np.int32)
+        graph.initializer.remove(bias)
+        graph.initializer.extend([
+            numpy_helper.from_array(q, f"{layer}.bias_quantized"),
+            numpy_helper.from_array(np.array(scale, np.float32), f"{layer}.bias_scale"),
+            numpy_helper.from_array(np.array(0, np.int32), f"{layer}.bias_zero_point"),
+        ])
+        graph.node.insert(list(graph.node).index(node), helper.make_node(
+            "DequantizeLinear", [f"{layer}.bias_quantized", f"{layer}.bias_scale", f"{layer}.bias_zero_point"],
+            [f"{layer}.bias_dequantized"], name=f"{layer}.bias_DequantizeLinear"))
+        node.input[2] = f"{layer}.bias_dequantized"
+
+
+def _quantise_outputs(graph: onnx.GraphProto) -> None:
+    """Quantise a layer's output with the next layer's input step where that changes nothing.
+
+    When a Conv/Gemm output reaches the next quantised input only through
+    :data:`COMMUTING_OPS` (one consumer each), quantising it right away with that
+    input's step gives the same values (quantising twice with one step is quantising
+    once), and ONNX Runtime can then run the layer as an int8 kernel (QLinearConv, QGemm).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if node.op_type not in QUANTISED_OPS or not node.input[1].endswith(".weight_dequantized"):
+            continue
+        tensor = node.output[0]
+        while tensor not in outputs and len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in COMMUTING_OPS \
+                and consumers[tensor][0].input[0] == tensor:
+            tensor = consumers[tensor][0].output[0]
+        after = consumers.get(tensor, [])
+        if tensor in outputs or len(after) != 1 or after[0].op_type != "QuantizeLinear" or not after[0].name.endswith(".input_QuantizeLinear"):
+            continue
+        scale, zero_point = after[0].input[1], after[0].input[2]
+        out, raw = node.output[0], node.output[0] + "_float"
+        node.output[0] = raw
+        at = list(graph.node).index(node) + 1
+        graph.node.insert(at, helper.make_node("QuantizeLinear", [raw, scale, zero_point], [out + "_quantized"], name=out + "_QuantizeLinear"))
+        graph.node.insert(at + 1, helper.make_node("DequantizeLinear", [out + "_quantized", scale, zero_point], [out], name=out + "_DequantizeLinear"))
 
 
 def _int_weights(q: np.ndarray, layer: str, packed: bool) -> list[onnx.TensorProto]:
