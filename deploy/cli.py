@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         print(f"fedge-export: {exc}: pip install 'fedge[export]'", file=sys.stderr)
         sys.exit(2)
-    except ExportError as exc:
+    except ValueError as exc:  # ExportError, or steps / bits the graph cannot take (named in the message)
         print(f"fedge-export: {exc}", file=sys.stderr)
         sys.exit(2)
     from rich.console import Console
