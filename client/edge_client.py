@@ -25,7 +25,7 @@ from fedge.client.budget import fit_to_budget
 from fedge.client.config import TrainConfig
 from fedge.client.freezing import freeze_parameters, frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
-from fedge.client.qat import LSQModel
+from fedge.client.qat import LSQModel, step_metrics
 from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config as wire_config
@@ -146,6 +146,8 @@ class EdgeClient:
                 "checkpointing": float(cfg.checkpointing),
             }
         )
+        if qat is not None:  # the learned steps, so the server can export an int8 model with them
+            metrics.update(step_metrics(qat))
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)
 
     def _within_device_memory(self, cfg: TrainConfig) -> TrainConfig:

@@ -16,20 +16,28 @@ So this module only wires the kernel: quantisers live beside the model (the mode
 state names stay those of the float model, so the federation and the wire are
 unchanged) and the forward pass runs through ``torch.func.functional_call`` with
 fake-quantised weights and forward pre-hooks on activations. The step sizes are
-device state, kept across rounds like error-feedback residuals.
+device state, kept across rounds like error-feedback residuals; each training reply
+also reports them as metrics (``qat.step.<layer>.weight`` / ``.input``, see
+:func:`step_metrics`), which Flower's strategies average weighted by ``num-examples``
+like any client metric, so the server ends a run with one step per quantiser for the
+global model (``fedge-export`` builds the int8 graph from them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 QUANTISED = (nn.Conv2d, nn.Linear)
+
+#: Metric-key prefix of the learned steps a client reports: ``qat.step.<layer>.weight``.
+STEP_METRIC_PREFIX = "qat.step."
 
 
 class LSQQuantiser(nn.Module):
@@ -78,11 +86,25 @@ class LSQModel:
         """Learned steps by ``<layer>.weight`` / ``<layer>.input``."""
         return {k.replace("/", "."): q.scale.item() for k, q in self.quantisers.items()}
 
+    def load_steps(self, steps: Mapping[str, float]) -> None:
+        """Set the learned steps (keys as :meth:`steps` gives them, e.g. aggregated ones)."""
+        expected = set(self.steps())
+        if set(steps) != expected:
+            missing, extra = sorted(expected - set(steps)), sorted(set(steps) - expected)
+            raise ValueError(f"LSQ steps do not match the model: missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for key, q in self.quantisers.items():
+                value = float(steps[key.replace("/", ".")])
+                if not value > 0:
+                    raise ValueError(f"LSQ step {key.replace('/', '.')!r} must be > 0, got {value}")
+                q.scale.fill_(value)
+                q.initialised.fill_(True)
+
     @contextlib.contextmanager
-    def _activation_hooks(self) -> Iterator[None]:
+    def _activation_hooks(self, layers: Mapping[str, nn.Module]) -> Iterator[None]:
         handles = [
             layer.register_forward_pre_hook(lambda _m, args, key=_key(name, "input"): (self.quantisers[key](args[0]),))
-            for name, layer in self.layers.items()
+            for name, layer in layers.items()
         ]
         try:
             yield
@@ -91,9 +113,48 @@ class LSQModel:
                 h.remove()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {f"{n}.weight": self.quantisers[_key(n, "weight")](m.weight) for n, m in self.layers.items()}
-        with self._activation_hooks():
-            return functional_call(self.model, weights, (x,), strict=False)
+        return self._run(self.model, "", x)
+
+    def pieces(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The model's children as fake-quantised callables, in order (for ``checkpoint_sequential``).
+
+        Each piece quantises its own weights and inputs when it runs, so a checkpointed
+        piece recomputed during backward quantises them again and the steps get their
+        gradients from the recomputation.
+        """
+        return [functools.partial(self._run, child, name) for name, child in self.model.named_children()]
+
+    def _run(self, module: nn.Module, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """``module`` (the model or its child ``prefix``) on ``x`` with its layers fake-quantised."""
+        inner = {n: m for n, m in self.layers.items() if not prefix or n == prefix or n.startswith(prefix + ".")}
+        cut = len(prefix) + 1 if prefix else 0
+        weights = {f"{n[cut:]}.weight".lstrip("."): self.quantisers[_key(n, "weight")](m.weight) for n, m in inner.items()}
+        with self._activation_hooks(inner):
+            return functional_call(module, weights, (x,), strict=False)
+
+
+def step_metrics(qat: LSQModel) -> dict[str, float]:
+    """The learned steps as reply metrics: ``{"qat.step.<layer>.weight": step, ...}``."""
+    return {STEP_METRIC_PREFIX + k: v for k, v in qat.steps().items()}
+
+
+def steps_from_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """The steps in (aggregated) client metrics, by ``<layer>.weight`` / ``<layer>.input``; ``{}`` if none."""
+    return {k[len(STEP_METRIC_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(STEP_METRIC_PREFIX)}  # type: ignore[arg-type]
+
+
+def final_steps(metrics_by_round: Mapping[int, Mapping[str, object]]) -> dict[str, object]:
+    """The last round's aggregated steps, as a run records them: ``{"round": r, "steps": {...}}``.
+
+    ``metrics_by_round``: the server's aggregated training metrics per round (Flower's
+    ``Result.train_metrics_clientapp``). ``{}`` when no round reported steps (no QAT,
+    or a strategy that does not aggregate client metrics).
+    """
+    for server_round in sorted(metrics_by_round, reverse=True):
+        steps = steps_from_metrics(metrics_by_round[server_round])
+        if steps:
+            return {"round": int(server_round), "steps": steps}
+    return {}
 
 
 def _key(layer: str, what: str) -> str:

@@ -55,7 +55,7 @@ def train(
     """Train ``model`` in place on ``data``; the FedProx anchor is its starting weights.
 
     With ``qat`` (a fake-quantised view of ``model``), train through it: the weights
-    and the quantisers' learned steps together.
+    and the quantisers' learned steps together (checkpointed too, if asked).
     """
     if len(data) == 0:
         raise ValueError("cannot train on an empty local dataset")
@@ -65,9 +65,7 @@ def train(
     steps_params = list(qat.quantisers.parameters()) if qat is not None else []
     optimiser = torch.optim.SGD(params + steps_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
-    if qat is not None and cfg.checkpointing:
-        raise ValueError("client.qat and client.checkpointing cannot be combined (yet)")
-    forward = qat if qat is not None else training_forward(model, cfg.checkpointing, cfg.checkpoint_segments)
+    forward = training_forward(model, cfg.checkpointing, cfg.checkpoint_segments, qat)
     meter = ActivationMeter()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     total, steps, samples = 0.0, 0, 0

@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.config import TrainConfig
+from fedge.client.qat import final_steps
 from fedge.server.checkpoint import fingerprint
 from fedge.server.config import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
@@ -139,6 +140,7 @@ def _write_results(out_dir: Path, cfg: DictConfig, result: FederationResult, str
         "rounds": [asdict(r) for r in result.rounds],
         "dropped_replies": [asdict(d) for d in strategy.log.dropped],
         **grid.transport_report(),
+        "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
     np.savez(out_dir / "final_model.npz", **{k: v.numpy() for k, v in result.final_arrays.items()})

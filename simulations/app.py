@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fedge.client.config import TrainConfig
+from fedge.client.qat import final_steps
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
@@ -150,6 +151,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
             **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
             "clients": _client_totals(grid),
+            "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)

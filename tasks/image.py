@@ -58,6 +58,7 @@ class ImageTask(DigitsTask):
 
     name = "image"
     num_classes = 10
+    input_shape = (1, SIDE, SIDE)  # one example, as the model takes it (not digits' 8x8)
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         try:

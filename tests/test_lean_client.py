@@ -7,6 +7,7 @@ import torch
 from conftest import FAST
 from fedge.client import EdgeClient, TrainConfig
 from fedge.client.model_io import model_arrays
+from fedge.client.qat import LSQModel
 from fedge.client.training import train
 from fedge.simulations.app import run_experiment
 from fedge.tasks.digits import DigitsTask
@@ -125,6 +126,9 @@ def test_qat_config_flat_keys_and_lsq_steps_learn(deep):
     assert not update.error and client.qat is not None
     steps = client.qat.steps()
     assert all(s > 0 for s in steps.values()) and len(steps) == 2 * len(client.qat.layers)
+    # The reply carries the learned steps, so the server can aggregate them for export.
+    assert {k: v for k, v in update.metrics.items() if k.startswith("qat.step.")} == pytest.approx(
+        {f"qat.step.{k}": v for k, v in steps.items()})
     # Weights seen by the forward pass are on the 4-bit grid of the learned step.
     q = client.qat.quantisers["0/0/weight"]
     wq = q(client.model[0][0].weight).detach()
@@ -146,3 +150,25 @@ def test_memory_budget_refuses_or_fits_measured():
     assert not fitted.error
     assert fitted.metrics["peak_train_bytes"] <= budget_mb * (1 << 20)  # measured, not estimated
     assert fitted.metrics["checkpointing"] == 1.0 or fitted.metrics["batch_size"] < 64
+
+
+def test_qat_with_checkpointing_same_training_less_memory(deep):
+    """Checkpointed QAT recomputes the fake-quantised pieces: same weights and steps, fewer saved activations."""
+    task, data = deep
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = task.build_model()
+        qat = LSQModel(model, 8, 8)
+        stats = train(model, task, data.train.subset(np.arange(128)),
+                      TrainConfig(local_steps=3, batch_size=64, checkpointing=checkpointing, checkpoint_segments=2),
+                      np.random.default_rng(0), qat)
+        runs.append((model, qat, stats))
+    (plain, plain_qat, plain_stats), (ckpt, ckpt_qat, ckpt_stats) = runs
+    for (name, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    first = next(iter(plain_qat.steps()))
+    assert plain_qat.steps()[first] != pytest.approx(LSQModel(task.build_model()).steps()[first])  # steps learned
+    for key, step in plain_qat.steps().items():
+        assert ckpt_qat.steps()[key] == pytest.approx(step, rel=1e-4), key
+    assert ckpt_stats.peak_activation_bytes < 0.7 * plain_stats.peak_activation_bytes

@@ -1,0 +1,6 @@
+"""The deployable model: a finished run's global model as ONNX fp32 and int8 (``fedge-export``).
+
+Neither the device's trainer (``fedge.client``, whose core must not depend on onnx) nor
+the federation server: this is the hand-off from a run to an inference runtime on the
+device (ONNX Runtime), installed with the ``export`` extra.
+"""
