@@ -229,6 +229,9 @@ def markdown(result: dict) -> str:
             f"{row['accuracy_minus_fp32_pp']:+.2f} | {per_round:,.0f} | {row['uplink_reduction_vs_fp32']:.1f}x | "
             f"{row['downlink_reduction_vs_fp32']:.2f}x |"
         )
+    lines += ["", "Top-1% rows: `conf/compression/topk.yaml`, one 1% budget over the whole update (the largest "
+              "magnitudes anywhere, `scope: global`), kept values in 8 bits, tensors under 256 elements "
+              "(biases) dense in 8 bits; \"no EF\" is the same with `compression.error_feedback=false`."]
     if "throughput" in result:
         lines += ["", "## Codec throughput (one core, encode + decode, MB/s of float32 input)", "",
                   "| codec | 1M elements | 10M elements | size ratio (10M) |", "|---|---|---|---|"]
