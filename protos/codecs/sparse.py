@@ -46,8 +46,9 @@ def top_k_indices(flat: np.ndarray, k: int) -> np.ndarray:
 def global_top_k_counts(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, int]:
     """How many of the ``k`` largest magnitudes over all ``arrays`` fall in each one.
 
-    The counts sum to ``min(k, total elements)``; ties at the threshold go to the
-    earlier entries of the concatenation. Costs one O(total) selection.
+    The counts sum to ``min(k, total elements)``; entries tied at the threshold are
+    split arbitrarily (``argpartition``). Costs one O(total) selection over a float32
+    copy of all magnitudes.
     """
     names = list(arrays)
     sizes = np.array([np.asarray(arrays[n]).size for n in names], dtype=np.int64)
