@@ -9,6 +9,9 @@
 3. Index coding: bits against the floor log2 C(d, k), on random and real top-k sets.
 
 Writes ``bench/results/compression.json`` and ``bench/results/compression.md``.
+``--task image --must-show-only`` runs only the must-show rows (fp32, top-k + EF, top-k
+without EF) on the 5,000-image MNIST sample instead, and writes
+``bench/results/compression_image_must_show.{json,md}``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +56,14 @@ CODECS: dict[str, list[str]] = {
     "top-1% up + q8 delta down": ["compression=downlink_q8"],
 }
 BASELINE = "fp32 (baseline)"
+#: the rows must-show 1 compares: the baseline, the top-k recipe, the same without EF
+MUST_SHOW = (BASELINE, "top-1% + q8 + EF", "top-1% + q8, no EF")
+
+#: task -> (fedge-sim overrides, default model width, description for the table)
+TASKS: dict[str, tuple[list[str], int, str]] = {
+    "digits": (["task=digits"], 32, "digits CNN"),
+    "image": (["task=image", "client.lr=0.01"], 16, "5,000-image MNIST sample CNN (client.lr=0.01)"),
+}
 
 THROUGHPUT_SPECS = {
     "fp16": CodecSpec("fp16"),
@@ -65,16 +77,21 @@ THROUGHPUT_SPECS = {
 }
 
 
-def federations(rounds: int, seeds: list[int], width: int, alpha: float, on_codec=None) -> dict:
-    """Run every codec for every seed; ``on_codec(summary so far)`` after each codec."""
+def federations(
+    rounds: int, seeds: list[int], width: int, alpha: float, on_codec=None, task: str = "digits", labels=None
+) -> dict:
+    """Run every codec (or those in ``labels``) for every seed; ``on_codec(summary so far)`` after each codec."""
     register_configs()
     runs: dict[str, list[dict]] = {}
     for label, overrides in CODECS.items():
+        if labels is not None and label not in labels:
+            continue
         for seed in seeds:
             with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
                 cfg = compose(
                     "config",
                     overrides=[
+                        *TASKS[task][0],
                         *overrides,
                         f"seed={seed}",
                         f"rounds={rounds}",
@@ -193,15 +210,27 @@ def index_coding() -> dict:
     return {"random_sets_d_1M": random_sets, "real_top1pct_sets": real}
 
 
+def _machine_note(machine: dict) -> list[str]:
+    if "load_avg_at_start" not in machine:
+        return []
+    start, end = machine["load_avg_at_start"][0], machine["load_avg_at_end"][0]
+    return [
+        f"Machine: {machine['cpus']} CPUs, 1-minute load average {start:.1f} at the start and {end:.1f} at the "
+        "end (a load above the CPU count means other jobs shared them: throughput numbers are then low).",
+        "",
+    ]
+
+
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
         "# Compression benchmark",
         "",
-        f"digits CNN (width {s['width']}), Dirichlet alpha={s['alpha']}, {s['clients']} clients, FedAvg, "
+        f"{TASKS[s.get('task', 'digits')][2]} (width {s['width']}), Dirichlet alpha={s['alpha']}, {s['clients']} clients, FedAvg, "
         f"{s['rounds']} rounds, seeds {s['seeds']}. Bytes are serialised Update/Task protos. "
         f"Command: `{s['command']}`.",
         "",
+        *_machine_note(s["machine"]),
         "| codec | final acc (mean ± sd) | vs fp32 (pp) | uplink / round (bytes) | uplink reduction | downlink reduction |",
         "|---|---|---|---|---|---|",
     ]
@@ -212,19 +241,24 @@ def markdown(result: dict) -> str:
             f"{row['accuracy_minus_fp32_pp']:+.2f} | {per_round:,.0f} | {row['uplink_reduction_vs_fp32']:.1f}x | "
             f"{row['downlink_reduction_vs_fp32']:.2f}x |"
         )
-    lines += ["", "## Codec throughput (one core, encode + decode, MB/s of float32 input)", "",
-              "| codec | 1M elements | 10M elements | size ratio (10M) |", "|---|---|---|---|"]
-    for label, sizes in result["throughput"]["codecs"].items():
-        lines.append(
-            f"| {label} | {sizes['1M']['encode_decode_mb_per_s']:.0f} | {sizes['10M']['encode_decode_mb_per_s']:.0f} | "
-            f"{sizes['10M']['compression_ratio']:.1f}x |"
-        )
-    lines += ["", f"Top-1% selection of 11M elements: {1000 * result['throughput']['top1pct_selection_11M_s']:.0f} ms.", "",
-              "## Index coding against the floor log2 C(d, k)", "", "| set | k | bits / floor |", "|---|---|---|"]
-    for density, row in result["index_coding"]["random_sets_d_1M"].items():
-        lines.append(f"| random, d=1M, density {density} | {row['k']:,} | {row['ratio']:.4f} |")
-    for name, row in result["index_coding"]["real_top1pct_sets"].items():
-        lines.append(f"| real top-1% of `{name}` (d={row['d']:,}) | {row['k']:,} | {row['ratio']:.4f} |")
+    lines += ["", "Top-1% rows: `conf/compression/topk.yaml`, one 1% budget over the whole update (the largest "
+              "magnitudes anywhere, `scope: global`), kept values in 8 bits, tensors under 256 elements "
+              "(biases) dense in 8 bits; \"no EF\" is the same with `compression.error_feedback=false`."]
+    if "throughput" in result:
+        lines += ["", "## Codec throughput (one core, encode + decode, MB/s of float32 input)", "",
+                  "| codec | 1M elements | 10M elements | size ratio (10M) |", "|---|---|---|---|"]
+        for label, sizes in result["throughput"]["codecs"].items():
+            lines.append(
+                f"| {label} | {sizes['1M']['encode_decode_mb_per_s']:.0f} | {sizes['10M']['encode_decode_mb_per_s']:.0f} | "
+                f"{sizes['10M']['compression_ratio']:.1f}x |"
+            )
+        lines += ["", f"Top-1% selection of 11M elements: {1000 * result['throughput']['top1pct_selection_11M_s']:.0f} ms."]
+    if "index_coding" in result:
+        lines += ["", "## Index coding against the floor log2 C(d, k)", "", "| set | k | bits / floor |", "|---|---|---|"]
+        for density, row in result["index_coding"]["random_sets_d_1M"].items():
+            lines.append(f"| random, d=1M, density {density} | {row['k']:,} | {row['ratio']:.4f} |")
+        for name, row in result["index_coding"]["real_top1pct_sets"].items():
+            lines.append(f"| real top-1% of `{name}` (d={row['d']:,}) | {row['k']:,} | {row['ratio']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,31 +266,44 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits")
+    parser.add_argument("--width", type=int, default=None, help="model width (default: 32 for digits, 16 for image)")
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--skip-federations", action="store_true", help="only codec micro-benchmarks")
+    parser.add_argument(
+        "--must-show-only", action="store_true",
+        help="federations of fp32, top-k + EF and top-k without EF only; no micro-benchmarks",
+    )
     args = parser.parse_args(argv)
-    command = "python -m bench.compression " + " ".join(argv or [])
-    result = {
+    width = args.width if args.width is not None else TASKS[args.task][1]
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python -m bench.compression " + " ".join(argv)
+    result: dict = {
         "settings": {
-            "rounds": args.rounds, "seeds": args.seeds, "width": args.width, "alpha": args.alpha, "clients": 10,
-            "command": command.strip(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "task": args.task, "rounds": args.rounds, "seeds": args.seeds, "width": width, "alpha": args.alpha,
+            "clients": 10, "command": command.strip(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
         },
-        "throughput": throughput(),
-        "index_coding": index_coding(),
     }
+    if not args.must_show_only:
+        result["throughput"] = throughput()
+        result["index_coding"] = index_coding()
+    stem = "compression" if args.task == "digits" else f"compression_{args.task}"
+    stem += "_must_show" if args.must_show_only else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def write(federation_summary: dict | None) -> None:
         if federation_summary is not None:
             result["federations"] = federation_summary
-            (RESULTS / "compression.md").write_text(markdown(result))
-        (RESULTS / "compression.json").write_text(json.dumps(result, indent=2))
+            (RESULTS / f"{stem}.md").write_text(markdown(result))
+        result["settings"]["machine"]["load_avg_at_end"] = os.getloadavg()
+        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
 
     write(None)
     if not args.skip_federations:
-        write(federations(args.rounds, args.seeds, args.width, args.alpha, on_codec=write))
-    print(f"wrote {RESULTS / 'compression.json'}")
+        labels = MUST_SHOW if args.must_show_only else None
+        write(federations(args.rounds, args.seeds, width, args.alpha, on_codec=write, task=args.task, labels=labels))
+    print(f"wrote {RESULTS / f'{stem}.json'}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class CompressionConfig:
     name: str = "none"
     codec: str = "fp32"  # fp32, fp16, q1..q8[s], uniform, topk, randk, sign, powersgd, kmeans
     ratio: float = 0.01  # topk, randk: share of entries kept
+    scope: str = "tensor"  # topk: ratio of each tensor ("tensor") or of the whole update ("global")
     values: str = "fp32"  # topk, randk: codec of the kept values (fp32, fp16, q8, ...)
     bits: int = 8  # uniform, kmeans
     stochastic: bool = False  # uniform: unbiased stochastic rounding

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedge.client.uplink import UplinkEncoder
-from fedge.protos.codecs import CodecSpec, decode_update, encode_update, make_codec
+from fedge.protos.codecs import CodecSpec, UnknownCodecError, decode_update, encode_update, make_codec
 from fedge.protos.codecs.index_coding import decode_indices, encode_indices, log2_binomial
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.codecs.sparse import top_k_indices
@@ -19,6 +19,7 @@ SPECS = [
     CodecSpec("uniform", {"bits": 6, "per_channel": True}),
     CodecSpec("topk", {"ratio": 0.05, "values": "q8"}),
     CodecSpec("topk", {"ratio": 0.6, "values": "fp16"}),
+    CodecSpec("topk", {"ratio": 0.05, "values": "q8", "scope": "global"}),
     CodecSpec("randk", {"ratio": 0.1, "values": "fp32", "unbiased": True}),
     CodecSpec("sign"),
     CodecSpec("kmeans", {"bits": 3}),
@@ -75,6 +76,45 @@ def test_topk_keeps_exactly_the_largest_entries():
     assert kept.size == 100
     assert np.array_equal(y[kept], x[kept])
     assert np.abs(x[kept]).min() >= np.sort(np.abs(x))[-100]
+
+
+def test_global_topk_keeps_the_largest_entries_across_tensors():
+    rng = np.random.default_rng(11)
+    arrays = {
+        "big": rng.standard_normal((100, 100)).astype(np.float32),  # 10,000 small entries
+        "loud": (20 * rng.standard_normal(300)).astype(np.float32),  # few, large entries
+        "quiet": (1e-3 * rng.standard_normal(500)).astype(np.float32),
+        "bias": np.zeros(8, np.float32),
+    }
+    spec = CodecSpec("topk", {"ratio": 0.01, "values": "fp32", "scope": "global"})
+    wire = tensor_pb2.CompressedUpdate.FromString(encode_update(arrays, spec).SerializeToString())
+    out = decode_update(wire, arrays)
+    total = sum(a.size for a in arrays.values())
+    k = int(np.ceil(0.01 * total))
+    kept = {name: np.flatnonzero(out[name].ravel()) for name in arrays}
+    assert sum(v.size for v in kept.values()) == k  # the budget is the whole update's, not each tensor's
+    everything = np.concatenate([np.abs(a.ravel()) for a in arrays.values()])
+    threshold = np.sort(everything)[-k]
+    for name, idx in kept.items():
+        assert np.array_equal(out[name].ravel()[idx], arrays[name].ravel()[idx])  # values as they were
+        assert np.all(np.abs(arrays[name].ravel()[idx]) >= threshold)
+    assert kept["quiet"].size == 0 and kept["bias"].size == 0  # per-tensor top-k would send one of each
+    assert kept["loud"].size > 0.01 * 300
+    # each tensor still decodes on its own as an ordinary top-k tensor
+    assert {t.codec for t in wire.tensors} == {"topk"}
+
+
+def test_global_topk_tensors_with_nothing_kept_cost_only_their_header():
+    arrays = {"w": np.arange(1, 10_001, dtype=np.float32), "b": np.ones(5_000, np.float32)}
+    wire = encode_update(arrays, CodecSpec("topk", {"ratio": 0.001, "values": "q8", "scope": "global"}))
+    empty = next(t for t in wire.tensors if t.name == "b")
+    assert empty.parts[0].shape == [0] and empty.ByteSize() < 100  # headers only: no 625-byte bitmap for an empty set
+    assert np.count_nonzero(decode_update(wire, arrays)["b"]) == 0
+
+
+def test_topk_scope_is_checked():
+    with pytest.raises(UnknownCodecError, match="scope"):
+        make_codec(CodecSpec("topk", {"scope": "layer"}))
 
 
 def test_powersgd_warm_start_improves_over_rounds():

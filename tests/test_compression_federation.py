@@ -37,8 +37,9 @@ def test_config_composes_the_issue_example(make_cfg):
 
     cfg = make_cfg(["compression=topk", "compression.ratio=0.01", "compression.values=q8"])
     setup = compression_setup(OmegaConf.to_container(cfg.compression))
-    assert setup.uplink.codec == CodecSpec("topk", {"ratio": 0.01, "values": "q8"})
+    assert setup.uplink.codec == CodecSpec("topk", {"ratio": 0.01, "values": "q8", "scope": "global"})
     assert setup.uplink.error_feedback is True
+    assert (setup.uplink.dense_below, setup.uplink.fallback) == (256, "q8")  # biases go dense in 8 bits
 
 
 def test_unknown_codec_in_config_is_a_config_error(make_cfg):

@@ -30,6 +30,7 @@ SPECS = [
     CodecSpec("q8"),
     CodecSpec("uniform", {"bits": 4, "per_channel": True}),
     CodecSpec("topk", {"ratio": 0.1, "values": "q8"}),
+    CodecSpec("topk", {"ratio": 0.05, "values": "q8", "scope": "global"}),
     CodecSpec("randk", {"ratio": 0.2}),
     CodecSpec("sign"),
     CodecSpec("kmeans", {"bits": 2}),

@@ -86,6 +86,14 @@ class Codec(ABC):
         self._encode_into(array, msg, state)
         return msg
 
+    def allocate(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Codec]:
+        """The codec each tensor of one update is encoded with (this one for all).
+
+        Codecs with a budget over the whole update (global top-k) override this to
+        split it into per-tensor codecs; each tensor still decodes on its own.
+        """
+        return dict.fromkeys(arrays, self)
+
     def supports(self, array: np.ndarray) -> bool:
         """Whether this codec can encode ``array`` (else the update's fallback codec does)."""
         return True

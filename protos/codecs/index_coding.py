@@ -57,7 +57,7 @@ def encode_indices(indices: np.ndarray, universe: int) -> pb.CompressedTensor:
     k = idx.size
     part = pb.CompressedTensor(codec="indices", shape=[k], dtype=pb.DTYPE_INT64)
     gaps = np.diff(idx, prepend=-1) - 1 if k else idx
-    best_b, best = 0, universe + 1  # bitmap cost + 1: Rice must beat it
+    best_b, best = 0, (universe + 1 if k else 0)  # bitmap cost + 1: Rice must beat it; k = 0 costs nothing
     if k:
         start = max(0, int(math.log2(max(gaps.mean(), 1.0))) - 2)
         for b in range(start, min(start + 6, MAX_RICE_BITS)):

@@ -6,12 +6,20 @@ A sparse tensor is sent as two ``parts``: the kept positions (index coding, see
 decoder regenerates them from the seed in ``params``. Random-k's ``ints = [k, seed]``. Top-k is biased (run it with
 error feedback); random-k with ``unbiased=True`` scales values by ``d / k`` so that
 ``E[decode(encode(x))] = x``.
+
+Top-k's ``scope`` says over what the budget is counted. ``tensor`` keeps ``ratio`` of
+every tensor. ``global`` keeps ``k = ratio * (elements of the whole update)`` entries,
+the largest magnitudes anywhere in the update (as in DGC's and Sparse Ternary
+Compression's model-wide threshold), so a layer gets as many entries as it has large
+ones, possibly none; :meth:`Codec.allocate` splits the budget into per-tensor counts
+and the wire stays one ordinary top-k ``CompressedTensor`` per tensor.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
@@ -30,7 +38,30 @@ def top_k_indices(flat: np.ndarray, k: int) -> np.ndarray:
     """Sorted positions of the ``k`` largest magnitudes of a 1-D array (O(n) selection)."""
     if k >= flat.size:
         return np.arange(flat.size, dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
     return np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]).astype(np.int64)
+
+
+def global_top_k_counts(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, int]:
+    """How many of the ``k`` largest magnitudes over all ``arrays`` fall in each one.
+
+    The counts sum to ``min(k, total elements)``; entries tied at the threshold are
+    split arbitrarily (``argpartition``). Costs one O(total) selection over a float32
+    copy of all magnitudes.
+    """
+    names = list(arrays)
+    sizes = np.array([np.asarray(arrays[n]).size for n in names], dtype=np.int64)
+    total = int(sizes.sum())
+    if k >= total:
+        return {n: int(s) for n, s in zip(names, sizes)}
+    if k <= 0:
+        return dict.fromkeys(names, 0)
+    flat = np.concatenate([np.abs(np.asarray(arrays[n], dtype=np.float32)).ravel() for n in names])
+    chosen = np.argpartition(flat, total - k)[total - k :]
+    owner = np.searchsorted(np.cumsum(sizes), chosen, side="right")
+    counts = np.bincount(owner, minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts)}
 
 
 class _Sparse(Codec):
@@ -40,6 +71,10 @@ class _Sparse(Codec):
             raise ValueError(f"{self.name}: ratio must be in (0, 1], got {ratio}")
         self.ratio = ratio
         self.values = make_codec(str(values))
+        self.keep: int | None = None  # a fixed count for one tensor (set by `allocate`)
+
+    def _count(self, size: int) -> int:
+        return min(size, self.keep) if self.keep is not None else kept_count(size, self.ratio)
 
     def _select(self, flat: np.ndarray, k: int, msg: pb.CompressedTensor) -> np.ndarray:
         raise NotImplementedError
@@ -49,7 +84,7 @@ class _Sparse(Codec):
 
     def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: MutableMapping | None) -> None:
         flat = np.asarray(array, dtype=np.float32).ravel()
-        k = kept_count(flat.size, self.ratio)
+        k = self._count(flat.size)
         idx = self._select(flat, k, msg)
         msg.parts.append(self.values.encode(flat[idx] * self._value_scale(flat.size, k)))
 
@@ -70,7 +105,31 @@ class _Sparse(Codec):
 
 @register("topk")
 class TopKCodec(_Sparse):
-    """Keep the ``ratio`` share of entries with the largest magnitude (biased: use error feedback)."""
+    """Keep the ``ratio`` share of entries with the largest magnitude (biased: use error feedback).
+
+    ``scope="tensor"``: ``ratio`` of each tensor (at least one entry each);
+    ``scope="global"``: ``ratio`` of the whole update, the largest entries anywhere.
+    """
+
+    SCOPES = ("tensor", "global")
+
+    def __init__(self, ratio: float = 0.01, values: str = "fp32", scope: str = "tensor") -> None:
+        super().__init__(ratio, values)
+        if scope not in self.SCOPES:
+            raise ValueError(f"topk: scope must be one of {', '.join(self.SCOPES)}, got {scope!r}")
+        self.scope = scope
+
+    def allocate(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Codec]:
+        if self.scope == "tensor":
+            return super().allocate(arrays)
+        total = sum(np.asarray(a).size for a in arrays.values())
+        counts = global_top_k_counts(arrays, kept_count(total, self.ratio))
+        out: dict[str, Codec] = {}
+        for name, count in counts.items():
+            codec = copy.copy(self)
+            codec.scope, codec.keep = "tensor", count
+            out[name] = codec
+        return out
 
     def _select(self, flat: np.ndarray, k: int, msg: pb.CompressedTensor) -> np.ndarray:
         idx = top_k_indices(flat, k)

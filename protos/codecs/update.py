@@ -41,20 +41,29 @@ def encode_update(
 
     Non-float tensors always go losslessly. Float tensors with fewer than
     ``dense_below`` elements, or that the codec does not support (e.g. 1-D tensors for
-    PowerSGD), go with ``fallback``. ``state`` holds each tensor's encoder memory.
+    PowerSGD), go with ``fallback``. The codec's :meth:`~Codec.allocate` sees all the
+    others at once (global top-k splits its budget there). ``state`` holds each tensor's
+    encoder memory.
     """
     codec = make_codec(spec)
     small = make_codec(fallback)
     raw = make_codec(LOSSLESS_CODEC)
     out = pb.CompressedUpdate(kind=kind, base_round=base_round)
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    main = codec.allocate(
+        {
+            name: array
+            for name, array in arrays.items()
+            if np.issubdtype(array.dtype, np.floating) and array.size >= dense_below and codec.supports(array)
+        }
+    )
     for name, array in arrays.items():
-        array = np.asarray(array)
-        if not np.issubdtype(array.dtype, np.floating):
-            chosen = raw
-        elif array.size < dense_below or not codec.supports(array):
+        if name in main:
+            chosen = main[name]
+        elif np.issubdtype(array.dtype, np.floating):
             chosen = small
         else:
-            chosen = codec
+            chosen = raw
         tensor_state = state.setdefault(name, {}) if state is not None else None
         out.tensors.append(chosen.encode(array, name, tensor_state))
     return out
