@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -37,22 +39,32 @@ from torch import nn
 OPSET, INT4_OPSET = 20, 21
 INPUT, OUTPUT = "input", "logits"
 QUANTISED_OPS = ("Conv", "Gemm")
+#: torch's exporter warns once per torchvision op when torchvision is absent; fedge models use none.
+_TORCH_REGISTRY_LOG = "torch.onnx._internal.exporter._registration"
 
 
 def export_fp32(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
     """Write ``model`` (eval mode, float32) to ``path``: input ``(batch, *input_shape)``, output logits."""
     model = model.eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        input_names=[INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        opset_version=OPSET,
-        dynamo=True,
-        verbose=False,
-    )
+    registry_log = logging.getLogger(_TORCH_REGISTRY_LOG)
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, not ours
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
     program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     _strip(model)
