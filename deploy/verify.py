@@ -58,10 +58,10 @@ def latency_ms(path: Path, x: np.ndarray, samples: int = 200, warmup: int = 20) 
     return 1000 * statistics.median(times)
 
 
-def check(path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray, ops: dict[str, int],
-          latency_samples: int = 200) -> OnnxCheck:
-    """Run the file at ``path`` on ``(x, y)`` and compare its logits with ``reference`` ``(N, classes)``."""
-    logits = run(path, x)
+def check(path: Path, logits: np.ndarray, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
+          ops: dict[str, int], latency_samples: int = 200) -> OnnxCheck:
+    """Score the file at ``path`` from its ``logits`` on ``(x, y)`` (:func:`run`), compare them with
+    ``reference`` ``(N, classes)`` and time it on ``x``."""
     if logits.shape != reference.shape:
         raise ValueError(f"{path}: logits of shape {logits.shape}, the reference has {reference.shape}")
     return OnnxCheck(
