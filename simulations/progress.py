@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedge.server.federation import RoundRecord
+from fedge.simulations.report import simulated_cells
 
 MB = 1e6
 
@@ -72,11 +74,6 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
         f"{sum(r.wall_s for r in trained):.1f}",
     ]
     if simulated:
-        row += [
-            f"{sum(r.sim_round_s or 0.0 for r in trained):.2f}",
-            f"{sum(r.energy_j or 0.0 for r in trained):.3f}",
-            str(sum(r.stragglers for r in trained)),
-            str(sum(r.unavailable for r in trained)),
-        ]
+        row += simulated_cells([asdict(r) for r in trained])
     table.add_row(*row)
     return table

@@ -66,7 +66,6 @@ class Run:
             out.append(total / MB)
         return out
 
-
     @property
     def simulated(self) -> bool:
         """Did the run simulate devices (``device=...``)?"""
@@ -248,12 +247,13 @@ def _summary_row(run: Run, simulated: bool) -> list[str]:
         f"{sum(r['wall_s'] for r in trained):.1f}",
     ]
     if simulated:
-        row += _simulated_cells(trained) if run.simulated else ["-"] * 4
+        row += simulated_cells(trained) if run.simulated else ["-"] * 4
     return row
 
 
-def _simulated_cells(rounds: Sequence[dict[str, Any]]) -> list[str]:
-    """Simulated seconds, joules, stragglers and offline devices, summed over ``rounds``."""
+def simulated_cells(rounds: Sequence[dict[str, Any]]) -> list[str]:
+    """Simulated seconds, joules, stragglers and offline devices, summed over ``rounds``
+    (round records as dicts, as in results.json; also the summary table of ``fedge-sim``)."""
     return [
         f"{sum(r.get('sim_round_s') or 0.0 for r in rounds):.2f}",
         f"{sum(r.get('energy_j') or 0.0 for r in rounds):.3f}",
@@ -306,7 +306,7 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
                         str(r.get("failures", "")),
                         f"{r['wall_s']:.2f}",
                     ]
-                    + (_simulated_cells([r]) if run.simulated else [])
+                    + (simulated_cells([r]) if run.simulated else [])
                     for r in run.rounds
                 ),
             )
