@@ -1,5 +1,9 @@
 """fedge.client: the device. Importable without flwr (numpy, torch, protobuf only)."""
 
+from fedge._one_name import require_fedge_name
+
+require_fedge_name(__name__, "client")
+
 from fedge.client.config import TrainConfig
 from fedge.client.edge_client import EdgeClient
 

@@ -1,0 +1,3 @@
+from fedge._one_name import require_fedge_name
+
+require_fedge_name(__name__, "conf")

@@ -4,3 +4,7 @@ Neither the device's trainer (``fedge.client``, whose core must not depend on on
 the federation server: this is the hand-off from a run to an inference runtime on the
 device (ONNX Runtime), installed with the ``export`` extra.
 """
+
+from fedge._one_name import require_fedge_name
+
+require_fedge_name(__name__, "deploy")

@@ -6,4 +6,8 @@ numpy tensor into a :class:`~fedge.protos.v1.tensor_pb2.CompressedTensor` and ba
 Nothing here imports flwr or torch: a device needs numpy and protobuf only.
 """
 
+from fedge._one_name import require_fedge_name
+
+require_fedge_name(__name__, "protos")
+
 PROTOCOL_VERSION = 1
