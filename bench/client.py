@@ -90,7 +90,7 @@ def qat(rounds: int, clients: int, out: Path) -> dict:
     from hydra import compose, initialize_config_dir
 
     from fedge.simulations.app import run_experiment
-    from fedge.simulations.config import register_configs
+    from fedge.conf.schema import register_configs
 
     torch.set_num_threads(1)
     register_configs()

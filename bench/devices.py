@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from fedge.simulations.app import run_experiment
-from fedge.simulations.config import register_configs
+from fedge.conf.schema import register_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,9 +9,7 @@ output directory.
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,32 +18,28 @@ import hydra
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+from flwr_datasets.partitioner import Partitioner
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
-from fedge.client.config import TrainConfig
-from fedge.client.qat import final_steps
+from fedge.conf.build import ConfigError, build_strategy, instantiate_node, seed_everything, train_defaults
+from fedge.conf.schema import register_configs
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
-from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.server.grid import FedgeGrid
+from fedge.server.results import final_weights, write_results
 from fedge.simulations.backends import BACKENDS, make_grid
-from fedge.simulations.compression import compression_setup
-from fedge.simulations.config import register_configs
-from fedge.simulations.devices import device_simulator, fleet_profiles
+from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
+from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, summary_table
 from fedge.simulations.report import make_report
-from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
-
-
-class ConfigError(ValueError):
-    """A configuration that type-checks but cannot run; the message names the key."""
 
 
 @dataclass
@@ -57,60 +51,31 @@ class SimulationOutcome:
     results_path: Path | None
 
 
-def _build(kind: str, node: DictConfig, **kwargs: object) -> object:
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as exc:  # hydra wraps the constructor's error; show its cause
-        cause = exc.__cause__ or exc
-        raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
-
-
-def _check(cfg: DictConfig) -> TrainConfig:
+def _check(cfg: DictConfig) -> None:
     if cfg.num_clients < 2:
         raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
     if cfg.rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
-    try:
-        return TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"client: {exc}") from None
-
-
-def build_strategy(cfg: DictConfig) -> CompressedStrategy:
-    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
-    try:
-        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"compression: {exc}") from None
-    inner = _build("strategy", cfg.strategy)
-    return CompressedStrategy(
-        inner,  # type: ignore[arg-type]
-        uplink=setup.uplink,
-        downlink=setup.downlink,
-        downlink_delta=setup.downlink_delta,
-        max_update_bytes=setup.max_update_bytes,
-        freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
-        trainable=list(cfg.client.trainable),
-    )
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
-    train_cfg = _check(cfg)
+    _check(cfg)
+    train_cfg = train_defaults(cfg)
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
-    random.seed(cfg.seed)  # Flower strategies sample clients with `random`
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
 
-    task: FederatedTask = _build("task", cfg.task)  # type: ignore[assignment]
+    task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
     data = task.load()
-    partitioner = _build("partition", cfg.partition)
-    if getattr(partitioner, "num_partitions", cfg.num_clients) != cfg.num_clients:
+    partitioner = instantiate_node("partition", cfg.partition)
+    if not isinstance(partitioner, Partitioner):
+        raise ConfigError(f"partition._target_ must be a flwr_datasets Partitioner, got {type(partitioner).__name__}")
+    if "num_partitions" in cfg.partition and cfg.partition.num_partitions != cfg.num_clients:
         raise ConfigError(f"partition.num_partitions must equal num_clients ({cfg.num_clients})")
     try:
-        parts = partition_indices(data.train.y, partitioner, data.groups)  # type: ignore[arg-type]
+        parts = partition_indices(data.train.y, partitioner, data.groups, cfg.partition.get("partition_by"))
     except ValueError as exc:
         raise ConfigError(f"partition: {exc}") from None
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
@@ -134,37 +99,28 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         grid = make_grid(cfg, recipe, strategy)
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
-    grid.simulate_devices(devices)
+    grid.observe_deliveries(devices)
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
-            result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
-    weights = {k: v.numpy() for k, v in result.final_arrays.items()}
+            result = run_federation(
+                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress, dropped_log=strategy.log
+            )
+    weights = final_weights(result)
 
     results_path = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results_path = out_dir / "results.json"
-        payload = {
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "final": asdict(result.final),
-            "rounds": [asdict(r) for r in result.rounds],
-            "dropped_replies": [asdict(d) for d in strategy.log.dropped],
-            **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
-            "clients": _client_totals(grid),
-            "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
-        }
-        results_path.write_text(json.dumps(payload, indent=2))
-        np.savez(out_dir / "final_model.npz", **weights)
+        results_path = write_results(
+            out_dir, cfg, result, strategy.log, grid.transport_report(), _client_totals(grid, devices)
+        )
     if cfg.progress:
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
     console.print(f"final accuracy: {result.final.accuracy:.4f}" + (f"  (results: {results_path})" if results_path else ""))
     return SimulationOutcome(result, weights, results_path)
 
 
-def _client_totals(grid: object) -> dict[str, dict]:
+def _client_totals(grid: FedgeGrid, devices: DeviceSimulator | None) -> dict[str, dict]:
     """Per-client bytes and compute seconds, with simulated device totals when profiled."""
-    clients = {node: asdict(t) for node, t in grid.traffic.nodes().items()}  # type: ignore[attr-defined]
-    devices = getattr(grid, "devices", None)
+    clients = {node: asdict(t) for node, t in grid.traffic.nodes().items()}
     if devices is not None:
         for node, totals in devices.totals.items():
             clients.setdefault(node, {}).update(asdict(totals))

@@ -19,7 +19,7 @@ import numpy as np
 from grpc_helpers import make_certs, start_server
 from packaging.requirements import Requirement
 
-from fedge.server.probe import probe_device
+from bench.probe import probe_device
 from fedge.tasks.digits import DigitsTask
 from test_client_without_flwr import BLOCK_FLWR
 

@@ -32,7 +32,7 @@ def test_every_strategy_with_topk_and_error_feedback(make_cfg, strategy):
 
 
 def test_config_composes_the_issue_example(make_cfg):
-    from fedge.simulations.compression import compression_setup
+    from fedge.protos.codecs.compression_setup import compression_setup
     from omegaconf import OmegaConf
 
     cfg = make_cfg(["compression=topk", "compression.ratio=0.01", "compression.values=q8"])

@@ -26,7 +26,7 @@ from fedge.protos.transfer import chunks, wire_bytes
 from fedge.protos.v1 import tensor_pb2
 from fedge.server.certs import CertDir, create_federation, issue_devices
 from fedge.server.checkpoint import load_checkpoint
-from fedge.server.config import ServerConfig
+from fedge.conf.schema import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of

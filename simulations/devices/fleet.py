@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fedge.client.device import DeviceProfile
-from fedge.server.devices import DeviceSimulator
+from fedge.simulations.devices.profile import DeviceProfile
+from fedge.simulations.devices.simulator import DeviceSimulator
 
 #: Separates the profile-assignment random stream from every other seeded stream.
 ASSIGNMENT_STREAM = 0xDE71CE
