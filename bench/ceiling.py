@@ -31,7 +31,7 @@ from rich.console import Console
 
 from fedge.client.train_config import TrainConfig
 from fedge.client.training import train
-from fedge.simulations.app import run_experiment
+from fedge.simulations.experiment import run_experiment
 from fedge.conf.schema import register_configs
 from fedge.tasks.base import evaluate
 

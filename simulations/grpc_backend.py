@@ -91,7 +91,7 @@ class GrpcSimulation(GrpcGrid):
             data = self.work_dir / f"{node_id}.npz"
             np.savez(data, x=part.x, y=part.y)
             command = [
-                sys.executable, "-m", "fedge.client.cli",
+                sys.executable, "-m", "fedge.client.client_cli",
                 "--server", self.server.address, "--task", target, "--data", str(data),
                 "--seed", str(recipe.seed), "--threads", str(threads), "--backoff-max", "2",
                 "--pull-wait", str(min(self.settings.pull_wait_s, 10.0)), "--log-level", "WARNING",

@@ -72,7 +72,7 @@ def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path
         import json, runpy
         sys.argv = {argv!r}
         try:
-            runpy.run_module("fedge.client.cli", run_name="__main__")
+            runpy.run_module("fedge.client.client_cli", run_name="__main__")
         except SystemExit as exit:
             code = exit.code
         heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"flwr", "hydra", "omegaconf", "ray", "sklearn", "datasets"}})

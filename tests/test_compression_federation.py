@@ -11,7 +11,8 @@ from fedge.protos.codecs import CodecSpec
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.server import run_federation
 from fedge.server.evaluation import CentralEvaluator
-from fedge.simulations.app import ConfigError, run_experiment
+from fedge.conf.build import ConfigError
+from fedge.simulations.experiment import run_experiment
 from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def test_default_experiment_reaches_target_accuracy(make_cfg, tmp_path):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     cfg = make_cfg(["progress=false"])
     assert (cfg.task._target_, cfg.num_clients, cfg.partition.alpha, cfg.rounds) == (
@@ -25,7 +25,7 @@ def test_default_experiment_reaches_target_accuracy(make_cfg, tmp_path):
 
 
 def test_same_seed_same_backend_is_bit_identical(make_cfg):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     overrides = ["progress=false", "rounds=3", "backend.num_workers=2"]
     first = run_experiment(make_cfg(overrides))

@@ -11,7 +11,8 @@ from fedge.simulations.devices.profile import DeviceProfile
 from fedge.client.model_io import model_arrays
 from fedge.server.delivery_observer import TrainingDelivery
 from fedge.simulations.devices.simulator import DeviceSimulator
-from fedge.simulations.app import ConfigError, run_experiment
+from fedge.conf.build import ConfigError
+from fedge.simulations.experiment import run_experiment
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.devices.fleet import assign_profiles, profile_counts
 from fedge.tasks.digits import DigitsTask
@@ -196,14 +197,14 @@ def test_bad_device_config_is_named(make_cfg, overrides, needle):
 
 
 def test_fedge_server_refuses_a_simulated_deadline(make_cfg):
-    from fedge.server.app import serve
+    from fedge.server.serve import serve
 
     with pytest.raises(ConfigError, match=r"round_deadline_s=5 is simulated time .* server.round_timeout_s"):
         serve(make_cfg(["server.round_deadline_s=5", "server.insecure=true", "progress=false"]))
 
 
 def test_fedge_client_takes_its_own_memory_budget(tmp_path, capsys):
-    from fedge.client.cli import build_runtime, main as client_main, parser
+    from fedge.client.client_cli import build_runtime, main as client_main, parser
 
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2, int))

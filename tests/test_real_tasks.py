@@ -99,7 +99,7 @@ def one_torch_thread():
 
 
 def test_har_federation_by_subject_learns(make_cfg, one_torch_thread):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     cfg = make_cfg(
         ["task=har", "partition=natural", "strategy=fedavgm", "client.lr=0.02", "rounds=4", "client.local_epochs=1"]
@@ -113,7 +113,8 @@ def test_har_federation_by_subject_learns(make_cfg, one_torch_thread):
 
 
 def test_natural_partition_needs_matching_num_clients(make_cfg):
-    from fedge.simulations.app import ConfigError, run_experiment
+    from fedge.conf.build import ConfigError
+    from fedge.simulations.experiment import run_experiment
 
     with pytest.raises(ConfigError, match="num_clients=10"):
         run_experiment(make_cfg(["task=har", "partition=natural", "num_clients=5", "progress=false"]))

@@ -1,4 +1,4 @@
-"""``fedge-server``: a federation over real devices, configured like ``fedge-sim``.
+"""A federation over real devices, configured like ``fedge-sim``: :func:`serve` (``fedge-server``).
 
 It reads the same Hydra tree (``conf/``: task, strategy, compression, client, rounds,
 seed, ...) plus the ``server.*`` keys, serves the Federation gRPC service, waits for
@@ -19,18 +19,14 @@ every round::
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.conf.build import ConfigError, build_strategy, instantiate_node, seed_everything, server_settings, train_defaults
-from fedge.conf.schema import register_configs
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.checkpoint import fingerprint
 from fedge.server.evaluation import CentralEvaluator
@@ -43,7 +39,6 @@ from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.server")
 
-FLAGS = {"--resume": "server.resume=true", "--insecure": "server.insecure=true"}
 #: Keys that may change between a run and its resume (they do not change the experiment).
 RUN_ONLY_KEYS = ("server", "progress", "verbose")
 #: Seconds to wait, after the last round, for devices to hear that the federation is over.
@@ -120,30 +115,3 @@ def _farewell(server: FederationServer) -> None:
     deadline = time.monotonic() + FAREWELL_S
     while server.registry.live_node_ids() and time.monotonic() < deadline:
         time.sleep(0.2)
-
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = serve(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"fedge-server: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except TimeoutError as exc:
-        print(f"fedge-server: {exc}", file=sys.stderr)
-        sys.exit(1)
-    return result.final.accuracy
-
-
-def main() -> None:
-    """Console entry point (``fedge-server``)."""
-    sys.argv = [sys.argv[0], *(FLAGS.get(arg, arg) for arg in sys.argv[1:])]
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-"""``fedge-sim``: the Hydra entry point for one-machine federations.
+"""One-machine federations: :func:`run_experiment` runs a composed experiment config.
 
-``fedge-sim`` runs ``conf/config.yaml`` (digits, 10 clients, Dirichlet 0.5, FedAvg,
+The command ``fedge-sim`` (:mod:`fedge.simulations.sim_cli`) runs ``conf/config.yaml`` (digits, 10 clients, Dirichlet 0.5, FedAvg,
 20 rounds); any key can be overridden (``fedge-sim strategy=fedadam rounds=5``) and
 swept (``fedge-sim -m strategy=fedavg,fedprox``). Each run writes ``results.json``
 (per-round accuracy, loss, bytes, seconds) and ``final_model.npz`` to its Hydra
@@ -10,22 +10,17 @@ output directory.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr_datasets.partitioner import Partitioner
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
 from fedge.conf.build import ConfigError, build_strategy, instantiate_node, seed_everything, train_defaults
-from fedge.conf.schema import register_configs
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
@@ -36,7 +31,6 @@ from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, summary_table
-from fedge.simulations.report import make_report
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
@@ -125,28 +119,3 @@ def _client_totals(grid: FedgeGrid, devices: DeviceSimulator | None) -> dict[str
         for node, totals in devices.totals.items():
             clients.setdefault(node, {}).update(asdict(totals))
     return {str(node): clients[node] for node in sorted(clients)}
-
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    try:
-        outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as exc:
-        print(f"fedge-sim: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
-        print(f"report: {make_report([outcome.results_path.parent])}")
-    return outcome.result.final.accuracy
-
-
-def main() -> None:
-    """Console entry point (``fedge-sim``)."""
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()
