@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -58,6 +59,11 @@ def train_defaults(cfg: DictConfig) -> TrainConfig:
         return TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"client: {exc}") from None
+
+
+def round_config(train: TrainConfig) -> ConfigRecord:
+    """The training defaults as the ConfigRecord every round's instructions carry."""
+    return ConfigRecord({key: value for key, value in train.to_config().items()})
 
 
 def server_settings(cfg: DictConfig) -> ServerConfig:

@@ -40,7 +40,9 @@ def with_message_id(message: Message, message_id: str) -> Message:
         src_task_id=m.src_task_id,
         dst_task_id=m.dst_task_id,
     )
-    return Message(content=message.content, metadata=metadata)
+    # Message.__init__ takes `metadata` (it is how Flower rebuilds messages), its typed
+    # overloads do not list it.
+    return Message(content=message.content, metadata=metadata)  # type: ignore[call-overload]
 
 
 def message_to_task(message: Message) -> task_pb2.Task:

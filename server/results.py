@@ -56,5 +56,6 @@ def write_results(
     payload["qat"] = final_steps(result.flower_result.train_metrics_clientapp)  # LSQ steps for fedge-export
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(payload, indent=2))
-    np.savez(out_dir / MODEL_FILE, **final_weights(result))
+    weights: dict[str, Any] = final_weights(result)
+    np.savez(out_dir / MODEL_FILE, **weights)
     return path

@@ -23,10 +23,18 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from omegaconf import DictConfig, OmegaConf
 
-from fedge.conf.build import ConfigError, build_strategy, instantiate_node, seed_everything, server_settings, train_defaults
+from fedge.conf.build import (
+    ConfigError,
+    build_strategy,
+    instantiate_node,
+    round_config,
+    seed_everything,
+    server_settings,
+    train_defaults,
+)
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.checkpoint import fingerprint
 from fedge.server.evaluation import CentralEvaluator
@@ -90,7 +98,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         result = run_resumable(
             strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
             experiment_fingerprint(cfg), resume=settings.resume,
-            train_config=ConfigRecord(train_cfg.to_config()), on_round=_report, dropped_log=strategy.log,
+            train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
         )
         grid.close()
         _farewell(server)

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from flwr_datasets.partitioner import Partitioner
 from omegaconf import DictConfig
 from rich.console import Console
 
-from fedge.conf.build import ConfigError, build_strategy, instantiate_node, seed_everything, train_defaults
+from fedge.conf.build import (
+    ConfigError,
+    build_strategy,
+    instantiate_node,
+    round_config,
+    seed_everything,
+    train_defaults,
+)
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
@@ -86,7 +93,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
-    train_config = ConfigRecord(train_cfg.to_config())
+    train_config = round_config(train_cfg)
 
     console = console or Console()
     try:

@@ -128,7 +128,9 @@ class GrpcSimulation(GrpcGrid):
 def grpc_grid(cfg: DictConfig, recipe: ClientRecipe, strategy: CompressedStrategy) -> GrpcSimulation:
     """The ``backend=grpc`` grid for a composed fedge-sim config."""
     settings = server_settings(cfg)
-    task_options = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "_target_"}  # type: ignore[union-attr]
+    task_node = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(task_node, dict)
+    task_options: dict[str, object] = {str(k): v for k, v in task_node.items() if k != "_target_"}
     return GrpcSimulation(
         recipe,
         settings,
