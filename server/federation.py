@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.grid import FedgeGrid
-from fedge.strategies.compressed import CompressionLog
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,15 @@ def run_federation(
 ) -> FederationResult:
     """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round.
 
-    ``dropped_log`` (a CompressedStrategy's ``log``) gives each record its ``dropped``
-    count, replies the decoder refused (those are not counted as ``replies``).
+    ``dropped_log`` (a CompressedStrategy's ``log``; by default ``strategy.log`` when
+    ``strategy`` is one) gives each record its ``dropped`` count, replies the decoder
+    refused (those are not counted as ``replies``). A wrapper around a
+    CompressedStrategy passes the inner strategy's log.
     """
     if num_rounds < 1:
         raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    if dropped_log is None and isinstance(strategy, CompressedStrategy):
+        dropped_log = strategy.log
     rounds: list[RoundRecord] = []
     clock = [time.perf_counter()]
 

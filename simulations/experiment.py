@@ -104,7 +104,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(
-                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress, dropped_log=strategy.log
+                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress
             )
     weights = final_weights(result)
 
