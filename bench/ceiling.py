@@ -29,10 +29,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.console import Console
 
-from fedge.client.config import TrainConfig
+from fedge.client.train_config import TrainConfig
 from fedge.client.training import train
-from fedge.simulations.app import run_experiment
-from fedge.simulations.config import register_configs
+from fedge.simulations.experiment import run_experiment
+from fedge.conf.schema import register_configs
 from fedge.tasks.base import evaluate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

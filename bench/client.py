@@ -9,7 +9,7 @@ the median over the timed steps.
 QAT: the same federation on ``task=image`` (ImageCNN, 114k params; ``--rounds`` rounds of
 FedAvg, IID over ``--clients`` clients, one local epoch, in-process, one torch thread),
 float and with ``client.qat.bits=8`` and ``=4`` (8-bit activations). Each final model
-goes through ``fedge-export`` (:func:`fedge.deploy.cli.export_run`): the float run's
+goes through ``fedge-export`` (:func:`fedge.deploy.export_cli.export_run`): the float run's
 int8 file by ONNX Runtime's static quantisation, the QAT runs' from their learned steps;
 test accuracy of torch, fp32 ONNX and int8 ONNX, file sizes, batch-1 latency per sample
 on one thread.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fedge.client.checkpointing import training_forward
-from fedge.deploy.cli import export_run
+from fedge.deploy.export_cli import export_run
 from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.tasks.digits import DigitsTask
 
@@ -89,8 +89,8 @@ def qat(rounds: int, clients: int, out: Path) -> dict:
     """Float vs 8-bit vs 4-bit-weight QAT federations on task=image, each exported and checked."""
     from hydra import compose, initialize_config_dir
 
-    from fedge.simulations.app import run_experiment
-    from fedge.simulations.config import register_configs
+    from fedge.simulations.experiment import run_experiment
+    from fedge.conf.schema import register_configs
 
     torch.set_num_threads(1)
     register_configs()

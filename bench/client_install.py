@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_one_round(venv: Path, work: Path) -> dict:
     """The fresh venv's fedge-client against a server in this process, one round, mTLS."""
     from fedge.server.certs import CertDir, create_federation, issue_devices
-    from fedge.server.config import ServerConfig
-    from fedge.server.probe import probe_device
+    from fedge.conf.schema import ServerConfig
+    from bench.probe import probe_device
     from fedge.server.transport import FederationServer, ServerCredentials
     from fedge.tasks.digits import DigitsTask
 

@@ -35,8 +35,8 @@ from hydra import compose, initialize_config_dir
 from fedge.protos.codecs import CodecSpec, make_codec
 from fedge.protos.codecs.index_coding import encode_indices, log2_binomial
 from fedge.protos.codecs.sparse import top_k_indices
-from fedge.simulations.app import run_experiment
-from fedge.simulations.config import register_configs
+from fedge.simulations.experiment import run_experiment
+from fedge.conf.schema import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -25,8 +25,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from fedge.simulations.app import run_experiment
-from fedge.simulations.config import register_configs
+from fedge.simulations.experiment import run_experiment
+from fedge.conf.schema import register_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,6 +1,6 @@
 """The benchmark's fedge side: the federation on the ``local`` backend (LocalGrid).
 
-Wired like ``fedge-sim`` (``simulations/app.py``): EdgeClients built from a
+Wired like ``fedge-sim`` (``simulations/experiment.py``): EdgeClients built from a
 :class:`ClientRecipe` in ``num_workers`` pinned worker processes, Flower's FedAvg inside
 :class:`CompressedStrategy` (fp32 both ways, the ``compression=none`` default) and
 :func:`run_federation` with central evaluation each round.

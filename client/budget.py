@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedge.client.checkpointing import training_forward
-from fedge.client.config import TrainConfig
+from fedge.client.train_config import TrainConfig
 from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.tasks.base import FederatedTask, Split
 

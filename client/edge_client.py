@@ -22,13 +22,14 @@ import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.budget import fit_to_budget
-from fedge.client.config import TrainConfig
-from fedge.client.freezing import freeze_parameters, frozen_names
+from fedge.client.train_config import TrainConfig
+from fedge.client.freezing import freeze_parameters
+from fedge.protos.frozen_tensors import frozen_names
 from fedge.client.model_io import load_arrays, model_arrays
 from fedge.client.qat import LSQModel, step_metrics
 from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
-from fedge.protos import config as wire_config
+from fedge.protos import config_values
 from fedge.protos.codecs import decode_update
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import task_pb2, tensor_pb2
@@ -110,7 +111,7 @@ class EdgeClient:
 
     def _train(self, task: task_pb2.Task) -> task_pb2.Update:
         start = time.perf_counter()
-        config = wire_config.from_wire(task.config)
+        config = config_values.from_wire(task.config)
         cfg = self._within_device_memory(self.defaults.updated_from(config))
         plan = UplinkPlan.from_config(config)
         global_weights = self._load_global(task)
@@ -136,7 +137,7 @@ class EdgeClient:
                 "num-examples": float(stats.num_examples),
                 "train_loss": stats.mean_loss,
                 "local_steps": float(stats.steps),
-                "train_samples": float(stats.samples),  # what a device profile prices (fedge.client.device)
+                "train_samples": float(stats.samples),  # what a device profile prices (fedge.simulations.devices.profile)
                 "compute_s": stats.compute_s,
                 # client.memory: autograd-saved activations (deterministic), + weights/grads/optimiser state
                 "peak_activation_bytes": float(stats.peak_activation_bytes),

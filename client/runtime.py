@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedge.client.config import TrainConfig
+from fedge.client.train_config import TrainConfig
 from fedge.client.connection import Connection, DeviceCredentials, Pulled
 from fedge.client.edge_client import EdgeClient
 from fedge.protos.codecs import available

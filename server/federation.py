@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.grid import FedgeGrid
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class RoundRecord:
     dropped: int = 0  # replies refused by the decoder
     train_loss: float | None = None  # mean client training loss (aggregated)
     federated_accuracy: float | None = None  # clients' evaluation on their own data, if run
-    # Simulated devices (device=..., fedge.server.devices); None / 0 without profiles:
+    # Simulated devices (device=..., the Grid's delivery observer); None / 0 without profiles:
     sim_round_s: float | None = None  # simulated round time: slowest answer waited for (or the deadline)
     energy_j: float | None = None  # joules of every device that worked, stragglers included
     stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
@@ -68,10 +69,19 @@ def run_federation(
     train_config: ConfigRecord | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     timeout_s: float = 3600.0,
+    dropped_log: CompressionLog | None = None,
 ) -> FederationResult:
-    """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round."""
+    """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round.
+
+    ``dropped_log`` (a CompressedStrategy's ``log``; by default ``strategy.log`` when
+    ``strategy`` is one) gives each record its ``dropped`` count, replies the decoder
+    refused (those are not counted as ``replies``). A wrapper around a
+    CompressedStrategy passes the inner strategy's log.
+    """
     if num_rounds < 1:
         raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    if dropped_log is None and isinstance(strategy, CompressedStrategy):
+        dropped_log = strategy.log
     rounds: list[RoundRecord] = []
     clock = [time.perf_counter()]
 
@@ -79,7 +89,6 @@ def run_federation(
         loss, accuracy = evaluator(arrays)
         now = time.perf_counter()
         traffic = grid.traffic.round(server_round)
-        dropped_log = getattr(strategy, "log", None)
         dropped = len(dropped_log.dropped_in(server_round)) if dropped_log is not None else 0
         record = RoundRecord(
             round=server_round,
@@ -92,9 +101,9 @@ def run_federation(
             failures=traffic.failures,
             dropped=dropped,
         )
-        devices = getattr(grid, "devices", None)
-        if devices is not None and server_round > 0:
-            simulated = devices.round(server_round)
+        observer = grid.delivery_observer
+        if observer is not None and server_round > 0:
+            simulated = observer.round_costs(server_round)
             record.sim_round_s, record.energy_j = simulated.time_s, simulated.energy_j
             record.stragglers, record.unavailable = simulated.stragglers, simulated.unavailable
         clock[0] = now

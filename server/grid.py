@@ -5,10 +5,11 @@ protos for some nodes and return serialised Update protos (or ``None`` for a nod
 never answered). Message bookkeeping, Task/Update translation and byte accounting
 live here, so the in-process, gRPC and Ray backends count the same bytes.
 
-With :meth:`FedgeGrid.simulate_devices`, a :class:`~fedge.server.devices.DeviceSimulator`
-sits around ``_deliver``: offline devices are not sent their task, each training reply
-is priced in simulated seconds and joules from its real byte counts, and stragglers
-past the simulated deadline become failure replies (every backend alike).
+With :meth:`FedgeGrid.observe_deliveries`, a
+:class:`~fedge.server.delivery_observer.DeliveryObserver` sits around ``_deliver``
+(``fedge-sim``'s device simulator): unreachable nodes are not sent their task, each
+training answer is reported with its real byte counts, and answers the observer calls
+late become failure replies (every backend alike).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedge.protos.v1 import task_pb2
-from fedge.server.devices import DeviceJob, DeviceSimulator
+from fedge.server.delivery_observer import DeliveryObserver, TrainingDelivery
 from fedge.server.identity import DEFAULT_RUN_ID, ensure_task_identity
 from fedge.server.traffic import TrafficLog
-from fedge.server.wire import failure_reply, message_to_task, update_to_reply
+from fedge.server.message_translation import failure_reply, message_to_task, update_to_reply, with_message_id
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,20 @@ class FedgeGrid(Grid):
         self._run = Run.create_empty(run_id)
         self._replies: dict[str, Message] = {}
         self.traffic = TrafficLog()
-        self.devices: DeviceSimulator | None = None
+        self.delivery_observer: DeliveryObserver | None = None
         ensure_task_identity(run_id)
 
-    def simulate_devices(self, devices: DeviceSimulator | None) -> None:
-        """Price rounds with device profiles and enforce their deadline (None: off)."""
-        missing = sorted(set(self._node_ids) - set(devices.profiles)) if devices is not None else []
+    def observe_deliveries(self, observer: DeliveryObserver | None) -> None:
+        """Let ``observer`` decide reachability and lateness of deliveries (None: off)."""
+        missing = [n for n in self._node_ids if not observer.covers(n)] if observer is not None else []
         if missing:
             raise ValueError(f"nodes {missing} have no device profile")
-        self.devices = devices
+        self.delivery_observer = observer
+
+    def transport_report(self) -> dict[str, object]:
+        """Transport-level figures for ``results.json`` (a Grid over a real network adds
+        its measured bytes); none for a Grid without a transport of its own."""
+        return {}
 
     # -- flwr.serverapp.Grid ------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -84,17 +90,19 @@ class FedgeGrid(Grid):
             node = message.metadata.dst_node_id
             if not self._is_known(node):
                 raise ValueError(f"message for unknown node {node}")
-            message.metadata.__dict__["_message_id"] = uuid4().hex
+            message = with_message_id(message, uuid4().hex)
             ids.append(message.metadata.message_id)
             task = message_to_task(message)
             if task.kind == "train":
                 train_rounds.add(task.server_round)
-            if self.devices is not None and not self.devices.is_available(node, task.server_round):
-                self.devices.mark_unavailable(node, task.server_round)
+            offline = (
+                self.delivery_observer.offline_reason(node, task.server_round)
+                if self.delivery_observer is not None
+                else None
+            )
+            if offline is not None:
                 self.traffic.received(task.server_round, 0, ok=False, node_id=node)
-                self._replies[message.metadata.message_id] = failure_reply(
-                    message, f"node {node} is offline this round (device profile availability)"
-                )
+                self._replies[message.metadata.message_id] = failure_reply(message, offline)
                 continue
             payload = task.SerializeToString()
             self.traffic.sent(task.server_round, len(payload), node)
@@ -156,30 +164,25 @@ class FedgeGrid(Grid):
         updates: Sequence[task_pb2.Update | Exception | None],
         train_rounds: set[int],
     ) -> list[str | None]:
-        """Price the training answers with the device simulator; per task, why it is a
-        straggler (``None``: on time, or not priced)."""
+        """Report the training answers to the delivery observer; per task, why it is
+        dropped as late (``None``: on time, or not observed)."""
         late: list[str | None] = [None] * len(batch)
-        if self.devices is None:
+        observer = self.delivery_observer
+        if observer is None:
             return late
-        # every training round seen gets settled, even one whose devices were all offline,
-        # so the simulated clock moves on (by device.round_interval_s at least)
-        by_round: dict[int, list[tuple[int, DeviceJob]]] = {r: [] for r in sorted(train_rounds)}
+        # every training round seen gets settled, even one whose nodes were all unreachable,
+        # so the observer's clock moves on
+        by_round: dict[int, list[tuple[int, TrainingDelivery]]] = {r: [] for r in sorted(train_rounds)}
         for i, ((message, task, payload), answer, update) in enumerate(zip(batch, answers, updates)):
             if task.kind != "train" or not isinstance(update, task_pb2.Update):
                 continue  # evaluation is not priced; lost or broken answers are failures anyway
             samples = int(update.metrics.get("train_samples", 0.0))
-            job = DeviceJob(message.metadata.dst_node_id, len(payload), len(answer or b""), samples)
+            job = TrainingDelivery(message.metadata.dst_node_id, len(payload), len(answer or b""), samples)
             by_round.setdefault(task.server_round, []).append((i, job))
         for server_round, jobs in by_round.items():
-            verdicts = self.devices.settle(server_round, [job for _, job in jobs])
-            for (i, job), seconds in zip(jobs, verdicts):
-                if seconds is None:
-                    profile = self.devices.profiles[job.node_id]
-                    simulated = profile.round_seconds(job.downlink_bytes, job.samples, job.uplink_bytes)
-                    late[i] = (
-                        f"node {job.node_id} dropped as straggler: simulated {simulated:.3f} s "
-                        f"> server.round_deadline_s {self.devices.deadline_s:g} s ({profile.name})"
-                    )
+            verdicts = observer.settle_training(server_round, [job for _, job in jobs])
+            for (i, _), reason in zip(jobs, verdicts, strict=True):
+                late[i] = reason
         return late
 
     def _to_reply(

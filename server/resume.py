@@ -27,6 +27,7 @@ from fedge.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord, attach_client_metrics, run_federation
 from fedge.server.grid import FedgeGrid
+from fedge.strategies.compressed import CompressionLog
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def run_resumable(
     train_config: ConfigRecord | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     timeout_s: float = 3600.0,
+    dropped_log: CompressionLog | None = None,
 ) -> FederationResult:
     """:func:`run_federation` with a checkpoint after every round; ``resume`` continues one."""
     checkpoint = load_checkpoint(checkpoint_dir) if resume else None
@@ -209,7 +211,9 @@ def run_resumable(
         if on_round is not None:
             on_round(record)
 
-    outcome = run_federation(run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s)
+    outcome = run_federation(
+        run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s, dropped_log=dropped_log
+    )
     final_arrays = outcome.final_arrays
     if checkpoint is not None and outcome.flower_result.arrays is None:
         final_arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()})

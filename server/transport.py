@@ -30,7 +30,7 @@ from fedge.protos.transfer import GRPC_MESSAGE_PREFIX_BYTES, Reassembler, Transf
 from fedge.protos.v1 import federation_pb2 as fpb
 from fedge.protos.v1 import task_pb2
 from fedge.server.certs import CertDir
-from fedge.server.config import ServerConfig
+from fedge.conf.schema import ServerConfig
 from fedge.server.registry import NodeRegistry
 from fedge.server.taskboard import FINISHED, AnswerStatus, Outgoing, TaskBoard
 

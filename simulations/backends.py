@@ -12,7 +12,7 @@ BACKENDS = ("local", "ray", "grpc")
 
 
 def make_grid(cfg: Any, recipe: ClientRecipe, strategy: Any) -> FedgeGrid:
-    """The Grid ``cfg.backend`` (a :class:`~fedge.simulations.config.BackendConfig`) describes."""
+    """The Grid ``cfg.backend`` (a :class:`~fedge.conf.schema.BackendConfig`) describes."""
     backend = cfg.backend
     if backend.name == "grpc":  # real gRPC: fedge-client processes on loopback
         from fedge.simulations.grpc_backend import grpc_grid

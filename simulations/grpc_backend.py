@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from fedge.conf.build import server_settings
+from fedge.conf.schema import ServerConfig
+from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.certs import CertDir, create_federation, issue_devices
-from fedge.server.config import ServerConfig
 from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.transport import FederationServer, ServerCredentials
 from fedge.simulations.clients import ClientRecipe
@@ -89,7 +91,7 @@ class GrpcSimulation(GrpcGrid):
             data = self.work_dir / f"{node_id}.npz"
             np.savez(data, x=part.x, y=part.y)
             command = [
-                sys.executable, "-m", "fedge.client.cli",
+                sys.executable, "-m", "fedge.client.client_cli",
                 "--server", self.server.address, "--task", target, "--data", str(data),
                 "--seed", str(recipe.seed), "--threads", str(threads), "--backoff-max", "2",
                 "--pull-wait", str(min(self.settings.pull_wait_s, 10.0)), "--log-level", "WARNING",
@@ -123,26 +125,17 @@ class GrpcSimulation(GrpcGrid):
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def required_codecs(strategy: CompressedStrategy) -> list[str]:
-    """Codec ids a device must support to take part (uplink, its fallback, downlink)."""
-    return sorted({strategy.uplink.codec.name, strategy.uplink.fallback, strategy.downlink.name})
-
-
 def grpc_grid(cfg: DictConfig, recipe: ClientRecipe, strategy: CompressedStrategy) -> GrpcSimulation:
     """The ``backend=grpc`` grid for a composed fedge-sim config."""
-    from fedge.simulations.app import ConfigError
-
-    settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
-    try:
-        settings.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    task_options = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "_target_"}  # type: ignore[union-attr]
+    settings = server_settings(cfg)
+    task_node = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(task_node, dict)
+    task_options: dict[str, object] = {str(k): v for k, v in task_node.items() if k != "_target_"}
     return GrpcSimulation(
         recipe,
         settings,
         task_options,
-        required_codecs(strategy),
+        required_codecs(strategy.uplink, strategy.downlink),
         strategy.max_update_bytes,
         cfg.backend.threads_per_worker,
     )

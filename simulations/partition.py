@@ -14,22 +14,28 @@ from flwr_datasets.partitioner import Partitioner
 
 
 def partition_indices(
-    labels: np.ndarray, partitioner: Partitioner, groups: np.ndarray | None = None
+    labels: np.ndarray,
+    partitioner: Partitioner,
+    groups: np.ndarray | None = None,
+    partition_by: str | None = None,
 ) -> list[np.ndarray]:
     """Example indices (int64 arrays) of each of the partitioner's partitions.
 
     ``groups`` adds a ``group`` column (natural client ids) for natural-id partitioners.
+    ``partition_by`` is the column the partitioner was configured to split by (its
+    ``partition_by`` argument, ``label`` or ``group``; flwr-datasets does not expose it),
+    checked here so that a missing column gets a message that says what to choose.
     """
     columns: dict[str, np.ndarray] = {"label": np.asarray(labels), "idx": np.arange(len(labels))}
     if groups is not None:
         columns["group"] = np.asarray(groups)
-    wanted = getattr(partitioner, "_partition_by", None)  # natural-id and label-based partitioners
+    wanted = partition_by
     if wanted == "group" and groups is None:
         raise ValueError(
             f"{type(partitioner).__name__} splits by natural ids, but the task has no natural ids "
             f"(writer, subject): choose partition=dirichlet, iid or pathological"
         )
-    if isinstance(wanted, str) and wanted not in columns:
+    if wanted is not None and wanted not in columns:
         raise ValueError(f"{type(partitioner).__name__} splits by {wanted!r}; columns are {sorted(columns)}")
     partitioner.dataset = Dataset.from_dict(columns)
     try:

@@ -1,4 +1,4 @@
-"""``fedge-report RUN_DIR...``: plots and a markdown report of fedge-sim runs.
+"""Plots and a markdown report of fedge-sim runs (the command is ``fedge-report RUN_DIR...``).
 
 Each RUN_DIR is a run's output directory (it holds ``results.json``) or a directory
 above several (a Hydra multirun sweep: every ``results.json`` below it is a run). The
@@ -22,10 +22,8 @@ canvas: no display needed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,22 +346,3 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
     report = out_dir / "report.md"
     report.write_text(markdown(runs, images, out_dir))
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (``fedge-report``)."""
-    parser = argparse.ArgumentParser(prog="fedge-report", description="Plots and a markdown report of fedge-sim runs.")
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (with results.json) or directories above them")
-    parser.add_argument("-o", "--out", type=Path, default=None, help="where to write (default: the run or sweep directory)")
-    args = parser.parse_args(argv)
-    try:
-        report = make_report(args.runs, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"fedge-report: {exc}", file=sys.stderr)
-        return 2
-    print(f"report: {report}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

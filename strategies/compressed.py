@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedge.client.freezing import frozen_names
+from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos import records
 from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
 from fedge.protos.codecs.plan import UplinkPlan

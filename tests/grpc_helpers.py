@@ -11,7 +11,7 @@ import numpy as np
 from fedge.client.connection import DeviceCredentials
 from fedge.client.runtime import DeviceRuntime, RuntimeSettings
 from fedge.server.certs import CertDir, create_federation, issue_devices
-from fedge.server.config import ServerConfig
+from fedge.conf.schema import ServerConfig
 from fedge.server.transport import FederationServer, ServerCredentials
 from fedge.tasks.base import FederatedTask, Split
 

@@ -20,7 +20,7 @@ from fedge.client import EdgeClient, TrainConfig
 from fedge.protos.codecs import decode_update
 from fedge.protos.v1 import tensor_pb2
 from fedge.server.identity import ensure_task_identity
-from fedge.server.wire import message_to_task
+from fedge.server.message_translation import message_to_task
 from fedge.simulations.clients import node_id_of
 
 

@@ -38,8 +38,8 @@ def both_ways_compressed():
     """conf/compression/downlink_q8: top-1% uplink with error feedback, 8-bit downlink deltas."""
     from omegaconf import OmegaConf
 
-    from fedge.simulations.compression import compression_setup
-    from fedge.simulations.config import CompressionConfig
+    from fedge.protos.codecs.compression_setup import compression_setup
+    from fedge.conf.schema import CompressionConfig
 
     settings = OmegaConf.to_container(OmegaConf.structured(CompressionConfig(
         codec="topk", ratio=0.01, values="q8", error_feedback=True, downlink="q8", downlink_delta=True,

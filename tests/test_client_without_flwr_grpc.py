@@ -19,7 +19,7 @@ import numpy as np
 from grpc_helpers import make_certs, start_server
 from packaging.requirements import Requirement
 
-from fedge.server.probe import probe_device
+from bench.probe import probe_device
 from fedge.tasks.digits import DigitsTask
 from test_client_without_flwr import BLOCK_FLWR
 
@@ -72,7 +72,7 @@ def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path
         import json, runpy
         sys.argv = {argv!r}
         try:
-            runpy.run_module("fedge.client.cli", run_name="__main__")
+            runpy.run_module("fedge.client.client_cli", run_name="__main__")
         except SystemExit as exit:
             code = exit.code
         heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"flwr", "hydra", "omegaconf", "ray", "sklearn", "datasets"}})

@@ -11,7 +11,8 @@ from fedge.protos.codecs import CodecSpec
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.server import run_federation
 from fedge.server.evaluation import CentralEvaluator
-from fedge.simulations.app import ConfigError, run_experiment
+from fedge.conf.build import ConfigError
+from fedge.simulations.experiment import run_experiment
 from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
@@ -32,7 +33,7 @@ def test_every_strategy_with_topk_and_error_feedback(make_cfg, strategy):
 
 
 def test_config_composes_the_issue_example(make_cfg):
-    from fedge.simulations.compression import compression_setup
+    from fedge.protos.codecs.compression_setup import compression_setup
     from omegaconf import OmegaConf
 
     cfg = make_cfg(["compression=topk", "compression.ratio=0.01", "compression.values=q8"])

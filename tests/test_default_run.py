@@ -21,7 +21,7 @@ def weights_sha256(weights: dict[str, np.ndarray]) -> str:
 
 
 def test_default_experiment_reaches_target_accuracy(make_cfg, tmp_path):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     cfg = make_cfg(["progress=false"])
     assert (cfg.task._target_, cfg.num_clients, cfg.partition.alpha, cfg.rounds) == (
@@ -43,7 +43,7 @@ def test_default_experiment_reaches_target_accuracy(make_cfg, tmp_path):
 
 
 def test_same_seed_same_backend_is_bit_identical(make_cfg):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     overrides = ["progress=false", "rounds=3", "backend.num_workers=2"]
     first = run_experiment(make_cfg(overrides))

@@ -7,12 +7,14 @@ import pytest
 
 from conftest import FAST
 from fedge.client import EdgeClient, TrainConfig
-from fedge.client.device import DeviceProfile
+from fedge.simulations.devices.profile import DeviceProfile
 from fedge.client.model_io import model_arrays
-from fedge.server.devices import DeviceJob, DeviceSimulator
-from fedge.simulations.app import ConfigError, run_experiment
+from fedge.server.delivery_observer import TrainingDelivery
+from fedge.simulations.devices.simulator import DeviceSimulator
+from fedge.conf.build import ConfigError
+from fedge.simulations.experiment import run_experiment
 from fedge.simulations.clients import ClientRecipe
-from fedge.simulations.devices import assign_profiles, profile_counts
+from fedge.simulations.devices.fleet import assign_profiles, profile_counts
 from fedge.tasks.digits import DigitsTask
 from fedge.simulations.report import make_report
 from test_edge_client import make_task
@@ -57,7 +59,7 @@ def test_deadline_drops_exactly_the_jobs_past_it():
     slow = DeviceProfile(name="slow", samples_per_s=10, downlink_mbps=8, uplink_mbps=8)
     sim = DeviceSimulator({1: slow, 2: slow, 3: slow}, deadline_s=2.0)
     # 1 s of bytes each way is 1e6 B at 8 Mbit/s; samples add 0.1 s each
-    jobs = [DeviceJob(1, 500_000, 500_000, 9), DeviceJob(2, 500_000, 500_000, 10), DeviceJob(3, 500_000, 500_000, 11)]
+    jobs = [TrainingDelivery(1, 500_000, 500_000, 9), TrainingDelivery(2, 500_000, 500_000, 10), TrainingDelivery(3, 500_000, 500_000, 11)]
     verdicts = sim.settle(1, jobs)
     assert verdicts[0] == pytest.approx(1.9) and verdicts[1] == pytest.approx(2.0) and verdicts[2] is None
     record = sim.rounds[1]
@@ -195,14 +197,14 @@ def test_bad_device_config_is_named(make_cfg, overrides, needle):
 
 
 def test_fedge_server_refuses_a_simulated_deadline(make_cfg):
-    from fedge.server.app import serve
+    from fedge.server.serve import serve
 
     with pytest.raises(ConfigError, match=r"round_deadline_s=5 is simulated time .* server.round_timeout_s"):
         serve(make_cfg(["server.round_deadline_s=5", "server.insecure=true", "progress=false"]))
 
 
 def test_fedge_client_takes_its_own_memory_budget(tmp_path, capsys):
-    from fedge.client.cli import build_runtime, main as client_main, parser
+    from fedge.client.client_cli import build_runtime, main as client_main, parser
 
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2, int))

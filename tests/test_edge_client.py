@@ -5,7 +5,7 @@ import pytest
 
 from fedge.client import EdgeClient, TrainConfig
 from fedge.client.model_io import model_arrays
-from fedge.protos import config as wire_config
+from fedge.protos import config_values
 from fedge.protos.codecs import CodecSpec, decode_update, encode_update
 from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.tasks.digits import DigitsTask
@@ -20,7 +20,7 @@ def digits():
 def make_task(weights, round_=1, config=None, kind="train"):
     task = task_pb2.Task(task_id=f"t{round_}", kind=kind, server_round=round_, node_id=1)
     task.model.CopyFrom(encode_update(weights, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS, base_round=round_ - 1))
-    wire_config.to_wire(config or {}, task.config)
+    config_values.to_wire(config or {}, task.config)
     return task
 
 

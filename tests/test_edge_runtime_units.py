@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from fedge.client.cli import main as client_main
+from fedge.client.client_cli import main as client_main
 from fedge.client.data import load_local_data
 from fedge.client.runtime import backoff_delay
 from fedge.tasks.digits import DigitsTask
@@ -88,8 +88,9 @@ def test_client_cli_names_bad_arguments(tmp_path, capsys):
 
 
 def test_bad_server_settings_are_configuration_errors(make_cfg):
-    from fedge.server.app import serve
-    from fedge.simulations.app import ConfigError, run_experiment
+    from fedge.server.serve import serve
+    from fedge.conf.build import ConfigError
+    from fedge.simulations.experiment import run_experiment
 
     with pytest.raises(ConfigError, match="server.chunk_bytes must be in"):
         run_experiment(make_cfg(["backend=grpc", "server.chunk_bytes=0", "progress=false", "rounds=1"]))

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import FAST
 from fedge.client.qat import LSQModel
-from fedge.deploy.cli import ExportError, export_run, load_run, main
+from fedge.deploy.export_cli import ExportError, export_run, load_run, main
 from fedge.deploy.onnx_model import qdq_from_steps
-from fedge.simulations.app import run_experiment
+from fedge.simulations.experiment import run_experiment
 
 QAT_IMAGE = ["task=image", "num_clients=2", "partition=iid", "rounds=2", "client.local_steps=25", "client.lr=0.05",
              "client.qat.bits=8", *FAST]

@@ -42,3 +42,22 @@ def test_arrayrecord_from_torch_state_dict():
 
     record = ArrayRecord(torch.nn.Linear(2, 3).state_dict())
     assert list(record.keys()) == ["weight", "bias"] and record["weight"].numpy().shape == (3, 2)
+
+
+def test_a_grid_can_give_an_instruction_its_id_through_public_metadata():
+    """FedgeGrid ids its instructions by rebuilding them from a full ``flwr.app.Metadata``
+    (``server/message_translation.with_message_id``), not by writing a private field."""
+    from flwr.app import Message
+
+    from fedge.server.message_translation import with_message_id
+
+    ensure_task_identity(3)
+    content = RecordDict({"c": ConfigRecord({"x": 1})})
+    original = Message(content, 1001, "train", group_id="4")
+    sent = with_message_id(original, "abc")
+    assert sent.metadata.message_id == "abc" and sent.content is original.content
+    m, o = sent.metadata, original.metadata
+    assert (m.run_id, m.dst_node_id, m.group_id, m.message_type, m.ttl, m.created_at) == (
+        o.run_id, o.dst_node_id, o.group_id, o.message_type, o.ttl, o.created_at
+    )
+    assert Message(RecordDict(), reply_to=sent).metadata.reply_to_message_id == "abc"

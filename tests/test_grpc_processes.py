@@ -26,7 +26,7 @@ from fedge.protos.transfer import chunks, wire_bytes
 from fedge.protos.v1 import tensor_pb2
 from fedge.server.certs import CertDir, create_federation, issue_devices
 from fedge.server.checkpoint import load_checkpoint
-from fedge.server.config import ServerConfig
+from fedge.conf.schema import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent
 
 def test_grpc_backend_matches_local_and_counts_grpc_bytes(make_cfg, tmp_path):
     """Must-show 1: fedge-sim backend=grpc num_clients=8 rounds=5 over mTLS vs backend=local."""
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     common = ["num_clients=8", "rounds=5", "progress=false"]
     local = run_experiment(make_cfg([*common, "backend.num_workers=0"]), tmp_path / "local")

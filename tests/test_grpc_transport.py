@@ -29,7 +29,7 @@ from fedge.protos.transfer import DEFAULT_CHUNK_BYTES, chunks, wire_bytes
 from fedge.protos.v1 import federation_pb2 as fpb
 from fedge.protos.v1 import task_pb2
 from fedge.server.certs import CertDir, create_federation, issue_devices
-from fedge.server.config import ServerConfig
+from fedge.conf.schema import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.server.grpc_grid import GrpcGrid

@@ -9,7 +9,7 @@ from fedge.client import EdgeClient, TrainConfig
 from fedge.client.model_io import model_arrays
 from fedge.client.qat import LSQModel
 from fedge.client.training import train
-from fedge.simulations.app import run_experiment
+from fedge.simulations.experiment import run_experiment
 from fedge.tasks.digits import DigitsTask
 from test_edge_client import make_task
 

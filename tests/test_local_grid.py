@@ -5,7 +5,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedge.client import EdgeClient, TrainConfig
-from fedge.server.wire import message_to_task
+from fedge.server.message_translation import message_to_task, with_message_id
 from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
@@ -57,10 +57,12 @@ def test_client_state_persists_across_rounds_in_its_worker():
 def test_replies_come_back_in_request_order():
     strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
     with LocalGrid(recipe(), num_workers=2) as grid:
-        messages = train_messages(grid, strategy, 1)
+        messages = list(train_messages(grid, strategy, 1))
         replies = grid.send_and_receive(messages)
         assert [r.metadata.src_node_id for r in replies] == [m.metadata.dst_node_id for m in messages]
-        assert [r.metadata.reply_to_message_id for r in replies] == [m.metadata.message_id for m in messages]
+        ids = grid.push_messages(messages)  # Flower's Grid contract: replies answer the ids push returns
+        assert len(set(ids)) == len(messages) and all(ids)
+        assert [r.metadata.reply_to_message_id for r in grid.pull_messages(ids)] == ids
 
 
 def test_dead_worker_fails_its_clients_not_the_round():
@@ -80,7 +82,7 @@ def test_dead_worker_fails_its_clients_not_the_round():
 def test_task_bytes_are_what_the_grid_counts():
     strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
     with LocalGrid(recipe()) as grid:
-        messages = train_messages(grid, strategy, 1)
-        grid.send_and_receive(messages)  # assigns the message ids the tasks carry
-        expected = sum(len(message_to_task(m).SerializeToString()) for m in messages)
+        messages = list(train_messages(grid, strategy, 1))
+        ids = grid.push_messages(messages)  # the message ids the tasks carry
+        expected = sum(len(message_to_task(with_message_id(m, i)).SerializeToString()) for m, i in zip(messages, ids))
         assert grid.traffic.round(1).downlink_bytes == expected

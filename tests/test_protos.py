@@ -1,6 +1,6 @@
 """The committed generated code matches the .proto files; messages round-trip."""
 
-from fedge.protos import config as wire_config
+from fedge.protos import config_values
 from fedge.protos import generate
 from fedge.protos.v1 import task_pb2
 
@@ -25,8 +25,8 @@ def test_drift_is_detected(tmp_path, monkeypatch):
 def test_config_values_round_trip_through_task_bytes():
     config = {"lr": 0.1, "epochs": 3, "flag": True, "codec": "fp16", "blob": b"\x00\x01"}
     task = task_pb2.Task(task_id="x", kind="train")
-    wire_config.to_wire(config, task.config)
-    back = wire_config.from_wire(task_pb2.Task.FromString(task.SerializeToString()).config)
+    config_values.to_wire(config, task.config)
+    back = config_values.from_wire(task_pb2.Task.FromString(task.SerializeToString()).config)
     assert back == config
     assert type(back["epochs"]) is int and type(back["flag"]) is bool
 
@@ -34,7 +34,7 @@ def test_config_values_round_trip_through_task_bytes():
 def test_unsupported_config_value_names_the_key():
     task = task_pb2.Task()
     try:
-        wire_config.to_wire({"layers": [1, 2]}, task.config)
+        config_values.to_wire({"layers": [1, 2]}, task.config)
     except TypeError as exc:
         assert "layers" in str(exc)
     else:

@@ -27,7 +27,7 @@ def ray_instance():
 
 def test_four_actors_match_local_bit_for_bit(ray_instance, make_cfg):
     """topk with error feedback: each client's residual must stay with it across rounds."""
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     common = ["progress=false", "rounds=3", "num_clients=6", "compression=topk", "compression.ratio=0.1", "seed=3"]
     on_ray = run_experiment(make_cfg([*common, "backend=ray", "backend.num_actors=4"]))
@@ -43,7 +43,7 @@ def test_four_actors_match_local_bit_for_bit(ray_instance, make_cfg):
 
 def test_device_profiles_and_deadline_match_local_on_ray(ray_instance, make_cfg):
     """The device simulation sits in FedgeGrid: Ray prices and drops exactly as local does."""
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     common = ["progress=false", "rounds=2", "num_clients=6", "device=mix_wearable_phone_gateway",
               "server.round_deadline_s=2", "client.local_epochs=1"]

@@ -69,8 +69,8 @@ def test_har_model_fits_a_microcontroller(har):
 
 def test_natural_partition_gives_one_client_per_subject(make_cfg, har):
     _, data = har
-    partitioner = instantiate(make_cfg(["task=har", "partition=natural"]).partition)
-    parts = partition_indices(data.train.y, partitioner, data.groups)
+    cfg = make_cfg(["task=har", "partition=natural"])
+    parts = partition_indices(data.train.y, instantiate(cfg.partition), data.groups, cfg.partition.partition_by)
     assert len(parts) == 10
     assert [len(np.unique(data.groups[p])) for p in parts] == [1] * 10
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(data.train)))
@@ -78,9 +78,9 @@ def test_natural_partition_gives_one_client_per_subject(make_cfg, har):
 
 def test_natural_partition_without_ids_is_a_clear_error(make_cfg, image):
     _, data = image
-    partitioner = instantiate(make_cfg(["task=image", "partition=natural"]).partition)
+    cfg = make_cfg(["task=image", "partition=natural"])
     with pytest.raises(ValueError, match="natural ids"):
-        partition_indices(data.train.y, partitioner, data.groups)
+        partition_indices(data.train.y, instantiate(cfg.partition), data.groups, cfg.partition.partition_by)
 
 
 @pytest.mark.parametrize("bad", [{"window": 4}, {"stride": 0}, {"test_fraction": 1.0}])
@@ -99,7 +99,7 @@ def one_torch_thread():
 
 
 def test_har_federation_by_subject_learns(make_cfg, one_torch_thread):
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     cfg = make_cfg(
         ["task=har", "partition=natural", "strategy=fedavgm", "client.lr=0.02", "rounds=4", "client.local_epochs=1"]
@@ -113,7 +113,8 @@ def test_har_federation_by_subject_learns(make_cfg, one_torch_thread):
 
 
 def test_natural_partition_needs_matching_num_clients(make_cfg):
-    from fedge.simulations.app import ConfigError, run_experiment
+    from fedge.conf.build import ConfigError
+    from fedge.simulations.experiment import run_experiment
 
     with pytest.raises(ConfigError, match="num_clients=10"):
         run_experiment(make_cfg(["task=har", "partition=natural", "num_clients=5", "progress=false"]))

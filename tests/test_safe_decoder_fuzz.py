@@ -16,6 +16,7 @@ from fedge.protos import records
 from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
 from fedge.protos.v1 import tensor_pb2
 from fedge.server.identity import ensure_task_identity
+from fedge.server.message_translation import with_message_id
 from fedge.strategies import CompressedStrategy
 
 REFERENCE = {
@@ -114,9 +115,7 @@ def instructions() -> dict[int, Message]:
     ensure_task_identity()
     out = {}
     for node in (1001, 1002, 1003):
-        msg = Message(RecordDict({"c": ConfigRecord()}), node, "train")
-        msg.metadata.__dict__["_message_id"] = f"m{node}"
-        out[node] = msg
+        out[node] = with_message_id(Message(RecordDict({"c": ConfigRecord()}), node, "train"), f"m{node}")
     return out
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST
-from fedge.simulations.app import run_experiment
+from fedge.simulations.experiment import run_experiment
 
 STRATEGIES = [
     "fedavg",

@@ -15,7 +15,8 @@ from fedge.protos.transfer import (
     wire_bytes,
 )
 from fedge.protos.v1 import federation_pb2 as fpb
-from fedge.server.certs import CertDir, create_federation, issue_devices, main as certs_main
+from fedge.server.certs import CertDir, create_federation, issue_devices
+from fedge.server.certs_cli import main as certs_main
 
 
 def test_chunks_round_trip_and_sizes():

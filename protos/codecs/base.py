@@ -9,6 +9,7 @@ Written by hand because no library encodes tensors to a wire-stable protobuf for
 
 from __future__ import annotations
 
+import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, MutableMapping
@@ -169,6 +170,15 @@ def register(name: str) -> Callable[[type[Codec]], type[Codec]]:
 def available() -> list[str]:
     """Names of all registered codecs."""
     return sorted(_REGISTRY)
+
+
+def codec_parameters(name: str) -> tuple[str, ...]:
+    """Constructor parameter names of the registered codec ``name`` (``seed`` excluded);
+    empty for an unknown name (:func:`make_codec` then names the known ones)."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        return ()
+    return tuple(p for p in inspect.signature(factory).parameters if p not in ("self", "seed"))
 
 
 #: Shorthand names: ``q8`` = 8-bit uniform, ``q4s`` = 4-bit stochastic uniform.

@@ -15,32 +15,26 @@ counts fedge measures, and it is exact to check. Availability is a
 probability per round, optionally within daily ``online_hours``. ``memory_mb`` is the
 device's training-memory budget (:mod:`fedge.client.budget`).
 
-flwr-free: a device can carry its own profile. The profiles shipped with fedge are in
-``conf/device/profile/`` (numbers and their sources are documented there).
+The fields (and their units) are the ``device.profiles.*`` schema,
+:class:`fedge.conf.schema.DeviceProfileConfig`; this class adds their checks and the
+pricing. The profiles shipped with fedge are in ``conf/device/profile/`` (numbers and
+their sources are documented there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fedge.conf.schema import DeviceProfileConfig
 
 BITS_PER_BYTE = 8
 MBIT = 1e6  # bits per second in one Mbit/s
 
 
 @dataclass
-class DeviceProfile:
-    """One kind of device. Units are in the field names (samples/s, Mbit/s, J, MB, hours)."""
-
-    name: str = "device"
-    samples_per_s: float = 1000.0  # training throughput (forward + backward + step) on the task's model
-    downlink_mbps: float = 10.0  # server -> device, Mbit/s (1e6 bit/s)
-    uplink_mbps: float = 5.0  # device -> server, Mbit/s
-    joules_per_sample: float = 0.0  # energy of training on one example
-    joules_per_byte_down: float = 0.0  # radio energy per byte received
-    joules_per_byte_up: float = 0.0  # radio energy per byte sent
-    availability: float = 1.0  # probability of being online in a round (within online_hours)
-    online_hours: list[int] = field(default_factory=list)  # hours of the day (0-23) it can be online; [] = all
-    memory_mb: float = 0.0  # training-memory budget (client.memory_mb); 0 = no limit
+class DeviceProfile(DeviceProfileConfig):
+    """One kind of device, checked, with its prices. Units are in the field names
+    (samples/s, Mbit/s, J, MB, hours)."""
 
     def __post_init__(self) -> None:
         self.online_hours = [int(h) for h in self.online_hours]

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp.strategy import FedAvg
 
-from fedge.client.config import TrainConfig
+from fedge.client.train_config import TrainConfig
 from fedge.server.grpc_grid import GrpcGrid, WireTraffic
 from fedge.server.transport import FederationServer
 from fedge.strategies import CompressedStrategy

@@ -1,22 +1,48 @@
 """Translation between Flower Messages and fedge's wire protos (Task, Update).
 
-Every fedge Grid uses these two functions, so the in-process, gRPC and Ray backends
+Every fedge Grid uses these functions, so the in-process, gRPC and Ray backends
 put exactly the same bytes on their (real or simulated) wire.
 """
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedge.protos import PROTOCOL_VERSION
-from fedge.protos import config as wire_config
+from fedge.protos import config_values
 from fedge.protos import records
 from fedge.protos.codecs import encode_update
 from fedge.protos.v1 import task_pb2, tensor_pb2
 
 #: Config key in which Flower strategies announce the round.
 SERVER_ROUND_KEY = "server-round"
+
+
+def with_message_id(message: Message, message_id: str) -> Message:
+    """The instruction ``message`` (same content object) under ``message_id``.
+
+    Flower leaves an instruction's id empty until a Grid assigns one, and its Metadata
+    has no public setter; a Message built from a full :class:`Metadata` is Flower's
+    public way to give it one.
+    """
+    m = message.metadata
+    metadata = Metadata(
+        run_id=m.run_id,
+        message_id=message_id,
+        src_node_id=m.src_node_id,
+        dst_node_id=m.dst_node_id,
+        reply_to_message_id=m.reply_to_message_id,
+        group_id=m.group_id,
+        created_at=m.created_at,
+        ttl=m.ttl,
+        message_type=m.message_type,
+        src_task_id=m.src_task_id,
+        dst_task_id=m.dst_task_id,
+    )
+    # Message.__init__ takes `metadata` (it is how Flower rebuilds messages), its typed
+    # overloads do not list it.
+    return Message(content=message.content, metadata=metadata)  # type: ignore[call-overload]
 
 
 def message_to_task(message: Message) -> task_pb2.Task:
@@ -46,7 +72,7 @@ def message_to_task(message: Message) -> task_pb2.Task:
         raise ValueError("message carries no model: expected a fedge.model record or one ArrayRecord")
     config = content.config_records.get(records.CONFIG_RECORD)
     if config is not None:
-        wire_config.to_wire(dict(config), task.config)
+        config_values.to_wire(dict(config), task.config)
     return task
 
 

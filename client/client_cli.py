@@ -20,7 +20,7 @@ import sys
 
 from fedge.client.connection import DeviceCredentials
 from fedge.client.data import load_local_data
-from fedge.client.config import TrainConfig
+from fedge.client.train_config import TrainConfig
 from fedge.client.runtime import DeviceRuntime, RuntimeSettings
 from fedge.tasks.registry import resolve_task, task_names
 

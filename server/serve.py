@@ -1,4 +1,4 @@
-"""``fedge-server``: a federation over real devices, configured like ``fedge-sim``.
+"""A federation over real devices, configured like ``fedge-sim``: :func:`serve` (``fedge-server``).
 
 It reads the same Hydra tree (``conf/``: task, strategy, compression, client, rounds,
 seed, ...) plus the ``server.*`` keys, serves the Federation gRPC service, waits for
@@ -18,39 +18,35 @@ every round::
 
 from __future__ import annotations
 
-import json
 import logging
-import random
-import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import hydra
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
-from hydra.core.hydra_config import HydraConfig
+from flwr.app import ArrayRecord
 from omegaconf import DictConfig, OmegaConf
 
-from fedge.client.config import TrainConfig
-from fedge.client.qat import final_steps
+from fedge.conf.build import (
+    ConfigError,
+    build_strategy,
+    instantiate_node,
+    round_config,
+    seed_everything,
+    server_settings,
+    train_defaults,
+)
+from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.checkpoint import fingerprint
-from fedge.server.config import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
-from fedge.server.federation import FederationResult
+from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
+from fedge.server.results import write_results
 from fedge.server.resume import run_resumable
 from fedge.server.transport import FederationServer, ServerCredentials
-from fedge.simulations.app import ConfigError, _build, build_strategy
-from fedge.simulations.config import register_configs
-from fedge.simulations.grpc_backend import required_codecs
-from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.server")
 
-FLAGS = {"--resume": "server.resume=true", "--insecure": "server.insecure=true"}
 #: Keys that may change between a run and its resume (they do not change the experiment).
 RUN_ONLY_KEYS = ("server", "progress", "verbose")
 #: Seconds to wait, after the last round, for devices to hear that the federation is over.
@@ -66,15 +62,14 @@ def experiment_fingerprint(cfg: DictConfig) -> str:
 
 def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     """Run the federation ``cfg`` describes over gRPC; write results into ``out_dir``."""
-    settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
+    settings = server_settings(cfg)
+    if settings.round_deadline_s > 0:
+        raise ConfigError(
+            f"server.round_deadline_s={settings.round_deadline_s:g} is simulated time (fedge-sim with device "
+            "profiles); real devices get the real deadline server.round_timeout_s"
+        )
+    train_cfg = train_defaults(cfg)
     try:
-        settings.check()
-        if settings.round_deadline_s > 0:
-            raise ValueError(
-                f"server.round_deadline_s={settings.round_deadline_s:g} is simulated time (fedge-sim with device "
-                "profiles); real devices get the real deadline server.round_timeout_s"
-            )
-        train_cfg = TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -84,10 +79,8 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             "hold a thread each, so heartbeats may be refused", settings.max_workers, 2 * cfg.num_clients,
         )
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    task: FederatedTask = _build("task", cfg.task)  # type: ignore[assignment]
+    seed_everything(cfg.seed)
+    task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
     test = task.load().test
     strategy = build_strategy(cfg)
     torch.manual_seed(cfg.seed)
@@ -95,7 +88,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     evaluator = CentralEvaluator(task, test, cfg.seed)
 
     server = FederationServer(
-        settings, credentials, required_codecs=required_codecs(strategy), max_update_bytes=strategy.max_update_bytes
+        settings, credentials, required_codecs=required_codecs(strategy.uplink, strategy.downlink), max_update_bytes=strategy.max_update_bytes
     ).start()
     grid = GrpcGrid(server)
     print(f"fedge-server: listening on {server.address} ({'mTLS' if server.secure else 'INSECURE'}); "
@@ -105,19 +98,19 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         result = run_resumable(
             strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
             experiment_fingerprint(cfg), resume=settings.resume,
-            train_config=ConfigRecord(train_cfg.to_config()), on_round=_report,
+            train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
         )
         grid.close()
         _farewell(server)
     finally:
         server.stop()
     if out_dir is not None:
-        _write_results(out_dir, cfg, result, strategy, grid)
+        write_results(out_dir, cfg, result, strategy.log, grid.transport_report())
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result
 
 
-def _report(record) -> None:
+def _report(record: RoundRecord) -> None:
     print(
         f"round {record.round}: accuracy {record.accuracy:.4f}, replies {record.replies}, "
         f"failures {record.failures}, up {record.uplink_bytes} B, down {record.downlink_bytes} B",
@@ -130,44 +123,3 @@ def _farewell(server: FederationServer) -> None:
     deadline = time.monotonic() + FAREWELL_S
     while server.registry.live_node_ids() and time.monotonic() < deadline:
         time.sleep(0.2)
-
-
-def _write_results(out_dir: Path, cfg: DictConfig, result: FederationResult, strategy: CompressedStrategy, grid: GrpcGrid) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "final": asdict(result.final),
-        "rounds": [asdict(r) for r in result.rounds],
-        "dropped_replies": [asdict(d) for d in strategy.log.dropped],
-        **grid.transport_report(),
-        "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
-    }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
-    np.savez(out_dir / "final_model.npz", **{k: v.numpy() for k, v in result.final_arrays.items()})
-
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = serve(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"fedge-server: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except TimeoutError as exc:
-        print(f"fedge-server: {exc}", file=sys.stderr)
-        sys.exit(1)
-    return result.final.accuracy
-
-
-def main() -> None:
-    """Console entry point (``fedge-server``)."""
-    sys.argv = [sys.argv[0], *(FLAGS.get(arg, arg) for arg in sys.argv[1:])]
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

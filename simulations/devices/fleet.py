@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fedge.client.device import DeviceProfile
-from fedge.server.devices import DeviceSimulator
+from fedge.simulations.devices.profile import DeviceProfile
+from fedge.simulations.devices.simulator import DeviceSimulator
 
 #: Separates the profile-assignment random stream from every other seeded stream.
 ASSIGNMENT_STREAM = 0xDE71CE
@@ -61,8 +61,8 @@ def check_mix(profiles: Mapping[str, DeviceProfile], mix: Mapping[str, float]) -
 def build_profiles(profiles_cfg: Mapping[str, Any]) -> dict[str, DeviceProfile]:
     """Typed, checked profiles from ``device.profiles`` (errors name the profile and key)."""
     out = {}
-    for name, values in profiles_cfg.items():
-        values = OmegaConf.to_container(values) if isinstance(values, DictConfig) else dict(values)
+    for name, node in profiles_cfg.items():
+        values: dict[str, Any] = dict(OmegaConf.to_container(node) if isinstance(node, DictConfig) else node)  # type: ignore[arg-type]
         known = {f.name for f in fields(DeviceProfile)}
         extra = sorted(set(values) - known)
         if extra:

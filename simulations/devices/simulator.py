@@ -1,9 +1,10 @@
 """Simulated device time, energy, availability and a round deadline, for any FedgeGrid.
 
-:class:`DeviceSimulator` is a :class:`~fedge.server.grid.FedgeGrid` hook, so the local,
-Ray and gRPC backends all get it. Per training round it
+:class:`DeviceSimulator` is a :class:`~fedge.server.delivery_observer.DeliveryObserver`
+(the Grid's typed hook), so the local, Ray and gRPC backends all get it. Per training
+round it
 
-1. asks each sampled node's :class:`~fedge.client.device.DeviceProfile` whether it is
+1. asks each sampled node's :class:`~fedge.simulations.devices.profile.DeviceProfile` whether it is
    online (``availability`` drawn from ``(seed, node, round)``, within
    ``online_hours`` at the simulated hour of day); an offline device never receives
    the task: no bytes, no time, no energy, a failure reply for the strategy;
@@ -29,21 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedge.client.device import DeviceProfile
+from fedge.server.delivery_observer import DeliveryObserver, RoundCosts, TrainingDelivery
+from fedge.simulations.devices.profile import DeviceProfile
 
 #: Separates the availability random stream from the clients' training streams.
 AVAILABILITY_STREAM = 0xA7A11AB1E
 HOUR_S = 3600.0
-
-
-@dataclass
-class DeviceJob:
-    """What one device really did for one training task (inputs to the pricing)."""
-
-    node_id: int
-    downlink_bytes: int  # serialised Task
-    uplink_bytes: int  # serialised Update
-    samples: int  # training examples processed (forward + backward)
 
 
 @dataclass
@@ -69,7 +61,7 @@ class DeviceTotals:
     unavailable: int = 0  # rounds in which it was sampled but offline
 
 
-class DeviceSimulator:
+class DeviceSimulator(DeliveryObserver):
     """Prices rounds with per-node device profiles and enforces a simulated deadline.
 
     Parameters
@@ -134,7 +126,7 @@ class DeviceSimulator:
             self.round(server_round).unavailable += 1
             self.totals[node_id].unavailable += 1
 
-    def settle(self, server_round: int, jobs: Sequence[DeviceJob]) -> list[float | None]:
+    def settle(self, server_round: int, jobs: Sequence[TrainingDelivery]) -> list[float | None]:
         """Price a training round's jobs; per job its simulated seconds, or ``None`` if it
         missed the deadline (a straggler). Advances the simulated clock."""
         record = self.round(server_round)
@@ -159,6 +151,34 @@ class DeviceSimulator:
                 verdicts.append(seconds)
         self._clock_s = record.start_s + max(record.time_s, self.round_interval_s)
         return verdicts
+
+    # -- DeliveryObserver ----------------------------------------------------------
+    def covers(self, node_id: int) -> bool:
+        return node_id in self.profiles
+
+    def offline_reason(self, node_id: int, server_round: int) -> str | None:
+        if self.is_available(node_id, server_round):
+            return None
+        self.mark_unavailable(node_id, server_round)
+        return f"node {node_id} is offline this round (device profile availability)"
+
+    def settle_training(self, server_round: int, deliveries: Sequence[TrainingDelivery]) -> list[str | None]:
+        reasons: list[str | None] = []
+        for job, seconds in zip(deliveries, self.settle(server_round, deliveries), strict=True):
+            if seconds is not None:
+                reasons.append(None)
+                continue
+            profile = self.profiles[job.node_id]
+            simulated = profile.round_seconds(job.downlink_bytes, job.samples, job.uplink_bytes)
+            reasons.append(
+                f"node {job.node_id} dropped as straggler: simulated {simulated:.3f} s "
+                f"> server.round_deadline_s {self.deadline_s:g} s ({profile.name})"
+            )
+        return reasons
+
+    def round_costs(self, server_round: int) -> RoundCosts:
+        record = self.round(server_round)
+        return RoundCosts(record.time_s, record.energy_j, record.stragglers, record.unavailable)
 
     def _profile(self, node_id: int) -> DeviceProfile:
         try:

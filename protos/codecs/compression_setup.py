@@ -1,16 +1,18 @@
-"""From the ``compression`` config group to the codec objects the server uses."""
+"""From compression settings (the keys of the ``compression`` config group) to codec specs.
+
+Plain mappings in, checked codec specs out: the Hydra layer (:mod:`fedge.conf.build`)
+hands the composed ``compression`` node here, and the server asks
+:func:`required_codecs` which codecs a device must support to join.
+"""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedge.protos.codecs import CodecSpec, make_codec
-from fedge.protos.codecs.base import resolve_alias
+from fedge.protos.codecs.base import CodecSpec, codec_parameters, make_codec, resolve_alias
 from fedge.protos.codecs.plan import UplinkPlan
-from fedge.protos.codecs.base import _REGISTRY  # noqa: PLC2701 - the codec classes by name
 
 
 @dataclass(frozen=True)
@@ -20,18 +22,16 @@ class CompressionSetup:
     uplink: UplinkPlan
     downlink: CodecSpec
     downlink_delta: bool
-    max_update_bytes: int
+    max_update_bytes: int  # largest accepted serialised Update, bytes
 
 
 def codec_spec(name: str, settings: Mapping[str, object]) -> CodecSpec:
     """The spec for codec ``name`` with the parameters from ``settings`` that it takes."""
     spec = resolve_alias(CodecSpec(name))
-    cls = _REGISTRY.get(spec.name)
     params = dict(spec.params)
-    if cls is not None:
-        for param in inspect.signature(cls.__init__).parameters:
-            if param not in ("self", "seed") and param not in params and param in settings:
-                params[param] = settings[param]  # type: ignore[assignment]
+    for param in codec_parameters(spec.name):
+        if param not in params and param in settings:
+            params[param] = settings[param]  # type: ignore[assignment]
     return CodecSpec(spec.name, params)
 
 
@@ -44,3 +44,8 @@ def compression_setup(settings: Mapping[str, Any]) -> CompressionSetup:
     make_codec(settings["fallback"])
     plan = UplinkPlan(uplink, settings["error_feedback"], settings["dense_below"], settings["fallback"])
     return CompressionSetup(plan, downlink, settings["downlink_delta"], settings["max_update_bytes"])
+
+
+def required_codecs(uplink: UplinkPlan, downlink: CodecSpec) -> list[str]:
+    """Codec ids a device must support to take part (uplink, its fallback, downlink)."""
+    return sorted({uplink.codec.name, uplink.fallback, downlink.name})

@@ -1,0 +1,172 @@
+"""The structured (typed) Hydra schema of every fedge experiment (``fedge-sim``, ``fedge-server``).
+
+The YAML tree in ``conf/`` fills these dataclasses; OmegaConf type-checks every value
+and override against them (``client.lr=abc`` fails with the key and the value).
+Library objects (task, strategy, partitioner) are chosen by Hydra ``_target_``.
+Only data lives here: what a setting does lives with the code that uses it
+(:class:`~fedge.client.train_config.TrainConfig` is the device's own dataclass, reused as
+the ``client`` schema; a device profile's pricing is
+:class:`fedge.simulations.devices.profile.DeviceProfile`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from fedge.client.train_config import TrainConfig
+from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
+
+SCHEMA_NAME = "fedge_schema"
+
+#: gRPC's default largest message; a chunk (data + header) must stay under it.
+GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """How the gRPC Federation server runs."""
+
+    address: str = "0.0.0.0:8443"  # fedge-server listens here (the grpc sim backend: 127.0.0.1, a free port)
+    certs: str = "certs"  # fedge-certs directory: ca.pem, server.pem/.key, signing.pem/.key
+    insecure: bool = False  # plaintext, devices unauthenticated, tasks unsigned: loopback development only
+    round_timeout_s: float = 300.0  # real (wall-clock) deadline of a gRPC round, seconds after its tasks are posted
+    round_deadline_s: float = 0.0  # simulated deadline (device profiles, device=...): stragglers dropped; 0 = none
+    min_reply_fraction: float = 0.5  # replies needed by the deadline (of nodes sampled) or the round is abandoned
+    heartbeat_s: float = 5.0  # devices report at least this often; silent for 3x this = gone
+    join_timeout_s: float = 600.0  # longest wait for num_clients devices before a round
+    pull_wait_s: float = 30.0  # longest a PullTask long poll is held open
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES  # data bytes per gRPC message of a transfer
+    max_workers: int = 64  # gRPC server threads: >= 2 per device (a long poll holds one; heartbeats, pushes)
+    checkpoint_dir: str = "checkpoint"  # fedge-server: atomic checkpoint after every round
+    resume: bool = False  # fedge-server: continue from checkpoint_dir
+
+    @property
+    def liveness_s(self) -> float:
+        """A device silent this long is gone."""
+        return 3 * self.heartbeat_s
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        if self.round_timeout_s <= 0:
+            raise ValueError(f"server.round_timeout_s must be > 0, got {self.round_timeout_s}")
+        if self.round_deadline_s < 0:
+            raise ValueError(f"server.round_deadline_s must be >= 0 (0 = no deadline), got {self.round_deadline_s}")
+        if not 0 <= self.min_reply_fraction <= 1:
+            raise ValueError(f"server.min_reply_fraction must be in [0, 1], got {self.min_reply_fraction}")
+        if self.heartbeat_s <= 0:
+            raise ValueError(f"server.heartbeat_s must be > 0, got {self.heartbeat_s}")
+        if self.pull_wait_s <= 0:
+            raise ValueError(f"server.pull_wait_s must be > 0, got {self.pull_wait_s}")
+        if not 1 <= self.chunk_bytes <= GRPC_MAX_MESSAGE_BYTES - 1024:
+            raise ValueError(
+                f"server.chunk_bytes must be in [1, {GRPC_MAX_MESSAGE_BYTES - 1024}] (gRPC's message limit), "
+                f"got {self.chunk_bytes}"
+            )
+        if self.max_workers < 2:
+            raise ValueError(f"server.max_workers must be >= 2, got {self.max_workers}")
+        if ":" not in self.address:
+            raise ValueError(f"server.address must be HOST:PORT, got {self.address!r}")
+
+
+@dataclass
+class DeviceProfileConfig:
+    """One kind of device (``conf/device/profile/*.yaml``). Units are in the field names
+    (samples/s, Mbit/s, J, MB, hours); checked and priced by
+    :class:`fedge.simulations.devices.profile.DeviceProfile`."""
+
+    name: str = "device"
+    samples_per_s: float = 1000.0  # training throughput (forward + backward + step) on the task's model
+    downlink_mbps: float = 10.0  # server -> device, Mbit/s (1e6 bit/s)
+    uplink_mbps: float = 5.0  # device -> server, Mbit/s
+    joules_per_sample: float = 0.0  # energy of training on one example
+    joules_per_byte_down: float = 0.0  # radio energy per byte received
+    joules_per_byte_up: float = 0.0  # radio energy per byte sent
+    availability: float = 1.0  # probability of being online in a round (within online_hours)
+    online_hours: list[int] = field(default_factory=list)  # hours of the day (0-23) it can be online; [] = all
+    memory_mb: float = 0.0  # training-memory budget (client.memory_mb); 0 = no limit
+
+
+@dataclass
+class CompressionConfig:
+    """What crosses the network (``conf/compression/*.yaml``).
+
+    ``codec`` encodes client deltas (uplink); the fields below it are that codec's
+    parameters, each used only by the codecs that take it. ``downlink`` encodes the
+    broadcast model; with ``downlink_delta`` the broadcast is the compressed change
+    from the model devices hold, with server-side error feedback.
+    """
+
+    name: str = "none"
+    codec: str = "fp32"  # fp32, fp16, q1..q8[s], uniform, topk, randk, sign, powersgd, kmeans
+    ratio: float = 0.01  # topk, randk: share of entries kept
+    scope: str = "tensor"  # topk: ratio of each tensor ("tensor") or of the whole update ("global")
+    values: str = "fp32"  # topk, randk: codec of the kept values (fp32, fp16, q8, ...)
+    bits: int = 8  # uniform, kmeans
+    stochastic: bool = False  # uniform: unbiased stochastic rounding
+    per_channel: bool = False  # uniform: one scale per output channel
+    unbiased: bool = False  # randk: scale kept values by d/k
+    rank: int = 2  # powersgd
+    error_feedback: bool = False  # clients carry the compression error to the next round
+    dense_below: int = 0  # float tensors with fewer elements go with `fallback`
+    fallback: str = "fp32"
+    downlink: str = "fp32"
+    downlink_delta: bool = False
+    max_update_bytes: int = 1 << 30
+
+
+@dataclass
+class BackendConfig:
+    """Where simulated clients run. ``local``: worker processes on this machine;
+    ``ray``: a Ray actor pool (``conf/backend/ray.yaml``)."""
+
+    name: str = "local"
+    num_workers: int = 2  # worker processes; 0 = run clients in the server process
+    threads_per_worker: int = 1  # torch intra-op threads per worker (or Ray actor)
+    # ray only:
+    address: Optional[str] = None  # None: private Ray on this machine; "auto", "ray://host:port"
+    num_actors: int = 4  # Ray actors, clients pinned to them
+    cpus_per_actor: float = 1.0  # Ray logical CPUs each actor reserves
+
+
+@dataclass
+class DeviceConfig:
+    """Simulated devices (``conf/device/*.yaml``): profiles and the fleet's mix of them.
+
+    ``mix`` maps profile names to shares of the clients (summing to 1); each client gets
+    a profile deterministically from the seed (:mod:`fedge.simulations.devices.fleet`). An
+    empty mix (``device=none``) simulates nothing: no simulated time, energy or deadline.
+    """
+
+    name: str = "none"
+    profiles: dict[str, DeviceProfileConfig] = field(default_factory=dict)  # conf/device/profile/*.yaml
+    mix: dict[str, float] = field(default_factory=dict)  # profile name -> share of clients
+    start_hour: float = 0.0  # simulated hour of day when round 1 starts (for online_hours)
+    round_interval_s: float = 0.0  # simulated seconds between round starts, at least (0: back to back)
+
+
+@dataclass
+class FedgeConfig:
+    """The whole experiment."""
+
+    task: Any = MISSING  # {_target_: a fedge.tasks.FederatedTask subclass, ...}
+    strategy: Any = MISSING  # {_target_: a flwr.serverapp.strategy.Strategy, ...}
+    partition: Any = MISSING  # {_target_: a flwr_datasets Partitioner, ...}
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    client: TrainConfig = field(default_factory=TrainConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)  # gRPC server: fedge-server, backend=grpc
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated device profiles and mix
+    num_clients: int = 10
+    rounds: int = 20
+    seed: int = 0
+    progress: bool = True  # rich progress bar and summary table
+    verbose: bool = False  # Flower's own INFO logs
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (``defaults: [fedge_schema]``)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=FedgeConfig)

@@ -1,0 +1,30 @@
+"""``fedge-report RUN_DIR...``: plots and a markdown report of fedge-sim runs
+(the report itself is :mod:`fedge.simulations.report`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedge.simulations.report import make_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``fedge-report``)."""
+    parser = argparse.ArgumentParser(prog="fedge-report", description="Plots and a markdown report of fedge-sim runs.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (with results.json) or directories above them")
+    parser.add_argument("-o", "--out", type=Path, default=None, help="where to write (default: the run or sweep directory)")
+    args = parser.parse_args(argv)
+    try:
+        report = make_report(args.runs, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"fedge-report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
