@@ -68,6 +68,9 @@ class LSQQuantiser(nn.Module):
     #: 1e-3..1e-2); it only keeps ``x / s`` finite when the raw step sits at 0.
     MIN_STEP = 1e-8
 
+    zero_point: torch.Tensor
+    initialised: torch.Tensor
+
     def __init__(self, bits: int) -> None:
         super().__init__()
         if not 2 <= bits <= 8:
@@ -118,9 +121,15 @@ class LSQModel:
             self.quantisers[_key(name, "weight")] = LSQQuantiser(weight_bits)
             self.quantisers[_key(name, "input")] = LSQQuantiser(act_bits)
 
+    def quantiser(self, key: str) -> LSQQuantiser:
+        """The quantiser at ``key`` of :attr:`quantisers` (``<layer>/weight`` with ``/`` for dots)."""
+        q = self.quantisers[key]
+        assert isinstance(q, LSQQuantiser)
+        return q
+
     def steps(self) -> dict[str, float]:
         """Effective learned steps (all > 0) by ``<layer>.weight`` / ``<layer>.input``."""
-        return {k.replace("/", "."): q.step().item() for k, q in self.quantisers.items()}
+        return {k.replace("/", "."): self.quantiser(k).step().item() for k in self.quantisers}
 
     def load_steps(self, steps: Mapping[str, float]) -> None:
         """Set the learned steps (keys as :meth:`steps` gives them, e.g. aggregated ones)."""
@@ -132,8 +141,8 @@ class LSQModel:
         for key, value in values.items():  # check all before setting any
             if not value > 0 or not math.isfinite(value):
                 raise ValueError(f"LSQ step {key.replace('/', '.')!r} must be finite and > 0, got {value}")
-        for key, q in self.quantisers.items():
-            q.set_step(values[key])
+        for key, value in values.items():
+            self.quantiser(key).set_step(value)
 
     @contextlib.contextmanager
     def _activation_hooks(self, layers: Mapping[str, nn.Module]) -> Iterator[None]:

@@ -368,12 +368,12 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
 
     ``out_dir`` defaults to the one directory given, or the common parent of several.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    dirs = [Path(p) for p in paths]
+    if not dirs:
         raise ValueError("no run directory given")
-    runs = load_runs(paths)
+    runs = load_runs(dirs)
     if out_dir is None:
-        out_dir = paths[0] if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
+        out_dir = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([str(p.resolve()) for p in dirs]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = {
