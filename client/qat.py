@@ -4,7 +4,10 @@ Each conv/linear weight and each conv/linear input activation goes through a fak
 quantiser ``q(x) = round(clamp(x / s, qmin, qmax)) * s`` with a *learned* step ``s``;
 the rounding passes gradients straight through (STE) and the step's gradient is
 scaled by ``g = 1 / sqrt(numel * qmax)`` ("gradient scaling in network quantisation").
-Steps start at LSQ's ``2 * mean|x| / sqrt(qmax)``. Weights: signed, ``bits`` bits
+Steps start at LSQ's ``2 * mean|x| / sqrt(qmax)``; a step is positive by construction
+(:class:`LSQQuantiser`: ``max(|raw|, MIN_STEP)`` with a straight-through floor) and
+:func:`fedge.client.training.train` moves steps by plain SGD, without the weights'
+momentum (momentum 0.9 carried a last-layer step of ~3e-3 through zero in a few batches). Weights: signed, ``bits`` bits
 (8 or 4); activations: signed 8 bits (inputs can be negative: standardised pixels).
 
 The arithmetic is torch's own LSQ kernel, ``torch._fake_quantize_learnable_per_tensor_affine``
