@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from bench.training_delta import digits_training_delta
 from fedge.protos.codecs import CodecSpec, make_codec
 from fedge.protos.codecs.index_coding import encode_indices, log2_binomial
 from fedge.protos.codecs.sparse import top_k_indices
@@ -186,23 +187,9 @@ def index_coding() -> dict:
         bits = 8 * len(encode_indices(idx, d).data)
         random_sets[str(density)] = {"k": k, "bits": bits, "floor_bits": log2_binomial(d, k), "ratio": bits / log2_binomial(d, k)}
     # real top-1% sets: the largest entries of a training delta of the digits CNN
-    import torch
-
-    from fedge.client import TrainConfig
-    from fedge.client.model_io import model_arrays
-    from fedge.client.training import train
-    from fedge.tasks.digits import DigitsTask
-
-    task = DigitsTask(width=32)
-    data = task.load()
-    torch.manual_seed(0)
-    model = task.build_model()
-    before = model_arrays(model)
-    train(model, task, data.train.subset(np.arange(500)), TrainConfig(local_epochs=1), np.random.default_rng(0))
-    after = model_arrays(model)
     real = {}
-    for name in before:
-        delta = (after[name] - before[name]).ravel()
+    for name, tensor_delta in digits_training_delta(examples=500, width=32).items():
+        delta = tensor_delta.ravel()
         if delta.size >= 1000:
             k = delta.size // 100
             bits = 8 * len(encode_indices(top_k_indices(delta, k), delta.size).data)

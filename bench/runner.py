@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k != "train"},
             "train": asdict(settings.train),
-            "task": "fedge.tasks.digits.DigitsTask (sklearn digits, DigitsCNN)",
+            "task": "fedge.tasks.digits.DigitsTask (sklearn digits, SmallCNN)",
             "partitioner": type(make_partitioner(settings)).__name__
             + (f" (min_partition_size={DIRICHLET_MIN_PARTITION_SIZE})" if settings.partition == "dirichlet" else ""),
             "strategy": {"name": "flwr.serverapp.strategy.FedAvg", **fedavg_options(settings)},

@@ -4,7 +4,10 @@ Each conv/linear weight and each conv/linear input activation goes through a fak
 quantiser ``q(x) = round(clamp(x / s, qmin, qmax)) * s`` with a *learned* step ``s``;
 the rounding passes gradients straight through (STE) and the step's gradient is
 scaled by ``g = 1 / sqrt(numel * qmax)`` ("gradient scaling in network quantisation").
-Steps start at LSQ's ``2 * mean|x| / sqrt(qmax)``. Weights: signed, ``bits`` bits
+Steps start at LSQ's ``2 * mean|x| / sqrt(qmax)``; a step is positive by construction
+(:class:`LSQQuantiser`: ``max(|raw|, MIN_STEP)`` with a straight-through floor) and
+:func:`fedge.client.training.train` moves steps by plain SGD, without the weights'
+momentum (momentum 0.9 carried a last-layer step of ~3e-3 through zero in a few batches). Weights: signed, ``bits`` bits
 (8 or 4); activations: signed 8 bits (inputs can be negative: standardised pixels).
 
 The arithmetic is torch's own LSQ kernel, ``torch._fake_quantize_learnable_per_tensor_affine``
@@ -41,7 +44,35 @@ STEP_METRIC_PREFIX = "qat.step."
 
 
 class LSQQuantiser(nn.Module):
-    """Per-tensor signed fake quantiser with a learned step (LSQ) of ``bits`` bits."""
+    """Per-tensor signed fake quantiser with a learned step (LSQ) of ``bits`` bits.
+
+    The step is positive by construction. The trained parameter ``raw_step`` is free
+    (an optimiser with a large learning rate, momentum or weight decay may push it
+    through zero), and the quantiser uses the *effective* step
+
+        ``s = max(|raw_step|, MIN_STEP)``, with ``ds/draw_step = sign(raw_step)``
+
+    (the floor is straight-through: it changes the value, never the gradient). For
+    ``raw_step > MIN_STEP``, the normal case, ``s`` is ``raw_step`` and its gradient is
+    exactly LSQ's, scaled inside torch's kernel by ``g = 1 / sqrt(numel * qmax)``. A raw
+    step pushed below zero is mirrored: the quantiser keeps its magnitude and the
+    gradient keeps pointing the optimiser towards the step size the loss wants, instead
+    of a negative "step" that turns the quantisation grid upside down and that no int8
+    file can store. Rejected alternatives: a log-parametrisation (``s = exp(r)``)
+    multiplies LSQ's gradient by ``s``, which changes its scaling (tiny steps stop
+    moving); a plain ``clamp`` has no gradient below the floor, so a step that hits it
+    stays there.
+
+    ``step()`` is what the forward pass, the reply metrics (``qat.step.*``) and
+    ``fedge-export`` use.
+    """
+
+    #: Smallest effective step. Far below any useful step (LSQ starts weight steps near
+    #: 1e-3..1e-2); it only keeps ``x / s`` finite when the raw step sits at 0.
+    MIN_STEP = 1e-8
+
+    zero_point: torch.Tensor
+    initialised: torch.Tensor
 
     def __init__(self, bits: int) -> None:
         super().__init__()
@@ -49,18 +80,29 @@ class LSQQuantiser(nn.Module):
             raise ValueError(f"LSQ bits must be in [2, 8], got {bits}")
         self.bits = bits
         self.qmin, self.qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        self.scale = nn.Parameter(torch.ones(1))
+        self.raw_step = nn.Parameter(torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
+    def step(self) -> torch.Tensor:
+        """The effective step, shape ``(1,)``, always ``>= MIN_STEP`` (differentiable; see the class)."""
+        magnitude = self.raw_step.abs()
+        return magnitude + (magnitude.detach().clamp_min(self.MIN_STEP) - magnitude.detach())
+
+    def set_step(self, value: float) -> None:
+        """Set the step to ``value`` (> 0; e.g. aggregated steps, or LSQ's initial value)."""
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"an LSQ step must be finite and > 0, got {value}")
+        with torch.no_grad():
+            self.raw_step.fill_(value)
+            self.initialised.fill_(True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialised):
-            with torch.no_grad():
-                self.scale.fill_(max(2 * x.detach().abs().mean().item() / math.sqrt(self.qmax), 1e-8))
-                self.initialised.fill_(True)
+            self.set_step(max(2 * x.detach().abs().mean().item() / math.sqrt(self.qmax), self.MIN_STEP))
         grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)
         return torch._fake_quantize_learnable_per_tensor_affine(
-            x, self.scale, self.zero_point.float(), self.qmin, self.qmax, grad_factor
+            x, self.step(), self.zero_point.float(), self.qmin, self.qmax, grad_factor
         )
 
 
@@ -82,9 +124,15 @@ class LSQModel:
             self.quantisers[_key(name, "weight")] = LSQQuantiser(weight_bits)
             self.quantisers[_key(name, "input")] = LSQQuantiser(act_bits)
 
+    def quantiser(self, key: str) -> LSQQuantiser:
+        """The quantiser at ``key`` of :attr:`quantisers` (``<layer>/weight`` with ``/`` for dots)."""
+        q = self.quantisers[key]
+        assert isinstance(q, LSQQuantiser)
+        return q
+
     def steps(self) -> dict[str, float]:
-        """Learned steps by ``<layer>.weight`` / ``<layer>.input``."""
-        return {k.replace("/", "."): q.scale.item() for k, q in self.quantisers.items()}
+        """Effective learned steps (all > 0) by ``<layer>.weight`` / ``<layer>.input``."""
+        return {k.replace("/", "."): self.quantiser(k).step().item() for k in self.quantisers}
 
     def load_steps(self, steps: Mapping[str, float]) -> None:
         """Set the learned steps (keys as :meth:`steps` gives them, e.g. aggregated ones)."""
@@ -92,13 +140,12 @@ class LSQModel:
         if set(steps) != expected:
             missing, extra = sorted(expected - set(steps)), sorted(set(steps) - expected)
             raise ValueError(f"LSQ steps do not match the model: missing {missing}, unexpected {extra}")
-        with torch.no_grad():
-            for key, q in self.quantisers.items():
-                value = float(steps[key.replace("/", ".")])
-                if not value > 0:
-                    raise ValueError(f"LSQ step {key.replace('/', '.')!r} must be > 0, got {value}")
-                q.scale.fill_(value)
-                q.initialised.fill_(True)
+        values = {key: float(steps[key.replace("/", ".")]) for key in self.quantisers}
+        for key, value in values.items():  # check all before setting any
+            if not value > 0 or not math.isfinite(value):
+                raise ValueError(f"LSQ step {key.replace('/', '.')!r} must be finite and > 0, got {value}")
+        for key, value in values.items():
+            self.quantiser(key).set_step(value)
 
     @contextlib.contextmanager
     def _activation_hooks(self, layers: Mapping[str, nn.Module]) -> Iterator[None]:

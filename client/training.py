@@ -62,8 +62,9 @@ def train(
     start = time.perf_counter()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_params = list(qat.quantisers.parameters()) if qat is not None else []
-    optimiser = torch.optim.SGD(params + steps_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if qat is not None:  # LSQ steps: plain SGD (momentum carries steps of ~1e-3 through zero; decay would shrink them)
+        optimiser.add_param_group({"params": list(qat.quantisers.parameters()), "momentum": 0.0, "weight_decay": 0.0})
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     forward = training_forward(model, cfg.checkpointing, cfg.checkpoint_segments, qat)
     meter = ActivationMeter()

@@ -65,6 +65,8 @@ def export_fp32(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
             )
     finally:
         registry_log.setLevel(level)
+    if program is None:  # torch returns None only for the legacy (dynamo=False) exporter
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     _strip(model)
@@ -200,8 +202,8 @@ def _int_weights(q: np.ndarray, layer: str, packed: bool) -> list[onnx.TensorPro
     nibbles = (q.flatten().astype(np.uint8) & 0x0F)
     if len(nibbles) % 2:
         nibbles = np.append(nibbles, np.uint8(0))
-    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)  # ONNX: first element in the low 4 bits
-    return [helper.make_tensor(f"{layer}.weight_quantized", onnx.TensorProto.INT4, q.shape, packed.tobytes(), raw=True),
+    pairs = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)  # ONNX: first element in the low 4 bits
+    return [helper.make_tensor(f"{layer}.weight_quantized", onnx.TensorProto.INT4, q.shape, pairs.tobytes(), raw=True),
             helper.make_tensor(f"{layer}.weight_zero_point", onnx.TensorProto.INT4, [], np.zeros(1, np.uint8).tobytes(), raw=True)]
 
 

@@ -4,9 +4,18 @@ flwr-datasets partitioners work on a Hugging Face ``Dataset``; fedge hands them 
 two-column table (``label``, ``idx``) built from the task's labels and reads back the
 example indices of each partition, so any partitioner (IID, Dirichlet, pathological,
 natural id, ...) works on any in-memory task.
+
+flwr-datasets' ``NaturalIdPartitioner`` draws a tqdm bar ("Generating
+partition_id_to_indices") with no switch to turn it off (tqdm reads ``TQDM_DISABLE``
+only when it is first imported), so :func:`partition_indices` runs the partitioner
+with stderr captured and passes its warnings on.
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+import warnings
 
 import numpy as np
 from datasets import Dataset
@@ -39,15 +48,19 @@ def partition_indices(
         raise ValueError(f"{type(partitioner).__name__} splits by {wanted!r}; columns are {sorted(columns)}")
     partitioner.dataset = Dataset.from_dict(columns)
     try:
-        parts = [
-            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
-            for i in range(partitioner.num_partitions)
-        ]
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("always")
+            parts = [
+                np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+                for i in range(partitioner.num_partitions)
+            ]
     except (ValueError, IndexError) as exc:
         raise ValueError(
             f"{type(partitioner).__name__} cannot split {len(labels)} examples into "
             f"{partitioner.num_partitions} partitions ({exc}); partitions would be empty"
         ) from None
+    for w in caught:  # e.g. PathologicalPartitioner: classes left unused
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ValueError(

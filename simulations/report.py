@@ -15,8 +15,9 @@ report compares all runs given:
   rounds and one of its clients (with simulated seconds, joules, stragglers and
   offline devices when the run had device profiles).
 
-Runs are labelled by what differs between their configs (``compression=topk``,
-``strategy=FedProx``, ``seed=1``). Plots use matplotlib's ``Figure`` with the Agg
+Runs are labelled by what they are (``digits/fedavg/topk qat8 dev=phone``: task,
+strategy, codec, QAT bits, device profiles) and any other config value that differs
+between them (``seed=1``). Legends sit below the axes, outside them. Plots use matplotlib's ``Figure`` with the Agg
 canvas: no display needed.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _group_name(config: dict[str, Any], group: str) -> str:
-    node = config.get(group, {})
+    node = config.get(group) or {}
     if "name" in node:
         return str(node["name"])
     if "_target_" in node:
@@ -128,108 +129,144 @@ def _group_name(config: dict[str, Any], group: str) -> str:
     return ""
 
 
+#: Groups a label names by their name (task class, strategy class, codec, device file).
+NAMED_GROUPS = ("task", "strategy", "compression", "device")
+#: Keys a label shows as ``qat<bits>`` (``a<act_bits>`` when not 8).
+QAT_KEYS = ("client.qat.bits", "client.qat.act_bits")
+
+
+def describe(config: dict[str, Any]) -> str:
+    """What a run is, e.g. ``digits/fedavg/topk qat8 dev=mix_wearable_phone_gateway``.
+
+    Task (class name less ``Task``), strategy and compression codec, then the QAT bits
+    (``qat4a6``: 4-bit weights, 6-bit activations) and device profiles when set.
+    """
+    task = _group_name(config, "task").removesuffix("Task").lower()
+    strategy = _group_name(config, "strategy").lower()
+    parts = ["/".join(n for n in (task, strategy, _group_name(config, "compression")) if n)]
+    qat = (config.get("client") or {}).get("qat") or {}
+    if qat.get("bits"):
+        act = qat.get("act_bits", 8)
+        parts.append(f"qat{qat['bits']}" + (f"a{act}" if act != 8 else ""))
+    device = _group_name(config, "device")
+    if device and device != "none":
+        parts.append(f"dev={device}")
+    return " ".join(p for p in parts if p)
+
+
 def run_labels(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Short labels: the config values that differ between runs, a group by its name."""
+    """Labels: :func:`describe` of each run, then the other config values that differ between runs.
+
+    A group whose name differs between runs (``compression=none`` vs ``topk``) is told
+    apart by :func:`describe` alone; its other keys are not listed.
+    """
     flats = [_flatten(c) for c in configs]
-    keys = sorted({k for f in flats for k in f} - IGNORED_KEYS)
+    keys = sorted({k for f in flats for k in f} - IGNORED_KEYS - set(QAT_KEYS))
     differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    renamed = {g for g in NAMED_GROUPS if len({_group_name(c, g) for c in configs}) > 1}
     labels = []
     for config, flat in zip(configs, flats):
-        parts: dict[str, str] = {}
-        for key in differing:
-            group = key.split(".", 1)[0]
-            name = _group_name(config, group) if "." in key else ""
-            if name:
-                parts.setdefault(group, f"{group}={name}")
-            else:
-                parts.setdefault(key, f"{key}={flat.get(key)}")
-        labels.append(", ".join(parts.values()))
-    if len(configs) <= 1 or not differing:
-        labels = [
-            " / ".join(n for n in (_group_name(c, "task"), _group_name(c, "strategy"), _group_name(c, "compression")) if n)
-            or f"run {i}"
-            for i, c in enumerate(configs)
-        ]
+        extras = [f"{k}={flat.get(k)}" for k in differing if k.split(".", 1)[0] not in renamed]
+        labels.append(" ".join([describe(config) or "run", *extras]))
     if len(set(labels)) < len(labels):  # same config twice: tell them apart by position
         labels = [f"{label} #{i}" for i, label in enumerate(labels)]
     return labels
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def plot_accuracy_vs_round(runs: Sequence[Run], path: Path) -> Path:
+def _legend_below(fig: Any, ax: Any, runs: int) -> None:
+    """One legend under the axes, outside them: it covers no curve and grows the figure, not the plot.
+
+    One column for up to 3 runs (labels can be long), two above; saved with
+    ``bbox_inches="tight"`` so nothing is clipped.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=1 if runs <= 3 else 2, fontsize="small")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def plot_accuracy(
+    runs: Sequence[Run], path: Path, key: str, xlabel: str, x_of: Callable[[Run], Sequence[float]], xscale: str = "linear"
+) -> Path:
+    """Central test accuracy of each run (one line each) against ``x_of(run)`` (one x per round record).
+
+    ``key`` names the plot in :data:`PLOTS` (its title). Runs without the x values
+    (``x_of`` returns ``[]``) are left out.
+    """
     fig = _figure()
     ax = fig.subplots()
     for run in runs:
-        ax.plot([r["round"] for r in run.rounds], [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
-    ax.set(xlabel="round", ylabel="central test accuracy", title=PLOTS["accuracy_vs_round"])
+        xs = x_of(run)
+        if xs:
+            ax.plot(xs, [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
+    ax.set(xlabel=xlabel, ylabel="central test accuracy", title=PLOTS[key])
+    if xscale == "symlog":
+        ax.set_xscale("symlog", linthresh=0.01)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path)
-    return path
+    _legend_below(fig, ax, len(runs))
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_round(runs: Sequence[Run], path: Path) -> Path:
+    return plot_accuracy(runs, path, "accuracy_vs_round", "round", lambda run: [r["round"] for r in run.rounds])
 
 
 def plot_accuracy_vs_uplink(runs: Sequence[Run], path: Path) -> Path:
-    fig = _figure()
-    ax = fig.subplots()
-    for run in runs:
-        ax.plot(run.cumulative_uplink_mb(), [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
-    ax.set(xlabel="cumulative uplink (MB, serialised updates)", ylabel="central test accuracy")
-    ax.set_title(PLOTS["accuracy_vs_uplink"])
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path)
-    return path
+    return plot_accuracy(runs, path, "accuracy_vs_uplink", "cumulative uplink (MB, serialised updates)",
+                         Run.cumulative_uplink_mb, xscale="symlog")
 
 
 def plot_accuracy_vs_sim_time(runs: Sequence[Run], path: Path) -> Path:
-    fig = _figure()
-    ax = fig.subplots()
-    for run in runs:
-        if run.simulated:
-            ax.plot(run.cumulative_sim_s(), [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
-    ax.set(xlabel="cumulative simulated round time (s, device profiles)", ylabel="central test accuracy")
-    ax.set_title(PLOTS["accuracy_vs_sim_time"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path)
-    return path
+    return plot_accuracy(runs, path, "accuracy_vs_sim_time", "cumulative simulated round time (s, device profiles)",
+                         lambda run: run.cumulative_sim_s() if run.simulated else [])
+
+
+#: The panels of ``clients.png``: (per-client field, scale to KB, y label, title). All on log scales.
+CLIENT_PANELS = (
+    ("uplink_bytes", 1 / KB, "uplink KB", "bytes each client sent over the run (serialised updates)"),
+    ("downlink_bytes", 1 / KB, "downlink KB", "bytes each client received (serialised tasks)"),
+    ("compute_s", 1.0, "seconds",
+     "training seconds per client (measured on this machine; simulated device time: report.md)"),
+)
 
 
 def plot_clients(runs: Sequence[Run], path: Path) -> Path:
+    """Grouped bars per client: uplink KB, downlink KB, training seconds; one bar colour per run.
+
+    All three panels use a log y axis (compression makes uplink bytes differ 100x
+    between runs; one scale for all panels so heights read alike).
+    """
     fig = _figure(9.0, 8.0)
-    up_ax, down_ax, compute_ax = fig.subplots(3, 1, sharex=True)
+    axes = fig.subplots(len(CLIENT_PANELS), 1, sharex=True)
     nodes = sorted({int(n) for run in runs for n in run.results.get("clients", {})})
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         clients = run.results.get("clients", {})
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(nodes))]
         per_node = [clients.get(str(n), {}) for n in nodes]
-        up_ax.bar(xs, [c.get("uplink_bytes", 0) / KB for c in per_node], width, label=run.label)
-        down_ax.bar(xs, [c.get("downlink_bytes", 0) / KB for c in per_node], width, label=run.label)
-        compute_ax.bar(xs, [c.get("compute_s", 0.0) for c in per_node], width, label=run.label)
-    up_ax.set(ylabel="uplink KB (log)", yscale="log", title="bytes each client sent over the run (serialised updates)")
-    sent = [b.get_height() for b in up_ax.patches if b.get_height() > 0]
-    if sent:
-        up_ax.set_ylim(min(sent) / 3, max(sent) * 3)
-    down_ax.set(ylabel="downlink KB", title="bytes each client received (serialised tasks)")
-    compute_ax.set(
-        xlabel="client (node id)",
-        ylabel="seconds",
-        title="training seconds per client (measured on this machine; simulated device time: report.md)",
-    )
-    compute_ax.set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
-    for ax in (up_ax, down_ax, compute_ax):
+        for ax, (field, scale, _, _) in zip(axes, CLIENT_PANELS):
+            ax.bar(xs, [c.get(field, 0) * scale for c in per_node], width, label=run.label)
+    for ax, (_, _, ylabel, title) in zip(axes, CLIENT_PANELS):
+        ax.set(ylabel=f"{ylabel} (log)", yscale="log", title=title)
+        heights = [b.get_height() for b in ax.patches if b.get_height() > 0]
+        if heights:
+            ax.set_ylim(min(heights) / 3, max(heights) * 3)
         ax.grid(alpha=0.3, axis="y")
+    axes[-1].set_xlabel("client (node id)")
+    axes[-1].set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
     if nodes:
-        fig.legend(*up_ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(len(runs), 4), fontsize="small")
-    fig.savefig(path)
-    return path
+        _legend_below(fig, axes[0], len(runs))
+    return _save(fig, path)
 
 
 def _summary_row(run: Run, simulated: bool) -> list[str]:
@@ -288,7 +325,8 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
     for key, image in images.items():
         parts += [f"![{PLOTS[key]}]({os.path.relpath(image, out_dir)})", ""]
     for run in runs:
-        parts += [f"## {run.label}", "", f"`{os.path.relpath(run.path, out_dir)}`", ""]
+        results = os.path.relpath(run.path / "results.json", out_dir)
+        parts += [f"## {run.label}", "", f"Run: [{results}]({results})", ""]
         header = ["round", "accuracy", "loss", "uplink KB", "downlink KB", "replies", "failures", "wall s"]
         parts.append(
             _table(
@@ -328,12 +366,12 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
 
     ``out_dir`` defaults to the one directory given, or the common parent of several.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    dirs = [Path(p) for p in paths]
+    if not dirs:
         raise ValueError("no run directory given")
-    runs = load_runs(paths)
+    runs = load_runs(dirs)
     if out_dir is None:
-        out_dir = paths[0] if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
+        out_dir = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([str(p.resolve()) for p in dirs]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = {

@@ -67,6 +67,12 @@ class FederatedTask(ABC):
         return nn.functional.cross_entropy(logits, target)
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``0 < value < 1`` (e.g. a held-out test fraction)."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: FederatedTask, split: Split, batch_size: int = 512) -> tuple[float, float]:
     """Mean loss and accuracy (fraction in [0, 1]) of ``model`` on ``split``."""

@@ -1,4 +1,4 @@
-"""``digits``: scikit-learn's handwritten digits with a small CNN.
+"""``digits``: scikit-learn's handwritten digits with a small CNN (:class:`SmallCNN`, 3x3 kernels).
 
 Source: ``sklearn.datasets.load_digits`` (ships inside the scikit-learn wheel, BSD-3),
 1,797 grey images of 8x8 pixels (values 0..16), 10 classes, no writer ids. A seeded,
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from fedge.tasks.base import FederatedTask, Split, TaskData
-from fedge.tasks.models import EdgeMobileNet
+from fedge.tasks.base import FederatedTask, Split, TaskData, check_fraction
+from fedge.tasks.models import EdgeMobileNet, SmallCNN
 
 #: Models ``task.model`` may name: the small CNN or the deep MobileNet-style net.
 MODEL_KINDS = ("cnn", "mobilenet")
@@ -22,42 +22,18 @@ MODEL_KINDS = ("cnn", "mobilenet")
 PIXEL_MEAN, PIXEL_STD = 0.3054, 0.3761
 
 
-class DigitsCNN(nn.Module):
-    """Two 3x3 conv layers and two linear layers for (N, 1, 8, 8) inputs; ~38k weights."""
-
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * 4 * 4, 64),
-            nn.ReLU(),
-            nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x):  # noqa: D102 - (N, 1, 8, 8) -> (N, num_classes) logits
-        return self.classifier(self.features(x))
-
-
 class DigitsTask(FederatedTask):
     """8x8 handwritten digits, 10 classes."""
 
     name = "digits"
     num_classes = 10
-    input_shape = (1, 8, 8)  # one example, as the model takes it
-
-    #: Shape of one example, (C, H, W).
-    input_shape = (1, 8, 8)
+    #: Shape of one example, (C, H, W), as the model takes it.
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    #: :class:`SmallCNN`'s kernel size and number of 2x2 poolings for this input size.
+    cnn_kernel, cnn_pools = 3, 1
 
     def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16, model: str = "cnn") -> None:
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        check_fraction("test_fraction", test_fraction)
         if model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {MODEL_KINDS}, got {model!r}")
         self.model = model
@@ -85,4 +61,4 @@ class DigitsTask(FederatedTask):
     def build_model(self) -> nn.Module:
         if self.model == "mobilenet":
             return EdgeMobileNet(self.input_shape, self.num_classes, self.width)
-        return DigitsCNN(self.num_classes, self.width)
+        return SmallCNN(self.input_shape, self.num_classes, self.width, self.cnn_kernel, self.cnn_pools)

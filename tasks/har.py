@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from fedge.tasks.base import FederatedTask, Split, TaskData
+from fedge.tasks.base import FederatedTask, Split, TaskData, check_fraction
 
 #: Per-channel mean and standard deviation over all 244,102 steps (ax, ay, az, wx, wy, wz).
 CHANNEL_MEAN = np.array([-0.0076, 0.3794, -0.147, 0.0253, -0.0015, 0.0118], dtype=np.float32)
@@ -83,8 +83,7 @@ class HarTask(FederatedTask):
             raise ValueError(f"window must be >= 8 time steps, got {window}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        check_fraction("test_fraction", test_fraction)
         self.window = window
         self.stride = stride
         self.test_fraction = test_fraction

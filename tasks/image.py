@@ -13,14 +13,15 @@ A seeded, stratified ``test_fraction`` (default 0.2: 4,000 train / 1,000 test) i
 out for central evaluation. Pixels are scaled to [0, 1] and standardised with the
 sample's mean and standard deviation below; inputs are ``(N, 1, 28, 28)`` float32.
 
-Model: :class:`ImageCNN`, two conv blocks and two linear layers; with ``width=16``,
-114,314 parameters (457 KB as float32), a phone- or camera-class model.
+Model: :class:`fedge.tasks.models.SmallCNN` with 5x5 kernels and a 2x2 pooling after
+each of its two conv blocks, then two linear layers; with ``width=16``, 114,314
+parameters (457 KB as float32), a phone- or camera-class model. ``task.model=mobilenet``
+builds the deep :class:`fedge.tasks.models.EdgeMobileNet` instead, as for ``digits``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from fedge.tasks.digits import DigitsTask
 
@@ -29,36 +30,13 @@ PIXEL_MEAN, PIXEL_STD = 0.1313, 0.3086
 SIDE = 28
 
 
-class ImageCNN(nn.Module):
-    """(N, 1, 28, 28) -> (N, num_classes): conv5-pool, conv5-pool, linear, linear."""
-
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * (SIDE // 4) ** 2, 64),
-            nn.ReLU(),
-            nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x):  # noqa: D102 - (N, 1, 28, 28) -> (N, num_classes) logits
-        return self.classifier(self.features(x))
-
-
 class ImageTask(DigitsTask):
     """28x28 handwritten digits (MNIST sample), 10 classes; split and settings as ``digits``."""
 
     name = "image"
     num_classes = 10
     input_shape = (1, SIDE, SIDE)  # one example, as the model takes it (not digits' 8x8)
+    cnn_kernel, cnn_pools = 5, 2
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -69,6 +47,3 @@ class ImageTask(DigitsTask):
         pixels, labels = mnist_data()
         x = ((pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, SIDE, SIDE)
         return x, labels.astype(np.int64)
-
-    def build_model(self) -> nn.Module:
-        return ImageCNN(self.num_classes, self.width)

@@ -164,23 +164,11 @@ def test_index_coding_is_within_ten_percent_of_the_floor(density):
 
 def test_index_coding_bound_on_real_topk_sets_from_training():
     """Top-1% positions of real training deltas (digits CNN) are clustered, not random."""
-    import torch
+    from bench.training_delta import digits_training_delta
 
-    from fedge.client import TrainConfig
-    from fedge.client.model_io import model_arrays
-    from fedge.client.training import train
-    from fedge.tasks.digits import DigitsTask
-
-    task = DigitsTask()
-    data = task.load()
-    torch.manual_seed(0)
-    model = task.build_model()
-    before = model_arrays(model)
-    train(model, task, data.train.subset(np.arange(400)), TrainConfig(local_epochs=1), np.random.default_rng(0))
-    after = model_arrays(model)
     checked = 0
-    for name in before:
-        delta = (after[name] - before[name]).ravel()
+    for name, tensor_delta in digits_training_delta(examples=400).items():
+        delta = tensor_delta.ravel()
         if delta.size < 1000:
             continue
         k = max(1, delta.size // 100)

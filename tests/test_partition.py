@@ -51,3 +51,20 @@ def test_empty_partition_is_a_clear_error(labels):
 
     with pytest.raises(ValueError, match="empty"):
         partition_indices(labels[:3], IidPartitioner(5))
+
+
+def test_natural_id_partitioning_draws_no_progress_bar(capfd):
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    groups = np.repeat(np.arange(4), 50)
+    parts = partition_indices(np.zeros(200, dtype=np.int64), NaturalIdPartitioner("group"), groups)
+    assert sorted(len(p) for p in parts) == [50] * 4
+    out, err = capfd.readouterr()
+    assert "partition_id_to_indices" not in out + err and "it/s" not in err, err
+
+
+def test_partitioner_warnings_still_reach_the_user(labels):
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    with pytest.warns(UserWarning, match="will NOT be used"):
+        partition_indices(labels, PathologicalPartitioner(5, "label", 2, seed=0))

@@ -50,7 +50,7 @@ def test_sweep_ends_with_one_report_comparing_its_runs(sweep):
     assert reports == [sweep_dir / "report.md"], reports
     assert f"sweep report: {sweep_dir / 'report.md'}" in proc.stdout
     text = reports[0].read_text()
-    for label in ("compression=none", "compression=fp16", "compression=topk"):
+    for label in ("digits/fedavg/none", "digits/fedavg/fp16", "digits/fedavg/topk"):
         assert f"## {label}" in text  # a table per run
         assert f"| {label} | 2 |" in text  # a row in the summary table
     for png in PNGS:
@@ -96,7 +96,7 @@ def test_fedge_report_cli_on_run_dirs(sweep, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "## compression=none" in text and "## compression=topk" in text and "fp16" not in text
+    assert "## digits/fedavg/none" in text and "## digits/fedavg/topk" in text and "fp16" not in text
     for png in PNGS:
         assert_real_png(tmp_path / "out" / png)
 
@@ -107,14 +107,19 @@ def test_fedge_report_names_a_missing_run(tmp_path):
     assert "no results.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_labels_name_what_differs():
-    base = {"task": {"_target_": "x.DigitsTask"}, "strategy": {"_target_": "flwr.FedAvg"}, "compression": {"name": "none", "codec": "fp32"}, "seed": 0}
+def test_labels_name_the_run_and_what_differs():
+    base = {"task": {"_target_": "x.DigitsTask"}, "strategy": {"_target_": "flwr.FedAvg"}, "compression": {"name": "none", "codec": "fp32"},
+            "client": {"lr": 0.05, "qat": {"bits": 0, "act_bits": 8}}, "device": {"name": "none"}, "seed": 0}
     topk = {**base, "compression": {"name": "topk", "codec": "topk"}}
     prox = {**base, "strategy": {"_target_": "flwr.FedProx", "proximal_mu": 0.1}, "seed": 1}
-    assert run_labels([base, topk]) == ["compression=none", "compression=topk"]
-    assert run_labels([base, prox]) == ["seed=0, strategy=FedAvg", "seed=1, strategy=FedProx"]
-    assert run_labels([base]) == ["DigitsTask / FedAvg / none"]
-    assert run_labels([base, base]) == ["DigitsTask / FedAvg / none #0", "DigitsTask / FedAvg / none #1"]
+    qat = {**base, "client": {"lr": 0.1, "qat": {"bits": 4, "act_bits": 6}},
+           "device": {"name": "mix", "profiles": {"phone": {"samples_per_s": 1}}}}
+    assert run_labels([base, topk]) == ["digits/fedavg/none", "digits/fedavg/topk"]
+    assert run_labels([base, prox]) == ["digits/fedavg/none seed=0", "digits/fedprox/none seed=1"]
+    assert run_labels([base, qat]) == ["digits/fedavg/none client.lr=0.05", "digits/fedavg/none qat4a6 dev=mix client.lr=0.1"]
+    assert run_labels([{**base, "client": {"qat": {"bits": 8, "act_bits": 8}}}]) == ["digits/fedavg/none qat8"]
+    assert run_labels([base]) == ["digits/fedavg/none"]
+    assert run_labels([base, base]) == ["digits/fedavg/none #0", "digits/fedavg/none #1"]
 
 
 def test_make_report_rejects_runs_without_rounds(tmp_path):
