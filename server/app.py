@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -35,6 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.config import TrainConfig
 from fedge.client.qat import final_steps
+from fedge.conf.checks import check_strategy
+from fedge.conf.cli import HydraApp
+from fedge.conf.cli import run as run_app
 from fedge.server.checkpoint import fingerprint
 from fedge.server.config import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
@@ -149,14 +151,10 @@ def _write_results(out_dir: Path, cfg: DictConfig, result: FederationResult, str
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = serve(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"fedge-server: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except TimeoutError as exc:
         print(f"fedge-server: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -164,9 +162,31 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point (``fedge-server``)."""
-    sys.argv = [sys.argv[0], *(FLAGS.get(arg, arg) for arg in sys.argv[1:])]
-    _hydra_main()
+    """Console entry point (``fedge-server``): overrides are checked before anything runs."""
+
+    def check(cfg: DictConfig) -> None:
+        logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+        check_strategy(cfg)
+        build_strategy(cfg)
+
+    run_app(HydraApp(
+        prog="fedge-server",
+        job=_hydra_main,
+        summary="Coordinate a federation of real devices over gRPC (mTLS): wait for "
+                "num_clients devices (fedge-client), run the configured Flower strategy for "
+                "the given rounds, and checkpoint after every round.",
+        examples=[
+            "fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20",
+            "fedge-server --resume server.certs=certs num_clients=20    # after a crash",
+            "fedge-server --insecure server.address=127.0.0.1:8443     # loopback only",
+        ],
+        writes="results.json and final_model.npz (checkpoints: server.checkpoint_dir)",
+        hidden_groups=["partition", "backend", "device"],  # fedge-sim's: data splits, workers, simulated devices
+        knobs=["server.address", "server.certs", "server.checkpoint_dir", "server.round_timeout_s", "client.lr"],
+        config_errors=(ConfigError, FileNotFoundError),  # FileNotFoundError: server.certs
+        check=check,
+        flags=FLAGS,
+    ))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -27,6 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fedge.client.config import TrainConfig
+from fedge.conf.checks import check_strategy
+from fedge.conf.cli import HydraApp
+from fedge.conf.cli import run as run_app
 from fedge.client.qat import final_steps
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
@@ -36,7 +38,7 @@ from fedge.simulations.compression import compression_setup
 from fedge.simulations.config import register_configs
 from fedge.simulations.devices import device_simulator, fleet_profiles
 from fedge.simulations.partition import partition_indices
-from fedge.simulations.progress import RoundProgress, summary_table
+from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.simulations.report import make_report
 from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask
@@ -157,7 +159,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         np.savez(out_dir / "final_model.npz", **weights)
     if cfg.progress:
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
-    console.print(f"final accuracy: {result.final.accuracy:.4f}" + (f"  (results: {results_path})" if results_path else ""))
+    print_outcome(console, result.final.accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
 
 
@@ -174,22 +176,39 @@ def _client_totals(grid: object) -> dict[str, dict]:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    try:
-        outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as exc:
-        print(f"fedge-sim: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final.accuracy
 
 
 def main() -> None:
-    """Console entry point (``fedge-sim``)."""
-    _hydra_main()
+    """Console entry point (``fedge-sim``): overrides are checked before anything runs."""
+
+    def check(cfg: DictConfig) -> None:
+        logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+        _check(cfg)
+        check_strategy(cfg)
+        build_strategy(cfg)
+
+    run_app(HydraApp(
+        prog="fedge-sim",
+        job=_hydra_main,
+        summary="Run a federated-learning experiment on this machine: simulated clients train "
+                "the task's model on their partitions, and a Flower strategy aggregates their "
+                "(optionally compressed) updates round by round.",
+        examples=[
+            "fedge-sim strategy=fedadam partition=iid num_clients=20 rounds=5",
+            "fedge-sim task=har partition=natural compression=topk device=phone",
+            "fedge-sim -m compression=none,fp16,topk     # one report comparing 3 runs",
+        ],
+        writes="results.json, final_model.npz, report.md and plots",
+        knobs=["client.lr", "client.local_epochs", "strategy.fraction_train", "partition.alpha"],
+        config_errors=(ConfigError,),
+        check=check,
+    ))
 
 
 if __name__ == "__main__":
