@@ -64,6 +64,8 @@ EXIT_CONFIG = 2
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 #: Hydra flags after which fedge hands the command line to Hydra untouched.
 HYDRA_ONLY = ("hydra_help", "info", "shell_completion", "config_path", "config_name", "config_dir", "experimental_rerun")
+#: Hydra's modes, one per command.
+MODES = ("run", "multirun", "cfg", "info", "shell_completion")
 #: At most this many lines of one error message reach the terminal.
 MAX_ERROR_LINES = 8
 
@@ -108,7 +110,10 @@ def run(app: HydraApp, argv: Sequence[str] | None = None) -> None:
     if parsed.help:
         print(help_text(app))
         sys.exit(0)
-    existing: set[Path] = set()
+    if sum(bool(getattr(parsed, mode)) for mode in MODES) > 1:
+        print(f"{app.prog}: use only one of --run, --multirun, --cfg, --info, --shell-completion", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    existing: set[Path] | None = None  # folders there before the run (None: not known)
     if not any(getattr(parsed, name) for name in HYDRA_ONLY):
         try:
             hydra_cfg = check_overrides(app, parsed.overrides, multirun=parsed.multirun, semantic=parsed.cfg is None)
@@ -144,15 +149,9 @@ def check_overrides(app: HydraApp, overrides: Sequence[str], multirun: bool = Fa
     ``multirun`` each value of a sweep is composed in turn (the others at their first
     value). Returns the first composed config, with its ``hydra`` node.
     """
-    parser = OverridesParser.create()
-    parsed: list[Override] = []
-    for line in overrides:
-        try:
-            parsed += parser.parse_overrides([line])
-        except OverrideParseException as exc:
-            raise ConfigurationError(_override_key(line), f"cannot read {line!r}: {_first_line(str(exc), 'bad syntax')}") from None
     first: DictConfig | None = None
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=app.prog):
+        parsed = _parse_overrides(overrides)
         for variant in _variants(parsed) if multirun else [list(overrides)]:
             cfg = _compose(app, variant, parsed)
             _check_additions(app, variant, parsed)
@@ -167,15 +166,28 @@ def check_overrides(app: HydraApp, overrides: Sequence[str], multirun: bool = Fa
     return first
 
 
+def _parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    """Hydra's reading of each override (glob sweeps see the config groups)."""
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    parsed: list[Override] = []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except OverrideParseException as exc:
+            raise ConfigurationError(_override_key(line), f"cannot read {line!r}: {_first_line(str(exc), 'bad syntax')}") from None
+    return parsed
+
+
 def _variants(parsed: list[Override]) -> Iterator[list[str]]:
-    """Override lists covering every value of every sweep (the others at their first)."""
-    sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_discrete_sweep() and not o.value_type.name.startswith("GLOB")}  # type: ignore[union-attr]
+    """Override lists covering every value of every sweep (the others at their first);
+    an interval sweep (for optimising sweepers) is left to Hydra as written."""
+    sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_discrete_sweep()}
     base = [f"{o.get_key_element()}={sweeps[i][0]}" if i in sweeps else (o.input_line or "") for i, o in enumerate(parsed)]
-    base = [line for i, line in enumerate(base) if not parsed[i].is_interval_sweep()]
-    yield base
+    base = [line if not parsed[i].is_interval_sweep() else "" for i, line in enumerate(base)]
+    yield [line for line in base if line]
     for i, values in sweeps.items():
         for value in values[1:]:
-            yield [f"{parsed[i].get_key_element()}={value}" if j == i else line for j, line in enumerate(base)]
+            yield [f"{parsed[i].get_key_element()}={value}" if j == i else line for j, line in enumerate(base) if line]
 
 
 def _compose(app: HydraApp, overrides: list[str], parsed: list[Override]) -> DictConfig:
@@ -200,7 +212,7 @@ def _explain(app: HydraApp, exc: BaseException, parsed: list[Override]) -> Confi
         return ConfigurationError(match.group(1), "already set; leave out the '+' to change it")
     if match := re.search(r"Could not delete from config. (?:The value of )?'?([\w.]+)'?", text):
         return ConfigurationError(match.group(1), _first_line(text, "cannot delete"))
-    if match := re.search(r"Ambiguous value for argument '([^'=]+)=", text):
+    if match := re.search(r"(?:Ambiguous value for argument|Sweep parameters) '([^'=]+)=", text):
         return ConfigurationError(match.group(1), "several values: add -m to run one job per value")
     if match := re.search(r"Error merging override ([^\s=]+)=", text):
         key = match.group(1).lstrip("+~")
@@ -353,7 +365,7 @@ def _parse(args: Sequence[str]) -> argparse.Namespace:
 # ------------------------------------------------------------------- rejected runs
 
 
-def _guarded(app: HydraApp, existing: set[Path]) -> Callable[[DictConfig], Any]:
+def _guarded(app: HydraApp, existing: set[Path] | None) -> Callable[[DictConfig], Any]:
     """``app.job`` refusing its config in fedge's style, leaving no run directory."""
 
     @functools.wraps(app.job)  # keeps the job's module: Hydra names the job (and its log) after it
@@ -376,23 +388,26 @@ def _existing_dirs(cfg: DictConfig) -> set[Path]:
     return existing
 
 
-def _remove_rejected_run(existing: set[Path]) -> None:
-    """Remove what Hydra wrote for the running job, and the folders this run created."""
+def _remove_rejected_run(existing: set[Path] | None) -> None:
+    """Remove what Hydra wrote for the running job, and the folders this run created:
+    empty ones not in ``existing``, inside the working directory (with ``existing``
+    unknown, only the job's own folder). The working directory itself always stays."""
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir).absolute()
+    cwd = Path.cwd().absolute()
+    keep = {*(existing or ()), cwd, *cwd.parents}
     for name in [*HYDRA_FILES, f"{hydra_cfg.job.name}.log"]:
         (out / name).unlink(missing_ok=True)
-    _rmdir(out / ".hydra")
-    if hydra_cfg.mode == RunMode.MULTIRUN:
+    folders = [out / ".hydra", out]
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder: only if this job was its first
         sweep = Path(hydra_cfg.sweep.dir).absolute()
-        if _rmdir(out) and sweep not in existing and [p.name for p in sweep.iterdir()] == ["multirun.yaml"]:
+        folders.append(sweep)
+        if out not in keep and _rmdir(out / ".hydra") and _rmdir(out) and sweep not in keep and [p.name for p in sweep.iterdir()] == ["multirun.yaml"]:
             (sweep / "multirun.yaml").unlink()
-        out = sweep
-    if not _rmdir(out):
-        return
-    cwd = Path.cwd().absolute()
-    for parent in out.parents:  # created by this run on the way to it, inside the cwd
-        if parent == cwd or cwd not in parent.parents or parent in existing or not _rmdir(parent):
+    if existing is not None:
+        folders += [p for p in folders[-1].parents if cwd in p.parents]
+    for folder in folders:
+        if folder in keep or not _rmdir(folder):
             return
 
 

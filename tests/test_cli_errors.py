@@ -69,8 +69,10 @@ def test_a_sweep_is_checked_value_by_value_before_any_job_runs(tmp_path):
     assert_refused(proc, tmp_path, PREFIX, "rounds must be >= 1, got 0")
 
 
-def test_several_values_without_multirun_say_how(tmp_path):
-    assert_refused(run(tmp_path, FEDGE_SIM, "rounds=1,2"), tmp_path, PREFIX, "rounds:", "-m")
+@pytest.mark.parametrize("sweep", ["rounds=1,2", "compression=glob(q*)"])
+def test_several_values_without_multirun_say_how(tmp_path, sweep):
+    key = sweep.split("=")[0]
+    assert_refused(run(tmp_path, FEDGE_SIM, sweep), tmp_path, PREFIX, f"{key}: several values", "-m")
 
 
 def test_a_config_the_job_refuses_leaves_no_output_directory(tmp_path):
@@ -78,6 +80,13 @@ def test_a_config_the_job_refuses_leaves_no_output_directory(tmp_path):
     has made outputs/<date>/<time>/ by then; the refusal removes what it wrote."""
     proc = run(tmp_path, FEDGE_SIM, "partition=natural", "rounds=1", "progress=false", "backend.num_workers=0")
     assert_refused(proc, tmp_path, PREFIX, "partition:", "no natural ids")
+
+
+def test_a_sweep_job_the_job_refuses_leaves_no_sweep_directory(tmp_path):
+    proc = run(tmp_path, FEDGE_SIM, "-m", "partition=natural,iid", "rounds=1", "progress=false", "backend.num_workers=0")
+    assert proc.returncode == 2, proc.stderr
+    assert "partition:" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_refused_run_keeps_what_was_there(tmp_path):
