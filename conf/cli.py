@@ -217,7 +217,7 @@ def _explain(app: HydraApp, exc: BaseException, parsed: list[Override]) -> Confi
     if match := re.search(r"Error merging override ([^\s=]+)=", text):
         key = match.group(1).lstrip("+~")
         what = _first_line(cause or text, "bad value")
-        if "is not in struct" in what or "Key '" in what and "not in" in what:
+        if "is not in struct" in what or ("Key '" in what and "not in" in what):
             return _unknown(app, key, parsed)
         return ConfigurationError(key, what)
     full_key = re.search(r"full_key: (\S+)", cause or text)
