@@ -1,7 +1,8 @@
-"""``fedge-server``: the Hydra entry point of :func:`fedge.server.serve.serve`.
+"""``fedge-server``: the command line of :func:`fedge.server.serve.serve`.
 
-``--resume`` and ``--insecure`` are shorthands for ``server.resume=true`` and
-``server.insecure=true``.
+Overrides are checked before anything is written (:mod:`fedge.conf.cli`, shared with
+``fedge-sim``). ``--resume`` and ``--insecure`` are shorthands for
+``server.resume=true`` and ``server.insecure=true``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedge.conf.build import ConfigError
+from fedge.conf.build import ConfigError, build_strategy
+from fedge.conf.checks import check_strategy
+from fedge.conf.cli import HydraApp
+from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
 from fedge.server.serve import serve
 
@@ -23,24 +26,45 @@ FLAGS = {"--resume": "server.resume=true", "--insecure": "server.insecure=true"}
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _job(cfg: DictConfig) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = serve(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"fedge-server: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except TimeoutError as exc:
         print(f"fedge-server: {exc}", file=sys.stderr)
         sys.exit(1)
     return result.final.accuracy
 
 
+def _check(cfg: DictConfig) -> None:
+    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+    check_strategy(cfg)
+    build_strategy(cfg)
+
+
+APP = HydraApp(
+    prog="fedge-server",
+    job=_job,
+    summary="Coordinate a federation of real devices over gRPC (mTLS): wait for "
+            "num_clients devices (fedge-client), run the configured Flower strategy for "
+            "the given rounds, and checkpoint after every round.",
+    examples=[
+        "fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20",
+        "fedge-server --resume server.certs=certs num_clients=20    # after a crash",
+        "fedge-server --insecure server.address=127.0.0.1:8443     # loopback only",
+    ],
+    writes="results.json and final_model.npz (checkpoints: server.checkpoint_dir)",
+    hidden_groups=["partition", "backend", "device"],  # fedge-sim's: data splits, workers, simulated devices
+    knobs=["server.address", "server.certs", "server.checkpoint_dir", "server.round_timeout_s", "client.lr"],
+    config_errors=(ConfigError, FileNotFoundError),  # FileNotFoundError: server.certs
+    check=_check,
+    flags=FLAGS,
+)
+
+
 def main() -> None:
-    """Console entry point (``fedge-server``)."""
-    sys.argv = [sys.argv[0], *(FLAGS.get(arg, arg) for arg in sys.argv[1:])]
-    _hydra_main()
+    """Console entry point (``fedge-server``): overrides are checked before anything runs."""
+    run_app(APP)
 
 
 if __name__ == "__main__":

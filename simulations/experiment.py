@@ -37,7 +37,7 @@ from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
-from fedge.simulations.progress import RoundProgress, summary_table
+from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
@@ -52,7 +52,8 @@ class SimulationOutcome:
     results_path: Path | None
 
 
-def _check(cfg: DictConfig) -> None:
+def check_experiment(cfg: DictConfig) -> None:
+    """Refuse settings no run can use (the CLI calls this before Hydra writes anything)."""
     if cfg.num_clients < 2:
         raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
     if cfg.rounds < 1:
@@ -63,7 +64,7 @@ def _check(cfg: DictConfig) -> None:
 
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
-    _check(cfg)
+    check_experiment(cfg)
     train_cfg = train_defaults(cfg)
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
@@ -115,7 +116,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         )
     if cfg.progress:
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
-    console.print(f"final accuracy: {result.final.accuracy:.4f}" + (f"  (results: {results_path})" if results_path else ""))
+    print_outcome(console, result.final.accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
 
 

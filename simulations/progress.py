@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedge.server.federation import RoundRecord
-from fedge.simulations.report import simulated_cells
+from fedge.simulations.report import SIMULATED_COLUMNS, simulated_cells
 
 MB = 1e6
+#: Rows of :func:`summary_table` (then :data:`SIMULATED_COLUMNS` with device profiles).
+SUMMARY_ROWS = ["rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"]
 
 
 class RoundProgress:
@@ -53,18 +56,14 @@ class RoundProgress:
 
 
 def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
-    """Totals of a run: final and best accuracy, bytes each way, time; with device
-    profiles also simulated seconds, joules and stragglers."""
+    """Totals of a run, one per line (so it fits 80 columns): rounds, final and best
+    accuracy, MB each way, failures, wall seconds; with device profiles also simulated
+    seconds, joules, stragglers and offline devices."""
     trained = [r for r in rounds if r.round > 0]
     simulated = any(r.sim_round_s is not None for r in trained)
-    table = Table(title=title)
-    columns = ["rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"]
-    if simulated:
-        columns += ["sim s", "energy J", "stragglers", "offline"]
-    for column in columns:
-        table.add_column(column, justify="right")
+    names = [*SUMMARY_ROWS, *(SIMULATED_COLUMNS if simulated else [])]
     final = rounds[-1]
-    row = [
+    values = [
         str(len(trained)),
         f"{final.accuracy:.4f}",
         f"{max(r.accuracy for r in rounds):.4f}",
@@ -74,6 +73,18 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
         f"{sum(r.wall_s for r in trained):.1f}",
     ]
     if simulated:
-        row += simulated_cells([asdict(r) for r in trained])
-    table.add_row(*row)
+        values += simulated_cells([asdict(r) for r in trained])
+    table = Table(title=title, show_header=False, min_width=min(len(title), 80))
+    table.add_column("total", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    for name, value in zip(names, values):
+        table.add_row(name, value)
     return table
+
+
+def print_outcome(console: Console, accuracy: float, results_path: Path | None) -> None:
+    """The last lines of a run: final accuracy, then the results path on a line of its
+    own, never broken inside a name (a narrow terminal wraps it whole)."""
+    console.print(f"final accuracy: {accuracy:.4f}")
+    if results_path is not None:
+        console.print(f"results: {results_path}", soft_wrap=True, markup=False, highlight=False)

@@ -1,45 +1,67 @@
-"""``fedge-sim``: the Hydra entry point for one-machine federations.
+"""``fedge-sim``: the command line of one-machine federations.
 
-``fedge-sim`` composes ``conf/config.yaml`` with the command line's overrides, runs
+``fedge-sim`` composes ``conf/config.yaml`` with the command line's overrides, checks
+them before anything is written (:mod:`fedge.conf.cli`), runs
 :func:`fedge.simulations.experiment.run_experiment` in the Hydra output directory and,
 for a single run, writes its ``fedge-report``.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedge.conf.build import ConfigError
+from fedge.conf.build import ConfigError, build_strategy
+from fedge.conf.checks import check_strategy
+from fedge.conf.cli import HydraApp
+from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
-from fedge.simulations.experiment import run_experiment
+from fedge.simulations.experiment import check_experiment, run_experiment
 from fedge.simulations.report import make_report
-
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    try:
-        outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as exc:
-        print(f"fedge-sim: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final.accuracy
 
 
+def _check(cfg: DictConfig) -> None:
+    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+    check_experiment(cfg)
+    check_strategy(cfg)
+    build_strategy(cfg)
+
+
+APP = HydraApp(
+    prog="fedge-sim",
+    job=_job,
+    summary="Run a federated-learning experiment on this machine: simulated clients train "
+            "the task's model on their partitions, and a Flower strategy aggregates their "
+            "(optionally compressed) updates round by round.",
+    examples=[
+        "fedge-sim strategy=fedadam partition=iid num_clients=20 rounds=5",
+        "fedge-sim task=har partition=natural compression=topk device=phone",
+        "fedge-sim -m compression=none,fp16,topk     # one report comparing 3 runs",
+    ],
+    writes="results.json, final_model.npz, report.md and plots",
+    knobs=["client.lr", "client.local_epochs", "strategy.fraction_train", "partition.alpha"],
+    config_errors=(ConfigError,),
+    check=_check,
+)
+
+
 def main() -> None:
-    """Console entry point (``fedge-sim``)."""
-    _hydra_main()
+    """Console entry point (``fedge-sim``): overrides are checked before anything runs."""
+    run_app(APP)
 
 
 if __name__ == "__main__":
