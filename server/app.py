@@ -41,7 +41,7 @@ from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult
 from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.resume import run_resumable
-from fedge.server.transport import FederationServer, ServerCredentials
+from fedge.server.transport import FederationServer, ServerCredentials, check_insecure
 from fedge.simulations.app import ConfigError, _build, build_strategy
 from fedge.simulations.config import register_configs
 from fedge.simulations.grpc_backend import required_codecs
@@ -75,14 +75,11 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
                 "profiles); real devices get the real deadline server.round_timeout_s"
             )
         train_cfg = TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
+        if settings.insecure:
+            check_insecure(settings.address)
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if settings.max_workers < 2 * cfg.num_clients:
-        log.warning(
-            "server.max_workers=%d is below 2 x num_clients (%d): devices waiting in a long poll "
-            "hold a thread each, so heartbeats may be refused", settings.max_workers, 2 * cfg.num_clients,
-        )
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

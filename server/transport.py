@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import math
 import threading
@@ -54,6 +53,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fedge.client.connection import DEVICE_ID_METADATA, is_loopback
 from fedge.protos import PROTOCOL_VERSION
 from fedge.protos.signing import load_private_key, sign_task
 from fedge.protos.transfer import GRPC_MESSAGE_PREFIX_BYTES, Reassembler, TransferError, chunks, digest
@@ -68,9 +68,6 @@ from fedge.server.taskboard import FINISHED, AnswerStatus, Outgoing, TaskBoard
 log = logging.getLogger(__name__)
 
 SERVICE = "fedge.v1.Federation"
-#: Metadata key naming the device on an insecure channel (ignored under mTLS).
-DEVICE_ID_METADATA = "fedge-device-id"
-LOOPBACK_HOSTS = ("localhost",)
 #: Most profile entries and codec names a JoinRequest may carry.
 MAX_JOIN_ENTRIES = 64
 #: Client certificates whose check is remembered (PEM -> identity or refusal).
@@ -102,15 +99,13 @@ class ServerCredentials:
         return cls(*(p.read_bytes() for p in files))
 
 
-def is_loopback(address: str) -> bool:
-    """Is ``HOST:PORT`` a loopback address?"""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def check_insecure(address: str) -> None:
+    """``ValueError`` unless plaintext may be served on ``address`` (loopback only)."""
+    if not is_loopback(address):
+        raise ValueError(
+            f"insecure mode (--insecure, server.insecure) serves loopback addresses only, not {address!r}: "
+            "set server.address=127.0.0.1:PORT, or create certificates with fedge-certs for anything else"
+        )
 
 
 def _identity(raw: bytes) -> bytes:
@@ -503,11 +498,8 @@ class FederationServer:
         max_update_bytes: int = 1 << 30,
     ) -> None:
         settings.check()
-        if credentials is None and not is_loopback(settings.address):
-            raise ValueError(
-                f"insecure mode serves loopback addresses only, not {settings.address!r}: "
-                "create certificates with fedge-certs for anything else"
-            )
+        if credentials is None:
+            check_insecure(settings.address)
         self.settings = settings
         self.secure = credentials is not None
         self.registry = NodeRegistry(settings.liveness_s)
