@@ -53,6 +53,7 @@ def certs(tmp_path_factory) -> CertDir:
     create_federation(root)
     issue_devices(root, [*HONEST, FLOODER, STALLER, "1004"])
     issue_certificate(root, "server-usage", usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    issue_certificate(root, "no-usage", usage=None)  # TLS accepts a certificate without usages for anything
     issue_certificate(root, "1005", hosts=("someone-else",))
     return CertDir(root)
 
@@ -101,12 +102,16 @@ def test_the_server_checks_client_certificate_usage_and_names(certs):
         client_identity(certs.device("1005").read_bytes())
     server = start_server(certs)
     try:
-        for name, why in (("server-usage", "clientAuth"), ("1005", "alternative names")):
+        for name, code, why in (
+            ("server-usage", grpc.StatusCode.UNAVAILABLE, ""),  # TLS itself refuses a serverAuth-only certificate
+            ("no-usage", grpc.StatusCode.PERMISSION_DENIED, "clientAuth"),  # TLS lets it through, the server does not
+            ("1005", grpc.StatusCode.PERMISSION_DENIED, "alternative names"),
+        ):
             conn = Connection(server.address, name, device_credentials(certs, name))
             with pytest.raises(grpc.RpcError) as refused:
                 _join(conn, name)
             conn.close()
-            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and why in refused.value.details()
+            assert refused.value.code() == code and why in (refused.value.details() or "")
         assert server.registry.live_node_ids() == []
     finally:
         server.stop()
