@@ -38,6 +38,9 @@ class ServerConfig:
     reply_grace_s: float = 10.0
     # Long polls a device may hold open; a newer one ends the oldest (NO_TASK). 1-4 is plenty.
     max_polls_per_device: int = 2
+    # Concurrent RPCs (HTTP/2 streams) per connection; more wait on the device's side, costing the
+    # server nothing. A device needs 3 (a poll, a push, a heartbeat); floods are capped here first.
+    max_streams_per_connection: int = 8
     # A push or pull stream with no message moving for this long is cut (DEADLINE_EXCEEDED).
     # Raise it for devices on very slow links (a 1 MiB chunk must move within it).
     stream_idle_s: float = 30.0
@@ -81,6 +84,8 @@ class ServerConfig:
         """Raise ``ValueError`` naming the first transport limit that cannot work."""
         if self.reply_grace_s < 0:
             raise ValueError(f"server.reply_grace_s must be >= 0, got {self.reply_grace_s}")
+        if self.max_streams_per_connection < 4:
+            raise ValueError(f"server.max_streams_per_connection must be >= 4, got {self.max_streams_per_connection}")
         if self.max_polls_per_device < 1:
             raise ValueError(f"server.max_polls_per_device must be >= 1, got {self.max_polls_per_device}")
         if self.stream_idle_s <= 0 or self.stream_total_s <= 0:

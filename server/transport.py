@@ -17,6 +17,8 @@ sends is signed with its Ed25519 key. ``insecure`` serves plaintext on loopback 
 
 Device input is hostile; every limit is per device or per stream:
 
+* at most ``server.max_streams_per_connection`` RPCs at once per connection (HTTP/2's
+  own limit: the rest wait on the device's side, costing the server nothing);
 * one session per device (:class:`~fedge.server.registry.SessionTaken`), one push in
   flight, at most ``server.max_polls_per_device`` long polls (a newer one ends the oldest);
 * every push and pull stream has an idle deadline (``server.stream_idle_s``) and a total
@@ -541,7 +543,10 @@ class FederationServer:
     async def _bind(self, credentials: ServerCredentials | None) -> int:
         self._server = grpc.aio.server(
             handlers=[self.servicer.handler()],
-            options=[("grpc.max_receive_message_length", self.settings.chunk_bytes + (1 << 16))],
+            options=[
+                ("grpc.max_receive_message_length", self.settings.chunk_bytes + (1 << 16)),
+                ("grpc.max_concurrent_streams", self.settings.max_streams_per_connection),
+            ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if credentials is None:
