@@ -36,8 +36,11 @@ class ServerConfig:
     # A round closes once min_reply_fraction of its devices answered plus a grace period: the rest
     # get max(reply_grace_s, seconds the quorum took) more. Raise it for fleets of very uneven speed.
     reply_grace_s: float = 10.0
-    # Long polls a device may hold open; a newer one ends the oldest (NO_TASK). 1-4 is plenty.
+    # Long polls a device may hold open; more are refused (RESOURCE_EXHAUSTED). 1-4 is plenty.
     max_polls_per_device: int = 2
+    # A call refused for exceeding a per-device limit (polls, pushes in flight) gets its answer this
+    # late: with max_streams_per_connection it caps a flooding device at streams / delay calls per second.
+    refusal_delay_s: float = 1.0
     # Concurrent RPCs (HTTP/2 streams) per connection; more wait on the device's side, costing the
     # server nothing. A device needs 3 (a poll, a push, a heartbeat); floods are capped here first.
     max_streams_per_connection: int = 8
@@ -86,6 +89,8 @@ class ServerConfig:
             raise ValueError(f"server.reply_grace_s must be >= 0, got {self.reply_grace_s}")
         if self.max_streams_per_connection < 4:
             raise ValueError(f"server.max_streams_per_connection must be >= 4, got {self.max_streams_per_connection}")
+        if self.refusal_delay_s < 0:
+            raise ValueError(f"server.refusal_delay_s must be >= 0, got {self.refusal_delay_s}")
         if self.max_polls_per_device < 1:
             raise ValueError(f"server.max_polls_per_device must be >= 1, got {self.max_polls_per_device}")
         if self.stream_idle_s <= 0 or self.stream_total_s <= 0:

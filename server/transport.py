@@ -20,7 +20,8 @@ Device input is hostile; every limit is per device or per stream:
 * at most ``server.max_streams_per_connection`` RPCs at once per connection (HTTP/2's
   own limit: the rest wait on the device's side, costing the server nothing);
 * one session per device (:class:`~fedge.server.registry.SessionTaken`), one push in
-  flight, at most ``server.max_polls_per_device`` long polls (a newer one ends the oldest);
+  flight, at most ``server.max_polls_per_device`` long polls; a call over these limits
+  is refused only after ``server.refusal_delay_s``, so a flood slows itself down;
 * every push and pull stream has an idle deadline (``server.stream_idle_s``) and a total
   one (``server.stream_total_s``);
 * a push is checked at its first chunk: the task must be open for this device and the
@@ -115,12 +116,17 @@ def _identity(raw: bytes) -> bytes:
 
 
 class Refused(Exception):
-    """A request the server refuses: a gRPC status code and the reason (its details)."""
+    """A request the server refuses: a gRPC status code and the reason (its details).
 
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+    ``flood``: refused for exceeding a per-device limit; the answer is held back by
+    ``server.refusal_delay_s`` so a flooding device slows itself down.
+    """
+
+    def __init__(self, code: grpc.StatusCode, reason: str, *, flood: bool = False) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.flood = flood
 
 
 class RateLimitedLog:
@@ -154,6 +160,8 @@ def _guarded(rpc: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[...
             except Refused as exc:
                 self.refusals[exc.code.name] += 1
                 self.complaints.warning(f"{rpc}:{exc.code.name}", f"{rpc} from {context.peer()} refused ({exc.code.name}): {exc.reason}")
+                if exc.flood:
+                    await asyncio.sleep(self.settings.refusal_delay_s)
                 await context.abort(exc.code, exc.reason)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
@@ -317,7 +325,7 @@ class FederationServicer:
     async def push_update(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         device, node_id = self._joined(context)
         if device in self._pushing:
-            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "a push from this device is already in flight")
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "a push from this device is already in flight", flood=True)
         self._pushing.add(device)
         try:
             async with asyncio.timeout(self.settings.stream_total_s):
@@ -435,12 +443,14 @@ class FederationServicer:
         return fpb.PushReply(accepted=False, reason=reason).SerializeToString()
 
     def _open_poll(self, device: str) -> asyncio.Future[None]:
-        """Register a long poll; beyond ``max_polls_per_device`` the oldest is ended."""
+        """Register a long poll; beyond ``max_polls_per_device`` it is refused."""
         polls = self._polls.setdefault(device, deque())
-        while len(polls) >= self.settings.max_polls_per_device:
-            oldest = polls.popleft()
-            if not oldest.done():
-                oldest.set_result(None)
+        if len(polls) >= self.settings.max_polls_per_device:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this device already holds {len(polls)} long polls (server.max_polls_per_device)",
+                flood=True,
+            )
         stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         polls.append(stop)
         self.registry.polling(device, +1)

@@ -191,16 +191,21 @@ def test_one_push_in_flight_and_a_stalled_push_is_cut_at_the_idle_deadline(certs
 
 
 def test_long_polls_are_bounded_per_device(certs):
-    server = start_server(certs, max_polls_per_device=2, pull_wait_s=20.0)
+    server = start_server(certs, max_polls_per_device=2, pull_wait_s=20.0, refusal_delay_s=0.5)
     conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
     try:
         _join(conn, "1000")
         pull = conn.channel.unary_stream(SERVICE + "PullTask")
-        calls = [pull(fpb.PullRequest(wait_s=20).SerializeToString(), timeout=30) for _ in range(6)]
-        ended = [fpb.Chunk.FromString(next(iter(c))).header.status for c in calls[:4]]  # superseded at once
-        assert ended == [fpb.PULL_STATUS_NO_TASK] * 4
+        calls = [pull(fpb.PullRequest(wait_s=20).SerializeToString(), timeout=30) for _ in range(2)]
+        wait_until(lambda: server.stats()["open_polls"] == 2, 10, "two open polls")
+        start = time.monotonic()
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(pull(fpb.PullRequest(wait_s=20).SerializeToString(), timeout=30))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_polls_per_device" in refused.value.details()
+        assert time.monotonic() - start >= 1.5  # each refusal held back by refusal_delay_s
         assert server.stats()["open_polls"] == 2
-        for call in calls[4:]:
+        for call in calls:
             call.cancel()
     finally:
         conn.close()
