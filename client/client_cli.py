@@ -4,7 +4,8 @@
         --ca ca.pem --cert device.pem --key device.key
 
 The device's identity is its certificate's common name. ``--insecure`` (with
-``--device-id``) talks plaintext to a development server on loopback. SIGTERM and
+``--device-id``) talks plaintext to a development server on loopback; towards any
+other host it is refused (exit status 2). SIGTERM and
 SIGINT end the loop cleanly: a long poll is cut short, a task in progress is
 finished and pushed, the device says Leave, the exit status is 0.
 """
@@ -18,7 +19,7 @@ import os
 import signal
 import sys
 
-from fedge.client.connection import DeviceCredentials
+from fedge.client.connection import DeviceCredentials, is_loopback
 from fedge.client.data import load_local_data
 from fedge.client.train_config import TrainConfig
 from fedge.client.runtime import DeviceRuntime, RuntimeSettings
@@ -98,6 +99,11 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
     if args.insecure:
         if args.ca or args.cert or args.key:
             raise ValueError("--insecure cannot be combined with --ca/--cert/--key")
+        if not is_loopback(args.server):
+            raise ValueError(
+                f"--insecure sends models and updates in plaintext, to loopback servers only "
+                f"(127.0.0.1, ::1, localhost), not {args.server!r}: use --ca/--cert/--key"
+            )
         credentials = None
         logging.getLogger("fedge").warning("--insecure: plaintext channel, for loopback development only")
     else:

@@ -7,18 +7,32 @@ certificate and trusts only the federation's CA. Needs grpcio and protobuf only.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedge.protos import PROTOCOL_VERSION
-from fedge.protos.transfer import GRPC_MESSAGE_PREFIX_BYTES, Reassembler, chunks
+from fedge.protos.transfer import GRPC_MESSAGE_PREFIX_BYTES, Reassembler, TransferError, chunks
 from fedge.protos.v1 import federation_pb2 as fpb
 
 SERVICE = "/fedge.v1.Federation/"
 DEVICE_ID_METADATA = "fedge-device-id"
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``HOST:PORT`` a loopback address? (Plaintext is allowed only there, both sides.)"""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -43,8 +57,9 @@ class Pulled:
     """What one PullTask returned."""
 
     header: fpb.TransferHeader
-    payload: bytes | None  # the serialised Task (status TASK only)
+    payload: bytes | None  # the serialised Task (status TASK only, and only when it arrived intact)
     wire_bytes: int  # gRPC message bytes received
+    broken: str = ""  # why a Task that arrived cannot be used (digest mismatch, size, framing)
 
 
 def _identity(raw: bytes) -> bytes:
@@ -107,9 +122,9 @@ class Connection:
             metadata=self.metadata,
         )
         self._current_pull = call
+        joiner = Reassembler(max_task_bytes)
+        wire = 0
         try:
-            joiner = Reassembler(max_task_bytes)
-            wire = 0
             for data in call:
                 wire += len(data) + GRPC_MESSAGE_PREFIX_BYTES
                 joiner.add(fpb.Chunk.FromString(data))
@@ -117,8 +132,18 @@ class Connection:
                     return Pulled(joiner.header, None, wire)
             received = joiner.finish()
             return Pulled(received.header, received.payload, wire)
+        except (TransferError, DecodeError) as exc:
+            if joiner.header is None or not joiner.header.task_id:
+                raise TransferError(f"the server sent a transfer without a task header: {exc}") from None
+            call.cancel()
+            return Pulled(joiner.header, None, wire, broken=f"bad task transfer: {exc}")
         finally:
             self._current_pull = None
+
+    @property
+    def pulling(self) -> bool:
+        """Is a long poll open now? (It shows the server the device is there.)"""
+        return self._current_pull is not None
 
     def push(self, task_id: str, update: bytes, chunk_bytes: int, timeout_s: float) -> tuple[fpb.PushReply, int]:
         """Send an Update's bytes in chunks; returns the reply and the gRPC bytes sent."""

@@ -9,8 +9,15 @@ survives reconnects and server restarts. Around it:
   for a vanished device; "unknown device" answers trigger a fresh Join;
 * every Task's signature is checked against the server's signing certificate (which
   must be issued by the federation's CA) before the model is loaded; a task that
-  fails the check is refused, the model is left as it was, and the reason goes
-  back to the server as the task's error;
+  fails the check (or arrives corrupt: digest, size, framing) is refused, the model
+  is left as it was, the reason goes back to the server as the task's error, and the
+  loop goes on;
+* a push the server refuses (status INVALID_ARGUMENT or RESOURCE_EXHAUSTED: too
+  large, malformed) is logged and counted, and the loop goes on; ABORTED (another
+  connection holds this device's identity) reconnects with backoff like any
+  transport failure;
+* no heartbeats while a long poll is open (the open poll shows the server the
+  device is there, as the protocol says);
 * answers are cached by task id, so a task offered again after a dropped
   connection is pushed again, never trained twice (pushes are idempotent);
 * :meth:`DeviceRuntime.stop` (SIGTERM) ends a long poll at once, finishes a task
@@ -35,6 +42,7 @@ from fedge.client.train_config import TrainConfig
 from fedge.client.connection import Connection, DeviceCredentials, Pulled
 from fedge.client.edge_client import EdgeClient
 from fedge.protos.codecs import available
+from fedge.protos.transfer import TransferError
 from fedge.protos.v1 import federation_pb2 as fpb
 from fedge.protos.v1 import task_pb2
 from fedge.tasks.base import FederatedTask, Split
@@ -48,6 +56,8 @@ FATAL_JOIN_CODES = (
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
 )
+#: Push refusals that resending the same bytes cannot fix: the answer is dropped.
+REFUSED_PUSH_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 EXIT_OK, EXIT_GAVE_UP, EXIT_REFUSED = 0, 1, 3
 CACHED_ANSWERS = 4
 
@@ -92,7 +102,8 @@ class RuntimeStats:
 
     joins: int = 0
     tasks: int = 0  # tasks handled (trained or evaluated)
-    refused: int = 0  # tasks refused before loading (bad signature, wrong node, junk)
+    refused: int = 0  # tasks refused before loading (bad signature, corrupt transfer, wrong node, junk)
+    refused_pushes: int = 0  # answers the server refused with a status code (too large, malformed)
     pushes: int = 0
     duplicates: int = 0  # pushes the server already had
     reconnects: int = 0
@@ -159,9 +170,10 @@ class DeviceRuntime:
             except FatalError as exc:
                 log.error("giving up: %s", exc)
                 return EXIT_REFUSED
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, TransferError) as exc:  # TransferError: a stream with no task header
                 if self.stopping:
-                    break
+                    self._say_goodbye(connection)  # on this connection: it holds the device's session
+                    return EXIT_OK
                 attempt += 1
                 self.stats.reconnects += 1
                 if self.settings.max_retries and attempt > self.settings.max_retries:
@@ -233,6 +245,9 @@ class DeviceRuntime:
                     continue
                 task_id, update = self._answer(pulled)
                 self._push(connection, task_id, update)
+            if self.stopping:
+                self._say_goodbye(connection)  # on this connection: it holds the device's session
+                return True
             return False
         finally:
             beats.set()
@@ -244,8 +259,10 @@ class DeviceRuntime:
         if cached is not None:
             log.info("task %s was offered again: pushing the answer already computed", task_id)
             return task_id, cached
-        assert self.client is not None and pulled.payload is not None
+        assert self.client is not None
         try:
+            if pulled.broken or pulled.payload is None:
+                raise ValueError(pulled.broken or "the task arrived without its bytes")
             task = self._check(pulled)
         except ValueError as exc:  # SignatureError and DecodeError are ValueErrors too
             reason = f"task refused by device: {exc}"
@@ -279,7 +296,15 @@ class DeviceRuntime:
         return task
 
     def _push(self, connection: Connection, task_id: str, update: bytes) -> None:
-        reply, sent = connection.push(task_id, update, self.settings.chunk_bytes, self.settings.transfer_timeout_s)
+        try:
+            reply, sent = connection.push(task_id, update, self.settings.chunk_bytes, self.settings.transfer_timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() not in REFUSED_PUSH_CODES:  # type: ignore[attr-defined]
+                raise
+            self.stats.refused_pushes += 1
+            self._answers.pop(task_id, None)
+            log.warning("server refused the answer to task %s: %s", task_id, _describe(exc))
+            return
         self.stats.uplink_grpc_bytes += sent
         self.stats.pushes += 1
         if reply.duplicate:
@@ -289,6 +314,8 @@ class DeviceRuntime:
 
     def _heartbeats(self, connection: Connection, done: threading.Event) -> None:
         while not done.wait(self._heartbeat_interval):
+            if connection.pulling:
+                continue  # an open long poll is presence enough
             try:
                 reply = connection.heartbeat(self._working_on, self.settings.rpc_timeout_s)
             except grpc.RpcError:
@@ -315,7 +342,7 @@ class DeviceRuntime:
                 connection.close()
 
 
-def _describe(exc: grpc.RpcError) -> str:
+def _describe(exc: Exception) -> str:
     code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
     details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
     return f"{code.name if code else 'error'}: {details}"

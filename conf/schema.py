@@ -66,10 +66,30 @@ class ServerConfig:
                 f"server.chunk_bytes must be in [1, {GRPC_MAX_MESSAGE_BYTES - 1024}] (gRPC's message limit), "
                 f"got {self.chunk_bytes}"
             )
-        if self.max_workers < 2:
-            raise ValueError(f"server.max_workers must be >= 2, got {self.max_workers}")
+        if self.max_workers < 1:
+            raise ValueError(f"server.max_workers must be >= 1, got {self.max_workers}")
+        self.check_limits()
         if ":" not in self.address:
             raise ValueError(f"server.address must be HOST:PORT, got {self.address!r}")
+
+    def check_limits(self) -> None:
+        """Raise ``ValueError`` naming the first transport limit that cannot work."""
+        if self.reply_grace_s < 0:
+            raise ValueError(f"server.reply_grace_s must be >= 0, got {self.reply_grace_s}")
+        if self.max_streams_per_connection < 4:
+            raise ValueError(f"server.max_streams_per_connection must be >= 4, got {self.max_streams_per_connection}")
+        if self.refusal_delay_s < 0:
+            raise ValueError(f"server.refusal_delay_s must be >= 0, got {self.refusal_delay_s}")
+        if self.max_polls_per_device < 1:
+            raise ValueError(f"server.max_polls_per_device must be >= 1, got {self.max_polls_per_device}")
+        if self.stream_idle_s <= 0 or self.stream_total_s <= 0:
+            raise ValueError(
+                f"server.stream_idle_s and server.stream_total_s must be > 0, got {self.stream_idle_s}, {self.stream_total_s}"
+            )
+        if self.update_envelope_bytes < 1024:
+            raise ValueError(f"server.update_envelope_bytes must be >= 1024, got {self.update_envelope_bytes}")
+        if self.error_log_interval_s < 0:
+            raise ValueError(f"server.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
 
 
 @dataclass

@@ -11,6 +11,12 @@ Run it again on the same directory to issue more devices with the existing CA. T
 keys are ECDSA P-256 (what every gRPC TLS stack accepts); private keys are written
 with mode 0600. The server takes a device's identity from its certificate's common
 name, so a device id must be unique and is checked to be a short, plain name.
+
+:func:`client_identity` is the server's own check of a certificate the TLS handshake
+already verified against the CA: it must be issued for client authentication (the
+clientAuth extended key usage, which the server and signing certificates lack), carry
+exactly one common name that is a plain device id, and, if it has subject alternative
+names, name that device among them.
 """
 
 from __future__ import annotations
@@ -177,12 +183,67 @@ def create_federation(root: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days: 
 
 def issue_devices(root: Path, device_ids: list[str], days: int = 365) -> CertDir:
     """A TLS client certificate (CN = id) per device, issued by the CA in ``root``."""
-    paths = CertDir(Path(root))
-    ca, ca_key = _load_ca(paths)
     for device_id in device_ids:
         check_device_id(device_id)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(device_id, key.public_key(), ca, ca_key, days, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-        _write_key(paths.device_key(device_id), key)
-        _write_cert(paths.device(device_id), cert)
+    for device_id in device_ids:
+        issue_certificate(root, device_id)
+    return CertDir(Path(root))
+
+
+def issue_certificate(
+    root: Path,
+    name: str,
+    *,
+    usage: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CLIENT_AUTH,
+    hosts: tuple[str, ...] = (),
+    days: int = 365,
+) -> CertDir:
+    """One certificate with common name ``name`` (any usage, optional SANs ``hosts``),
+    issued by the CA in ``root`` and written as ``devices/<name>.pem/.key``.
+
+    :func:`issue_devices` is the normal way; this one also makes the odd certificates
+    that tests of the server's own checks need (wrong usage, mismatching names).
+    """
+    paths = CertDir(Path(root))
+    ca, ca_key = _load_ca(paths)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(name, key.public_key(), ca, ca_key, days, usage=usage, hosts=hosts)
+    _write_key(paths.device_key(name), key)
+    _write_cert(paths.device(name), cert)
     return paths
+
+
+class CertificateRefused(ValueError):
+    """A client certificate the federation does not accept as a device; says why."""
+
+
+def client_identity(pem: bytes) -> str:
+    """The device id a verified client certificate ``pem`` proves; :class:`CertificateRefused` otherwise."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise CertificateRefused(f"unreadable client certificate: {exc}") from None
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise CertificateRefused("the certificate is not issued for client authentication (no clientAuth usage)")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise CertificateRefused(f"the certificate has {len(names)} common names, a device certificate has one")
+    device_id = str(names[0].value)
+    try:
+        check_device_id(device_id)
+    except ValueError as exc:
+        raise CertificateRefused(str(exc)) from None
+    try:
+        alternatives = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return device_id
+    dns = alternatives.get_values_for_type(x509.DNSName)
+    if device_id not in dns:
+        raise CertificateRefused(
+            f"the certificate's alternative names {dns} do not include its common name {device_id!r}"
+        )
+    return device_id

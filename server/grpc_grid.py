@@ -1,10 +1,18 @@
 """GrpcGrid: a Flower Grid over real devices connected to a :class:`FederationServer`.
 
 Any Flower strategy (wrapped by CompressedStrategy) drives the devices through it.
-A round's tasks are posted to the server's task board, signed; devices pull them,
-train and push their updates. The round ends when every sampled device answered,
-when the devices still owing an answer are all gone (silent past the liveness
-limit, or left), or at the round's deadline, whichever comes first. A device that
+A round's tasks are posted to the server's task board, signed, each with the largest
+answer it accepts (:mod:`fedge.server.push_limits`); devices pull them, train and push
+their updates. The round ends when every sampled device answered, when the devices
+still owing an answer are all gone (silent past the liveness limit, or left), once
+``server.min_reply_fraction`` answered plus a grace period (the rest get
+``max(server.reply_grace_s, time the quorum took)`` more, so a device that heartbeats
+but never answers cannot hold the round), or at the round's deadline
+(``server.round_timeout_s``), whichever comes first.
+
+The Grid runs in the strategy's (main) thread; the gRPC server runs on its own event
+loop. They meet only in the thread-safe task board and registry: ``post`` wakes the
+waiting long polls on the loop, ``wait`` blocks this thread on a condition. A device that
 never answered is a failure for the strategy (``None`` to FedgeGrid). When fewer
 than ``server.min_reply_fraction`` of the sampled devices answered, the round is
 abandoned: every reply becomes a failure naming the reason, so the global model
@@ -70,19 +78,23 @@ class GrpcGrid(FedgeGrid):
         outgoing: list[Outgoing] = []
         for node_id, payload in tasks:
             task = task_pb2.Task.FromString(payload)
-            outgoing.append(self.server.outgoing(node_id, task.server_round, task.task_id, payload))
+            ceiling = self.server.update_ceiling(task)
+            outgoing.append(self.server.outgoing(node_id, task.server_round, task.task_id, payload, ceiling))
         server_round = outgoing[0].server_round
         board, registry = self.server.board, self.server.registry
+        needed = math.ceil(self.settings.min_reply_fraction * len(outgoing))
         board.post(outgoing)
         deadline = time.monotonic() + self.settings.round_timeout_s
-        board.wait(outgoing, deadline, given_up=lambda t: not registry.is_alive(t.node_id))
+        board.wait(
+            outgoing, deadline, given_up=lambda t: not registry.is_alive(t.node_id),
+            quorum=max(needed, 1), grace_s=self.settings.reply_grace_s,
+        )
         board.withdraw(outgoing)
         for task in outgoing:
             wire = self.wire[task.server_round]
             wire.uplink_grpc_bytes += task.uplink_wire_bytes
             wire.downlink_grpc_bytes += task.downlink_wire_bytes
         answered = [t for t in outgoing if t.answer is not None]
-        needed = math.ceil(self.settings.min_reply_fraction * len(outgoing))
         missing = [t.node_id for t in outgoing if t.answer is None]
         if missing:
             log.warning("round %d: no answer from nodes %s", server_round, missing)

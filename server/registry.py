@@ -1,7 +1,12 @@
 """The devices a gRPC server knows: who joined, with what, and who is still alive.
 
 A device is alive while it has been heard from (Join, PullTask, PushUpdate,
-Heartbeat) within ``liveness_s`` seconds and has not left. Node ids are derived from
+Heartbeat) within ``liveness_s`` seconds, or holds a long poll open, and has not left.
+
+One session per device: the connection (gRPC peer address) that joined holds the
+device's identity until it leaves or falls silent past ``liveness_s``. A second
+connection presenting the same identity meanwhile is refused
+(:class:`SessionTaken`), so a copied certificate cannot push the real device out. Node ids are derived from
 the device id, so a device keeps its node id across reconnects and server restarts:
 a decimal device id (``"1007"``) is its own node id, any other name maps to a stable
 63-bit hash of it.
@@ -39,6 +44,12 @@ class Node:
     last_seen: float = 0.0  # monotonic seconds
     left: bool = False
     joins: int = 0  # how often it joined (1 + reconnects)
+    session: str = ""  # gRPC peer (connection) that holds the device's identity
+    open_polls: int = 0  # long polls held open right now (each proves the device is there)
+
+
+class SessionTaken(ValueError):
+    """Another live connection holds this device's identity."""
 
 
 class NodeRegistry:
@@ -61,38 +72,68 @@ class NodeRegistry:
         self._by_node_id: dict[int, Node] = {}
         self._changed = threading.Condition()
 
-    def join(self, device_id: str, profile: Mapping[str, float], codecs: Sequence[str]) -> Node:
-        """Register a device (again); returns its record."""
+    def join(
+        self, device_id: str, profile: Mapping[str, float], codecs: Sequence[str], session: str = ""
+    ) -> Node:
+        """Register a device (again) for the connection ``session``; returns its record.
+
+        Raises :class:`SessionTaken` while another connection holds the device alive.
+        """
         node_id = node_id_for(device_id)
         with self._changed:
             other = self._by_node_id.get(node_id)
             if other is not None and other.device_id != device_id:
                 raise ValueError(f"device {device_id!r} maps to node id {node_id}, taken by {other.device_id!r}")
             node = self._nodes.get(device_id) or Node(device_id, node_id)
+            if node.session and node.session != session and self._alive(node):
+                raise SessionTaken(
+                    f"device {device_id!r} is connected from another session; it is released when that one "
+                    f"leaves or is silent for {self.liveness_s:g} s"
+                )
             node.profile, node.codecs = dict(profile), list(codecs)
             node.last_seen, node.left = self._clock(), False
             node.joins += 1
+            node.session = session
             self._nodes[device_id] = node
             self._by_node_id[node_id] = node
             self._changed.notify_all()
             return node
 
-    def touch(self, device_id: str) -> Node | None:
-        """Note that a device was heard from; ``None`` if it has not joined (or left)."""
+    def touch(self, device_id: str, session: str | None = None) -> Node | None:
+        """Note that a device was heard from; ``None`` if it has not joined (or left).
+
+        With ``session``: raises :class:`SessionTaken` when another connection holds it.
+        """
         with self._changed:
             node = self._nodes.get(device_id)
             if node is None or node.left:
                 return None
+            if session is not None and node.session != session:
+                raise SessionTaken(f"device {device_id!r} joined from another connection: join again")
             node.last_seen = self._clock()
             return node
 
-    def leave(self, device_id: str) -> None:
-        """The device said goodbye: it is no longer alive."""
+    def polling(self, device_id: str, delta: int) -> None:
+        """A long poll of the device opened (+1) or closed (-1); either counts as being heard from."""
         with self._changed:
             node = self._nodes.get(device_id)
             if node is not None:
-                node.left = True
-                self._changed.notify_all()
+                node.open_polls = max(0, node.open_polls + delta)
+                node.last_seen = self._clock()
+
+    def leave(self, device_id: str, session: str | None = None) -> bool:
+        """The device said goodbye: it is no longer alive. False (nothing changes) when
+        ``session`` is given and another live connection holds the device."""
+        with self._changed:
+            node = self._nodes.get(device_id)
+            if node is None:
+                return True
+            if session is not None and node.session != session and self._alive(node):
+                return False
+            node.left = True
+            node.session = ""
+            self._changed.notify_all()
+            return True
 
     def knows(self, node_id: int) -> bool:
         """Has this node ever joined?"""
@@ -125,4 +166,4 @@ class NodeRegistry:
             return True
 
     def _alive(self, node: Node) -> bool:
-        return not node.left and self._clock() - node.last_seen <= self.liveness_s
+        return not node.left and (node.open_polls > 0 or self._clock() - node.last_seen <= self.liveness_s)

@@ -42,7 +42,7 @@ from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.results import write_results
 from fedge.server.resume import run_resumable
-from fedge.server.transport import FederationServer, ServerCredentials
+from fedge.server.transport import FederationServer, ServerCredentials, check_insecure
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.server")
@@ -70,14 +70,11 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         )
     train_cfg = train_defaults(cfg)
     try:
+        if settings.insecure:
+            check_insecure(settings.address)
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if settings.max_workers < 2 * cfg.num_clients:
-        log.warning(
-            "server.max_workers=%d is below 2 x num_clients (%d): devices waiting in a long poll "
-            "hold a thread each, so heartbeats may be refused", settings.max_workers, 2 * cfg.num_clients,
-        )
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)
     task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]

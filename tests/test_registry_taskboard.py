@@ -1,5 +1,6 @@
 """Node registry liveness and the task board's idempotent answers (issue 5)."""
 
+import asyncio
 import threading
 import time
 
@@ -66,14 +67,15 @@ def test_take_offers_the_same_task_until_answered_then_waits():
     board = TaskBoard()
     task = _task("a", 1000)
     board.post([task])
-    assert board.take(1000, 0.1) is task
-    assert board.take(1000, 0.1) is task  # a reconnecting device is offered it again
-    assert board.take(1001, 0.05) is None
+    take = lambda node, wait_s: asyncio.run(board.take(node, wait_s))  # noqa: E731  (a long poll, on a loop)
+    assert take(1000, 0.1) is task
+    assert take(1000, 0.1) is task  # a reconnecting device is offered it again
+    assert take(1001, 0.05) is None
     board.answer(1000, "a", b"u", 1)
     start = time.monotonic()
-    assert board.take(1000, 0.2) is None and time.monotonic() - start >= 0.2
+    assert take(1000, 0.2) is None and time.monotonic() - start >= 0.2
     board.finish()
-    assert board.take(1000, 5) is FINISHED
+    assert take(1000, 5) is FINISHED
 
 
 @pytest.mark.parametrize("gone", [False, True])
