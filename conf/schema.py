@@ -35,14 +35,36 @@ class ServerConfig:
     insecure: bool = False  # plaintext, devices unauthenticated, tasks unsigned: loopback development only
     round_timeout_s: float = 300.0  # real (wall-clock) deadline of a gRPC round, seconds after its tasks are posted
     round_deadline_s: float = 0.0  # simulated deadline (device profiles, device=...): stragglers dropped; 0 = none
-    min_reply_fraction: float = 0.5  # replies needed by the deadline (of nodes sampled) or the round is abandoned
+    min_reply_fraction: float = 0.5  # replies needed (of nodes sampled) or the round is abandoned; see reply_grace_s
     heartbeat_s: float = 5.0  # devices report at least this often; silent for 3x this = gone
     join_timeout_s: float = 600.0  # longest wait for num_clients devices before a round
     pull_wait_s: float = 30.0  # longest a PullTask long poll is held open
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # data bytes per gRPC message of a transfer
-    max_workers: int = 64  # gRPC server threads: >= 2 per device (a long poll holds one; heartbeats, pushes)
+    max_workers: int = 4  # threads for CPU work off the event loop (digests, parsing); devices cost no thread
     checkpoint_dir: str = "checkpoint"  # fedge-server: atomic checkpoint after every round
     resume: bool = False  # fedge-server: continue from checkpoint_dir
+    # -- transport limits (per device, per stream); seconds unless named otherwise ---------------
+    # A round closes once min_reply_fraction of its devices answered plus a grace period: the rest
+    # get max(reply_grace_s, seconds the quorum took) more. Raise it for fleets of very uneven speed.
+    reply_grace_s: float = 10.0
+    # Long polls a device may hold open; more are refused (RESOURCE_EXHAUSTED). 1-4 is plenty.
+    max_polls_per_device: int = 2
+    # A call refused for exceeding a per-device limit (polls, pushes in flight) gets its answer this
+    # late: with max_streams_per_connection it caps a flooding device at streams / delay calls per second.
+    refusal_delay_s: float = 1.0
+    # Concurrent RPCs (HTTP/2 streams) per connection; more wait on the device's side, costing the
+    # server nothing. A device needs 3 (a poll, a push, a heartbeat); floods are capped here first.
+    max_streams_per_connection: int = 8
+    # A push or pull stream with no message moving for this long is cut (DEADLINE_EXCEEDED).
+    # Raise it for devices on very slow links (a 1 MiB chunk must move within it).
+    stream_idle_s: float = 30.0
+    # Longest one push or pull transfer may take in all (DEADLINE_EXCEEDED after).
+    stream_total_s: float = 600.0
+    # Largest Update accepted for a task = 2 x the size of a sample update of the task's model in
+    # the round's uplink codec + this envelope (metrics, ids), bytes (fedge.server.push_limits).
+    update_envelope_bytes: int = 65536
+    # Bad-request log lines (junk bytes, refused streams) are rate-limited to one per this many seconds.
+    error_log_interval_s: float = 5.0
 
     @property
     def liveness_s(self) -> float:
