@@ -124,7 +124,7 @@ async def _device(
 
     from fedge.protos.codecs import decode_update, encode_update
     from fedge.protos.codecs.plan import UplinkPlan
-    from fedge.protos import config as wire_config
+    from fedge.protos import config_values
     from fedge.protos.transfer import Reassembler, chunks
     from fedge.protos.v1 import federation_pb2 as fpb
     from fedge.protos.v1 import task_pb2, tensor_pb2
@@ -161,7 +161,7 @@ async def _device(
             task = task_pb2.Task.FromString(joiner.finish().payload)
             await beat(fpb.HeartbeatRequest(task_id=task.task_id).SerializeToString(), timeout=30)
             model = decode_update(task.model)
-            plan = UplinkPlan.from_config(wire_config.from_wire(task.config))
+            plan = UplinkPlan.from_config(config_values.from_wire(task.config))
             delta = {k: np.full_like(v, 1e-3) for k, v in model.items()}
             update = task_pb2.Update(
                 task_id=task.task_id, node_id=reply.node_id,

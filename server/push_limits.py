@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedge.protos import config as wire_config
+from fedge.protos import config_values
 from fedge.protos.codecs import CodecError, encode_update
 from fedge.protos.codecs.dtypes import from_wire
 from fedge.protos.codecs.plan import UplinkPlan
@@ -49,7 +49,7 @@ class UpdateCeiling:
         """Bytes the answer to ``task`` may take."""
         if task.kind != "train":
             return min(self.envelope_bytes, self.hard_limit_bytes)
-        config = wire_config.from_wire(task.config)
+        config = config_values.from_wire(task.config)
         layout = tuple((t.name, tuple(t.shape), t.dtype) for t in task.model.tensors)
         key = (layout, tuple(sorted((k, str(v)) for k, v in config.items() if k.startswith("fedge."))))
         if key not in self._cache:
