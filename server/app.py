@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.config import TrainConfig
 from fedge.client.qat import final_steps
-from fedge.server.checkpoint import fingerprint
+from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.config import ServerConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult
@@ -76,6 +76,8 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             )
         train_cfg = TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
+        # Checked now, before any device joins: a corrupt or edited checkpoint is a clear error.
+        checkpoint = load_checkpoint(settings.checkpoint_dir, experiment_fingerprint(cfg)) if settings.resume else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if settings.max_workers < 2 * cfg.num_clients:
@@ -88,8 +90,9 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task: FederatedTask = _build("task", cfg.task)  # type: ignore[assignment]
-    test = task.load().test
-    strategy = build_strategy(cfg)
+    data = task.load()
+    test = data.test
+    strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, test, cfg.seed)
@@ -104,7 +107,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         grid.wait_for_nodes(cfg.num_clients)
         result = run_resumable(
             strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-            experiment_fingerprint(cfg), resume=settings.resume,
+            experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
             train_config=ConfigRecord(train_cfg.to_config()), on_round=_report,
         )
         grid.close()
@@ -139,6 +142,7 @@ def _write_results(out_dir: Path, cfg: DictConfig, result: FederationResult, str
         "final": asdict(result.final),
         "rounds": [asdict(r) for r in result.rounds],
         "dropped_replies": [asdict(d) for d in strategy.log.dropped],
+        "adjusted_replies": [asdict(a) for a in strategy.log.adjusted],  # num-examples capped, metric keys trimmed
         **grid.transport_report(),
         "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
     }

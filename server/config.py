@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
+from fedge.strategies.reply_validation import ReplyPolicy
 
 #: gRPC's default largest message; a chunk (data + header) must stay under it.
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -32,6 +33,20 @@ class ServerConfig:
     max_workers: int = 64  # gRPC server threads: >= 2 per device (a long poll holds one; heartbeats, pushes)
     checkpoint_dir: str = "checkpoint"  # fedge-server: atomic checkpoint after every round
     resume: bool = False  # fedge-server: continue from checkpoint_dir
+    # -- reply validation (fedge.strategies.reply_validation; fedge-sim too) and checkpoints --
+    max_num_examples: int = 0  # cap on a reply's num-examples (larger claims are capped); 0 = from the task: largest partition (fedge-sim) / train-set size (fedge-server)
+    max_update_norm: float = 0.0  # fixed bound on a decoded update's L2 norm (above: dropped); 0 = 100 x max(1, ||global model||); inf = none
+    max_update_norm_median: float = 10.0  # drop updates above this multiple of the round's median update norm (rounds of >= 3 replies); 0 = off
+    keep_checkpoints: int = 3  # fedge-server keeps the newest N checkpoints; --resume takes the newest valid one
+
+    def reply_policy(self, task_max_num_examples: int) -> ReplyPolicy:
+        """The reply validation these settings ask for; ``task_max_num_examples`` is the
+        task-derived cap used when ``max_num_examples`` is 0."""
+        return ReplyPolicy(
+            max_num_examples=self.max_num_examples or task_max_num_examples,
+            max_update_norm=self.max_update_norm,
+            max_update_norm_median=self.max_update_norm_median,
+        )
 
     @property
     def liveness_s(self) -> float:
@@ -57,5 +72,13 @@ class ServerConfig:
             )
         if self.max_workers < 2:
             raise ValueError(f"server.max_workers must be >= 2, got {self.max_workers}")
+        if self.max_num_examples < 0:
+            raise ValueError(f"server.max_num_examples must be >= 0 (0 = from the task), got {self.max_num_examples}")
+        if not self.max_update_norm >= 0:
+            raise ValueError(f"server.max_update_norm must be >= 0 (0 = from the model, inf = none), got {self.max_update_norm}")
+        if not (self.max_update_norm_median == 0 or self.max_update_norm_median >= 1):
+            raise ValueError(f"server.max_update_norm_median must be 0 (off) or >= 1, got {self.max_update_norm_median}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"server.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if ":" not in self.address:
             raise ValueError(f"server.address must be HOST:PORT, got {self.address!r}")

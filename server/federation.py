@@ -33,7 +33,7 @@ class RoundRecord:
     wall_s: float  # seconds since the previous round ended
     replies: int  # successful client replies
     failures: int  # failed or lost clients (stragglers and offline devices included)
-    dropped: int = 0  # replies refused by the decoder
+    dropped: int = 0  # replies refused by the decoder or the reply validator (reasons: dropped_replies)
     train_loss: float | None = None  # mean client training loss (aggregated)
     federated_accuracy: float | None = None  # clients' evaluation on their own data, if run
     # Simulated devices (device=..., fedge.server.devices); None / 0 without profiles:
@@ -41,6 +41,7 @@ class RoundRecord:
     energy_j: float | None = None  # joules of every device that worked, stragglers included
     stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
     unavailable: int = 0  # sampled devices that were offline (counted in failures)
+    abandoned: str | None = None  # why the round's aggregate was not applied (the model stayed), if it was not
 
 
 @dataclass
@@ -81,6 +82,7 @@ def run_federation(
         traffic = grid.traffic.round(server_round)
         dropped_log = getattr(strategy, "log", None)
         dropped = len(dropped_log.dropped_in(server_round)) if dropped_log is not None else 0
+        abandoned = dropped_log.abandoned_in(server_round) if dropped_log is not None else None
         record = RoundRecord(
             round=server_round,
             accuracy=accuracy,
@@ -91,6 +93,7 @@ def run_federation(
             replies=traffic.replies - dropped,
             failures=traffic.failures,
             dropped=dropped,
+            abandoned=abandoned,
         )
         devices = getattr(grid, "devices", None)
         if devices is not None and server_round > 0:

@@ -78,13 +78,18 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"client: {exc}") from None
 
 
-def build_strategy(cfg: DictConfig) -> CompressedStrategy:
-    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
+def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
+    and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
     try:
         setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = _build("strategy", cfg.strategy)
+    try:
+        validation = OmegaConf.to_object(cfg.server).reply_policy(max_num_examples)  # type: ignore[union-attr]
+    except ValueError as exc:
+        raise ConfigError(f"server: {exc}") from None
     return CompressedStrategy(
         inner,  # type: ignore[arg-type]
         uplink=setup.uplink,
@@ -93,6 +98,7 @@ def build_strategy(cfg: DictConfig) -> CompressedStrategy:
         max_update_bytes=setup.max_update_bytes,
         freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
         trainable=list(cfg.client.trainable),
+        validation=validation,
     )
 
 
@@ -115,7 +121,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(f"partition: {exc}") from None
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
-    strategy = build_strategy(cfg)
+    strategy = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
@@ -149,6 +155,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             "final": asdict(result.final),
             "rounds": [asdict(r) for r in result.rounds],
             "dropped_replies": [asdict(d) for d in strategy.log.dropped],
+            "adjusted_replies": [asdict(a) for a in strategy.log.adjusted],  # num-examples capped, metric keys trimmed
             **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
             "clients": _client_totals(grid),
             "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
