@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvgM
 
 from fedge.client import TrainConfig
 from fedge.server import checkpoint as checkpoint_module
-from fedge.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedge.server.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.server.resume import run_resumable
@@ -114,7 +114,7 @@ def test_resume_refuses_another_configuration_and_a_missing_checkpoint(tmp_path)
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     recipe, initial, evaluator = fresh()
     run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 1, tmp_path, "fp")
-    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    before = (tmp_path / CHECKPOINT_PATTERN.format(1)).read_bytes()
     real_savez = np.savez
 
     def torn_write(f, **arrays):
@@ -124,6 +124,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(checkpoint_module.np, "savez", torn_write)
     with pytest.raises(KeyboardInterrupt):
         run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 2, tmp_path, "fp", resume=True)
-    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no temporary file left behind
+    assert (tmp_path / CHECKPOINT_PATTERN.format(1)).read_bytes() == before
+    # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_PATTERN.format(0), CHECKPOINT_PATTERN.format(1)]
     assert load_checkpoint(tmp_path).round == 1
