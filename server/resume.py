@@ -123,7 +123,7 @@ class CheckpointedRun(Strategy):
             flower = super().start(
                 grid, arrays, num_rounds - self.offset, timeout, train_config, evaluate_config, evaluate_and_checkpoint
             )
-            if flower.arrays is not None:
+            if flower.arrays:  # empty when no round applied an aggregate
                 self.history.arrays = flower.arrays
         return self.history
 
@@ -249,6 +249,6 @@ def run_resumable(
 
     outcome = run_federation(run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s)
     final_arrays = outcome.final_arrays
-    if checkpoint is not None and outcome.flower_result.arrays is None:
+    if checkpoint is not None and not outcome.flower_result.arrays:
         final_arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()})
     return FederationResult(rounds=restored + outcome.rounds, final_arrays=final_arrays, flower_result=outcome.flower_result)
