@@ -136,7 +136,7 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint, keep: int = D
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

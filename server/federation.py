@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import Result, Strategy
@@ -125,7 +126,7 @@ def attach_client_metrics(rounds: list[RoundRecord], result: Result) -> None:
     for record in rounds:
         metrics = result.train_metrics_clientapp.get(record.round)
         if metrics is not None and "train_loss" in metrics:
-            record.train_loss = float(metrics["train_loss"])
+            record.train_loss = float(cast(float, metrics["train_loss"]))
         evaluated = result.evaluate_metrics_clientapp.get(record.round)
         if evaluated is not None and "accuracy" in evaluated:
-            record.federated_accuracy = float(evaluated["accuracy"])
+            record.federated_accuracy = float(cast(float, evaluated["accuracy"]))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -160,7 +160,7 @@ class CompressedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config.update(self.uplink.to_config())
+        config.update(cast(dict[str, Any], self.uplink.to_config()))
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
@@ -169,8 +169,8 @@ class CompressedStrategy(Strategy):
         full, delta, received = self._broadcast(server_round, weights)
         self._reference = {server_round: received}
         for message in messages:
-            holder = delta is not None and message.metadata.dst_node_id in self._holders
-            _set_model(message, delta if holder else full)
+            holder = message.metadata.dst_node_id in self._holders
+            _set_model(message, delta if delta is not None and holder else full)
         self._held, self._held_round = received, server_round
         self._holders = set()
         return messages
@@ -298,10 +298,10 @@ class CompressedStrategy(Strategy):
         for reply, candidate in candidates:
             reply.content = RecordDict({records.METRICS_RECORD: MetricRecord(candidate.metrics)})
             kept.append(reply)
-        _, metrics, failed = guarded_aggregate(self.strategy, lambda: (None, self.strategy.aggregate_evaluate(server_round, kept)))
+        _, aggregated, failed = guarded_aggregate(self.strategy, lambda: (None, self.strategy.aggregate_evaluate(server_round, kept)))
         if failed is not None:
             log.warning("round %d: federated evaluation not aggregated: %s", server_round, failed)
-        return metrics
+        return aggregated
 
     # -- delegation, method by method ----------------------------------------------
     def summary(self) -> None:

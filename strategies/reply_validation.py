@@ -46,6 +46,7 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Union
 
 import numpy as np
 
@@ -55,6 +56,10 @@ DEFAULT_WEIGHT_KEY = "num-examples"
 AUTO_NORM_FACTOR = 100.0
 #: The median-relative bound applies from this many replies in a round.
 MIN_REPLIES_FOR_MEDIAN = 3
+
+
+#: What a MetricRecord may hold (the validator keeps only the scalars).
+MetricValue = Union[int, float, list[int], list[float]]
 
 
 class ReplyRejected(ValueError):
@@ -104,7 +109,7 @@ class Candidate:
     """One reply that passed the per-reply checks, waiting for the round's checks."""
 
     node_id: int
-    metrics: dict[str, int | float]
+    metrics: dict[str, MetricValue]
     norm: float = 0.0  # L2 norm of the decoded update (0 for evaluation replies)
     notes: list[str] = field(default_factory=list)  # adjustments made (cap, trimmed keys)
 
@@ -133,7 +138,7 @@ class ReplyValidator:
         policy = policy or ReplyPolicy()
         self.policy = policy if policy.weight_key else replace(policy, weight_key=DEFAULT_WEIGHT_KEY)
 
-    def check_metrics(self, metrics: Mapping[str, object]) -> tuple[dict[str, int | float], list[str]]:
+    def check_metrics(self, metrics: Mapping[str, object]) -> tuple[dict[str, MetricValue], list[str]]:
         """``(clean metrics, notes)``; raises :class:`ReplyRejected` with the reason."""
         policy = self.policy
         if len(metrics) > policy.max_metrics:
@@ -157,7 +162,7 @@ class ReplyValidator:
             notes.append(f"{policy.weight_key} {weight:g} capped to {policy.max_num_examples}")
             weight = policy.max_num_examples
         clean[policy.weight_key] = int(weight) if isinstance(metrics[policy.weight_key], int) else float(int(weight))
-        return clean, notes
+        return dict(clean), notes
 
     def norm_bound(self, norms: list[float], model_norm: float) -> float:
         """The round's bound on update norms (``inf`` = none)."""
