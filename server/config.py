@@ -72,12 +72,10 @@ class ServerConfig:
             )
         if self.max_workers < 2:
             raise ValueError(f"server.max_workers must be >= 2, got {self.max_workers}")
-        if self.max_num_examples < 0:
-            raise ValueError(f"server.max_num_examples must be >= 0 (0 = from the task), got {self.max_num_examples}")
-        if not self.max_update_norm >= 0:
-            raise ValueError(f"server.max_update_norm must be >= 0 (0 = from the model, inf = none), got {self.max_update_norm}")
-        if not (self.max_update_norm_median == 0 or self.max_update_norm_median >= 1):
-            raise ValueError(f"server.max_update_norm_median must be 0 (off) or >= 1, got {self.max_update_norm_median}")
+        try:
+            self.reply_policy(0)  # ReplyPolicy names a bad validation setting
+        except ValueError as exc:
+            raise ValueError(f"server.{exc}") from None
         if self.keep_checkpoints < 1:
             raise ValueError(f"server.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if ":" not in self.address:

@@ -30,20 +30,21 @@ Attack = Callable[[task_pb2.Task, task_pb2.Update], task_pb2.Update | None]
 
 
 class HostileGrid(LocalGrid):
-    """In-process clients; ``attacks[node]`` rewrites that node's training Updates
-    (from round ``start_round`` on)."""
+    """In-process clients; ``attacks[node]`` rewrites that node's Updates for tasks of
+    ``kind`` (train or evaluate) from round ``start_round`` on."""
 
-    def __init__(self, recipe: ClientRecipe, attacks: dict[int, Attack], start_round: int = 1) -> None:
+    def __init__(self, recipe: ClientRecipe, attacks: dict[int, Attack], start_round: int = 1, kind: str = "train") -> None:
         super().__init__(recipe)
         self.attacks = attacks
         self.start_round = start_round
+        self.kind = kind
 
     def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
         answers = super()._deliver(tasks)
         for position, (node, payload) in enumerate(tasks):
             task = task_pb2.Task.FromString(payload)
             attack = self.attacks.get(node)
-            if attack is None or task.kind != "train" or task.server_round < self.start_round or answers[position] is None:
+            if attack is None or task.kind != self.kind or task.server_round < self.start_round or answers[position] is None:
                 continue
             sent = attack(task, task_pb2.Update.FromString(answers[position]))
             answers[position] = None if sent is None else sent.SerializeToString()

@@ -141,10 +141,20 @@ def _rounds_on_disk(directory):
     return [r for r, _ in checkpoint_files(directory)]
 
 
-def test_the_newest_n_checkpoints_are_kept(tmp_path):
+def _plain(rounds):
+    """FedAvgM over ``rounds`` rounds without checkpoints: what a resumed run must equal."""
     recipe, initial, evaluator = fresh()
-    run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 4, tmp_path, "fp", keep=2,
-                  train_config=ConfigRecord(TRAIN.to_config()))
+    return run_federation(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, rounds, ConfigRecord(TRAIN.to_config()))
+
+
+def _checkpointed(rounds, directory, **options):
+    recipe, initial, evaluator = fresh()
+    return run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, rounds, directory, "fp",
+                         train_config=ConfigRecord(TRAIN.to_config()), **options)
+
+
+def test_the_newest_n_checkpoints_are_kept(tmp_path):
+    _checkpointed(4, tmp_path, keep=2)
     assert _rounds_on_disk(tmp_path) == [4, 3]
 
 
@@ -177,19 +187,15 @@ def test_an_edited_round_number_and_a_renamed_file_are_detected(tmp_path):
 
 
 def test_resume_passes_over_corrupt_and_non_finite_checkpoints_and_says_why(tmp_path, caplog):
-    recipe, initial, evaluator = fresh()
-    plain = run_federation(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 3, ConfigRecord(TRAIN.to_config()))
-    recipe, initial, evaluator = fresh()
-    run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 3, tmp_path, "fp",
-                  train_config=ConfigRecord(TRAIN.to_config()))
+    plain = _plain(3)
+    _checkpointed(3, tmp_path)
     (tmp_path / CHECKPOINT_PATTERN.format(3)).write_bytes(b"PK\x03\x04 torn")  # a corrupt newest file
     checkpoint_module.save_checkpoint(tmp_path, _nan_copy(read_checkpoint(tmp_path / CHECKPOINT_PATTERN.format(2)), 9), keep=10)
     with caplog.at_level("WARNING"):
         chosen = load_checkpoint(tmp_path, "fp")
     assert chosen.round == 2
     assert "not finite" in caplog.text and "unreadable" in caplog.text
-    resumed = run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 3, tmp_path, "fp",
-                            resume=True, train_config=ConfigRecord(TRAIN.to_config()))
+    resumed = _checkpointed(3, tmp_path, resume=True)
     assert [r.accuracy for r in resumed.rounds] == [r.accuracy for r in plain.rounds]
     assert _rounds_on_disk(tmp_path) == [3, 2, 1]  # the passed-over files were set aside
     assert sorted(p.name for p in tmp_path.glob("*.rejected")) == [
@@ -215,8 +221,7 @@ def test_no_valid_checkpoint_is_a_clear_error_naming_each_file(tmp_path):
 
 
 def test_a_full_disk_is_logged_and_the_federation_goes_on(tmp_path, monkeypatch, caplog):
-    recipe, initial, evaluator = fresh()
-    plain = run_federation(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 3, ConfigRecord(TRAIN.to_config()))
+    plain = _plain(3)
     real_savez = np.savez
     writes = []
 
@@ -228,10 +233,8 @@ def test_a_full_disk_is_logged_and_the_federation_goes_on(tmp_path, monkeypatch,
         real_savez(f, **arrays)
 
     monkeypatch.setattr(checkpoint_module.np, "savez", disk_full_at_round_two)
-    recipe, initial, evaluator = fresh()
     with caplog.at_level("ERROR"):
-        result = run_resumable(STRATEGIES["fedavgm"](), LocalGrid(recipe), initial, evaluator, 3, tmp_path, "fp",
-                               keep=5, train_config=ConfigRecord(TRAIN.to_config()))
+        result = _checkpointed(3, tmp_path, keep=5)
     assert [r.accuracy for r in result.rounds] == [r.accuracy for r in plain.rounds]
     assert "round 2: checkpoint NOT written" in caplog.text and "No space left on device" in caplog.text
     assert "newest checkpoint kept: round 1" in caplog.text

@@ -147,6 +147,23 @@ def test_huge_finite_values_are_dropped_by_the_norm_bound(clients):
     assert attacked.final.accuracy > attacked.rounds[0].accuracy  # honest replies keep training it
 
 
+def test_evaluation_replies_are_validated_too():
+    """A NaN accuracy or a missing num-examples in a federated-evaluation reply is dropped;
+    the federated accuracy stays the honest devices' average."""
+    recipe, initial, evaluator, sizes = setup(3)
+
+    def federation(attack):
+        strategy = CompressedStrategy(FedAvg(fraction_evaluate=1.0), validation=ReplyPolicy(max_num_examples=max(sizes)))
+        grid = HostileGrid(recipe, {ATTACKER: attack}, kind="evaluate")
+        return run_federation(strategy, grid, initial, evaluator, 1, train_config()), strategy
+
+    lying, strategy = federation(set_metric("accuracy", math.nan))
+    assert reasons(strategy) == ["evaluation: ReplyRejected: metric 'accuracy' is nan, not finite"]
+    silent_run, _ = federation(silent)
+    assert lying.rounds[1].federated_accuracy == silent_run.rounds[1].federated_accuracy
+    assert math.isfinite(lying.rounds[1].federated_accuracy)
+
+
 def test_metric_values_and_keys_are_checked():
     validator = ReplyValidator(ReplyPolicy(max_num_examples=100))
     clean, notes = validator.check_metrics({"num-examples": 7.0, "train_loss": 0.5})
