@@ -230,3 +230,121 @@ def test_simulation_results_record_dropped_replies_with_reasons(tmp_path):
     assert len(saved["dropped_replies"]) == 3 and all("exceeds" in d["reason"] for d in saved["dropped_replies"])
     assert saved["rounds"][1]["dropped"] == 3
     assert saved["rounds"][1]["accuracy"] == saved["rounds"][0]["accuracy"]  # the model did not move
+
+
+def test_a_lying_device_cannot_crash_fedge_server_processes(tmp_path):
+    """Through real processes: fedge-server and two honest fedge-client processes over
+    mTLS on loopback, and a device with a valid certificate that answers every training
+    task with NaN num-examples, 1e12 num-examples with 1e30 tensors, or an extra metric key.
+    The server finishes every round, its model stays finite and trains, and every refusal
+    is in results.json with its reason (issue 11: these crashed or poisoned the server)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from grpc_helpers import wait_until
+
+    from fedge.client.connection import Connection, DeviceCredentials
+    from fedge.protos.codecs import decode_update, encode_update
+    from fedge.protos.v1 import federation_pb2 as fpb
+    from fedge.protos.v1 import task_pb2, tensor_pb2
+    from fedge.server.certs import CertDir, create_federation, issue_devices
+    from hostile_grid import DATA
+
+    bin_dir = Path(sys.executable).parent
+    certs = CertDir(tmp_path / "certs")
+    create_federation(certs.root)
+    issue_devices(certs.root, ["1000", "1001", "1002"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rounds = 3
+    logs = {}
+
+    def start(name, args):
+        logs[name] = open(tmp_path / f"{name}.log", "wb")
+        return subprocess.Popen(args, stdout=logs[name], stderr=subprocess.STDOUT)
+
+    server = start("server", [
+        str(bin_dir / "fedge-server"), f"server.address=127.0.0.1:{port}", f"server.certs={certs.root}",
+        f"server.checkpoint_dir={tmp_path / 'ckpt'}", "server.heartbeat_s=1", "server.join_timeout_s=120",
+        "server.round_timeout_s=60", "num_clients=3", f"rounds={rounds}", "progress=false", "client.local_steps=10",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ])
+    clients = []
+    for i, device in enumerate(["1000", "1001"]):
+        data = tmp_path / f"{device}.npz"
+        shard = DATA.train.subset(np.arange(i, 600, 2))
+        np.savez(data, x=shard.x.reshape(len(shard), -1), y=shard.y)
+        clients.append(start(device, [
+            str(bin_dir / "fedge-client"), "--server", f"127.0.0.1:{port}", "--task", "digits", "--data", str(data),
+            "--ca", str(certs.ca), "--cert", str(certs.device(device)), "--key", str(certs.device_key(device)),
+            "--backoff-max", "1", "--pull-wait", "5",
+        ]))
+    lies = [
+        {"num-examples": math.nan, "train_loss": 0.1},
+        {"num-examples": 1e12, "train_loss": 0.1, "huge": 1.0},
+        {"num-examples": 300.0, "train_loss": 0.1, "extra.key.v9": 1.0},
+    ]
+    pushed: list[str] = []
+
+    def lying_device():
+        conn = Connection(f"127.0.0.1:{port}", "1002",
+                          DeviceCredentials.from_files(certs.ca, certs.device("1002"), certs.device_key("1002")))
+        try:
+            for _ in range(600):
+                try:
+                    conn.join("1002", {}, ["fp32"], timeout_s=5)
+                    break
+                except Exception:  # the server is still starting
+                    threading.Event().wait(0.2)
+            while True:
+                pulled = conn.pull(wait_s=5, max_task_bytes=1 << 26, transfer_timeout_s=30)
+                if pulled.header.status == fpb.PULL_STATUS_FINISHED:
+                    return
+                if pulled.payload is None:
+                    continue
+                task = task_pb2.Task.FromString(pulled.payload)
+                model = decode_update(task.model)
+                if task.kind != "train":
+                    update = task_pb2.Update(task_id=task.task_id, node_id=task.node_id, metrics={"num-examples": 1.0})
+                else:
+                    lie = lies[(task.server_round - 1) % len(lies)]
+                    scale = 1e30 if "huge" in lie else 1e-4
+                    delta = {k: np.full_like(v, scale) for k, v in model.items()}
+                    update = task_pb2.Update(
+                        task_id=task.task_id, node_id=task.node_id, metrics={k: v for k, v in lie.items() if k != "huge"},
+                        update=encode_update(delta, "fp32", tensor_pb2.UPDATE_KIND_DELTA, base_round=task.server_round - 1),
+                    )
+                reply, _ = conn.push(task.task_id, update.SerializeToString(), 1 << 20, timeout_s=30)
+                pushed.append(f"{task.kind} {task.server_round}: {reply.accepted}")
+        finally:
+            conn.close()
+
+    liar = threading.Thread(target=lying_device, daemon=True)
+    liar.start()
+    try:
+        assert server.wait(timeout=300) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert [c.wait(timeout=60) for c in clients] == [0, 0]
+        liar.join(timeout=30)
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in logs.values():
+            f.close()
+    assert pushed[:rounds] == [f"train {r}: True" for r in range(1, rounds + 1)]  # the transport took every lie
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [d["server_round"] for d in results["dropped_replies"]] == [1, 2]
+    assert "not finite" in results["dropped_replies"][0]["reason"]
+    assert "exceeds the round's bound" in results["dropped_replies"][1]["reason"]
+    assert any(a["server_round"] == 3 and "trimmed" in a["note"] for a in results["adjusted_replies"])
+    assert all(r["abandoned"] is None for r in results["rounds"])
+    final = np.load(tmp_path / "run" / "final_model.npz")
+    assert all(np.isfinite(final[k]).all() for k in final.files)
+    accuracy = [r["accuracy"] for r in results["rounds"]]
+    assert accuracy[-1] > accuracy[0] + 0.1, accuracy  # the honest devices kept training it
