@@ -97,7 +97,7 @@ class ReplyPolicy:
 
     def __post_init__(self) -> None:
         if self.max_num_examples < 0:
-            raise ValueError(f"max_num_examples must be >= 0 (0 = no cap), got {self.max_num_examples}")
+            raise ValueError(f"max_num_examples must be >= 0, got {self.max_num_examples}")
         if not self.max_update_norm >= 0:
             raise ValueError(f"max_update_norm must be >= 0 (0 = derived from the model), got {self.max_update_norm}")
         if not (self.max_update_norm_median == 0 or self.max_update_norm_median >= 1):

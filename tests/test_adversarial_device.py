@@ -114,6 +114,8 @@ final_update = st.fixed_dictionaries(
         "codec": st.sampled_from(["fp32", "fp16"]),
         "shape": st.sampled_from(["right", "right", "right", "renamed", "reshaped", "missing", "garbage"]),
         "base_offset": st.sampled_from([0, 0, 0, 0, -1, 1, 10**6]),
+        # codec fields of the first tensor: none, an unknown codec, a wrong dtype, a wrong kind, bytes cut short
+        "codec_field": st.sampled_from([None, None, None, None, "codec", "dtype", "kind", "data"]),
         "error": st.sampled_from(["", "", "", "", "device ran out of memory"]),
         "node_id": st.integers(0, 2**64 - 1),
     }
@@ -160,6 +162,17 @@ def forged_update(task: task_pb2.Task, spec: dict, rng: np.random.Generator) -> 
         with np.errstate(over="ignore"):  # fp16 of 1e30 is inf: the safe decoder must refuse it
             encoded = encode_update(delta, spec["codec"], tensor_pb2.UPDATE_KIND_DELTA, base_round=task.server_round - 1 + spec["base_offset"])
         update.update.CopyFrom(encoded)
+        first = update.update.tensors[0]
+        if spec["codec_field"] is not None:
+            must_refuse.add("malformed codec fields")
+        if spec["codec_field"] == "codec":
+            first.codec = "no-such-codec"
+        elif spec["codec_field"] == "dtype":
+            first.dtype = tensor_pb2.DTYPE_INT8
+        elif spec["codec_field"] == "kind":
+            update.update.kind = tensor_pb2.UPDATE_KIND_WEIGHTS
+        elif spec["codec_field"] == "data":
+            first.data = first.data[: len(first.data) // 2]
     if spec["error"]:
         update.ClearField("update")
         must_refuse = set()  # a failure reply: the device says why itself
