@@ -35,13 +35,18 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
         raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
 
 
-def build_strategy(cfg: DictConfig) -> CompressedStrategy:
-    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
+def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
+    and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
     try:
         setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = instantiate_node("strategy", cfg.strategy)
+    try:
+        validation = server_settings(cfg).reply_policy(max_num_examples)
+    except ValueError as exc:
+        raise ConfigError(f"server: {exc}") from None
     return CompressedStrategy(
         inner,  # type: ignore[arg-type]
         uplink=setup.uplink,
@@ -50,6 +55,7 @@ def build_strategy(cfg: DictConfig) -> CompressedStrategy:
         max_update_bytes=setup.max_update_bytes,
         freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
         trainable=list(cfg.client.trainable),
+        validation=validation,
     )
 
 

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 
 from fedge.client.train_config import TrainConfig
 from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
+from fedge.strategies.reply_validation import ReplyPolicy
 
 SCHEMA_NAME = "fedge_schema"
 
@@ -65,6 +66,20 @@ class ServerConfig:
     update_envelope_bytes: int = 65536
     # Bad-request log lines (junk bytes, refused streams) are rate-limited to one per this many seconds.
     error_log_interval_s: float = 5.0
+    # -- reply validation (fedge.strategies.reply_validation; fedge-sim too) and checkpoints --
+    max_num_examples: int = 0  # cap on a reply's num-examples (larger claims are capped); 0 = from the task: largest partition (fedge-sim) / train-set size (fedge-server)
+    max_update_norm: float = 0.0  # fixed bound on a decoded update's L2 norm (above: dropped); 0 = 100 x max(1, ||global model||); inf = none
+    max_update_norm_median: float = 10.0  # drop updates above this multiple of the round's median update norm (rounds of >= 3 replies); 0 = off
+    keep_checkpoints: int = 3  # fedge-server keeps the newest N checkpoints; --resume takes the newest valid one
+
+    def reply_policy(self, task_max_num_examples: int) -> ReplyPolicy:
+        """The reply validation these settings ask for; ``task_max_num_examples`` is the
+        task-derived cap used when ``max_num_examples`` is 0."""
+        return ReplyPolicy(
+            max_num_examples=self.max_num_examples or task_max_num_examples,
+            max_update_norm=self.max_update_norm,
+            max_update_norm_median=self.max_update_norm_median,
+        )
 
     @property
     def liveness_s(self) -> float:
@@ -91,6 +106,12 @@ class ServerConfig:
         if self.max_workers < 1:
             raise ValueError(f"server.max_workers must be >= 1, got {self.max_workers}")
         self.check_limits()
+        try:
+            self.reply_policy(0)  # ReplyPolicy names a bad validation setting
+        except ValueError as exc:
+            raise ValueError(f"server.{exc}") from None
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"server.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if ":" not in self.address:
             raise ValueError(f"server.address must be HOST:PORT, got {self.address!r}")
 

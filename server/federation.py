@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import Result, Strategy
@@ -34,7 +35,7 @@ class RoundRecord:
     wall_s: float  # seconds since the previous round ended
     replies: int  # successful client replies
     failures: int  # failed or lost clients (stragglers and offline devices included)
-    dropped: int = 0  # replies refused by the decoder
+    dropped: int = 0  # replies refused by the decoder or the reply validator (reasons: dropped_replies)
     train_loss: float | None = None  # mean client training loss (aggregated)
     federated_accuracy: float | None = None  # clients' evaluation on their own data, if run
     # Simulated devices (device=..., the Grid's delivery observer); None / 0 without profiles:
@@ -42,6 +43,7 @@ class RoundRecord:
     energy_j: float | None = None  # joules of every device that worked, stragglers included
     stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
     unavailable: int = 0  # sampled devices that were offline (counted in failures)
+    abandoned: str | None = None  # why the round's aggregate was not applied (the model stayed), if it was not
 
 
 @dataclass
@@ -90,6 +92,7 @@ def run_federation(
         now = time.perf_counter()
         traffic = grid.traffic.round(server_round)
         dropped = len(dropped_log.dropped_in(server_round)) if dropped_log is not None else 0
+        abandoned = dropped_log.abandoned_in(server_round) if dropped_log is not None else None
         record = RoundRecord(
             round=server_round,
             accuracy=accuracy,
@@ -100,6 +103,7 @@ def run_federation(
             replies=traffic.replies - dropped,
             failures=traffic.failures,
             dropped=dropped,
+            abandoned=abandoned,
         )
         observer = grid.delivery_observer
         if observer is not None and server_round > 0:
@@ -121,7 +125,8 @@ def run_federation(
         evaluate_fn=evaluate_fn,
     )
     attach_client_metrics(rounds, result)
-    final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    # Flower's Result starts with an empty ArrayRecord: no round applied an aggregate
+    final_arrays = result.arrays if result.arrays else initial_arrays
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
 
 
@@ -130,7 +135,7 @@ def attach_client_metrics(rounds: list[RoundRecord], result: Result) -> None:
     for record in rounds:
         metrics = result.train_metrics_clientapp.get(record.round)
         if metrics is not None and "train_loss" in metrics:
-            record.train_loss = float(metrics["train_loss"])
+            record.train_loss = float(cast(float, metrics["train_loss"]))
         evaluated = result.evaluate_metrics_clientapp.get(record.round)
         if evaluated is not None and "accuracy" in evaluated:
-            record.federated_accuracy = float(evaluated["accuracy"])
+            record.federated_accuracy = float(cast(float, evaluated["accuracy"]))

@@ -49,6 +49,7 @@ def write_results(
         "final": asdict(result.final),
         "rounds": [asdict(r) for r in result.rounds],
         "dropped_replies": [asdict(d) for d in dropped_log.dropped],
+        "adjusted_replies": [asdict(a) for a in dropped_log.adjusted],  # num-examples capped, metric keys trimmed
         **transport,
     }
     if clients is not None:

@@ -1,13 +1,23 @@
 """Checkpoint after every round, and resume from round k+1 after a crash.
 
-Flower's ``Strategy.start`` always begins at round 1. :class:`CheckpointedRun` wraps
-the strategy and replaces ``start`` with the same per-round steps (configure_train,
-send_and_receive, aggregate_train, configure_evaluate, send_and_receive,
-aggregate_evaluate, central evaluation) beginning after the checkpoint's round, and
-writes a checkpoint when each round is done. :func:`run_resumable` drives it through
-:func:`~fedge.server.federation.run_federation`, so the per-round records are built
-by the same code as every other run: a resumed run's results are those of a run
-that never stopped, rounds 1..k are neither repeated nor lost.
+Flower's ``Strategy.start`` runs rounds ``1..n`` and calls ``evaluate_fn`` after the
+initial model and after every round. :class:`CheckpointedRun` wraps the strategy and
+builds on that loop instead of copying it:
+
+* a resumed run calls Flower's ``start`` for the ``n - k`` rounds left, starting from
+  the checkpoint's model, and shifts the round number by ``k`` in every method it
+  forwards (``configure_train(r)`` reaches the wrapped strategy as round ``k + r``);
+* its ``evaluate_fn`` runs the caller's central evaluation with the true round number,
+  then writes the checkpoint (the model, the strategy's state, the records, the random
+  generators), and skips round 0 of a resumed run (evaluated before the crash);
+* the Flower metrics of every round are kept, under their true round numbers, as the
+  forwarded methods return them, so a checkpoint holds them without Flower's ``Result``.
+
+:func:`run_resumable` drives it through :func:`~fedge.server.federation.run_federation`,
+so the per-round records are built by the same code as every other run: a resumed run's
+results are those of a run that never stopped, rounds 1..k are neither repeated nor lost.
+A checkpoint that cannot be written (a full disk, ...) is logged and the federation goes
+on with the previous checkpoints in place.
 """
 
 from __future__ import annotations
@@ -23,11 +33,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedge.server import strategy_state
-from fedge.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedge.server.checkpoint import DEFAULT_KEEP, Checkpoint, checkpoint_files, load_checkpoint, save_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord, attach_client_metrics, run_federation
 from fedge.server.grid import FedgeGrid
-from fedge.strategies.compressed import CompressionLog
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +45,20 @@ RESULT_FIELDS = ("train_metrics_clientapp", "evaluate_metrics_clientapp", "evalu
 
 
 class CheckpointedRun(Strategy):
-    """``strategy`` with a ``start`` that checkpoints every round and can resume.
+    """``strategy`` whose Flower ``start`` checkpoints every round and can resume.
 
     Parameters
     ----------
     strategy:
         The strategy to run (e.g. a CompressedStrategy around a Flower strategy).
     directory:
-        Where ``checkpoint.npz`` is written.
+        Where ``checkpoint-<round>.npz`` files are written.
     config_fingerprint:
         Fingerprint of the experiment; a resume with another one is refused.
     resume_from:
         A loaded checkpoint to continue from, or ``None`` for a fresh run.
+    keep:
+        How many checkpoints to keep (the newest).
     """
 
     def __init__(
@@ -55,12 +67,17 @@ class CheckpointedRun(Strategy):
         directory: str | Path,
         config_fingerprint: str,
         resume_from: Checkpoint | None = None,
+        keep: int = DEFAULT_KEEP,
     ) -> None:
         self.strategy = strategy
         self.directory = Path(directory)
         self.config_fingerprint = config_fingerprint
         self.resume_from = resume_from
+        self.keep = keep
+        self.offset = resume_from.round if resume_from is not None else 0  # rounds done before this process
+        self.history = Result()  # Flower metrics by true round number
         self.records: list[RoundRecord] = []  # every round's record, restored ones first
+        self.failed_saves: list[tuple[int, str]] = []  # (round, why) for checkpoints not written
         if resume_from is not None:
             if resume_from.config_fingerprint != config_fingerprint:
                 raise ValueError(
@@ -69,7 +86,12 @@ class CheckpointedRun(Strategy):
                 )
             self.records = [RoundRecord(**r) for r in resume_from.records]
 
-    # -- the driver ---------------------------------------------------------------
+    @property
+    def log(self) -> CompressionLog | None:
+        """The wrapped strategy's log of refused replies and abandoned rounds, if it keeps one."""
+        return self.strategy.log if isinstance(self.strategy, CompressedStrategy) else None
+
+    # -- the driver: Flower's loop, shifted by the rounds already done ------------
     def start(
         self,
         grid: Grid,
@@ -80,106 +102,111 @@ class CheckpointedRun(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result()
         arrays = initial_arrays
-        first = 1
         if self.resume_from is not None:
-            arrays = self._restore(result)
-            first = self.resume_from.round + 1
-            log.info("resuming after round %d of %d", self.resume_from.round, num_rounds)
-        elif evaluate_fn is not None:
-            self._evaluate(0, arrays, evaluate_fn, result)
-            self._save(0, arrays, result)
-        for current in range(first, num_rounds + 1):
-            replies = grid.send_and_receive(
-                messages=self.strategy.configure_train(current, arrays, train_config, grid), timeout=timeout
+            arrays = self._restore()
+            log.info("resuming after round %d of %d", self.offset, num_rounds)
+            self._set_aside_newer()
+
+        def evaluate_and_checkpoint(server_round: int, current: ArrayRecord) -> MetricRecord | None:
+            if server_round == 0 and self.resume_from is not None:
+                return None  # the checkpoint's model was evaluated before the crash
+            true_round = server_round + self.offset
+            metrics = evaluate_fn(true_round, current) if evaluate_fn is not None else None
+            if metrics is not None:
+                self.history.evaluate_metrics_serverapp[true_round] = metrics
+            self._save(true_round, current)
+            return metrics
+
+        if num_rounds > self.offset:
+            flower = super().start(
+                grid, arrays, num_rounds - self.offset, timeout, train_config, evaluate_config, evaluate_and_checkpoint
             )
-            new_arrays, train_metrics = self.strategy.aggregate_train(current, replies)
-            if new_arrays is not None:
-                result.arrays = arrays = new_arrays
-            if train_metrics is not None:
-                result.train_metrics_clientapp[current] = train_metrics
-            replies = grid.send_and_receive(
-                messages=self.strategy.configure_evaluate(current, arrays, evaluate_config, grid), timeout=timeout
-            )
-            evaluate_metrics = self.strategy.aggregate_evaluate(current, replies)
-            if evaluate_metrics is not None:
-                result.evaluate_metrics_clientapp[current] = evaluate_metrics
-            if evaluate_fn is not None:
-                self._evaluate(current, arrays, evaluate_fn, result)
-            self._save(current, arrays, result)
-        return result
+            if flower.arrays:  # empty when no round applied an aggregate
+                self.history.arrays = flower.arrays
+        return self.history
 
     def record(self, record: RoundRecord) -> None:
         """``on_round`` hook for run_federation: keep the record for the checkpoint."""
         self.records.append(record)
 
-    def _evaluate(self, server_round: int, arrays: ArrayRecord, evaluate_fn: Callable, result: Result) -> None:
-        metrics = evaluate_fn(server_round, arrays)
-        if metrics is not None:
-            result.evaluate_metrics_serverapp[server_round] = metrics
-
-    def _save(self, server_round: int, arrays: ArrayRecord, result: Result) -> None:
-        attach_client_metrics(self.records, result)
+    def _save(self, server_round: int, arrays: ArrayRecord) -> None:
+        attach_client_metrics(self.records, self.history)
         description, strategy_arrays = strategy_state.capture(self.strategy)
         python_random, numpy_random = Checkpoint.random_states()
-        dropped_log = getattr(self.strategy, "log", None)
         checkpoint = Checkpoint(
             round=server_round,
             model={k: v.numpy() for k, v in arrays.items()},
             strategy=description,
             strategy_arrays=strategy_arrays,
             records=[asdict(r) for r in self.records],
-            flower={name: _metric_dicts(getattr(result, name)) for name in RESULT_FIELDS},
-            dropped=[asdict(d) for d in dropped_log.dropped] if dropped_log is not None else [],
+            flower={name: _metric_dicts(getattr(self.history, name)) for name in RESULT_FIELDS},
+            log=self.log.to_dict() if self.log is not None else {},
             python_random=python_random,
             numpy_random=numpy_random,
             config_fingerprint=self.config_fingerprint,
         )
-        path = save_checkpoint(self.directory, checkpoint)
+        try:
+            path = save_checkpoint(self.directory, checkpoint, self.keep)
+        except OSError as exc:  # a full disk, a lost mount: the federation is worth more than one checkpoint
+            reason = f"{type(exc).__name__}: {exc}"
+            self.failed_saves.append((server_round, reason))
+            newest = checkpoint_files(self.directory)
+            kept = f"round {newest[0][0]} ({newest[0][1]})" if newest else "none"
+            log.error(
+                "round %d: checkpoint NOT written (%s); newest checkpoint kept: %s; the federation continues",
+                server_round, reason, kept,
+            )
+            return
         log.info("round %d checkpointed to %s", server_round, path)
 
-    def _restore(self, result: Result) -> ArrayRecord:
+    def _restore(self) -> ArrayRecord:
         checkpoint = self.resume_from
         assert checkpoint is not None
         strategy_state.restore(self.strategy, checkpoint.strategy, checkpoint.strategy_arrays)
         checkpoint.restore_random()
-        dropped_log = getattr(self.strategy, "log", None)
-        if dropped_log is not None and checkpoint.dropped:
-            from fedge.strategies.compressed import DroppedReply
-
-            dropped_log.dropped = [DroppedReply(**d) for d in checkpoint.dropped]
+        if self.log is not None and checkpoint.log:
+            restored = CompressionLog.from_dict(checkpoint.log)
+            self.log.dropped, self.log.adjusted, self.log.abandoned = restored.dropped, restored.adjusted, restored.abandoned
         for name in RESULT_FIELDS:
-            target = getattr(result, name)
+            target = getattr(self.history, name)
             for server_round, metrics in checkpoint.flower.get(name, {}).items():
                 target[int(server_round)] = MetricRecord(metrics)
         arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()})
         if checkpoint.round > 0:
-            result.arrays = arrays
+            self.history.arrays = arrays
         return arrays
 
-    # -- delegation ---------------------------------------------------------------
+    def _set_aside_newer(self) -> None:
+        """Rename the newer checkpoints the resume passed over (invalid) out of the rotation."""
+        for server_round, path in checkpoint_files(self.directory):
+            if server_round > self.offset:
+                path.rename(path.with_name(path.name + ".rejected"))
+                log.warning("set aside %s (not valid); resuming after round %d", path, self.offset)
+
+    # -- forwarded to the wrapped strategy, with true round numbers ----------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
+        true_round = server_round + self.offset
+        arrays, metrics = self.strategy.aggregate_train(true_round, replies)
+        if metrics is not None:
+            self.history.train_metrics_clientapp[true_round] = metrics
+        return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        true_round = server_round + self.offset
+        metrics = self.strategy.aggregate_evaluate(true_round, replies)
+        if metrics is not None:
+            self.history.evaluate_metrics_clientapp[true_round] = metrics
+        return metrics
 
     def summary(self) -> None:
         self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
 
 def _metric_dicts(by_round: dict[int, MetricRecord]) -> dict[str, dict[str, Any]]:
@@ -195,15 +222,24 @@ def run_resumable(
     checkpoint_dir: str | Path,
     config_fingerprint: str,
     *,
-    resume: bool = False,
+    resume: bool | Checkpoint = False,
+    keep: int = DEFAULT_KEEP,
     train_config: ConfigRecord | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     timeout_s: float = 3600.0,
     dropped_log: CompressionLog | None = None,
 ) -> FederationResult:
-    """:func:`run_federation` with a checkpoint after every round; ``resume`` continues one."""
-    checkpoint = load_checkpoint(checkpoint_dir) if resume else None
-    run = CheckpointedRun(strategy, checkpoint_dir, config_fingerprint, checkpoint)
+    """:func:`run_federation` with a checkpoint after every round.
+
+    ``resume``: ``True`` continues from the newest valid checkpoint in ``checkpoint_dir``;
+    a :class:`Checkpoint` (loaded at start, before devices join: ``load_checkpoint``)
+    continues from that one.
+    """
+    if isinstance(resume, Checkpoint):
+        checkpoint: Checkpoint | None = resume
+    else:
+        checkpoint = load_checkpoint(checkpoint_dir, config_fingerprint) if resume else None
+    run = CheckpointedRun(strategy, checkpoint_dir, config_fingerprint, checkpoint, keep)
     restored = list(run.records)
 
     def hook(record: RoundRecord) -> None:
@@ -215,6 +251,6 @@ def run_resumable(
         run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s, dropped_log=dropped_log
     )
     final_arrays = outcome.final_arrays
-    if checkpoint is not None and outcome.flower_result.arrays is None:
+    if checkpoint is not None and not outcome.flower_result.arrays:
         final_arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()})
     return FederationResult(rounds=restored + outcome.rounds, final_arrays=final_arrays, flower_result=outcome.flower_result)

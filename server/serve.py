@@ -36,7 +36,7 @@ from fedge.conf.build import (
     train_defaults,
 )
 from fedge.protos.codecs.compression_setup import required_codecs
-from fedge.server.checkpoint import fingerprint
+from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
@@ -73,13 +73,16 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         if settings.insecure:
             check_insecure(settings.address)
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
+        # Checked now, before any device joins: a corrupt or edited checkpoint is a clear error.
+        checkpoint = load_checkpoint(settings.checkpoint_dir, experiment_fingerprint(cfg)) if settings.resume else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)
     task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
-    test = task.load().test
-    strategy = build_strategy(cfg)
+    data = task.load()
+    test = data.test
+    strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, test, cfg.seed)
@@ -94,7 +97,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         grid.wait_for_nodes(cfg.num_clients)
         result = run_resumable(
             strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-            experiment_fingerprint(cfg), resume=settings.resume,
+            experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
             train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
         )
         grid.close()

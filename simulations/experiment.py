@@ -82,7 +82,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(f"partition: {exc}") from None
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
-    strategy = build_strategy(cfg)
+    strategy = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)

@@ -12,9 +12,14 @@ it holds the user's strategy and
   remembers exactly what devices reconstruct and aggregates relative to that;
 * ``aggregate_train``: decodes every reply's ``fedge.update`` against the global model
   it was computed from (safe decoder: names, shapes, dtypes, finite values, size),
-  drops a bad reply with a logged reason, and hands the inner strategy replies of the
-  form it expects (one ArrayRecord ``global + delta``, one MetricRecord);
-* everything else delegates.
+  validates every other field the device chose (:mod:`fedge.strategies.reply_validation`:
+  metrics, ``num-examples``, the update's norm), drops a bad reply with a recorded reason,
+  and hands the inner strategy replies of the form it expects (one ArrayRecord
+  ``global + delta``, one MetricRecord); the inner aggregation is guarded
+  (:mod:`fedge.strategies.guard`): an exception or a non-finite aggregate abandons the
+  round, records why and keeps the model;
+* ``aggregate_evaluate``: the same metric validation, guarded likewise;
+* everything else delegates, method by method.
 
 So FedAvg, FedProx, FedAdam, Krum, ... aggregate dense arrays unchanged.
 """
@@ -23,7 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -35,6 +41,8 @@ from fedge.protos import records
 from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
+from fedge.strategies.guard import guarded_aggregate
+from fedge.strategies.reply_validation import Candidate, ReplyPolicy, ReplyRejected, ReplyValidator, update_norm
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +60,48 @@ class DroppedReply:
 
 
 @dataclass
+class AdjustedReply:
+    """A reply kept after an adjustment (``num-examples`` capped, metric keys trimmed)."""
+
+    server_round: int
+    node_id: int
+    note: str
+
+
+@dataclass
+class AbandonedRound:
+    """A round whose aggregate was not applied (the model stayed as it was), and why."""
+
+    server_round: int
+    reason: str
+
+
+@dataclass
 class CompressionLog:
-    """What the wrapper decoded and refused, round by round."""
+    """What the wrapper refused, adjusted and abandoned, round by round."""
 
     dropped: list[DroppedReply] = field(default_factory=list)
+    adjusted: list[AdjustedReply] = field(default_factory=list)
+    abandoned: list[AbandonedRound] = field(default_factory=list)
 
     def dropped_in(self, server_round: int) -> list[DroppedReply]:
         return [d for d in self.dropped if d.server_round == server_round]
+
+    def abandoned_in(self, server_round: int) -> str | None:
+        """Why round ``server_round``'s training aggregate was not applied, or None."""
+        reasons = [a.reason for a in self.abandoned if a.server_round == server_round]
+        return "; ".join(reasons) if reasons else None
+
+    def to_dict(self) -> dict[str, list[dict[str, object]]]:
+        return {name: [asdict(entry) for entry in getattr(self, name)] for name in ("dropped", "adjusted", "abandoned")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[dict[str, Any]]]) -> CompressionLog:
+        return cls(
+            dropped=[DroppedReply(**d) for d in data.get("dropped", [])],
+            adjusted=[AdjustedReply(**d) for d in data.get("adjusted", [])],
+            abandoned=[AbandonedRound(**d) for d in data.get("abandoned", [])],
+        )
 
 
 class CompressedStrategy(Strategy):
@@ -77,6 +120,9 @@ class CompressedStrategy(Strategy):
     freeze, trainable:
         Frozen tensors (``fnmatch`` patterns, as ``client.freeze`` / ``client.trainable``):
         replies must not carry them and the global model keeps them bit-identical.
+    validation:
+        What a reply may claim (``num-examples`` cap, update-norm bounds); the weighting
+        key defaults to the inner strategy's ``weighted_by_key``.
     """
 
     def __init__(
@@ -88,8 +134,14 @@ class CompressedStrategy(Strategy):
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
         freeze: Iterable[str] = (),
         trainable: Iterable[str] = (),
+        validation: ReplyPolicy | None = None,
     ) -> None:
         self.strategy = strategy
+        validation = validation or ReplyPolicy()
+        inner_key = getattr(strategy, "weighted_by_key", None)  # Flower's name for the weighting metric
+        if not validation.weight_key and isinstance(inner_key, str):
+            validation = replace(validation, weight_key=inner_key)
+        self.validator = ReplyValidator(validation)
         self.freeze, self.trainable = list(freeze), list(trainable)
         self._frozen: set[str] = set()
         if isinstance(uplink, str):
@@ -108,7 +160,7 @@ class CompressedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config.update(self.uplink.to_config())
+        config.update(cast(dict[str, Any], self.uplink.to_config()))
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
@@ -117,8 +169,8 @@ class CompressedStrategy(Strategy):
         full, delta, received = self._broadcast(server_round, weights)
         self._reference = {server_round: received}
         for message in messages:
-            holder = delta is not None and message.metadata.dst_node_id in self._holders
-            _set_model(message, delta if holder else full)
+            holder = message.metadata.dst_node_id in self._holders
+            _set_model(message, delta if delta is not None and holder else full)
         self._held, self._held_round = received, server_round
         self._holders = set()
         return messages
@@ -160,16 +212,39 @@ class CompressedStrategy(Strategy):
         replies = list(replies)
         # A device that answered without error decoded this round's broadcast: it holds it.
         self._holders = {r.metadata.src_node_id for r in replies if not r.has_error()}
-        kept = [r for r in replies if r.has_error() or self._decode_reply(server_round, r, reference)]
-        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        failed = [r for r in replies if r.has_error()]
+        decoded: list[tuple[Message, Candidate, dict[str, np.ndarray]]] = []
+        for reply in replies:
+            if not reply.has_error():
+                entry = self._decode_reply(server_round, reply, reference)
+                if entry is not None:
+                    decoded.append((reply, *entry))
+        screened = self.validator.screen([c for _, c, _ in decoded], model_norm=update_norm(reference))
+        self._record(server_round, screened.dropped, screened.kept)
+        kept_ids = {id(c) for c in screened.kept}
+        kept = list(failed)
+        for reply, candidate, delta in decoded:
+            if id(candidate) in kept_ids:
+                dense = ArrayRecord(
+                    {name: Array(_apply_delta(reference[name], delta[name]) if name in delta else reference[name]) for name in reference}
+                )
+                reply.content = RecordDict({"arrays": dense, records.METRICS_RECORD: MetricRecord(candidate.metrics)})
+                kept.append(reply)
+        arrays, metrics, abandoned = guarded_aggregate(self.strategy, lambda: self.strategy.aggregate_train(server_round, kept))
+        if abandoned is not None:
+            log.warning("round %d abandoned, the global model is kept: %s", server_round, abandoned)
+            self.log.abandoned.append(AbandonedRound(server_round, abandoned))
+            return None, None
         if arrays is not None:
             arrays = _as_model_dtypes(arrays, reference)
             for name in self._frozen:  # bit-identical, whatever the inner strategy's arithmetic
                 arrays[name] = Array(reference[name])
         return arrays, metrics
 
-    def _decode_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> bool:
-        """Replace the reply's content by dense arrays; False (and logged) if refused."""
+    def _decode_reply(
+        self, server_round: int, reply: Message, reference: dict[str, np.ndarray]
+    ) -> tuple[Candidate, dict[str, np.ndarray]] | None:
+        """The reply's validated metrics and decoded delta; None (and recorded) if refused."""
         node = reply.metadata.src_node_id
         try:
             content = reply.content
@@ -180,36 +255,58 @@ class CompressedStrategy(Strategy):
                 raise CodecError("fedge.update record holds no payload bytes")
             if len(content.metric_records) != 1:
                 raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
+            metrics, notes = self.validator.check_metrics(next(iter(content.metric_records.values())))
             update = parse_update(payload, self.max_update_bytes)
             if update.base_round != server_round - 1:
                 raise CodecError(f"update is relative to round {update.base_round}, expected {server_round - 1}")
             sent = {k: v for k, v in reference.items() if k not in self._frozen}
             delta = decode_update(update, sent, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
-        except CodecError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+        except (CodecError, ReplyRejected) as exc:
+            self._record(server_round, [(node, f"{type(exc).__name__}: {exc}")], [])
+            return None
+        return Candidate(node, metrics, update_norm(delta), notes), delta
+
+    def _record(self, server_round: int, dropped: list[tuple[int, str]], kept: list[Candidate]) -> None:
+        """Log and keep the round's refusals and adjustments (results.json reads them)."""
+        for node, reason in dropped:
             log.warning("round %d: dropped reply from node %d: %s", server_round, node, reason)
             self.log.dropped.append(DroppedReply(server_round, node, reason))
-            return False
-        dense = ArrayRecord(
-            {name: Array(_apply_delta(reference[name], delta[name]) if name in delta else reference[name]) for name in reference}
-        )
-        metrics = next(iter(content.metric_records.values()))
-        reply.content = RecordDict({"arrays": dense, records.METRICS_RECORD: metrics})
-        return True
+        for candidate in kept:
+            for note in candidate.notes:
+                log.info("round %d: reply from node %d adjusted: %s", server_round, candidate.node_id, note)
+                self.log.adjusted.append(AdjustedReply(server_round, candidate.node_id, note))
 
-    # -- delegation ---------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """Validate each evaluation reply's metrics (as training replies'), then aggregate, guarded."""
+        kept: list[Message] = []
+        candidates: list[tuple[Message, Candidate]] = []
+        for reply in replies:
+            if reply.has_error():
+                kept.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            try:
+                if len(reply.content.metric_records) != 1:
+                    raise ReplyRejected(f"expected one MetricRecord, got {len(reply.content.metric_records)}")
+                metrics, notes = self.validator.check_metrics(next(iter(reply.content.metric_records.values())))
+            except ReplyRejected as exc:
+                self._record(server_round, [(node, f"evaluation: {type(exc).__name__}: {exc}")], [])
+                continue
+            candidates.append((reply, Candidate(node, metrics, notes=notes)))
+        screened = self.validator.screen([c for _, c in candidates])
+        self._record(server_round, screened.dropped, screened.kept)
+        for reply, candidate in candidates:
+            reply.content = RecordDict({records.METRICS_RECORD: MetricRecord(candidate.metrics)})
+            kept.append(reply)
+        _, aggregated, failed = guarded_aggregate(self.strategy, lambda: (None, self.strategy.aggregate_evaluate(server_round, kept)))
+        if failed is not None:
+            log.warning("round %d: federated evaluation not aggregated: %s", server_round, failed)
+        return aggregated
 
+    # -- delegation, method by method ----------------------------------------------
     def summary(self) -> None:
         log.debug("CompressedStrategy: uplink %s, downlink %s, wrapping:", self.uplink, self.downlink)
         self.strategy.summary()
-
-    def __getattr__(self, name: str):
-        # Attributes the inner strategy defines (fraction_train, ...) read through.
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
 
 def _single_array_record(messages: list[Message], strategy: Strategy) -> ArrayRecord:

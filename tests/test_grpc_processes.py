@@ -25,8 +25,8 @@ from fedge.protos.codecs import encode_update
 from fedge.protos.transfer import chunks, wire_bytes
 from fedge.protos.v1 import tensor_pb2
 from fedge.server.certs import CertDir, create_federation, issue_devices
-from fedge.server.checkpoint import load_checkpoint
 from fedge.conf.schema import ServerConfig
+from fedge.server.checkpoint import checkpoint_files, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
@@ -145,8 +145,7 @@ def test_server_killed_after_round_two_resumes_and_devices_reconnect(tmp_path):
             "--backoff-max", "1", "--pull-wait", "5",
         ]))
     try:
-        checkpoint = checkpoint_dir / "checkpoint.npz"
-        wait_until(lambda: checkpoint.is_file() and load_checkpoint(checkpoint_dir).round >= 2, 180, "round 2's checkpoint")
+        wait_until(lambda: checkpoint_files(checkpoint_dir) and load_checkpoint(checkpoint_dir).round >= 2, 180, "round 2's checkpoint")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         saved = load_checkpoint(checkpoint_dir)
