@@ -248,7 +248,8 @@ def run_resumable(
             on_round(record)
 
     outcome = run_federation(
-        run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s, dropped_log=dropped_log
+        run, grid, initial_arrays, evaluator, num_rounds, train_config, hook, timeout_s,
+        dropped_log=dropped_log if dropped_log is not None else run.log,
     )
     final_arrays = outcome.final_arrays
     if checkpoint is not None and not outcome.flower_result.arrays:

@@ -195,8 +195,8 @@ def test_fedge_sim_and_fedge_server_build_the_same_validator():
     fedge-server) takes its policy from ``server.*`` and the task-derived cap."""
     from hydra import compose, initialize_config_dir
 
-    from fedge.simulations.app import ConfigError, build_strategy
-    from fedge.simulations.config import register_configs
+    from fedge.conf.build import ConfigError, build_strategy
+    from fedge.conf.schema import register_configs
 
     register_configs()
     conf = str((__import__("pathlib").Path(__file__).parents[1] / "conf").resolve())
@@ -217,7 +217,7 @@ def test_simulation_results_record_dropped_replies_with_reasons(tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    from fedge.simulations.app import run_experiment
+    from fedge.simulations.experiment import run_experiment
 
     conf = str((__import__("pathlib").Path(__file__).parents[1] / "conf").resolve())
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
