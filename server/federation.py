@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.grid import FedgeGrid
+from fedge.strategies.privacy import PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class RoundRecord:
     energy_j: float | None = None  # joules of every device that worked, stragglers included
     stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
     unavailable: int = 0  # sampled devices that were offline (counted in failures)
+    epsilon: float | None = None  # DP runs: privacy spent so far at the run's delta (fedge.strategies.privacy)
 
 
 @dataclass
@@ -68,6 +70,7 @@ def run_federation(
     train_config: ConfigRecord | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     timeout_s: float = 3600.0,
+    privacy: PrivacyLedger | None = None,
 ) -> FederationResult:
     """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round."""
     if num_rounds < 1:
@@ -97,6 +100,8 @@ def run_federation(
             simulated = devices.round(server_round)
             record.sim_round_s, record.energy_j = simulated.time_s, simulated.energy_j
             record.stragglers, record.unavailable = simulated.stragglers, simulated.unavailable
+        if privacy is not None and server_round > 0:
+            record.epsilon = privacy.epsilon_after(server_round)
         clock[0] = now
         rounds.append(record)
         if on_round is not None:

@@ -39,6 +39,9 @@ from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, summary_table
 from fedge.simulations.report import make_report
 from fedge.strategies import CompressedStrategy
+from fedge.strategies.privacy import privacy_ledger
+from fedge.strategies.secagg.strategy import SecAggStrategy
+from fedge.simulations.secagg_setup import secagg_settings
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
@@ -78,14 +81,15 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"client: {exc}") from None
 
 
-def build_strategy(cfg: DictConfig) -> CompressedStrategy:
-    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
+def build_strategy(cfg: DictConfig) -> CompressedStrategy | SecAggStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
+    (and by SecAggStrategy with ``secagg=on``)."""
     try:
         setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = _build("strategy", cfg.strategy)
-    return CompressedStrategy(
+    compressed = CompressedStrategy(
         inner,  # type: ignore[arg-type]
         uplink=setup.uplink,
         downlink=setup.downlink,
@@ -94,6 +98,13 @@ def build_strategy(cfg: DictConfig) -> CompressedStrategy:
         freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
         trainable=list(cfg.client.trainable),
     )
+    if not cfg.secagg.enabled:
+        return compressed
+    try:  # secure aggregation: the server sees only the sum (fedge.strategies.secagg)
+        settings = secagg_settings(cfg.secagg, cfg.compression)
+        return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
+    except ValueError as exc:
+        raise ConfigError(f"secagg: {exc}") from None
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
@@ -129,6 +140,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = ConfigRecord(train_cfg.to_config())
 
+    ledger = privacy_ledger(strategy, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
     console = console or Console()
     try:
         grid = make_grid(cfg, recipe, strategy)
@@ -137,7 +149,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     grid.simulate_devices(devices)
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
-            result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress)
+            result = run_federation(strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress, privacy=ledger)
     weights = {k: v.numpy() for k, v in result.final_arrays.items()}
 
     results_path = None
@@ -152,6 +164,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             **(grid.transport_report() if hasattr(grid, "transport_report") else {}),
             "clients": _client_totals(grid),
             "qat": final_steps(result.flower_result.train_metrics_clientapp),  # LSQ steps for fedge-export
+            **({"secagg": [asdict(r) for r in strategy.rounds]} if isinstance(strategy, SecAggStrategy) else {}),
+            **({"privacy": ledger.report(cfg.rounds)} if ledger is not None else {}),
         }
         results_path.write_text(json.dumps(payload, indent=2))
         np.savez(out_dir / "final_model.npz", **weights)

@@ -61,6 +61,9 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
     columns = ["rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failures", "wall s"]
     if simulated:
         columns += ["sim s", "energy J", "stragglers", "offline"]
+    private = final_epsilon(trained)
+    if private is not None:
+        columns.append("epsilon")
     for column in columns:
         table.add_column(column, justify="right")
     final = rounds[-1]
@@ -75,5 +78,13 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
     ]
     if simulated:
         row += simulated_cells([asdict(r) for r in trained])
+    if private is not None:
+        row.append(f"{private:.3g}")
     table.add_row(*row)
     return table
+
+
+def final_epsilon(trained: Sequence[RoundRecord]) -> float | None:
+    """Privacy spent by the end of a DP run (None for runs without a DP wrapper)."""
+    spent = [r.epsilon for r in trained if r.epsilon is not None]
+    return spent[-1] if spent else None
