@@ -89,10 +89,10 @@ class SecAggConfig:
     name: str = "off"
     enabled: bool = False
     value_bits: int = 8  # bits per coordinate when the codec does not set them
-    clip: float = 0.05  # coordinates clipped to [-clip, clip] before quantising
+    clip: float = 0.2  # coordinates clipped to [-clip, clip] before quantising
     neighbours: int = 0  # k; 0 = ~3 log2(n)
     threshold: int = 0  # t; 0 = k // 2 + 1
-    max_examples: float = 0.0  # weight 1 at this many examples; 0 = equal weights
+    max_examples: float = 400.0  # weight 1 at this many examples; 0 = equal weights
 
 
 @dataclass

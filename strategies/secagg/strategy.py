@@ -71,7 +71,7 @@ class SecAggSettings:
     """
 
     value_bits: int = 8
-    clip: float = 0.05
+    clip: float = 0.2
     neighbours: int = 0
     threshold: int = 0
     sparse_ratio: float = 0.0
