@@ -117,7 +117,8 @@ def run_federation(
         evaluate_fn=evaluate_fn,
     )
     attach_client_metrics(rounds, result)
-    final_arrays = result.arrays if result.arrays is not None else initial_arrays
+    # Flower's Result starts with an empty ArrayRecord: no round aggregated (all abandoned) = the initial model
+    final_arrays = result.arrays if result.arrays is not None and len(result.arrays) else initial_arrays
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
 
 
