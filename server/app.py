@@ -89,6 +89,8 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     torch.manual_seed(cfg.seed)
     task: FederatedTask = _build("task", cfg.task)  # type: ignore[assignment]
     test = task.load().test
+    if cfg.secagg.enabled:  # its stages over gRPC come with the asyncio server
+        raise ConfigError("secagg=on runs in fedge-sim (backend=local or ray) for now, not in fedge-server")
     strategy = build_strategy(cfg)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())

@@ -81,15 +81,14 @@ def _check(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"client: {exc}") from None
 
 
-def build_strategy(cfg: DictConfig) -> CompressedStrategy | SecAggStrategy:
-    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
-    (and by SecAggStrategy with ``secagg=on``)."""
+def build_strategy(cfg: DictConfig) -> CompressedStrategy:
+    """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs."""
     try:
         setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = _build("strategy", cfg.strategy)
-    compressed = CompressedStrategy(
+    return CompressedStrategy(
         inner,  # type: ignore[arg-type]
         uplink=setup.uplink,
         downlink=setup.downlink,
@@ -98,9 +97,13 @@ def build_strategy(cfg: DictConfig) -> CompressedStrategy | SecAggStrategy:
         freeze=list(cfg.client.freeze),  # partial updates: frozen tensors are never sent
         trainable=list(cfg.client.trainable),
     )
+
+
+def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
+    """``compressed`` under secure aggregation with ``secagg=on`` (the server sees only sums)."""
     if not cfg.secagg.enabled:
         return compressed
-    try:  # secure aggregation: the server sees only the sum (fedge.strategies.secagg)
+    try:
         settings = secagg_settings(cfg.secagg, cfg.compression)
         return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
     except ValueError as exc:
@@ -126,7 +129,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(f"partition: {exc}") from None
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
-    strategy = build_strategy(cfg)
+    strategy = secure_strategy(cfg, build_strategy(cfg))
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)

@@ -263,14 +263,10 @@ class SecAggServerRound:
         for vector in self._masked.values():
             total = ring.add(total, vector, bits)
         for v, shares in seed_shares.items():
-            commitment = bytes(self._shares[v].seed_commitment)
-            seed = self._rebuild(v, shares, lambda s, v=v, c=commitment: keys.commitment(s, v, r) == c, "self-mask seed")
+            seed = self._rebuild(v, shares, _matches_commitment(bytes(self._shares[v].seed_commitment), v, r), "self-mask seed")
             total = ring.subtract(total, masks.self_mask(seed, r, length, bits), bits)
         for v, shares in key_shares.items():
-            public = bytes(self._keys[v].mask_public_key)
-            secret = self._rebuild(
-                v, shares, lambda s, p=public: keys.public_bytes(keys.mask_private_key(s, r)) == p, "mask key"
-            )
+            secret = self._rebuild(v, shares, _matches_public_key(bytes(self._keys[v].mask_public_key), r), "mask key")
             private = keys.mask_private_key(secret, r)
             for u in self._masked:
                 if v in self._masked_with[u]:  # u added its mask for v; v's mask for u cancels it
@@ -359,3 +355,13 @@ class SecAggServerRound:
             return {}
         self.stage = stage
         return requests
+
+
+def _matches_commitment(commitment: bytes, node: int, server_round: int) -> Callable[[int], bool]:
+    """Is a rebuilt seed the one ``node`` committed to?"""
+    return lambda secret: keys.commitment(secret, node, server_round) == commitment
+
+
+def _matches_public_key(public: bytes, server_round: int) -> Callable[[int], bool]:
+    """Is a rebuilt mask secret the one behind the advertised mask public key?"""
+    return lambda secret: keys.public_bytes(keys.mask_private_key(secret, server_round)) == public

@@ -208,7 +208,7 @@ class SecAggStrategy(Strategy):
         update = encode_update(delta, "fp32", tensor_pb2.UPDATE_KIND_DELTA, base_round=server_round - 1)
         if metrics:
             merged = aggregate_metricrecords([RecordDict({"m": m}) for m in metrics], _NUM_EXAMPLES)
-            merged[_NUM_EXAMPLES] = sum(float(m.get(_NUM_EXAMPLES, 0.0)) for m in metrics)  # type: ignore[arg-type]
+            merged[_NUM_EXAMPLES] = sum(_number(m.get(_NUM_EXAMPLES, 0.0)) for m in metrics)
         else:
             merged = MetricRecord({_NUM_EXAMPLES: 1.0})
         content = RecordDict(
@@ -287,3 +287,7 @@ def _attach(message: Message, request: pb.SecAggRequest) -> None:
     new = RecordDict({k: v for k, v in content.items() if k != records.CONFIG_RECORD})
     new[records.CONFIG_RECORD] = config
     message.content = new
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
