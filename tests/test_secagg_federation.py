@@ -8,27 +8,22 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
 from conftest import FAST
-from fedge.client import TrainConfig
 from fedge.protos.secagg import REQUEST_KEY
 from fedge.protos.v1 import task_pb2
 from fedge.server import run_federation
 from fedge.server.evaluation import CentralEvaluator
 from fedge.simulations.app import ConfigError, run_experiment
-from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
 from fedge.strategies.privacy import PrivacyLedger, privacy_ledger
 from fedge.strategies.secagg.strategy import SecAggSettings, SecAggStrategy
-from fedge.tasks.digits import DigitsTask
+from test_compression_federation import small_federation  # noqa: F401 - the shared 6-client federation
 
 
 @pytest.fixture(scope="module")
-def federation():
-    task = DigitsTask()
-    data = task.load()
-    parts = np.array_split(np.random.default_rng(0).permutation(len(data.train)), 6)
-    recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, TrainConfig(local_steps=5), seed=0)
-    return task, data, recipe
+def federation(small_federation):
+    return small_federation
 
 
 @pytest.mark.parametrize("compression", ["none", "randk"])
@@ -44,7 +39,7 @@ def test_fedge_sim_with_secagg_trains_and_records_every_round(make_cfg, tmp_path
     secagg = json.loads(outcome.results_path.read_text())["secagg"]
     assert [r["round"] for r in secagg] == [1, 2]
     for record in secagg:
-        assert record["abandoned"] is None and record["masked"] == record["revealed"] == 6 == record["sampled"]
+        assert record["abandoned"] is None and record["outcome"]["masked"] == record["outcome"]["revealed"] == 6 == record["sampled"]
         assert record["modulus_bits"] == 8 + 3  # 8-bit values, 6 devices: 3 headroom bits
     if compression == "randk":
         assert secagg[0]["vector_length"] < 0.1 * 38283  # only the shared random-k coordinates (+1 weight)
@@ -92,7 +87,7 @@ def test_too_few_survivors_abandon_the_round_and_the_model_stays(federation):
         result = run_federation(strategy, grid, initial, CentralEvaluator(task, data.test), 1, ConfigRecord())
     record = strategy.rounds[0]
     assert record.abandoned is not None and "t = 3 are needed" in record.abandoned
-    assert record.dropped_after_masking == sorted(grid.lost)
+    assert record.outcome.dropped_after_masking == sorted(grid.lost)
     for name, array in initial.items():
         np.testing.assert_array_equal(result.final_arrays[name].numpy(), array.numpy())
 

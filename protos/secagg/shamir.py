@@ -59,16 +59,7 @@ def combine(shares: Mapping[int, int]) -> int:
     for x, y in shares.items():
         if not 0 < x < PRIME or not 0 <= y < PRIME:
             raise SecAggError("share outside the field")
-    secret = 0
-    points = list(shares.items())
-    for i, (xi, yi) in enumerate(points):
-        numerator, denominator = 1, 1
-        for j, (xj, _) in enumerate(points):
-            if i != j:
-                numerator = numerator * xj % PRIME
-                denominator = denominator * (xj - xi) % PRIME
-        secret = (secret + yi * numerator * pow(denominator, -1, PRIME)) % PRIME
-    return secret
+    return evaluate_at(shares, 0)
 
 
 def evaluate_at(shares: Mapping[int, int], x: int) -> int:

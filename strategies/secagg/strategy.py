@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -47,7 +47,7 @@ from fedge.protos.v1 import secagg_pb2 as pb
 from fedge.protos.v1 import tensor_pb2
 from fedge.strategies.compressed import CompressedStrategy
 from fedge.strategies.secagg.refusals import refuse_individual_update_strategies
-from fedge.strategies.secagg.state import Answers, SecAggServerRound, ServerStage
+from fedge.strategies.secagg.state import Answers, RoundOutcome, SecAggServerRound, ServerStage
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,7 @@ class SecAggRoundRecord:
     threshold: int
     modulus_bits: int
     vector_length: int  # masked coordinates (sent update coordinates + 1 weight)
-    advertised: int = 0
-    shared: int = 0
-    masked: int = 0
-    revealed: int = 0
-    dropped_before_masking: list[int] = field(default_factory=list)
-    dropped_after_masking: list[int] = field(default_factory=list)
+    outcome: RoundOutcome = field(default_factory=RoundOutcome)  # who took part at each stage
     dropped: list[dict] = field(default_factory=list)  # {node_id, stage, reason}
     abandoned: str | None = None
 
@@ -251,13 +246,9 @@ class SecAggStrategy(Strategy):
             return f"secagg reply does not parse: {exc}"
 
     def _note(self, server: SecAggServerRound) -> None:
-        record, outcome = self.rounds[-1], server.outcome
-        record.advertised, record.shared, record.masked, record.revealed = (
-            outcome.advertised, outcome.shared, outcome.masked, outcome.revealed,
-        )
-        record.dropped_before_masking = list(outcome.dropped_before_masking)
-        record.dropped_after_masking = list(outcome.dropped_after_masking)
-        record.dropped = [{"node_id": d.node_id, "stage": d.stage, "reason": d.reason} for d in server.dropped]
+        record = self.rounds[-1]
+        record.outcome = replace(server.outcome)
+        record.dropped = [asdict(d) for d in server.dropped]
         record.abandoned = server.abandoned
 
     def _abandon(self, server: SecAggServerRound) -> tuple[None, None]:
