@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,8 +33,13 @@ from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config_values
 from fedge.protos.codecs import decode_update
 from fedge.protos.codecs.plan import UplinkPlan
+from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.tasks.base import FederatedTask, Split, evaluate
+
+if TYPE_CHECKING:
+    from fedge.client.secagg import SecAggDevice
+    from fedge.protos.v1 import secagg_pb2
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +85,14 @@ class EdgeClient:
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None
         self.qat: LSQModel | None = None  # learned LSQ steps, kept across rounds once QAT starts
+        self.secagg: SecAggDevice | None = None  # secure-aggregation state, made on first use
 
     def handle(self, task: task_pb2.Task) -> task_pb2.Update:
         """Run one task and answer it; failures are reported in ``Update.error``."""
         try:
+            if SECAGG_KEY in task.config and task.kind != TRAIN:  # a secure-aggregation stage
+                request = _secagg_request(task.config[SECAGG_KEY].bytes_value)
+                return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, secagg=self._secagg().answer(request))
             if task.kind == TRAIN:
                 return self._train(task)
             if task.kind == EVALUATE:
@@ -131,7 +141,11 @@ class EdgeClient:
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
             metrics["update_norm"] = norm
-        update = self.uplink.encode(delta, plan, base_round=task.server_round - 1)
+        if SECAGG_KEY in config:  # secure aggregation: the update leaves the device masked
+            request = _secagg_request(config[SECAGG_KEY])  # type: ignore[arg-type]
+            secagg, update = self._secagg().masked_input(request, delta, stats.num_examples, rng), None
+        else:
+            secagg, update = None, self.uplink.encode(delta, plan, base_round=task.server_round - 1)
         metrics.update(
             {
                 "num-examples": float(stats.num_examples),
@@ -149,7 +163,14 @@ class EdgeClient:
         )
         if qat is not None:  # the learned steps, so the server can export an int8 model with them
             metrics.update(step_metrics(qat))
-        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, metrics=metrics)
+        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
+
+    def _secagg(self) -> SecAggDevice:
+        if self.secagg is None:
+            from fedge.client.secagg import SecAggDevice  # needs `cryptography` (the client extra)
+
+            self.secagg = SecAggDevice(self.node_id)
+        return self.secagg
 
     def _within_device_memory(self, cfg: TrainConfig) -> TrainConfig:
         """A device's own ``memory_mb`` (its profile's) is a hard cap: a round config can
@@ -164,3 +185,12 @@ class EdgeClient:
         loss, accuracy = evaluate(self.model, self.task, self.data)
         metrics = {"num-examples": float(len(self.data)), "loss": loss, "accuracy": accuracy}
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, metrics=metrics)
+
+
+def _secagg_request(payload: object) -> secagg_pb2.SecAggRequest:
+    """The serialised SecAggRequest a task's config carries (``ValueError`` if it is not one)."""
+    from fedge.protos.v1 import secagg_pb2
+
+    if not isinstance(payload, bytes):
+        raise ValueError(f"{SECAGG_KEY} must hold bytes")
+    return secagg_pb2.SecAggRequest.FromString(payload)

@@ -212,6 +212,23 @@ class DeviceConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Secure aggregation (``conf/secagg/*.yaml``; :mod:`fedge.strategies.secagg`).
+
+    The quantisation and sparsity come from the ``compression`` group where it says
+    (:func:`fedge.simulations.secagg_setup.secagg_settings`); the rest is here.
+    """
+
+    name: str = "off"
+    enabled: bool = False
+    value_bits: int = 8  # bits per coordinate when the codec does not set them
+    clip: float = 0.2  # coordinates clipped to [-clip, clip] before quantising
+    neighbours: int = 0  # k; 0 = ~3 log2(n)
+    threshold: int = 0  # t; 0 = k // 2 + 1
+    max_examples: float = 400.0  # weight 1 at this many examples; 0 = equal weights
+
+
+@dataclass
 class FedgeConfig:
     """The whole experiment."""
 
@@ -223,6 +240,8 @@ class FedgeConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     server: ServerConfig = field(default_factory=ServerConfig)  # gRPC server: fedge-server, backend=grpc
     device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated device profiles and mix
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)  # secure aggregation (secagg=on)
+    dp_delta: float = 1e-5  # delta at which DP runs report epsilon each round
     num_clients: int = 10
     rounds: int = 20
     seed: int = 0

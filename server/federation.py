@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.grid import FedgeGrid
 from fedge.strategies.compressed import CompressedStrategy, CompressionLog
+from fedge.strategies.privacy import PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class RoundRecord:
     stragglers: int = 0  # replies past server.round_deadline_s, dropped (counted in failures)
     unavailable: int = 0  # sampled devices that were offline (counted in failures)
     abandoned: str | None = None  # why the round's aggregate was not applied (the model stayed), if it was not
+    epsilon: float | None = None  # DP runs: privacy spent so far at the run's delta (fedge.strategies.privacy)
 
 
 @dataclass
@@ -72,6 +74,7 @@ def run_federation(
     on_round: Callable[[RoundRecord], None] | None = None,
     timeout_s: float = 3600.0,
     dropped_log: CompressionLog | None = None,
+    privacy: PrivacyLedger | None = None,
 ) -> FederationResult:
     """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round.
 
@@ -110,6 +113,8 @@ def run_federation(
             simulated = observer.round_costs(server_round)
             record.sim_round_s, record.energy_j = simulated.time_s, simulated.energy_j
             record.stragglers, record.unavailable = simulated.stragglers, simulated.unavailable
+        if privacy is not None and server_round > 0:
+            record.epsilon = privacy.epsilon_after(server_round)
         clock[0] = now
         rounds.append(record)
         if on_round is not None:
@@ -125,8 +130,8 @@ def run_federation(
         evaluate_fn=evaluate_fn,
     )
     attach_client_metrics(rounds, result)
-    # Flower's Result starts with an empty ArrayRecord: no round applied an aggregate
-    final_arrays = result.arrays if result.arrays else initial_arrays
+    # Flower's Result starts with an empty ArrayRecord: no round aggregated (all abandoned) = the initial model
+    final_arrays = result.arrays if result.arrays is not None and len(result.arrays) else initial_arrays
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
 
 

@@ -83,6 +83,8 @@ def update_to_reply(update: task_pb2.Update, instruction: Message) -> Message:
     content = RecordDict({records.METRICS_RECORD: MetricRecord(dict(update.metrics))})
     if update.HasField("update"):
         content[records.UPDATE_RECORD] = ConfigRecord({records.PAYLOAD: update.update.SerializeToString()})
+    if update.HasField("secagg"):  # a secure-aggregation stage's answer (fedge.strategies.secagg)
+        content[records.SECAGG_RECORD] = ConfigRecord({records.PAYLOAD: update.secagg.SerializeToString()})
     return Message(content, reply_to=instruction)
 
 

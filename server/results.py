@@ -37,11 +37,13 @@ def write_results(
     dropped_log: CompressionLog,
     transport: Mapping[str, Any],
     clients: Mapping[str, Mapping[str, Any]] | None = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``results.json`` and ``final_model.npz`` into ``out_dir``; the results path.
 
     ``transport`` is the Grid's :meth:`~fedge.server.grid.FedgeGrid.transport_report`;
-    ``clients`` per-client totals by node id (left out when ``None``).
+    ``clients`` per-client totals by node id (left out when ``None``); ``sections``
+    further top-level entries (``secagg``, ``privacy``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -54,6 +56,7 @@ def write_results(
     }
     if clients is not None:
         payload["clients"] = dict(clients)
+    payload.update(sections or {})
     payload["qat"] = final_steps(result.flower_result.train_metrics_clientapp)  # LSQ steps for fedge-export
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(payload, indent=2))

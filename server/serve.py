@@ -83,6 +83,8 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     data = task.load()
     test = data.test
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
+    if cfg.secagg.enabled:  # its stages over gRPC come with the asyncio server (not built yet)
+        raise ConfigError("secagg=on runs in fedge-sim (backend=local or ray) for now, not in fedge-server")
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, test, cfg.seed)

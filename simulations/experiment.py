@@ -38,6 +38,10 @@ from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
+from fedge.simulations.secagg_setup import secagg_settings
+from fedge.strategies import CompressedStrategy
+from fedge.strategies.privacy import privacy_ledger
+from fedge.strategies.secagg.strategy import SecAggStrategy
 from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
@@ -62,6 +66,17 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
 
 
+def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
+    """``compressed`` under secure aggregation with ``secagg=on`` (the server sees only sums)."""
+    if not cfg.secagg.enabled:
+        return compressed
+    try:
+        settings = secagg_settings(cfg.secagg, cfg.compression)
+        return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
+    except ValueError as exc:
+        raise ConfigError(f"secagg: {exc}") from None
+
+
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     check_experiment(cfg)
@@ -82,7 +97,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(f"partition: {exc}") from None
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
-    strategy = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
+    compressed = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
+    strategy = secure_strategy(cfg, compressed)
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
@@ -96,6 +112,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = round_config(train_cfg)
 
+    ledger = privacy_ledger(strategy, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
     console = console or Console()
     try:
         grid = make_grid(cfg, recipe, strategy)
@@ -105,14 +122,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(
-                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress
+                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress,
+                dropped_log=compressed.log, privacy=ledger,
             )
     weights = final_weights(result)
 
     results_path = None
     if out_dir is not None:
+        sections: dict[str, object] = {}
+        if isinstance(strategy, SecAggStrategy):
+            sections["secagg"] = [asdict(r) for r in strategy.rounds]
+        if ledger is not None:
+            sections["privacy"] = ledger.report(cfg.rounds)
         results_path = write_results(
-            out_dir, cfg, result, strategy.log, grid.transport_report(), _client_totals(grid, devices)
+            out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, devices), sections
         )
     if cfg.progress:
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))

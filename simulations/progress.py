@@ -62,6 +62,9 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
     trained = [r for r in rounds if r.round > 0]
     simulated = any(r.sim_round_s is not None for r in trained)
     names = [*SUMMARY_ROWS, *(SIMULATED_COLUMNS if simulated else [])]
+    private = final_epsilon(trained)
+    if private is not None:
+        names.append("epsilon")
     final = rounds[-1]
     values = [
         str(len(trained)),
@@ -74,6 +77,8 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
     ]
     if simulated:
         values += simulated_cells([asdict(r) for r in trained])
+    if private is not None:
+        values.append(f"{private:.3g}")
     table = Table(title=title, show_header=False, min_width=min(len(title), 80))
     table.add_column("total", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
@@ -88,3 +93,9 @@ def print_outcome(console: Console, accuracy: float, results_path: Path | None) 
     console.print(f"final accuracy: {accuracy:.4f}")
     if results_path is not None:
         console.print(f"results: {results_path}", soft_wrap=True, markup=False, highlight=False)
+
+
+def final_epsilon(trained: Sequence[RoundRecord]) -> float | None:
+    """Privacy spent by the end of a DP run (None for runs without a DP wrapper)."""
+    spent = [r.epsilon for r in trained if r.epsilon is not None]
+    return spent[-1] if spent else None

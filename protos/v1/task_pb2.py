@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fedge.protos.v1 import secagg_pb2 as fedge_dot_protos_dot_v1_dot_secagg__pb2
 from fedge.protos.v1 import tensor_pb2 as fedge_dot_protos_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64ge/protos/v1/task.proto\x12\x08\x66\x65\x64ge.v1\x1a\x1c\x66\x65\x64ge/protos/v1/tensor.proto\"\x87\x01\n\x0b\x43onfigValue\x12\x13\n\tint_value\x18\x01 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\x83\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x04\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\x12)\n\x05model\x18\x05 \x01(\x0b\x32\x1a.fedge.v1.CompressedUpdate\x12*\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\x1a.fedge.v1.Task.ConfigEntry\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x1a\x44\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.fedge.v1.ConfigValue:\x02\x38\x01\"\xc5\x01\n\x06Update\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12*\n\x06update\x18\x04 \x01(\x0b\x32\x1a.fedge.v1.CompressedUpdate\x12.\n\x07metrics\x18\x05 \x03(\x0b\x32\x1d.fedge.v1.Update.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64ge/protos/v1/task.proto\x12\x08\x66\x65\x64ge.v1\x1a\x1c\x66\x65\x64ge/protos/v1/secagg.proto\x1a\x1c\x66\x65\x64ge/protos/v1/tensor.proto\"\x87\x01\n\x0b\x43onfigValue\x12\x13\n\tint_value\x18\x01 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\x83\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x04\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\x12)\n\x05model\x18\x05 \x01(\x0b\x32\x1a.fedge.v1.CompressedUpdate\x12*\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\x1a.fedge.v1.Task.ConfigEntry\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x1a\x44\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.fedge.v1.ConfigValue:\x02\x38\x01\"\xec\x01\n\x06Update\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12*\n\x06update\x18\x04 \x01(\x0b\x32\x1a.fedge.v1.CompressedUpdate\x12.\n\x07metrics\x18\x05 \x03(\x0b\x32\x1d.fedge.v1.Update.MetricsEntry\x12%\n\x06secagg\x18\x06 \x01(\x0b\x32\x15.fedge.v1.SecAggReply\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_UPDATE_METRICSENTRY']._loaded_options = None
   _globals['_UPDATE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CONFIGVALUE']._serialized_start=71
-  _globals['_CONFIGVALUE']._serialized_end=206
-  _globals['_TASK']._serialized_start=209
-  _globals['_TASK']._serialized_end=468
-  _globals['_TASK_CONFIGENTRY']._serialized_start=400
-  _globals['_TASK_CONFIGENTRY']._serialized_end=468
-  _globals['_UPDATE']._serialized_start=471
-  _globals['_UPDATE']._serialized_end=668
-  _globals['_UPDATE_METRICSENTRY']._serialized_start=622
-  _globals['_UPDATE_METRICSENTRY']._serialized_end=668
+  _globals['_CONFIGVALUE']._serialized_start=101
+  _globals['_CONFIGVALUE']._serialized_end=236
+  _globals['_TASK']._serialized_start=239
+  _globals['_TASK']._serialized_end=498
+  _globals['_TASK_CONFIGENTRY']._serialized_start=430
+  _globals['_TASK_CONFIGENTRY']._serialized_end=498
+  _globals['_UPDATE']._serialized_start=501
+  _globals['_UPDATE']._serialized_end=737
+  _globals['_UPDATE_METRICSENTRY']._serialized_start=691
+  _globals['_UPDATE_METRICSENTRY']._serialized_end=737
 # @@protoc_insertion_point(module_scope)

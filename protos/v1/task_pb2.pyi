@@ -1,3 +1,4 @@
+from fedge.protos.v1 import secagg_pb2 as _secagg_pb2
 from fedge.protos.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -47,7 +48,7 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., server_round: _Optional[int] = ..., node_id: _Optional[int] = ..., model: _Optional[_Union[_tensor_pb2.CompressedUpdate, _Mapping]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("task_id", "node_id", "error", "update", "metrics")
+    __slots__ = ("task_id", "node_id", "error", "update", "metrics", "secagg")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,9 +61,11 @@ class Update(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     node_id: int
     error: str
     update: _tensor_pb2.CompressedUpdate
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, task_id: _Optional[str] = ..., node_id: _Optional[int] = ..., error: _Optional[str] = ..., update: _Optional[_Union[_tensor_pb2.CompressedUpdate, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    secagg: _secagg_pb2.SecAggReply
+    def __init__(self, task_id: _Optional[str] = ..., node_id: _Optional[int] = ..., error: _Optional[str] = ..., update: _Optional[_Union[_tensor_pb2.CompressedUpdate, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., secagg: _Optional[_Union[_secagg_pb2.SecAggReply, _Mapping]] = ...) -> None: ...

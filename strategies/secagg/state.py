@@ -1,0 +1,367 @@
+"""The server's side of one secure-aggregation round: a typed state machine (flwr-free).
+
+Stages (each ``receive_*`` checks it is called in order, once):
+
+``KEYS``    :meth:`SecAggServerRound.receive_keys`: advertised keys -> each device's roster
+            (its neighbours that advertised);
+``SHARES``  :meth:`~SecAggServerRound.receive_shares`: encrypted shares -> each device's
+            bundle (shares its neighbours sent it); devices whose secrets could never be
+            rebuilt (fewer than ``t`` neighbours left) are dropped now, before they mask;
+``MASKED``  :meth:`~SecAggServerRound.receive_masked`: masked inputs -> unmask requests
+            (per device: which neighbours survived, which dropped);
+``UNMASK``  :meth:`~SecAggServerRound.receive_unmask`: revealed shares -> the exact sum of
+            the survivors' integer vectors: rebuild each survivor's self-mask seed (checked
+            against its commitment) and each dropped device's mask key (checked against
+            its advertised public key), remove those masks;
+``DONE`` / ``ABANDONED`` (with :attr:`~SecAggServerRound.abandoned` saying why).
+
+Every reply is checked (type, round, sender, sizes, membership); a bad one is dropped
+with a reason in :attr:`~SecAggServerRound.dropped`, a bad revealed share alone is
+dropped and the rest used. A round goes on while at least ``t`` devices remain and
+every secret it needs can be rebuilt from ``t`` valid shares; otherwise it is abandoned.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedge.protos.secagg import keys, masks, ring, shamir
+from fedge.protos.secagg.aead import NONCE_BYTES, TAG_BYTES
+from fedge.protos.secagg.coordinates import kept_coordinates
+from fedge.protos.secagg.errors import SecAggError
+from fedge.protos.secagg.params import RoundPlan, check_setup
+from fedge.protos.v1 import secagg_pb2 as pb
+
+#: Largest share ciphertext accepted (a SharePlaintext is about 60 bytes plus the tag).
+MAX_SHARE_CIPHERTEXT = 256
+#: Most subsets of ``t`` shares tried when some revealed shares are wrong.
+MAX_RECONSTRUCTION_TRIES = 256
+
+#: What a stage gets from each device it asked: its reply, or why none came (a string).
+Answers = Mapping[int, "pb.SecAggReply | str"]
+
+
+class ServerStage(enum.Enum):
+    """What the round waits for next."""
+
+    KEYS = "keys"
+    SHARES = "shares"
+    MASKED = "masked"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class DroppedInput:
+    """A device (or one share it revealed) left out of the round, and why."""
+
+    node_id: int
+    stage: str
+    reason: str
+
+
+@dataclass
+class RoundOutcome:
+    """Who took part at each stage (for results)."""
+
+    sampled: int = 0
+    advertised: int = 0
+    shared: int = 0
+    masked: int = 0
+    revealed: int = 0
+    dropped_before_masking: list[int] = field(default_factory=list)
+    dropped_after_masking: list[int] = field(default_factory=list)
+
+
+class SecAggServerRound:
+    """One round of SecAgg+ on the server, from its :class:`SecAggSetup`."""
+
+    def __init__(self, setup: pb.SecAggSetup) -> None:
+        self.plan: RoundPlan = check_setup(setup)
+        self.stage = ServerStage.KEYS
+        self.dropped: list[DroppedInput] = []
+        self.abandoned: str | None = None
+        self.outcome = RoundOutcome(sampled=len(self.plan.participants))
+        self._keys: dict[int, pb.AdvertiseKeys] = {}
+        self._rosters: dict[int, tuple[int, ...]] = {}
+        self._shares: dict[int, pb.ShareKeys] = {}
+        self._masked_with: dict[int, tuple[int, ...]] = {}
+        self._masked: dict[int, np.ndarray] = {}
+        self._requests: dict[int, pb.UnmaskRequest] = {}
+        self.total: np.ndarray | None = None
+
+    @property
+    def round(self) -> int:
+        return self.plan.server_round
+
+    def setup_request(self) -> pb.SecAggRequest:
+        """Stage 1's request, the same for every participant."""
+        self._require(ServerStage.KEYS)
+        return pb.SecAggRequest(setup=self.plan.setup)
+
+    # -- stage 1 ----------------------------------------------------------------------
+    def receive_keys(self, answers: Answers) -> dict[int, pb.SecAggRequest]:
+        """Advertised keys -> ``{node: roster request}``."""
+        self._require(ServerStage.KEYS)
+        for node, answer in self._answers(answers, self.plan.participants, "keys"):
+            keys_msg = answer.keys
+            try:
+                self._check_sender(keys_msg.server_round, keys_msg.node_id, node)
+                keys.parse_public_key(keys_msg.cipher_public_key)
+                keys.parse_public_key(keys_msg.mask_public_key)
+            except (SecAggError, ValueError) as exc:
+                self._drop(node, "keys", str(exc))
+                continue
+            self._keys[node] = keys_msg
+        self.outcome.advertised = len(self._keys)
+        requests: dict[int, pb.SecAggRequest] = {}
+        for node in self._keys:
+            roster = tuple(v for v in self.plan.neighbours[node] if v in self._keys)
+            if len(roster) < self.plan.threshold:
+                self._drop(node, "keys", f"only {len(roster)} of its neighbours advertised keys; t = {self.plan.threshold}")
+                continue
+            self._rosters[node] = roster
+            peers = [
+                pb.PeerKeys(
+                    node_id=v,
+                    cipher_public_key=self._keys[v].cipher_public_key,
+                    mask_public_key=self._keys[v].mask_public_key,
+                )
+                for v in roster
+            ]
+            requests[node] = pb.SecAggRequest(roster=pb.KeyRoster(server_round=self.round, peers=peers))
+        return self._advance(ServerStage.SHARES, requests, "advertised keys")
+
+    # -- stage 2 ----------------------------------------------------------------------
+    def receive_shares(self, answers: Answers) -> dict[int, pb.SecAggRequest]:
+        """Encrypted shares -> ``{node: bundle request}`` for the devices that go on to mask."""
+        self._require(ServerStage.SHARES)
+        for node, answer in self._answers(answers, self._rosters, "shares"):
+            try:
+                self._check_shares(node, answer.shares)
+            except (SecAggError, ValueError) as exc:
+                self._drop(node, "shares", str(exc))
+                continue
+            self._shares[node] = answer.shares
+        # A device whose secrets fewer than t sharing neighbours hold could never be
+        # unmasked: leave it out now, before anyone masks with it (repeat to a fixpoint).
+        changed = True
+        while changed:
+            changed = False
+            for node in list(self._shares):
+                holders = [v for v in self._rosters[node] if v in self._shares]
+                if len(holders) < self.plan.threshold:
+                    del self._shares[node]
+                    self._drop(node, "shares", f"only {len(holders)} of its neighbours shared keys; t = {self.plan.threshold}")
+                    changed = True
+        self.outcome.shared = len(self._shares)
+        requests: dict[int, pb.SecAggRequest] = {}
+        for node in self._shares:
+            senders = tuple(v for v in self._rosters[node] if v in self._shares)
+            self._masked_with[node] = senders
+            bundle = pb.ShareBundle(server_round=self.round)
+            for v in senders:
+                bundle.shares.append(next(s for s in self._shares[v].shares if s.receiver == node))
+            requests[node] = pb.SecAggRequest(bundle=bundle)
+        return self._advance(ServerStage.MASKED, requests, "shared keys")
+
+    def _check_shares(self, node: int, shares: pb.ShareKeys) -> None:
+        self._check_sender(shares.server_round, shares.node_id, node)
+        if len(shares.seed_commitment) != 32:
+            raise SecAggError("seed commitment must be 32 bytes")
+        receivers = [int(s.receiver) for s in shares.shares]
+        if sorted(receivers) != sorted(self._rosters[node]):
+            raise SecAggError("shares must go to exactly the device's roster, one each")
+        for share in shares.shares:
+            if share.sender != node:
+                raise SecAggError(f"a share names sender {share.sender}")
+            if len(share.nonce) != NONCE_BYTES or not TAG_BYTES < len(share.ciphertext) <= MAX_SHARE_CIPHERTEXT:
+                raise SecAggError(f"malformed share ciphertext for {share.receiver}")
+
+    # -- stage 3 ----------------------------------------------------------------------
+    def receive_masked(self, answers: Answers) -> dict[int, pb.SecAggRequest]:
+        """Masked inputs -> ``{node: unmask request}``; abandons the round below ``t`` survivors."""
+        self._require(ServerStage.MASKED)
+        for node, answer in self._answers(answers, self._masked_with, "masked"):
+            masked = answer.masked
+            try:
+                self._check_sender(masked.server_round, masked.node_id, node)
+                if masked.modulus_bits != self.plan.modulus_bits or masked.length != self.plan.length:
+                    raise SecAggError(
+                        f"masked vector of {masked.length} values of {masked.modulus_bits} bits; "
+                        f"the round expects {self.plan.length} of {self.plan.modulus_bits}"
+                    )
+                self._masked[node] = ring.unpack(masked.data, self.plan.length, self.plan.modulus_bits)
+            except SecAggError as exc:
+                self._drop(node, "masked", str(exc))
+        self.outcome.masked = len(self._masked)
+        self.outcome.dropped_before_masking = sorted(set(self._masked_with) - set(self._masked))
+        requests: dict[int, pb.SecAggRequest] = {}
+        for node in self._masked:
+            with_ = self._masked_with[node]
+            request = pb.UnmaskRequest(
+                server_round=self.round,
+                survivors=[v for v in with_ if v in self._masked],
+                dropped=[v for v in with_ if v not in self._masked],
+            )
+            self._requests[node] = request
+            requests[node] = pb.SecAggRequest(unmask=request)
+        return self._advance(ServerStage.UNMASK, requests, "sent masked inputs")
+
+    # -- stage 4 ----------------------------------------------------------------------
+    def receive_unmask(self, answers: Answers) -> np.ndarray | None:
+        """Revealed shares -> the survivors' exact sum (uint32, ``plan.length``), or None if abandoned."""
+        self._require(ServerStage.UNMASK)
+        seed_shares: dict[int, dict[int, int]] = {v: {} for v in self._masked}
+        key_shares: dict[int, dict[int, int]] = {v: {} for v in set(self._masked_with) - set(self._masked)}
+        responders: set[int] = set()
+        for node, answer in self._answers(answers, self._requests, "revealed"):
+            revealed = answer.revealed
+            try:
+                self._check_sender(revealed.server_round, revealed.node_id, node)
+            except SecAggError as exc:
+                self._drop(node, "unmask", str(exc))
+                continue
+            responders.add(node)
+            request, x = self._requests[node], self.plan.x_of(node)
+            seen: set[int] = set()
+            for share in revealed.shares:
+                owner = int(share.owner)
+                try:
+                    if owner in seen:
+                        raise SecAggError(f"second share for node {owner}")
+                    if share.kind == pb.SHARE_KIND_SEED and owner in request.survivors:
+                        seed_shares[owner][x] = shamir.from_bytes(share.share)
+                    elif share.kind == pb.SHARE_KIND_KEY and owner in request.dropped:
+                        key_shares[owner][x] = shamir.from_bytes(share.share)
+                    else:
+                        raise SecAggError(f"share of kind {share.kind} for node {owner} was not asked for")
+                    seen.add(owner)
+                except SecAggError as exc:
+                    self._drop(node, "unmask", f"share for node {owner} dropped: {exc}")
+        self.outcome.revealed = len(responders)
+        self.outcome.dropped_after_masking = sorted(set(self._masked) - responders)
+        try:
+            total = self._unmask(seed_shares, key_shares)
+        except SecAggError as exc:
+            self.abandoned = f"round {self.round} abandoned: {exc}"
+            self.stage = ServerStage.ABANDONED
+            return None
+        self.total = total
+        self.stage = ServerStage.DONE
+        return total
+
+    def _unmask(self, seed_shares: dict[int, dict[int, int]], key_shares: dict[int, dict[int, int]]) -> np.ndarray:
+        length, bits, r = self.plan.length, self.plan.modulus_bits, self.round
+        total = np.zeros(length, dtype=np.uint32)
+        for vector in self._masked.values():
+            total = ring.add(total, vector, bits)
+        for v, shares in seed_shares.items():
+            seed = self._rebuild(v, shares, _matches_commitment(bytes(self._shares[v].seed_commitment), v, r), "self-mask seed")
+            total = ring.subtract(total, masks.self_mask(seed, r, length, bits), bits)
+        for v, shares in key_shares.items():
+            secret = self._rebuild(v, shares, _matches_public_key(bytes(self._keys[v].mask_public_key), r), "mask key")
+            private = keys.mask_private_key(secret, r)
+            for u in self._masked:
+                if v in self._masked_with[u]:  # u added its mask for v; v's mask for u cancels it
+                    pair = masks.pairwise_mask(private, v, self._keys[u].mask_public_key, u, r, length, bits)
+                    total = ring.add(total, pair, bits)
+        return total
+
+    def _rebuild(self, owner: int, shares: dict[int, int], valid: Callable[[int], bool], what: str) -> int:
+        t = self.plan.threshold
+        if len(shares) < t:
+            raise SecAggError(f"{len(shares)} valid shares of node {owner}'s {what}; t = {t} are needed")
+        points = sorted(shares.items())
+        for tries, subset in enumerate(itertools.combinations(points, t)):
+            if tries >= MAX_RECONSTRUCTION_TRIES:
+                break
+            secret = shamir.combine(dict(subset))
+            if valid(secret):
+                for x, y in points:  # shares off the polynomial are wrong: say whose
+                    if shamir.evaluate_at(dict(subset), x) != y:
+                        self._drop(self.plan.participants[x - 1], "unmask", f"wrong share of node {owner}'s {what}")
+                return secret
+        raise SecAggError(f"no {t} of the {len(shares)} shares of node {owner}'s {what} rebuild it")
+
+    # -- the result ---------------------------------------------------------------------
+    def mean_update(self) -> tuple[np.ndarray, float]:
+        """``(weighted mean of the survivors' updates, float64 of vector_length; total weight)``.
+
+        Coordinates the sparse variant did not send are 0. Raises if the round is not done
+        or the survivors' weights sum to 0.
+        """
+        if self.stage is not ServerStage.DONE or self.total is None:
+            raise SecAggError(f"round {self.round} has no sum (stage {self.stage.value})")
+        quantiser, count = self.plan.quantiser, len(self._masked)
+        weight = float(self.total[-1]) / quantiser.levels
+        if weight <= 0:
+            raise SecAggError("the survivors' weights sum to 0")
+        sent = quantiser.dequantise_sum(self.total[:-1], count) / weight
+        setup = self.plan.setup
+        if not setup.kept:
+            return sent, weight
+        out = np.zeros(int(setup.vector_length), dtype=np.float64)
+        out[kept_coordinates(bytes(setup.coordinate_seed), int(setup.vector_length), int(setup.kept))] = sent
+        return out, weight
+
+    @property
+    def survivors(self) -> list[int]:
+        """Devices whose masked input is in the sum."""
+        return sorted(self._masked)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _require(self, stage: ServerStage) -> None:
+        if self.stage is not stage:
+            raise SecAggError(f"round {self.round} is at stage {self.stage.value}, not {stage.value}")
+
+    def _answers(self, answers: Answers, expected: Mapping[int, object] | tuple[int, ...], kind: str):
+        """(node, reply) for each expected node with a reply of ``kind``; drops the rest with reasons."""
+        for node in answers:
+            if node not in expected:
+                self._drop(node, kind, "answered a stage it was not asked for")
+        for node in expected:
+            answer = answers.get(node, "did not answer")
+            if isinstance(answer, str):
+                self._drop(node, kind, answer)
+            elif answer.WhichOneof("stage") != kind:
+                self._drop(node, kind, f"sent a {answer.WhichOneof('stage')} reply, expected {kind}")
+            else:
+                yield node, answer
+
+    def _check_sender(self, server_round: int, node_id: int, node: int) -> None:
+        if server_round != self.round:
+            raise SecAggError(f"reply is for round {server_round}, this is round {self.round}")
+        if node_id != node:
+            raise SecAggError(f"reply names node {node_id}, it came from node {node}")
+
+    def _drop(self, node: int, stage: str, reason: str) -> None:
+        self.dropped.append(DroppedInput(int(node), stage, reason))
+
+    def _advance(
+        self, stage: ServerStage, requests: dict[int, pb.SecAggRequest], what: str
+    ) -> dict[int, pb.SecAggRequest]:
+        if len(requests) < self.plan.threshold:
+            self.abandoned = (
+                f"round {self.round} abandoned: {len(requests)} devices {what}, fewer than t = {self.plan.threshold}"
+            )
+            self.stage = ServerStage.ABANDONED
+            return {}
+        self.stage = stage
+        return requests
+
+
+def _matches_commitment(commitment: bytes, node: int, server_round: int) -> Callable[[int], bool]:
+    """Is a rebuilt seed the one ``node`` committed to?"""
+    return lambda secret: keys.commitment(secret, node, server_round) == commitment
+
+
+def _matches_public_key(public: bytes, server_round: int) -> Callable[[int], bool]:
+    """Is a rebuilt mask secret the one behind the advertised mask public key?"""
+    return lambda secret: keys.public_bytes(keys.mask_private_key(secret, server_round)) == public
