@@ -24,12 +24,7 @@ import numpy as np
 
 from fedge.protos.secagg.coordinates import kept_coordinates
 from fedge.protos.secagg.errors import SecAggError
-from fedge.protos.secagg.params import RoundPlan, layout_digest
-
-
-def float_layout(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
-    """The (name, shape) of every float tensor, in order: what the vector is made of."""
-    return [(name, tuple(a.shape)) for name, a in arrays.items() if np.issubdtype(np.asarray(a).dtype, np.floating)]
+from fedge.protos.secagg.params import RoundPlan, float_layout, layout_digest
 
 
 def weight_level(plan: RoundPlan, num_examples: int) -> int:

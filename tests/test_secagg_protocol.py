@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from fedge.client.secagg import SecAggDevice
-from fedge.client.secagg_vector import SecAggEncoder, float_layout
+from fedge.client.secagg_vector import SecAggEncoder
+from fedge.protos.secagg.params import float_layout
 from fedge.protos.secagg import keys, masks, ring, shamir
 from fedge.protos.secagg.errors import SecAggError
 from fedge.protos.secagg.params import check_setup, layout_digest, make_setup

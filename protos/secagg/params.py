@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedge.protos.secagg import graph
 from fedge.protos.secagg.errors import SecAggError
@@ -27,6 +29,11 @@ SEED_BYTES = 32
 def default_threshold(k: int) -> int:
     """The smallest safe ``t`` for ``k`` neighbours: more than half of them."""
     return k // 2 + 1
+
+
+def float_layout(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
+    """The (name, shape) of every float tensor, in order: what the vector is made of."""
+    return [(name, tuple(a.shape)) for name, a in arrays.items() if np.issubdtype(np.asarray(a).dtype, np.floating)]
 
 
 def layout_digest(layout: Sequence[tuple[str, Sequence[int]]]) -> bytes:

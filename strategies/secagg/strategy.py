@@ -37,12 +37,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedge.client.freezing import frozen_names
-from fedge.client.secagg_vector import float_layout
 from fedge.protos import records
 from fedge.protos.codecs import encode_update
+from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos.secagg import REQUEST_KEY
-from fedge.protos.secagg.params import layout_digest, make_setup
+from fedge.protos.secagg.params import float_layout, layout_digest, make_setup
 from fedge.protos.v1 import secagg_pb2 as pb
 from fedge.protos.v1 import tensor_pb2
 from fedge.strategies.compressed import CompressedStrategy
