@@ -12,7 +12,8 @@ from fedge.protos.secagg import REQUEST_KEY
 from fedge.protos.v1 import task_pb2
 from fedge.server import run_federation
 from fedge.server.evaluation import CentralEvaluator
-from fedge.simulations.app import ConfigError, run_experiment
+from fedge.conf.build import ConfigError
+from fedge.simulations.experiment import run_experiment
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
