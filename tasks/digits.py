@@ -9,10 +9,10 @@ stratified ``test_fraction`` is held out for central evaluation. Pixels are scal
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from fedge.tasks.base import FederatedTask, Split, TaskData
-from fedge.tasks.models import EdgeMobileNet
+from fedge.tasks.layer_spec import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from fedge.tasks.models import edge_mobilenet
 
 #: Models ``task.model`` may name: the small CNN or the deep MobileNet-style net.
 MODEL_KINDS = ("cnn", "mobilenet")
@@ -22,27 +22,14 @@ MODEL_KINDS = ("cnn", "mobilenet")
 PIXEL_MEAN, PIXEL_STD = 0.3054, 0.3761
 
 
-class DigitsCNN(nn.Module):
+def digits_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
     """Two 3x3 conv layers and two linear layers for (N, 1, 8, 8) inputs; ~38k weights."""
-
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * 4 * 4, 64),
-            nn.ReLU(),
-            nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x):  # noqa: D102 - (N, 1, 8, 8) -> (N, num_classes) logits
-        return self.classifier(self.features(x))
+    return Sequential.named(
+        features=Sequential.of(
+            Conv2d(1, width, 3, padding=1), ReLU(), Conv2d(width, 2 * width, 3, padding=1), ReLU(), MaxPool2d(2)
+        ),
+        classifier=Sequential.of(Flatten(), Linear(2 * width * 4 * 4, 64), ReLU(), Linear(64, num_classes)),
+    )
 
 
 class DigitsTask(FederatedTask):
@@ -82,7 +69,7 @@ class DigitsTask(FederatedTask):
         x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
         return x, bunch.target.astype(np.int64)
 
-    def build_model(self) -> nn.Module:
+    def model_spec(self) -> Sequential:
         if self.model == "mobilenet":
-            return EdgeMobileNet(self.input_shape, self.num_classes, self.width)
-        return DigitsCNN(self.num_classes, self.width)
+            return edge_mobilenet(self.input_shape, self.num_classes, self.width)
+        return digits_cnn(self.num_classes, self.width)

@@ -13,44 +13,31 @@ A seeded, stratified ``test_fraction`` (default 0.2: 4,000 train / 1,000 test) i
 out for central evaluation. Pixels are scaled to [0, 1] and standardised with the
 sample's mean and standard deviation below; inputs are ``(N, 1, 28, 28)`` float32.
 
-Model: :class:`ImageCNN`, two conv blocks and two linear layers; with ``width=16``,
+Model: :func:`image_cnn`, two conv blocks and two linear layers; with ``width=16``,
 114,314 parameters (457 KB as float32), a phone- or camera-class model.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from fedge.tasks.digits import DigitsTask
+from fedge.tasks.layer_spec import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 #: Mean and standard deviation of all pixels of the 5,000 images after scaling to [0, 1].
 PIXEL_MEAN, PIXEL_STD = 0.1313, 0.3086
 SIDE = 28
 
 
-class ImageCNN(nn.Module):
+def image_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
     """(N, 1, 28, 28) -> (N, num_classes): conv5-pool, conv5-pool, linear, linear."""
-
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * (SIDE // 4) ** 2, 64),
-            nn.ReLU(),
-            nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x):  # noqa: D102 - (N, 1, 28, 28) -> (N, num_classes) logits
-        return self.classifier(self.features(x))
+    return Sequential.named(
+        features=Sequential.of(
+            Conv2d(1, width, 5, padding=2), ReLU(), MaxPool2d(2),
+            Conv2d(width, 2 * width, 5, padding=2), ReLU(), MaxPool2d(2),
+        ),
+        classifier=Sequential.of(Flatten(), Linear(2 * width * (SIDE // 4) ** 2, 64), ReLU(), Linear(64, num_classes)),
+    )
 
 
 class ImageTask(DigitsTask):
@@ -70,5 +57,5 @@ class ImageTask(DigitsTask):
         x = ((pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, SIDE, SIDE)
         return x, labels.astype(np.int64)
 
-    def build_model(self) -> nn.Module:
-        return ImageCNN(self.num_classes, self.width)
+    def model_spec(self) -> Sequential:
+        return image_cnn(self.num_classes, self.width)
