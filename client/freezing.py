@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def frozen_names(names: Iterable[str], freeze: Sequence[str] = (), trainable: Sequence[str] = ()) -> set[str]:
