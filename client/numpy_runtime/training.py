@@ -75,6 +75,7 @@ def train_numpy(
     start = time.perf_counter()
     names = set(net.tensors) if trainable is None else set(trainable)
     optimiser = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
+    step_optimiser = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)  # one torch optimiser: same settings
     anchor = {k: net.tensors[k].copy() for k in names} if cfg.prox_mu > 0 else None
     segments = cfg.checkpoint_segments if cfg.checkpointing else 0
     meter = CacheMeter(exclude=net.tensors.values())
@@ -94,7 +95,7 @@ def train_numpy(
             grads[name] = grad
         optimiser.step(net.tensors, grads)
         if qat is not None:
-            optimiser.step(qat.steps, qat.grads)
+            step_optimiser.step(qat.steps, qat.grads)
         steps += 1
         samples += len(batch)
     slots = 1 if cfg.momentum > 0 else 0
