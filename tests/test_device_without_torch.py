@@ -1,0 +1,91 @@
+"""A numpy-runtime device imports and trains without torch (issue 18, must-shows 3 and 5)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fedge.client.cli import build_runtime, parser
+
+BLOCK_TORCH = """
+import sys
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test: {name}")
+        return None
+sys.meta_path.insert(0, _Blocker())
+"""
+
+
+def run_without_torch(body: str) -> subprocess.CompletedProcess:
+    code = BLOCK_TORCH + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_blocker_really_blocks_torch():
+    proc = run_without_torch("import torch")
+    assert proc.returncode != 0 and "torch is blocked" in proc.stderr
+
+
+def test_numpy_device_trains_and_evaluates_a_round_without_torch():
+    proc = run_without_torch(
+        """
+        import numpy as np
+        import fedge.client, fedge.client.cli, fedge.protos.codecs
+        from fedge.client import EdgeClient, TrainConfig
+        from fedge.protos import config as wire_config
+        from fedge.protos.codecs import encode_update, decode_update
+        from fedge.protos.v1 import task_pb2, tensor_pb2
+        from fedge.tasks.har import HarTask
+
+        task = HarTask()
+        data = task.load().train.subset(np.arange(200))
+        client = EdgeClient(task, data, node_id=7, defaults=TrainConfig(local_epochs=1, batch_size=32), runtime="numpy")
+        weights = client.trainer.arrays()
+        train = task_pb2.Task(task_id="t", kind="train", server_round=1, node_id=7)
+        train.model.CopyFrom(encode_update(weights, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS))
+        wire_config.to_wire({"client.qat.bits": 8}, train.config)  # QAT too: no torch kernel needed
+        update = client.handle(train)
+        assert not update.error, update.error
+        delta = decode_update(update.update, weights)
+        assert all(np.abs(d).sum() > 0 for d in delta.values())
+        assert update.metrics["local_steps"] == 7 and update.metrics["peak_activation_bytes"] > 0
+        assert update.metrics["qat.step.classifier.1.weight"] > 0
+        evaluate = task_pb2.Task(task_id="e", kind="evaluate", server_round=1, node_id=7)
+        evaluate.model.CopyFrom(encode_update({k: weights[k] + delta[k] for k in weights}, "fp32",
+                                              tensor_pb2.UPDATE_KIND_WEIGHTS))
+        scored = client.handle(evaluate)
+        assert not scored.error and 0 <= scored.metrics["accuracy"] <= 1
+        assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_torch_device_without_torch_says_so():
+    proc = run_without_torch(
+        """
+        import numpy as np
+        from fedge.client import EdgeClient
+        from fedge.tasks.base import Split
+        from fedge.tasks.har import HarTask
+        EdgeClient(HarTask(), Split(np.zeros((2, 6, 100), np.float32), np.zeros(2, np.int64)), node_id=1)
+        """
+    )
+    assert proc.returncode != 0 and "torch is blocked" in proc.stderr
+
+
+def test_fedge_client_refuses_an_unsupported_model_before_reading_its_data(tmp_path):
+    args = parser().parse_args([
+        "--server", "127.0.0.1:1", "--insecure", "--device-id", "d1", "--runtime", "numpy",
+        "--task", "test_numpy_runtime_parity:WithDropout", "--data", str(tmp_path / "absent.npz"),
+    ])
+    with pytest.raises(ValueError, match=r"layer '1' is Dropout"):
+        build_runtime(args)
+    args.runtime = "torch"  # the torch runtime gets as far as the (absent) data file
+    with pytest.raises(ValueError, match="does not exist"):
+        build_runtime(args)
