@@ -195,7 +195,7 @@ class NumpyNetwork:
         (must be in ``[1, len(top-level children)]``); 0 keeps every cache.
         """
         x = np.asarray(x, dtype=self.dtype)
-        tape: list[_Step | _Segment] = []
+        tape: list[_Segment] = []
         checkpointed = 0
         if checkpoint_segments:
             if not 1 <= checkpoint_segments <= len(self.chunks):
@@ -218,7 +218,6 @@ class NumpyNetwork:
         grads: dict[str, np.ndarray] = {}
         dy = self._back(steps, dy, grads, trainable, meter, quant)
         for segment in reversed(tape):
-            assert isinstance(segment, _Segment)
             recomputed: list[_Step] = []
             self._run(segment.layers, segment.x, recomputed, meter, quant)
             dy = self._back(recomputed, dy, grads, trainable, meter, quant)
