@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import numpy as np
 
 from fedge.client.config import TrainConfig
@@ -25,6 +27,18 @@ class TrainStats:
     peak_activation_bytes: int = 0  # most activation bytes kept for backward at once (client.memory)
     param_bytes: int = 0  # weights + gradients + optimiser state
     samples: int = 0  # examples processed over all steps (forward + backward), partial batches included
+
+    @classmethod
+    def of_round(cls, total_loss: float, steps: int, samples: int, num_examples: int, started: float,
+                 peak_activation_bytes: int, param_bytes: int) -> TrainStats:
+        """A round's statistics from its running sums; ``started``: its ``time.perf_counter()``."""
+        return cls(total_loss / max(steps, 1), num_examples, steps, time.perf_counter() - started,
+                   peak_activation_bytes, param_bytes, samples)
+
+
+def optimiser_slots(cfg: TrainConfig) -> int:
+    """State tensors SGD keeps per trainable tensor: 1 (the momentum buffer) with momentum, else 0."""
+    return 1 if cfg.momentum > 0 else 0
 
 
 def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:

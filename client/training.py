@@ -14,7 +14,7 @@ from torch import nn
 
 from fedge.client.checkpointing import training_forward
 from fedge.client.config import TrainConfig
-from fedge.client.local_round import TrainStats, batch_order
+from fedge.client.local_round import TrainStats, batch_order, optimiser_slots
 from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask, Split
@@ -60,13 +60,5 @@ def train(
             optimiser.step()
             steps += 1
             samples += len(batch)
-    slots = 1 if cfg.momentum > 0 else 0
-    return TrainStats(
-        total / max(steps, 1),
-        len(data),
-        steps,
-        time.perf_counter() - start,
-        meter.peak_bytes,
-        param_bytes(model, slots),
-        samples,
-    )
+    return TrainStats.of_round(total, steps, samples, len(data), start, meter.peak_bytes,
+                               param_bytes(model, optimiser_slots(cfg)))

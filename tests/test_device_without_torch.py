@@ -1,27 +1,13 @@
 """A numpy-runtime device imports and trains without torch (issue 18, must-shows 3 and 5)."""
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from fedge.client.cli import build_runtime, parser
-
-BLOCK_TORCH = """
-import sys
-class _Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test: {name}")
-        return None
-sys.meta_path.insert(0, _Blocker())
-"""
+from import_blocker import run_without
 
 
-def run_without_torch(body: str) -> subprocess.CompletedProcess:
-    code = BLOCK_TORCH + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def run_without_torch(body: str):
+    return run_without("torch", body)
 
 
 def test_blocker_really_blocks_torch():

@@ -14,6 +14,7 @@ import numpy as np
 
 from fedge.client.budget import choose_for_budget
 from fedge.client.config import TrainConfig
+from fedge.client.local_round import optimiser_slots
 from fedge.client.numpy_runtime.lsq import NumpyLSQ
 from fedge.client.numpy_runtime.memory import CacheMeter, param_bytes
 from fedge.client.numpy_runtime.network import NumpyNetwork
@@ -73,7 +74,7 @@ class NumpyTrainer:
             self.qat = NumpyLSQ(self.model.quantised, cfg.qat.bits, cfg.qat.act_bits)
         qat = self.qat if quantising else None
         if cfg.memory_mb > 0:
-            fixed = param_bytes(self.model.tensors, trainable, 1 if cfg.momentum > 0 else 0)
+            fixed = param_bytes(self.model.tensors, trainable, optimiser_slots(cfg))
             cfg = choose_for_budget(cfg, fixed, lambda option, batch: self._activation_bytes(data, option, batch, trainable),
                                     len(self.model.chunks), len(data))
         stats = train_numpy(self.model, data, cfg, rng, trainable, qat)

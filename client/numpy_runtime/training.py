@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from fedge.client.config import TrainConfig
-from fedge.client.local_round import TrainStats, batch_order
+from fedge.client.local_round import TrainStats, batch_order, optimiser_slots
 from fedge.client.numpy_runtime.lsq import NumpyLSQ
 from fedge.client.numpy_runtime.memory import CacheMeter, param_bytes
 from fedge.client.numpy_runtime.network import NumpyNetwork, cross_entropy
@@ -98,16 +98,8 @@ def train_numpy(
             step_optimiser.step(qat.steps, qat.grads)
         steps += 1
         samples += len(batch)
-    slots = 1 if cfg.momentum > 0 else 0
-    return TrainStats(
-        total / max(steps, 1),
-        len(data),
-        steps,
-        time.perf_counter() - start,
-        meter.peak_bytes,
-        param_bytes(net.tensors, names, slots),
-        samples,
-    )
+    return TrainStats.of_round(total, steps, samples, len(data), start, meter.peak_bytes,
+                               param_bytes(net.tensors, names, optimiser_slots(cfg)))
 
 
 def evaluate_numpy(net: NumpyNetwork, split: Split, batch_size: int = 512) -> tuple[float, float]:
