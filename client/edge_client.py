@@ -58,8 +58,8 @@ class EdgeClient:
         Base seed; round ``r`` shuffles with ``(seed, node_id, r)``, so results do
         not depend on which process or machine runs the client.
     runtime:
-        ``"torch"`` or ``"numpy"`` (:mod:`fedge.client.trainer`); the numpy runtime
-        refuses a model it cannot run here, naming the layer.
+        ``"torch"`` or ``"numpy"`` (:mod:`fedge.client.trainer`; default: ``defaults.runtime``);
+        the numpy runtime refuses a model it cannot run here, naming the layer.
     """
 
     def __init__(
@@ -69,14 +69,14 @@ class EdgeClient:
         node_id: int,
         defaults: TrainConfig | None = None,
         seed: int = 0,
-        runtime: str = "torch",
+        runtime: str | None = None,
     ) -> None:
         self.task = task
         self.data = data
         self.node_id = node_id
         self.defaults = defaults or TrainConfig()
         self.seed = seed
-        self.trainer = make_trainer(runtime, task, seed)
+        self.trainer = make_trainer(runtime or self.defaults.runtime, task, seed)
         self._reference = self.trainer.arrays()
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fedge.client.config import TrainConfig
+from fedge.client.config import RUNTIMES, TrainConfig
 from fedge.client.local_round import TrainStats
 
 if TYPE_CHECKING:
     from fedge.tasks.base import FederatedTask, Split
 
-#: The runtimes ``fedge-client --runtime`` and ``client.runtime`` accept.
-RUNTIMES = ("torch", "numpy")
+__all__ = ["RUNTIMES", "RoundResult", "Trainer", "make_trainer"]
 
 
 @dataclass(frozen=True)

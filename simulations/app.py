@@ -30,7 +30,7 @@ from fedge.client.config import TrainConfig
 from fedge.client.qat import final_steps
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
-from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.backends import BACKENDS, make_grid
 from fedge.simulations.compression import compression_setup
 from fedge.simulations.config import register_configs
@@ -123,7 +123,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
-    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory)
+    runtimes = assign_runtimes(train_cfg, list(node_parts), cfg.seed)
+    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
