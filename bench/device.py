@@ -7,8 +7,8 @@ thread, as on a single-core board) loads a device's shard from an ``.npz`` file 
 ``fedge-client`` does), builds an ``EdgeClient`` and trains local epochs of the
 task's defaults (batch 32, SGD with momentum): ms per training step, ms per local
 epoch, the peak training bytes the client reports (weights, gradients, optimiser
-state, activations kept for backward) and the process's peak RSS (``ru_maxrss``: the
-interpreter, numpy, torch if imported, the data, the model). The two runtimes run in
+state, activations kept for backward) and the process's peak RSS (the
+interpreter, numpy, torch if imported, the data, the model; ``VmHWM``). The two runtimes run in
 alternating order, ``--reps`` times each; the table gives min and median and the
 ratio numpy / torch of the minima, with the machine's load average recorded.
 
@@ -49,6 +49,18 @@ SHARD = 400  # examples on the device (a har subject holds ~370 windows)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set, MB: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``,
+    which Linux carries over from the forking parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(task_name: str, runtime: str, shard: str, epochs: int) -> dict:
     """In a fresh process: train ``epochs`` local epochs; times, bytes, peak RSS."""
     from fedge.client import EdgeClient, TrainConfig
@@ -79,7 +91,7 @@ def child(task_name: str, runtime: str, shard: str, epochs: int) -> dict:
         "epoch_s": epoch_s,
         "steps": steps,
         "peak_train_bytes": peak,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "torch_imported": "torch" in sys.modules,
     }
 

@@ -4,7 +4,8 @@ Each layer is built from its :mod:`fedge.tasks.layer_spec` description and is
 stateless: ``forward(x, p)`` takes the input and the layer's tensors ``p`` (``weight``,
 ``bias``: the network's, or their fake-quantised stand-ins under QAT) and returns the
 output and a *cache* (a tuple of what the backward pass needs); ``backward(dy, cache,
-p)`` returns ``dL/dx`` and the gradients of ``p``. What a cache keeps is what torch's
+p)`` returns ``dL/dx`` (None when ``need_dx`` is false: the network's first layer) and
+the gradients of ``p``. What a cache keeps is what torch's
 autograd saves for the same layer (the input of a conv or linear layer, a ReLU's
 output, a max pool's argmax indices), so the memory meter counts comparable bytes.
 
@@ -40,7 +41,7 @@ class NumpyLayer(Protocol):
 
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]: ...
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]: ...
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
@@ -66,12 +67,13 @@ class Conv:
         return x[:, :, None, :] if self.one_d else x
 
     def _cols(self, x: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """im2col: ``(N*Ho*Wo, C*kh*kw)`` (contiguous copy) and the output size."""
+        """im2col, transposed: ``(C*kh*kw, N*Ho*Wo)`` (one copy whose rows are contiguous runs
+        of the input rows) and the output size."""
         ph, pw = self.padding
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
         win = _windows(xp, self.kernel, self.stride)
         n, c, ho, wo, kh, kw = win.shape
-        return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw), ho, wo
+        return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * ho * wo), ho, wo
 
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]:
         x2 = self._as_2d(x)
@@ -80,16 +82,15 @@ class Conv:
         w = p["weight"]
         o, g = w.shape[0], self.groups
         if g == 1:
-            y = cols @ w.reshape(o, -1).T
-        else:  # (g, M, K/g) @ (g, K/g, O/g) -> (M, O)
-            gcols = cols.reshape(len(cols), g, -1).transpose(1, 0, 2)
-            y = np.matmul(gcols, w.reshape(g, o // g, -1).transpose(0, 2, 1)).transpose(1, 0, 2).reshape(len(cols), o)
+            y = w.reshape(o, -1) @ cols  # (O, N*Ho*Wo)
+        else:  # (g, O/g, K/g) @ (g, K/g, M) -> (O, M)
+            y = np.matmul(w.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1])).reshape(o, -1)
         if self.has_bias:
-            y += p["bias"]
-        out = np.ascontiguousarray(y.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
+            y += p["bias"][:, None]
+        out = np.ascontiguousarray(y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
         return (out[:, :, 0, :] if self.one_d else out), (x,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         (x,) = cache
         x2 = self._as_2d(x)
         dy2 = self._as_2d(dy)
@@ -97,28 +98,31 @@ class Conv:
         w = p["weight"]
         o, g = w.shape[0], self.groups
         cols, ho, wo = self._cols(x2)
-        dym = dy2.transpose(0, 2, 3, 1).reshape(-1, o)
+        dym = dy2.transpose(1, 0, 2, 3).reshape(o, -1)  # (O, N*Ho*Wo)
         grads: dict[str, np.ndarray] = {}
         if g == 1:
-            grads["weight"] = (dym.T @ cols).reshape(w.shape)
-            dcols = dym @ w.reshape(o, -1)
+            grads["weight"] = (dym @ cols.T).reshape(w.shape)
         else:
-            gdy = dym.reshape(len(dym), g, o // g).transpose(1, 0, 2)  # (g, M, O/g)
-            gcols = cols.reshape(len(cols), g, -1).transpose(1, 0, 2)  # (g, M, K/g)
-            wg = w.reshape(g, o // g, -1)  # (g, O/g, K/g)
-            grads["weight"] = np.matmul(gdy.transpose(0, 2, 1), gcols).reshape(w.shape)
-            dcols = np.matmul(gdy, wg).transpose(1, 0, 2).reshape(len(dym), -1)
+            gdy = dym.reshape(g, o // g, -1)  # (g, O/g, M)
+            gcols = cols.reshape(g, -1, cols.shape[1])  # (g, K/g, M)
+            grads["weight"] = np.matmul(gdy, gcols.transpose(0, 2, 1)).reshape(w.shape)
         if self.has_bias:
-            grads["bias"] = dym.sum(axis=0)
+            grads["bias"] = dym.sum(axis=1)
+        if not need_dx:
+            return None, grads
+        if g == 1:
+            dcols = w.reshape(o, -1).T @ dym  # (C*kh*kw, N*Ho*Wo)
+        else:
+            dcols = np.matmul(w.reshape(g, o // g, -1).transpose(0, 2, 1), gdy).reshape(-1, dym.shape[1])
         kh, kw = self.kernel
         sh, sw = self.stride
         ph, pw = self.padding
-        dcols6 = dcols.reshape(n, ho, wo, c, kh, kw)
-        dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
+        dcols6 = dcols.reshape(c, kh, kw, n, ho, wo)
+        dxp = np.zeros((c, n, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)  # col2im, channel-major
         for i in range(kh):
             for j in range(kw):
-                dxp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += dcols6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-        dx = dxp[:, :, ph : ph + h, pw : pw + wd]
+                dxp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += dcols6[:, i, j]
+        dx = dxp[:, :, ph : ph + h, pw : pw + wd].transpose(1, 0, 2, 3)
         return (dx[:, :, 0, :] if self.one_d else dx), grads
 
 
@@ -135,12 +139,12 @@ class Linear:
             y += p["bias"]
         return y, (x,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         (x,) = cache
         grads = {"weight": dy.T @ x}
         if self.has_bias:
             grads["bias"] = dy.sum(axis=0)
-        return dy @ p["weight"], grads
+        return (dy @ p["weight"] if need_dx else None), grads
 
 
 class ReLU:
@@ -152,9 +156,9 @@ class ReLU:
         y = np.maximum(x, 0)
         return y, (y,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         (y,) = cache
-        return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False), {}
+        return dy * (y > 0), {}
 
 
 class ReLU6:
@@ -165,7 +169,7 @@ class ReLU6:
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]:
         return np.clip(x, 0, 6), (x,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         (x,) = cache
         return np.where((x > 0) & (x < 6), dy, 0).astype(dy.dtype, copy=False), {}
 
@@ -186,29 +190,34 @@ class MaxPool:
 
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]:
         x2 = x[:, :, None, :] if self.one_d else x
-        win = _windows(x2, self.kernel, self.stride)
-        flat = win.reshape(*win.shape[:4], -1)
-        arg = flat.argmax(axis=-1)  # first maximum, as torch's kernel
-        y = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        ho, wo = (x2.shape[2] - kh) // sh + 1, (x2.shape[3] - kw) // sw + 1
+        # Scan the window positions in row-major order; a later position wins only if
+        # strictly greater: the first maximum, as torch's kernel (and its indices) pick.
+        best = x2[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
+        arg = np.zeros(best.shape, dtype=np.uint8 if kh * kw < 256 else np.int64)
+        for k in range(1, kh * kw):
+            a, b = divmod(k, kw)
+            candidate = x2[:, :, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw]
+            better = candidate > best
+            best = np.where(better, candidate, best)
+            arg[better] = k
+        y = np.ascontiguousarray(best)
         return (y[:, :, 0, :] if self.one_d else y), (arg, x.shape)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         arg, shape = cache
         dy2 = dy[:, :, None, :] if self.one_d else dy
         n, c, ho, wo = dy2.shape
         h, w = (1, shape[-1]) if self.one_d else shape[2:]
         kh, kw = self.kernel
         sh, sw = self.stride
-        rows = np.arange(ho)[:, None] * sh + arg // kw  # (N, C, Ho, Wo) input row of each max
-        cols = np.arange(wo)[None, :] * sw + arg % kw
-        dx = np.zeros((n, c, h * w), dtype=dy.dtype)
-        index = (rows * w + cols).reshape(n, c, -1)
-        if sh >= kh and sw >= kw:  # windows do not overlap: every index is unique
-            np.put_along_axis(dx, index, dy2.reshape(n, c, -1), axis=-1)
-        else:
-            for b in range(n):
-                for ch in range(c):
-                    np.add.at(dx[b, ch], index[b, ch], dy2[b, ch].ravel())
+        dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+        for k in range(kh * kw):
+            a, b = divmod(k, kw)
+            # Overlapping windows (stride < kernel) add into the same input: accumulate.
+            dx[:, :, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw] += np.where(arg == k, dy2, 0)
         return dx.reshape(shape), {}
 
 
@@ -220,7 +229,7 @@ class GlobalAvgPool:
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]:
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True), (x.shape,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         (shape,) = cache
         positions = int(np.prod(shape[2:]))
         return np.broadcast_to(dy / positions, shape).copy(), {}
@@ -234,7 +243,7 @@ class Flatten:
     def forward(self, x: np.ndarray, p: Params) -> tuple[np.ndarray, Cache]:
         return x.reshape(len(x), -1), (x.shape,)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         return dy.reshape(cache[0]), {}
 
 
@@ -261,7 +270,7 @@ class GroupNorm:
             y = y * self._channel(p["weight"], x.ndim) + self._channel(p["bias"], x.ndim)
         return y, (x, mean, rstd)
 
-    def backward(self, dy: np.ndarray, cache: Cache, p: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward(self, dy: np.ndarray, cache: Cache, p: Params, need_dx: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         x, mean, rstd = cache
         xhat = self._normalised(x, mean, rstd)
         grads: dict[str, np.ndarray] = {}

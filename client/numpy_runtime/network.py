@@ -113,6 +113,7 @@ class NumpyNetwork:
                 local[key] = f"{path}.{key}"
             self._by_layer[path] = local
         self.quantised = [p for p, layer in model.layers() if isinstance(layer, (spec.Conv2d, spec.Linear))]
+        self.first_layer = next(path for path, _ in model.layers())
 
     # -- state ----------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -164,12 +165,13 @@ class NumpyNetwork:
     def _back(self, steps: list[_Step], dy: np.ndarray, grads: dict[str, np.ndarray], trainable: set[str],
               meter: CacheMeter | None, quant: NumpyLSQ | None) -> np.ndarray:
         for step in reversed(steps):
-            dy, local = step.layer.backward(dy, step.cache, step.params)
+            first = step.path == self.first_layer and step.quant is None  # dL/d(batch) is not needed
+            dx, local = step.layer.backward(dy, step.cache, step.params, need_dx=not first)
             if step.quant is not None and quant is not None:
                 in_cache, w_cache = step.quant
                 if "weight" in local:
                     local["weight"] = quant.backward(f"{step.path}.weight", local["weight"], w_cache)
-                dy = quant.backward(f"{step.path}.input", dy, in_cache)
+                dx = quant.backward(f"{step.path}.input", dx if dx is not None else np.zeros_like(in_cache[0]), in_cache)
                 if meter is not None:
                     meter.release(in_cache + w_cache + (step.params["weight"],))
             for key, grad in local.items():
@@ -178,6 +180,9 @@ class NumpyNetwork:
                     grads[name] = grad
             if meter is not None:
                 meter.release(step.cache)
+            if dx is None:
+                break
+            dy = dx
         return dy
 
     def loss_and_grads(
