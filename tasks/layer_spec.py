@@ -264,9 +264,7 @@ def from_torch(module: nn.Module, path: str = "") -> Sequential:
     from torch import nn
 
     where = f"layer {path!r}" if path else "the model"
-    if type(module) is not nn.Sequential and not (isinstance(module, nn.Sequential) and _plain_forward(module)):
-        if type(module).__name__ in LAYER_TYPES and path:
-            raise UnsupportedLayerError(f"{where} must sit inside an nn.Sequential")
+    if not (isinstance(module, nn.Sequential) and _plain_forward(module)):
         raise UnsupportedLayerError(
             f"{where} is {type(module).__name__}, which the numpy runtime cannot run: it takes nn.Sequential "
             f"trees of {', '.join(LAYER_TYPES)} (declare the task's model_spec())"
