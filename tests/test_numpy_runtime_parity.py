@@ -286,3 +286,20 @@ def _round_user(runtime: str, data: Split) -> dict:
     update = client.handle(make_task(weights))
     assert not update.error, update.error
     return decode_update(update.update, weights)
+
+
+def test_numpy_qat_checkpointed_equals_plain_and_keeps_fewer_bytes():
+    """Recomputed segments quantise their weights and inputs again: same steps, same weights."""
+    task, data = task_and_data("mobilenet")
+    local = data.subset(np.arange(64))
+    runs = {}
+    for checkpointing in (False, True):
+        net = NumpyNetwork(task.model_spec(), seed=0)
+        lsq = NumpyLSQ(net.quantised, 8, 8)
+        cfg = TrainConfig(local_steps=2, batch_size=32, checkpointing=checkpointing, checkpoint_segments=3)
+        stats = train_numpy(net, local, cfg, np.random.default_rng(0), None, lsq)
+        runs[checkpointing] = (net.state(), lsq.step_values(), stats.peak_activation_bytes)
+    (plain, plain_steps, plain_bytes), (ckpt, ckpt_steps, ckpt_bytes) = runs[False], runs[True]
+    assert ckpt_steps == plain_steps and len(plain_steps) == 2 * 20  # 19 convs and the linear layer
+    assert all(np.array_equal(plain[k], ckpt[k]) for k in plain)
+    assert ckpt_bytes < 0.7 * plain_bytes
