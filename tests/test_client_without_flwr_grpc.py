@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 from fedge.server.probe import probe_device
 from fedge.tasks.digits import DigitsTask
-from test_client_without_flwr import BLOCK_FLWR
+from import_blocker import BLOCKER
 
 SERVER_ONLY = {"flwr", "flwr-datasets", "hydra-core", "omegaconf", "ray", "datasets", "scikit-learn", "rich"}
 
@@ -67,7 +67,7 @@ def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path
         "--ca", str(certs.ca), "--cert", str(certs.device("1000")), "--key", str(certs.device_key("1000")),
         "--pull-wait", "2",
     ]
-    script = BLOCK_FLWR + textwrap.dedent(
+    script = BLOCKER.format(module="flwr") + textwrap.dedent(
         f"""
         import json, runpy
         sys.argv = {argv!r}
