@@ -7,20 +7,12 @@ process on the numpy runtime, with torch blocked at import, joins a server over 
 verifies the signed task, trains a har round and pushes.
 """
 
-import json
-import subprocess
-import sys
-import textwrap
-
-import numpy as np
 import pytest
-from grpc_helpers import make_certs, start_server
-from test_client_without_flwr_grpc import SERVER_ONLY, dependency_closure
+from test_client_without_flwr_grpc import SERVER_ONLY, dependency_closure, device_round_with_blocked_import
 
 from fedge.client.cli import build_runtime, parser
-from fedge.server.probe import probe_device
 from fedge.tasks.har import HarTask
-from import_blocker import BLOCKER, run_without
+from import_blocker import run_without
 
 
 def run_without_torch(body: str):
@@ -102,38 +94,9 @@ def test_the_device_extra_installs_no_torch_and_no_flwr():
 
 
 def test_fedge_client_numpy_process_trains_har_over_mtls_with_torch_blocked(tmp_path):
-    certs = make_certs(tmp_path / "certs")
-    task = HarTask()
-    shard = task.load().train.subset(np.arange(150))
-    data = tmp_path / "device.npz"
-    np.savez(data, x=shard.x, y=shard.y)
-    server = start_server(certs)
-    argv = [
-        "fedge-client", "--server", server.address, "--task", "har", "--runtime", "numpy", "--data", str(data),
-        "--ca", str(certs.ca), "--cert", str(certs.device("1000")), "--key", str(certs.device_key("1000")),
-        "--pull-wait", "2",
-    ]
-    script = BLOCKER.format(module="torch") + textwrap.dedent(
-        f"""
-        import json, runpy
-        sys.argv = {argv!r}
-        try:
-            runpy.run_module("fedge.client.cli", run_name="__main__")
-        except SystemExit as exit:
-            code = exit.code
-        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "flwr", "hydra", "ray"}})
-        print(json.dumps({{"exit": code, "heavy": heavy}}))
-        """
+    probe, report, err = device_round_with_blocked_import(
+        tmp_path, HarTask(), "har", "torch", {"torch", "flwr", "hydra", "ray"}, ("--runtime", "numpy")
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        probe = probe_device(server, task)  # the server side is torch, as always
-        assert probe.ok, probe.reply.error.reason
-        assert probe.reply.content["metrics"]["num-examples"] == 150.0
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.stop()
-    report = json.loads(out.strip().splitlines()[-1])
+    assert probe.ok, probe.reply.error.reason  # the server side is torch, as always
+    assert probe.reply.content["metrics"]["num-examples"] == 150.0
     assert report == {"exit": 0, "heavy": []}, err[-2000:]
