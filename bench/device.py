@@ -14,7 +14,8 @@ ratio numpy / torch of the minima, with the machine's load average recorded.
 
 Then the same federation (``har``, ``partition=natural``, 10 subjects) per seed with
 an all-torch fleet, an all-numpy fleet and a mixed fleet (``client.runtime_mix.numpy=0.5``):
-the final central accuracy of each (issue 18 must-show 2: mixed within 0.5 pp of torch).
+the final central accuracy of each (issue 18 must-show 2: mixed within 0.5 pp of torch),
+one local epoch per round.
 
 ``--install`` also builds a fresh venv with only ``fedge[device]`` (numpy, protobuf,
 grpcio, cryptography), records its size and distributions (no torch, no flwr), and runs
@@ -143,7 +144,7 @@ def federations(seeds: list[int], rounds: int) -> dict:
     register_configs()
     fleets = {"torch": [], "numpy": ["client.runtime=numpy"], "mixed": ["+client.runtime_mix.numpy=0.5"]}
     base = ["task=har", "partition=natural", "num_clients=10", f"rounds={rounds}", "progress=false",
-            "backend.num_workers=0"]
+            "backend.num_workers=0", "client.local_epochs=1"]
     out: dict[str, dict] = {name: {} for name in fleets}
     for seed in seeds:
         for name, overrides in fleets.items():
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="alternating runs per runtime and task")
     parser.add_argument("--epochs", type=int, default=3, help="timed local epochs per run (after one warm-up)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="federation seeds (none: skip)")
-    parser.add_argument("--rounds", type=int, default=10, help="federation rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="federation rounds (one local epoch each)")
     parser.add_argument("--install", action="store_true", help="also measure a fresh fedge[device] venv (needs the index)")
     parser.add_argument("--child", nargs=4, metavar=("TASK", "RUNTIME", "SHARD", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -236,20 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(task_name, runtime, shard, int(epochs))))
         return 0
     work = Path(tempfile.mkdtemp(prefix="fedge-device-bench-"))
+    report: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "reps": args.reps,
+                    "epochs": args.epochs, "load_start": os.getloadavg()}
+    sections = [("speed", lambda: measure(args.reps, args.epochs, work))]
+    if args.seeds:
+        sections.append(("federations", lambda: federations(args.seeds, args.rounds)))
+    if args.install:
+        sections.append(("install", lambda: install(work)))
     try:
-        report: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "reps": args.reps,
-                        "epochs": args.epochs, "load_start": os.getloadavg()}
-        report["speed"] = measure(args.reps, args.epochs, work)
-        if args.seeds:
-            report["federations"] = federations(args.seeds, args.rounds)
-        if args.install:
-            report["install"] = install(work)
-        report["load_end"] = os.getloadavg()
+        for name, run in sections:  # written after each section: a long run keeps what it measured
+            report[name] = run()
+            report["load_end"] = os.getloadavg()
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "device.json").write_text(json.dumps(report, indent=2))
+            (RESULTS / "device.md").write_text(markdown(report))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "device.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "device.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

@@ -7,7 +7,8 @@ output and a *cache* (a tuple of what the backward pass needs); ``backward(dy, c
 p)`` returns ``dL/dx`` (None when ``need_dx`` is false: the network's first layer) and
 the gradients of ``p``. What a cache keeps is what torch's
 autograd saves for the same layer (the input of a conv or linear layer, a ReLU's
-output, a max pool's argmax indices), so the memory meter counts comparable bytes.
+output, a max pool's argmax positions: one byte each where torch keeps int64), so the
+memory meter counts comparable bytes.
 
 The arithmetic follows torch's CPU kernels where the choice matters for parity:
 a max pool sends the gradient to the first maximum of its window in row-major order,
@@ -284,9 +285,7 @@ class GroupNorm:
         n = len(x)
         dg = dxhat.reshape(n, self.groups, -1)
         xg = xhat.reshape(n, self.groups, -1)
-        m = dg.shape[-1]
         dx = rstd * (dg - dg.mean(axis=-1, keepdims=True) - xg * (dg * xg).mean(axis=-1, keepdims=True))
-        del m
         return dx.reshape(x.shape), grads
 
 
