@@ -33,11 +33,15 @@ def test_runtime_never_travels_in_a_round_config():
 
 
 def test_mixed_har_fleet_ends_where_the_torch_fleet_does(make_cfg):
-    results = {}
+    results, weights = {}, {}
     for fleet in ([], ["client.runtime=numpy"], ["+client.runtime_mix.numpy=0.5"]):
         outcome = run_experiment(make_cfg([*FAST, *HAR, *fleet]))
         results[tuple(fleet)] = outcome.result.rounds[-1].accuracy
+        weights[tuple(fleet)] = outcome.final_weights
     torch_acc = results[()]
     # Same start, data and batch order: float32 rounding is the only difference.
     for fleet, accuracy in results.items():
         assert abs(accuracy - torch_acc) <= 0.005, (fleet, accuracy, torch_acc)
+        if fleet:  # numpy devices really trained (not bit-identical to torch's), and agreed
+            gap = max(float(np.abs(weights[fleet][k] - weights[()][k]).max()) for k in weights[()])
+            assert 0 < gap < 1e-4, (fleet, gap)
