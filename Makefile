@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.client_install
 	$(BIN)/python -m bench.devices
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.device --install
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

@@ -6,7 +6,7 @@ Memory is :class:`fedge.client.memory.ActivationMeter`'s peak of autograd-saved
 activations plus weights, gradients and momentum (``peak_train_bytes``); step time is
 the median over the timed steps.
 
-QAT: the same federation on ``task=image`` (SmallCNN, 114k params; ``--rounds`` rounds of
+QAT: the same federation on ``task=image`` (small_cnn, 114k params; ``--rounds`` rounds of
 FedAvg, IID over ``--clients`` clients, one local epoch, in-process, one torch thread),
 float and with ``client.qat.bits=8`` and ``=4`` (8-bit activations). Each final model
 goes through ``fedge-export`` (:func:`fedge.deploy.export_cli.export_run`): the float run's
@@ -119,7 +119,7 @@ def qat(rounds: int, clients: int, out: Path) -> dict:
 
 def qat_markdown(q: dict) -> list[str]:
     lines = [
-        f"## QAT and export (task=image, SmallCNN 114,314 params, FedAvg, {q['clients']} IID clients, "
+        f"## QAT and export (task=image, small_cnn 114,314 params, FedAvg, {q['clients']} IID clients, "
         f"{q['rounds']} rounds, 1 local epoch: fewer rounds than the README's 30; 1,000 test images)",
         "",
         "| run | torch fp32 acc | fp32 ONNX acc | int8 ONNX acc | int8 - fp32 (pp) | int8 from | fp32 KB | int8 KB | "

@@ -115,25 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["flwr_absent"] and round_report["exit"] == 0 else 1
 
 
-def run_one_round(venv: Path, work: Path) -> dict:
-    """The fresh venv's fedge-client against a server in this process, one round, mTLS."""
+def run_one_round(venv: Path, work: Path, task_name: str = "digits", client_args: tuple[str, ...] = ()) -> dict:
+    """The fresh venv's fedge-client against a server in this process, one round, mTLS.
+
+    ``task_name``: a registered task; ``client_args``: more fedge-client arguments
+    (``("--runtime", "numpy")``).
+    """
     from fedge.server.certs import CertDir, create_federation, issue_devices
     from fedge.conf.schema import ServerConfig
     from bench.probe import probe_device
     from fedge.server.transport import FederationServer, ServerCredentials
-    from fedge.tasks.digits import DigitsTask
+    from fedge.tasks.registry import resolve_task
 
     certs = CertDir(work / "certs")
     create_federation(certs.root)
     issue_devices(certs.root, ["pi-1"])
-    task = DigitsTask()
+    task = resolve_task(task_name)()
     shard = task.load().train.subset(np.arange(200))
     data = work / "device.npz"
     np.savez(data, x=shard.x, y=shard.y)
     server = FederationServer(ServerConfig(address="127.0.0.1:0", round_timeout_s=120), ServerCredentials.from_dir(certs.root), ["fp32"]).start()
     command = [
-        str(venv / "bin" / "fedge-client"), "--server", server.address, "--task", "digits", "--data", str(data),
+        str(venv / "bin" / "fedge-client"), "--server", server.address, "--task", task_name, "--data", str(data),
         "--ca", str(certs.ca), "--cert", str(certs.device("pi-1")), "--key", str(certs.device_key("pi-1")), "--pull-wait", "2",
+        *client_args,
     ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": ""})
     try:

@@ -1,4 +1,4 @@
-"""fedge.client: the device. Importable without flwr (numpy, torch, protobuf only)."""
+"""fedge.client: the device. Importable without flwr, and without torch (numpy, protobuf, grpcio); torch only for the torch runtime."""
 
 from fedge._one_name import require_fedge_name
 

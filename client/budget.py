@@ -12,20 +12,29 @@ a message naming the budget and the need.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from fedge.client.checkpointing import training_forward
 from fedge.client.train_config import TrainConfig
-from fedge.client.memory import ActivationMeter, param_bytes
-from fedge.tasks.base import FederatedTask, Split
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedge.tasks.base import FederatedTask, Split
 
 MB = 1 << 20
 
+#: ``probe(cfg, batch)``: peak activation bytes of one forward + backward pass at ``batch`` examples.
+Probe = Callable[[TrainConfig, int], int]
+
 
 def _activation_bytes(model: nn.Module, task: FederatedTask, data: Split, cfg: TrainConfig, batch: int) -> int:
+    import torch
+
+    from fedge.client.checkpointing import training_forward
+    from fedge.client.memory import ActivationMeter
+
     meter = ActivationMeter()
     x, y = torch.from_numpy(data.x[:batch]), torch.from_numpy(data.y[:batch])
     with meter.track(model):
@@ -35,18 +44,35 @@ def _activation_bytes(model: nn.Module, task: FederatedTask, data: Split, cfg: T
 
 
 def fit_to_budget(model: nn.Module, task: FederatedTask, data: Split, cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with checkpointing and batch size chosen to fit ``cfg.memory_mb``."""
+    """``cfg`` with checkpointing and batch size chosen to fit ``cfg.memory_mb`` (torch runtime)."""
+    if cfg.memory_mb <= 0:
+        return cfg
+    from torch import nn
+
+    from fedge.client.memory import param_bytes
+
+    segments = len(model) if isinstance(model, nn.Sequential) else 0
+    fixed = param_bytes(model, 1 if cfg.momentum > 0 else 0)
+    return choose_for_budget(cfg, fixed, lambda option, batch: _activation_bytes(model, task, data, option, batch),
+                             segments, len(data))
+
+
+def choose_for_budget(cfg: TrainConfig, fixed: int, probe: Probe, segments: int, num_examples: int) -> TrainConfig:
+    """``cfg`` with checkpointing and batch size chosen to fit ``cfg.memory_mb``, on any runtime.
+
+    ``fixed``: weight, gradient and optimiser bytes; ``segments``: top-level children that
+    checkpointing can cut (0: the model cannot be checkpointed).
+    """
     if cfg.memory_mb <= 0:
         return cfg
     budget = cfg.memory_mb * MB
-    fixed = param_bytes(model, 1 if cfg.momentum > 0 else 0)
     options = [replace(cfg, checkpointing=False)]
-    if isinstance(model, nn.Sequential):
-        options.append(replace(cfg, checkpointing=True, checkpoint_segments=min(max(cfg.checkpoint_segments, 2), len(model))))
-    need = None
+    if segments:
+        options.append(replace(cfg, checkpointing=True, checkpoint_segments=min(max(cfg.checkpoint_segments, 2), segments)))
+    need = float(fixed)
     for option in options:
-        probe = min(2, len(data))
-        per_example = _activation_bytes(model, task, data, option, probe) / probe
+        probe_batch = min(2, num_examples)
+        per_example = probe(option, probe_batch) / probe_batch
         batch = cfg.batch_size
         while batch >= 1:
             need = fixed + per_example * batch

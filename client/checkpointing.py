@@ -4,7 +4,7 @@ With ``client.checkpointing=true`` the model's forward pass goes through
 ``checkpoint_sequential`` in ``checkpoint_segments`` pieces: only each piece's input
 is kept for backward and the piece's activations are recomputed then, trading one
 extra forward pass for activation memory. The model must be an ``nn.Sequential``
-(``EdgeMobileNet`` is one, segment by segment).
+(``edge_mobilenet`` is one, segment by segment).
 
 ``use_reentrant=True``: the recomputation runs inside ``backward`` under the caller's
 ``saved_tensors_hooks``, so :class:`~fedge.client.memory.ActivationMeter` counts the

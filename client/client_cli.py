@@ -23,6 +23,7 @@ from fedge.client.connection import DeviceCredentials, is_loopback
 from fedge.client.data import load_local_data
 from fedge.client.train_config import TrainConfig
 from fedge.client.runtime import DeviceRuntime, RuntimeSettings
+from fedge.client.trainer import RUNTIMES
 from fedge.tasks.registry import resolve_task, task_names
 
 
@@ -59,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="plaintext, no certificates: loopback development only")
     p.add_argument("--device-id", help="device name (default: the common name of --cert; required with --insecure)")
     p.add_argument("--seed", type=int, default=0, help="base seed of local shuffling (default 0)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="training runtime: torch, or numpy (no torch needed: pip install 'fedge[device]')")
     p.add_argument("--threads", type=int, default=1, help="torch threads for local training (default 1)")
     p.add_argument("--pull-wait", type=float, default=30.0, help="longest long poll, seconds")
     p.add_argument("--max-retries", type=int, default=0, help="give up after this many failed reconnects (0: never)")
@@ -115,6 +118,10 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
         task = task_cls(**dict(args.task_option))
     except TypeError as exc:
         raise ValueError(f"task {args.task!r}: bad --task-option: {exc}") from None
+    if args.runtime == "numpy":  # refuse a model the runtime cannot run before touching any data
+        from fedge.client.numpy_runtime.trainer import numpy_spec
+
+        numpy_spec(task)
     shape = args.input_shape or getattr(task, "input_shape", None)
     data = load_local_data(args.data, shape)
     settings = RuntimeSettings(
@@ -131,16 +138,17 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
     if args.memory_mb < 0:
         raise ValueError(f"--memory-mb must be >= 0 (0 = no limit), got {args.memory_mb}")
     defaults = TrainConfig(memory_mb=args.memory_mb) if args.memory_mb > 0 else None
-    return DeviceRuntime(task, data, settings, defaults)
+    return DeviceRuntime(task, data, settings, defaults, runtime=args.runtime)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``fedge-client``)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
+    if args.runtime == "torch":
+        import torch
 
-    torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(max(1, args.threads))
     try:
         runtime = build_runtime(args)
     except (ValueError, OSError) as exc:

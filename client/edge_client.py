@@ -9,6 +9,9 @@ and returns it with metrics. It never raises for a bad task: the error goes back
 The broadcast may be full weights or, with downlink delta compression, a compressed
 change to the model this device received last; the client keeps that model to rebuild
 exactly what the server meant it to have.
+
+The model lives in a runtime (:mod:`fedge.client.trainer`): ``torch`` (default) or
+``numpy`` (no torch imported); everything else here is plain numpy and protobuf.
 """
 
 from __future__ import annotations
@@ -16,26 +19,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
-from fedge.client.budget import fit_to_budget
 from fedge.client.train_config import TrainConfig
-from fedge.client.freezing import freeze_parameters
+from fedge.client.trainer import make_trainer
 from fedge.protos.frozen_tensors import frozen_names
-from fedge.client.model_io import load_arrays, model_arrays
-from fedge.client.qat import LSQModel, step_metrics
-from fedge.client.training import train
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config_values
 from fedge.protos.codecs import decode_update
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2, tensor_pb2
-from fedge.tasks.base import FederatedTask, Split, evaluate
+from fedge.tasks.base import FederatedTask, Split
 
 if TYPE_CHECKING:
     from fedge.client.secagg import SecAggDevice
@@ -63,6 +61,9 @@ class EdgeClient:
     seed:
         Base seed; round ``r`` shuffles with ``(seed, node_id, r)``, so results do
         not depend on which process or machine runs the client.
+    runtime:
+        ``"torch"`` or ``"numpy"`` (:mod:`fedge.client.trainer`; default: ``defaults.runtime``);
+        the numpy runtime refuses a model it cannot run here, naming the layer.
     """
 
     def __init__(
@@ -72,20 +73,34 @@ class EdgeClient:
         node_id: int,
         defaults: TrainConfig | None = None,
         seed: int = 0,
+        runtime: str | None = None,
     ) -> None:
         self.task = task
         self.data = data
         self.node_id = node_id
         self.defaults = defaults or TrainConfig()
         self.seed = seed
-        torch.manual_seed(seed)
-        self.model = task.build_model()
-        self._reference = model_arrays(self.model)
+        self.trainer = make_trainer(runtime or self.defaults.runtime, task, seed)
+        self._reference = self.trainer.arrays()
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None
-        self.qat: LSQModel | None = None  # learned LSQ steps, kept across rounds once QAT starts
         self.secagg: SecAggDevice | None = None  # secure-aggregation state, made on first use
+
+    @property
+    def runtime(self) -> str:
+        """The training runtime, ``"torch"`` or ``"numpy"``."""
+        return self.trainer.runtime
+
+    @property
+    def model(self) -> Any:
+        """The runtime's model (an ``nn.Module``, or a ``NumpyNetwork``)."""
+        return self.trainer.model
+
+    @property
+    def qat(self) -> Any:
+        """The learned LSQ steps once QAT has started (the runtime's object), else None."""
+        return self.trainer.qat
 
     def handle(self, task: task_pb2.Task) -> task_pb2.Update:
         """Run one task and answer it; failures are reported in ``Update.error``."""
@@ -114,7 +129,7 @@ class EdgeClient:
             weights = {k: self._held[k] + delta[k] for k in self._held}
         else:
             weights = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
-        load_arrays(self.model, weights)
+        self.trainer.load(weights)
         if task.kind == TRAIN:
             self._held, self.held_round = weights, task.server_round
         return weights
@@ -126,15 +141,11 @@ class EdgeClient:
         plan = UplinkPlan.from_config(config)
         global_weights = self._load_global(task)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
-        torch.manual_seed(int(rng.integers(2**31)))
+        round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
-        freeze_parameters(self.model, frozen)
-        if cfg.qat.bits and task.server_round >= cfg.qat.start_round and self.qat is None:
-            self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
-        qat = self.qat if cfg.qat.bits and task.server_round >= cfg.qat.start_round else None
-        cfg = fit_to_budget(self.model, self.task, self.data, cfg)
-        stats = train(self.model, self.task, self.data, cfg, rng, qat)
-        local = model_arrays(self.model)
+        result = self.trainer.train(self.data, cfg, rng, task.server_round, frozen, round_seed)
+        stats, cfg = result.stats, result.cfg
+        local = self.trainer.arrays()
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
         metrics: dict[str, float] = {}
@@ -161,8 +172,7 @@ class EdgeClient:
                 "checkpointing": float(cfg.checkpointing),
             }
         )
-        if qat is not None:  # the learned steps, so the server can export an int8 model with them
-            metrics.update(step_metrics(qat))
+        metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
 
     def _secagg(self) -> SecAggDevice:
@@ -182,7 +192,7 @@ class EdgeClient:
 
     def _evaluate(self, task: task_pb2.Task) -> task_pb2.Update:
         self._load_global(task)
-        loss, accuracy = evaluate(self.model, self.task, self.data)
+        loss, accuracy = self.trainer.evaluate(self.data)
         metrics = {"num-examples": float(len(self.data)), "loss": loss, "accuracy": accuracy}
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, metrics=metrics)
 

@@ -6,7 +6,10 @@ shared with the server); this module applies it to a torch model.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def freeze_parameters(model: nn.Module, frozen: set[str]) -> None:

@@ -121,8 +121,10 @@ class DeviceRuntime:
         data: Split,
         settings: RuntimeSettings,
         defaults: TrainConfig | None = None,
+        runtime: str = "torch",
     ) -> None:
         self.task = task
+        self.runtime = runtime  # training runtime of the EdgeClient (fedge.client.trainer)
         self.data = data
         self.settings = settings
         self.defaults = defaults
@@ -206,7 +208,9 @@ class DeviceRuntime:
             self.settings.chunk_bytes = reply.max_chunk_bytes
         self._verifier = self._trust(reply.signing_certificate)
         if self.client is None:
-            self.client = EdgeClient(self.task, self.data, reply.node_id, self.defaults, self.settings.seed)
+            self.client = EdgeClient(
+                self.task, self.data, reply.node_id, self.defaults, self.settings.seed, runtime=self.runtime
+            )
         self._heartbeat_interval = reply.heartbeat_interval_s or 5.0
         log.info("joined %s as node %d", self.settings.server, reply.node_id)
 

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 #: Config key Flower's FedProx strategy injects for the proximal term's weight.
 FLOWER_PROX_KEY = "proximal-mu"
+#: Training runtimes of a device (fedge.client.trainer).
+RUNTIMES = ("torch", "numpy")
+#: Field metadata of device settings that never travel in a round config.
+DEVICE_ONLY = {"device_only": True}
 
 
 @dataclass
@@ -53,6 +57,10 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=list)  # if set, every other tensor is frozen
     qat: QATConfig = field(default_factory=QATConfig)
     memory_mb: float = 0.0  # device memory budget for training (client.budget); 0 = no limit
+    # The device's training runtime, torch or numpy (fedge.client.trainer); a device's own, never a round setting.
+    runtime: str = field(default="torch", metadata=DEVICE_ONLY)
+    # Simulation: shares of the fleet on other runtimes, e.g. {numpy: 0.5}; the rest run `runtime`.
+    runtime_mix: dict[str, float] = field(default_factory=dict, metadata=DEVICE_ONLY)
 
     def __post_init__(self) -> None:
         self.freeze, self.trainable = list(self.freeze), list(self.trainable)
@@ -77,6 +85,12 @@ class TrainConfig:
             problems.append(f"l1 must be >= 0, got {self.l1}")
         if self.checkpoint_segments < 1:
             problems.append(f"checkpoint_segments must be >= 1, got {self.checkpoint_segments}")
+        self.runtime_mix = dict(self.runtime_mix)
+        for name in (self.runtime, *self.runtime_mix):
+            if name not in RUNTIMES:
+                problems.append(f"runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
+        if any(not 0 <= share <= 1 for share in self.runtime_mix.values()) or sum(self.runtime_mix.values()) > 1 + 1e-9:
+            problems.append(f"runtime_mix shares must be in [0, 1] and sum to at most 1, got {self.runtime_mix}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
 
@@ -87,6 +101,8 @@ class TrainConfig:
         """
         changes: dict[str, object] = {}
         for f in fields(self):
+            if f.metadata.get("device_only"):
+                continue
             key = prefix + f.name
             if is_dataclass(getattr(self, f.name)):  # nested: flat keys client.qat.bits, ...
                 changes[f.name] = _nested_from(getattr(self, f.name), config, key + ".")
@@ -100,6 +116,8 @@ class TrainConfig:
         """This config as flat round-config entries (lists as comma-separated strings)."""
         out: dict[str, int | float | bool | str] = {}
         for f in fields(self):
+            if f.metadata.get("device_only"):
+                continue
             value = getattr(self, f.name)
             if is_dataclass(value):
                 out.update({f"{prefix}{f.name}.{g.name}": getattr(value, g.name) for g in fields(value)})

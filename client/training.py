@@ -7,41 +7,17 @@ measured with :class:`fedge.client.memory.ActivationMeter`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedge.client.checkpointing import training_forward
+from fedge.client.local_round import TrainStats, batch_order, optimiser_slots
 from fedge.client.train_config import TrainConfig
 from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask, Split
-
-
-@dataclass(frozen=True)
-class TrainStats:
-    """What one round of local training did."""
-
-    mean_loss: float  # mean training loss over the steps taken
-    num_examples: int  # size of the local training set
-    steps: int  # optimiser steps taken
-    compute_s: float  # wall-clock seconds spent training
-    peak_activation_bytes: int = 0  # most autograd-saved activation bytes alive at once (client.memory)
-    param_bytes: int = 0  # weights + gradients + optimiser state
-    samples: int = 0  # examples processed over all steps (forward + backward), partial batches included
-
-
-def batch_order(num_examples: int, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index batches for one round: shuffled epochs, cut to ``local_steps`` if set."""
-    per_epoch = max(1, -(-num_examples // cfg.batch_size))
-    epochs = -(-cfg.local_steps // per_epoch) if cfg.local_steps > 0 else cfg.local_epochs
-    batches: list[np.ndarray] = []
-    for _ in range(epochs):
-        perm = rng.permutation(num_examples)
-        batches.extend(perm[i : i + cfg.batch_size] for i in range(0, num_examples, cfg.batch_size))
-    return batches[: cfg.local_steps] if cfg.local_steps > 0 else batches
 
 
 def train(
@@ -85,13 +61,5 @@ def train(
             optimiser.step()
             steps += 1
             samples += len(batch)
-    slots = 1 if cfg.momentum > 0 else 0
-    return TrainStats(
-        total / max(steps, 1),
-        len(data),
-        steps,
-        time.perf_counter() - start,
-        meter.peak_bytes,
-        param_bytes(model, slots),
-        samples,
-    )
+    return TrainStats.of_round(total, steps, samples, len(data), start, meter.peak_bytes,
+                               param_bytes(model, optimiser_slots(cfg)))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
+from fedge.simulations.devices import profile_counts
 from fedge.tasks.base import FederatedTask, TaskData
+
+#: Seed stream of the runtime assignment (apart from the device-profile assignment's).
+RUNTIME_STREAM = 18
 
 #: Node id of partition ``i`` is ``NODE_ID_BASE + i`` (Flower reserves small ids).
 NODE_ID_BASE = 1000
@@ -33,6 +37,7 @@ class ClientRecipe:
     defaults: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
+    runtimes: Mapping[int, str] = field(default_factory=dict)  # node id -> training runtime (default: defaults.runtime)
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -52,5 +57,16 @@ class ClientRecipe:
             defaults = self.defaults
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
                 defaults = replace(defaults, memory_mb=self.memory_mb[node_id])
-            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed)
+            runtime = self.runtimes.get(node_id, defaults.runtime)
+            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed, runtime=runtime)
         return self._clients[node_id]
+
+
+def assign_runtimes(train: TrainConfig, node_ids: Sequence[int], seed: int) -> dict[int, str]:
+    """Node id -> training runtime: ``train.runtime_mix`` shares as exact counts (largest
+    remainder), the rest on ``train.runtime``, dealt in a seeded shuffled order."""
+    shares = {name: share for name, share in train.runtime_mix.items() if name != train.runtime}
+    shares[train.runtime] = max(0.0, 1.0 - sum(shares.values()))
+    names = [name for name, count in profile_counts(shares, len(node_ids)).items() for _ in range(count)]
+    order = np.random.default_rng([seed, RUNTIME_STREAM]).permutation(len(names))
+    return {node: names[k] for node, k in zip(sorted(node_ids), order)}

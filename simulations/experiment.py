@@ -33,7 +33,7 @@ from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
 from fedge.server.results import final_weights, write_results
 from fedge.simulations.backends import BACKENDS, make_grid
-from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
@@ -106,7 +106,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
-    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory)
+    runtimes = assign_runtimes(train_cfg, list(node_parts), cfg.seed)
+    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes)
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)

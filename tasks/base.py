@@ -2,6 +2,10 @@
 
 A task is plain torch + numpy (no flwr), so the device client can import it. User
 tasks subclass :class:`FederatedTask` and are selected by Hydra ``_target_``.
+
+torch is imported only when a torch model or loss is asked for: a task that declares
+its model as a layer spec (:meth:`FederatedTask.model_spec`) imports without torch, so
+a device on the numpy runtime (``fedge-client --runtime numpy``) needs no torch.
 """
 
 from __future__ import annotations
@@ -9,9 +13,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedge.tasks.layer_spec import Sequential
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,30 @@ class FederatedTask(ABC):
     def load(self) -> TaskData:
         """Load the whole dataset (from files shipped in an installed package)."""
 
-    @abstractmethod
+    def model_spec(self) -> Sequential | None:
+        """The model as a layer spec (:mod:`fedge.tasks.layer_spec`), or None if the task has none.
+
+        A task that declares one gets :meth:`build_model` for free and runs on both device
+        runtimes (torch and numpy) with the same state names.
+        """
+        return None
+
     def build_model(self) -> nn.Module:
-        """A freshly initialised model (seed torch first for reproducible weights)."""
+        """A freshly initialised torch model (seed torch first for reproducible weights).
+
+        Default: the torch module of :meth:`model_spec`; a task without a spec overrides this.
+        """
+        spec = self.model_spec()
+        if spec is None:
+            raise NotImplementedError(f"{type(self).__name__} must define build_model() or model_spec()")
+        from fedge.tasks.layer_spec import to_torch
+
+        return to_torch(spec)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean training loss of a batch (cross-entropy by default)."""
+        """Mean training loss of a batch (cross-entropy by default; the numpy runtime supports only that)."""
+        from torch import nn
+
         return nn.functional.cross_entropy(logits, target)
 
 
@@ -73,16 +101,18 @@ def check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, task: FederatedTask, split: Split, batch_size: int = 512) -> tuple[float, float]:
     """Mean loss and accuracy (fraction in [0, 1]) of ``model`` on ``split``."""
+    import torch
+
     model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.x[start : start + batch_size])
-        y = torch.from_numpy(split.y[start : start + batch_size])
-        logits = model(x)
-        total_loss += float(task.loss(logits, y)) * len(y)
-        correct += int((logits.argmax(dim=1) == y).sum())
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            x = torch.from_numpy(split.x[start : start + batch_size])
+            y = torch.from_numpy(split.y[start : start + batch_size])
+            logits = model(x)
+            total_loss += float(task.loss(logits, y)) * len(y)
+            correct += int((logits.argmax(dim=1) == y).sum())
     n = max(len(split), 1)
     return total_loss / n, correct / n

@@ -1,4 +1,4 @@
-"""``digits``: scikit-learn's handwritten digits with a small CNN (:class:`SmallCNN`, 3x3 kernels).
+"""``digits``: scikit-learn's handwritten digits with a small CNN.
 
 Source: ``sklearn.datasets.load_digits`` (ships inside the scikit-learn wheel, BSD-3),
 1,797 grey images of 8x8 pixels (values 0..16), 10 classes, no writer ids. A seeded,
@@ -9,10 +9,10 @@ stratified ``test_fraction`` is held out for central evaluation. Pixels are scal
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from fedge.tasks.base import FederatedTask, Split, TaskData, check_fraction
-from fedge.tasks.models import EdgeMobileNet, SmallCNN
+from fedge.tasks.layer_spec import Sequential
+from fedge.tasks.models import edge_mobilenet, small_cnn
 
 #: Models ``task.model`` may name: the small CNN or the deep MobileNet-style net.
 MODEL_KINDS = ("cnn", "mobilenet")
@@ -22,15 +22,17 @@ MODEL_KINDS = ("cnn", "mobilenet")
 PIXEL_MEAN, PIXEL_STD = 0.3054, 0.3761
 
 
+def digits_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
+    """Two 3x3 conv layers and two linear layers for (N, 1, 8, 8) inputs; ~38k weights."""
+    return small_cnn((1, 8, 8), num_classes, width, kernel_size=3, pools=1)
+
+
 class DigitsTask(FederatedTask):
     """8x8 handwritten digits, 10 classes."""
 
     name = "digits"
     num_classes = 10
-    #: Shape of one example, (C, H, W), as the model takes it.
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    #: :class:`SmallCNN`'s kernel size and number of 2x2 poolings for this input size.
-    cnn_kernel, cnn_pools = 3, 1
+    input_shape = (1, 8, 8)  # one example (C, H, W), as the model takes it
 
     def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16, model: str = "cnn") -> None:
         check_fraction("test_fraction", test_fraction)
@@ -58,7 +60,7 @@ class DigitsTask(FederatedTask):
         x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
         return x, bunch.target.astype(np.int64)
 
-    def build_model(self) -> nn.Module:
+    def model_spec(self) -> Sequential:
         if self.model == "mobilenet":
-            return EdgeMobileNet(self.input_shape, self.num_classes, self.width)
-        return SmallCNN(self.input_shape, self.num_classes, self.width, self.cnn_kernel, self.cnn_pools)
+            return edge_mobilenet(self.input_shape, self.num_classes, self.width)
+        return digits_cnn(self.num_classes, self.width)

@@ -19,7 +19,7 @@ id (1..10) of each training window: natural clients, one per subject
 (``partition=natural num_clients=10``), non-IID in how each person moves.
 Channels are standardised with the dataset-wide mean and standard deviation below.
 
-Model: :class:`HarCNN`, a 1-D CNN sized for a microcontroller-class device
+Model: :func:`har_cnn`, a 1-D CNN sized for a microcontroller-class device
 (Cortex-M4 / M7 with 256 KB SRAM): 6,423 parameters, 25.7 KB as float32 (6.4 KB as
 int8); the largest activation of one window is 16 x 100 floats (6.4 KB).
 """
@@ -27,9 +27,9 @@ int8); the largest activation of one window is 16 x 100 floats (6.4 KB).
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from fedge.tasks.base import FederatedTask, Split, TaskData, check_fraction
+from fedge.tasks.layer_spec import AdaptiveAvgPool1d, Conv1d, Flatten, Linear, MaxPool1d, ReLU, Sequential
 
 #: Per-channel mean and standard deviation over all 244,102 steps (ax, ay, az, wx, wy, wz).
 CHANNEL_MEAN = np.array([-0.0076, 0.3794, -0.147, 0.0253, -0.0015, 0.0118], dtype=np.float32)
@@ -38,31 +38,21 @@ EXERCISES = ("PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW")
 SAMPLE_RATE_HZ = 50
 
 
-class HarCNN(nn.Module):
+def har_cnn(channels: int = 6, num_classes: int = 7, width: int = 16) -> Sequential:
     """Three 1-D conv blocks, global average pooling, one linear layer.
 
     Input ``(N, channels, T)`` standardised sensor windows; output ``(N, num_classes)``
     logits. Works for any ``T >= 8``. With ``channels=6, width=16, num_classes=7``:
     6,423 parameters.
     """
-
-    def __init__(self, channels: int = 6, num_classes: int = 7, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv1d(channels, width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(width, 2 * width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(2 * width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool1d(1),
-        )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width, num_classes))
-
-    def forward(self, x):  # noqa: D102 - (N, C, T) -> (N, num_classes)
-        return self.classifier(self.features(x))
+    return Sequential.named(
+        features=Sequential.of(
+            Conv1d(channels, width, 5, padding=2), ReLU(), MaxPool1d(2),
+            Conv1d(width, 2 * width, 5, padding=2), ReLU(), MaxPool1d(2),
+            Conv1d(2 * width, 2 * width, 3, padding=1), ReLU(), AdaptiveAvgPool1d(1),
+        ),
+        classifier=Sequential.of(Flatten(), Linear(2 * width, num_classes)),
+    )
 
 
 def windows(series: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -113,5 +103,5 @@ class HarTask(FederatedTask):
             raise ValueError(f"test_fraction={self.test_fraction} leaves no test window of {self.window} steps")
         return TaskData(train=train, test=test, groups=np.concatenate(train_g))
 
-    def build_model(self) -> nn.Module:
-        return HarCNN(len(CHANNEL_MEAN), self.num_classes, self.width)
+    def model_spec(self) -> Sequential:
+        return har_cnn(len(CHANNEL_MEAN), self.num_classes, self.width)

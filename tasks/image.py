@@ -13,10 +13,8 @@ A seeded, stratified ``test_fraction`` (default 0.2: 4,000 train / 1,000 test) i
 out for central evaluation. Pixels are scaled to [0, 1] and standardised with the
 sample's mean and standard deviation below; inputs are ``(N, 1, 28, 28)`` float32.
 
-Model: :class:`fedge.tasks.models.SmallCNN` with 5x5 kernels and a 2x2 pooling after
-each of its two conv blocks, then two linear layers; with ``width=16``, 114,314
-parameters (457 KB as float32), a phone- or camera-class model. ``task.model=mobilenet``
-builds the deep :class:`fedge.tasks.models.EdgeMobileNet` instead, as for ``digits``.
+Model: :func:`image_cnn`, two conv blocks and two linear layers; with ``width=16``,
+114,314 parameters (457 KB as float32), a phone- or camera-class model.
 """
 
 from __future__ import annotations
@@ -24,10 +22,17 @@ from __future__ import annotations
 import numpy as np
 
 from fedge.tasks.digits import DigitsTask
+from fedge.tasks.layer_spec import Sequential
+from fedge.tasks.models import small_cnn
 
 #: Mean and standard deviation of all pixels of the 5,000 images after scaling to [0, 1].
 PIXEL_MEAN, PIXEL_STD = 0.1313, 0.3086
 SIDE = 28
+
+
+def image_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
+    """(N, 1, 28, 28) -> (N, num_classes): conv5-pool, conv5-pool, linear, linear."""
+    return small_cnn((1, SIDE, SIDE), num_classes, width, kernel_size=5, pools=2)
 
 
 class ImageTask(DigitsTask):
@@ -36,7 +41,6 @@ class ImageTask(DigitsTask):
     name = "image"
     num_classes = 10
     input_shape = (1, SIDE, SIDE)  # one example, as the model takes it (not digits' 8x8)
-    cnn_kernel, cnn_pools = 5, 2
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -47,3 +51,6 @@ class ImageTask(DigitsTask):
         pixels, labels = mnist_data()
         x = ((pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, SIDE, SIDE)
         return x, labels.astype(np.int64)
+
+    def model_spec(self) -> Sequential:
+        return image_cnn(self.num_classes, self.width)

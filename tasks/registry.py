@@ -18,6 +18,8 @@ ENTRY_POINT_GROUP = "fedge.tasks"
 
 _TASKS: dict[str, str] = {
     "digits": "fedge.tasks.digits:DigitsTask",
+    "image": "fedge.tasks.image:ImageTask",
+    "har": "fedge.tasks.har:HarTask",
 }
 
 

@@ -1,23 +1,10 @@
 """The device client must import and work with flwr absent (issue 2, must-show 7)."""
 
-import subprocess
-import sys
-import textwrap
-
-BLOCK_FLWR = """
-import sys
-class _Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name == "flwr" or name.startswith("flwr."):
-            raise ImportError(f"flwr is blocked in this test: {name}")
-        return None
-sys.meta_path.insert(0, _Blocker())
-"""
+from import_blocker import run_without
 
 
-def run_without_flwr(body: str) -> subprocess.CompletedProcess:
-    code = BLOCK_FLWR + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def run_without_flwr(body: str):
+    return run_without("flwr", body, timeout_s=120)
 
 
 def test_blocker_really_blocks_flwr():

@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 from bench.probe import probe_device
 from fedge.tasks.digits import DigitsTask
-from test_client_without_flwr import BLOCK_FLWR
+from import_blocker import BLOCKER
 
 SERVER_ONLY = {"flwr", "flwr-datasets", "hydra-core", "omegaconf", "ray", "datasets", "scikit-learn", "rich"}
 
@@ -55,19 +55,24 @@ def test_the_client_extra_installs_no_flwr():
     assert "flwr" in dependency_closure("fedge", ("server",))  # the walk does see extras
 
 
-def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path):
+def device_round_with_blocked_import(tmp_path, task, task_name: str, blocked: str, heavy: set[str],
+                                     client_args: tuple[str, ...] = (), examples: int = 150):
+    """A real fedge-client process, ``blocked`` unimportable in it, trains one round over mTLS.
+
+    Returns the server's probe and the process's report ``{"exit": ..., "heavy": [...]}``
+    (``heavy``: which of the named packages the device imported) and its stderr.
+    """
     certs = make_certs(tmp_path / "certs")
-    task = DigitsTask()
-    shard = task.load().train.subset(np.arange(150))
+    shard = task.load().train.subset(np.arange(examples))
     data = tmp_path / "device.npz"
     np.savez(data, x=shard.x, y=shard.y)
     server = start_server(certs)
     argv = [
-        "fedge-client", "--server", server.address, "--task", "digits", "--data", str(data),
+        "fedge-client", "--server", server.address, "--task", task_name, "--data", str(data),
         "--ca", str(certs.ca), "--cert", str(certs.device("1000")), "--key", str(certs.device_key("1000")),
-        "--pull-wait", "2",
+        "--pull-wait", "2", *client_args,
     ]
-    script = BLOCK_FLWR + textwrap.dedent(
+    script = BLOCKER.format(module=blocked) + textwrap.dedent(
         f"""
         import json, runpy
         sys.argv = {argv!r}
@@ -75,19 +80,24 @@ def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path
             runpy.run_module("fedge.client.client_cli", run_name="__main__")
         except SystemExit as exit:
             code = exit.code
-        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"flwr", "hydra", "omegaconf", "ray", "sklearn", "datasets"}})
+        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({sorted(heavy)!r}))
         print(json.dumps({{"exit": code, "heavy": heavy}}))
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         probe = probe_device(server, task)
-        assert probe.ok, probe.reply.error.reason
-        assert probe.reply.content["metrics"]["num-examples"] == 150.0
-        out, err = proc.communicate(timeout=60)  # the federation is over: the device leaves and exits
+        out, err = proc.communicate(timeout=120)  # the federation is over: the device leaves and exits
     finally:
         if proc.poll() is None:
             proc.kill()
         server.stop()
-    report = json.loads(out.strip().splitlines()[-1])
+    return probe, json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_fedge_client_process_trains_against_a_server_with_flwr_blocked(tmp_path):
+    heavy = {"flwr", "hydra", "omegaconf", "ray", "sklearn", "datasets"}
+    probe, report, err = device_round_with_blocked_import(tmp_path, DigitsTask(), "digits", "flwr", heavy)
+    assert probe.ok, probe.reply.error.reason
+    assert probe.reply.content["metrics"]["num-examples"] == 150.0
     assert report == {"exit": 0, "heavy": []}, err[-2000:]

@@ -60,7 +60,7 @@ def test_task_registry_is_open_and_names_what_is_wrong():
     with pytest.raises(ValueError, match="unknown task 'nope'; known: .*digits"):
         resolve_task("nope")
     with pytest.raises(ValueError, match="not a fedge.tasks.FederatedTask subclass"):
-        resolve_task("fedge.tasks.models:SmallCNN")
+        resolve_task("fedge.tasks.models:small_cnn")
     with pytest.raises(ValueError, match="cannot import"):
         resolve_task("fedge.tasks.nowhere:Task")
 
