@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
-from fedge.simulations.devices import profile_counts
+from fedge.simulations.devices.fleet import profile_counts
 from fedge.tasks.base import FederatedTask, TaskData
 
 #: Seed stream of the runtime assignment (apart from the device-profile assignment's).

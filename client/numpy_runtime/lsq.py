@@ -23,6 +23,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+#: Smallest step used (the torch runtime's ``LSQQuantiser.MIN_STEP``).
+MIN_STEP = 1e-8
+
 #: Metric-key prefix of the learned steps a client reports (as the torch runtime's).
 STEP_METRIC_PREFIX = "qat.step."
 
@@ -46,7 +49,12 @@ class NumpyLSQ:
 
     def step_values(self) -> dict[str, float]:
         """Learned steps by ``<layer>.weight`` / ``<layer>.input``."""
-        return {k: float(v[0]) for k, v in self.steps.items()}
+        return {k: float(self.effective(k)) for k in self.steps}
+
+    def effective(self, key: str) -> np.float32:
+        """The step used, ``max(|raw|, MIN_STEP)``: positive by construction, as the torch
+        runtime's :class:`~fedge.client.qat.LSQQuantiser` (the raw value is what trains)."""
+        return np.float32(max(abs(float(self.steps[key][0])), MIN_STEP))
 
     def load_steps(self, steps: Mapping[str, float]) -> None:
         """Set the steps (keys as :meth:`step_values` gives them)."""
@@ -63,17 +71,17 @@ class NumpyLSQ:
         """Fake-quantised ``x`` and the cache its backward pass needs."""
         qmin, qmax = self.ranges[key]
         if key not in self.initialised:
-            self.steps[key][0] = np.float32(max(2 * float(np.abs(x).mean()) / math.sqrt(qmax), 1e-8))
+            self.steps[key][0] = np.float32(max(2 * float(np.abs(x).mean()) / math.sqrt(qmax), MIN_STEP))
             self.initialised.add(key)
-        scale = self.steps[key][0]
+        scale = self.effective(key)
         inv = np.float32(1.0) / scale
         q = np.rint(x * inv.astype(x.dtype))
         y = np.clip(q, qmin, qmax) * scale.astype(x.dtype)  # float32: one rounding, as torch's kernel
-        return y, (x, q, scale)
+        return y, (x, q, scale, np.float32(np.sign(self.steps[key][0])))
 
     def backward(self, key: str, dy: np.ndarray, cache: tuple) -> np.ndarray:
         """``dL/dx`` (straight through inside the range); adds ``dL/ds`` to :attr:`grads`."""
-        x, q, scale = cache
+        x, q, scale, raw_sign = cache
         qmin, qmax = self.ranges[key]
         inside = (q >= qmin) & (q <= qmax)
         f = x.dtype.type
@@ -85,7 +93,7 @@ class NumpyLSQ:
             dy * (fake - x) * f(inv) * f(grad_factor),
             np.where(q < qmin, dy * f(np.float32(qmin)), dy * f(np.float32(qmax))) * f(grad_factor),
         )
-        total = np.asarray(per.sum(), dtype=np.float32).reshape(1)
+        total = np.asarray(per.sum(), dtype=np.float32).reshape(1) * raw_sign  # d|raw|/draw = sign(raw)
         self.grads[key] = self.grads[key] + total if key in self.grads else total
         return np.where(inside, dy, 0).astype(dy.dtype, copy=False)
 

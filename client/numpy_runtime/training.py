@@ -75,7 +75,7 @@ def train_numpy(
     start = time.perf_counter()
     names = set(net.tensors) if trainable is None else set(trainable)
     optimiser = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
-    step_optimiser = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)  # one torch optimiser: same settings
+    step_optimiser = SGD(cfg.lr, 0.0, 0.0)  # LSQ steps: plain SGD, as the torch runtime's own parameter group
     anchor = {k: net.tensors[k].copy() for k in names} if cfg.prox_mu > 0 else None
     segments = cfg.checkpoint_segments if cfg.checkpointing else 0
     meter = CacheMeter(exclude=net.tensors.values())
