@@ -9,6 +9,7 @@ import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
 from fedge.tasks.base import FederatedTask, TaskData
+from fedge.tasks.custom import data_digest, describe_task
 
 #: Node id of partition ``i`` is ``NODE_ID_BASE + i`` (Flower reserves small ids).
 NODE_ID_BASE = 1000
@@ -33,6 +34,7 @@ class ClientRecipe:
     defaults: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
+    data_digest: str = ""  # fedge.tasks.custom.data_digest of the main process's load(); "" = unchecked
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -48,6 +50,11 @@ class ClientRecipe:
                 raise KeyError(f"no partition for node {node_id}")
             if self._data is None:
                 self._data = self.task.load()
+                if self.data_digest and data_digest(self._data) != self.data_digest:
+                    raise ValueError(
+                        f"task {describe_task(self.task)}: load() in this process returned other data than in "
+                        f"the server's process; load() must be deterministic (seed every shuffle)"
+                    )
             data = self._data.train.subset(self.partitions[node_id])
             defaults = self.defaults
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
