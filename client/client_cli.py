@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help=f"task name ({', '.join(task_names())}) or package.module:Class")
     p.add_argument("--task-option", action="append", type=_task_option, default=[], metavar="KEY=VALUE",
                    help="keyword argument for the task's constructor (repeatable), e.g. width=16")
-    p.add_argument("--data", required=True, help="local examples: .npz with arrays x, y; or .csv with a label column")
+    p.add_argument("--data", required=True, help="local examples: .npz with arrays x (N, *input_shape) and y (N,) labels in 0..num_classes-1; "
+                        "or .csv with a header, a label column and one column per feature")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="D1,D2,...",
                    help="shape of one example (default: the task's input_shape, if it has one)")
     p.add_argument("--ca", help="the federation's CA certificate (PEM)")
@@ -123,7 +124,7 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
 
         numpy_spec(task)
     shape = args.input_shape or getattr(task, "input_shape", None)
-    data = load_local_data(args.data, shape)
+    data = load_local_data(args.data, shape, int(getattr(task, "num_classes", 0) or 0))
     settings = RuntimeSettings(
         server=args.server,
         device_id=_device_id(args),

@@ -20,6 +20,12 @@ from fedge.client.train_config import TrainConfig
 from fedge.conf.schema import ServerConfig
 from fedge.protos.codecs.compression_setup import compression_setup
 from fedge.strategies import CompressedStrategy
+from fedge.tasks.base import FederatedTask, TaskData
+from fedge.tasks.custom import check_deterministic, task_reference
+
+
+#: ``_target_`` of ``conf/task/custom.yaml`` (its constructor arguments are under ``args``).
+CUSTOM_TASK_TARGET = "fedge.tasks.custom.custom_task"
 
 
 class ConfigError(ValueError):
@@ -33,6 +39,32 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
     except Exception as exc:  # hydra wraps the constructor's error; show its cause
         cause = exc.__cause__ or exc
         raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
+
+
+def build_task(cfg: DictConfig) -> tuple[FederatedTask, TaskData, str]:
+    """The configured task, its data and the data's digest (:func:`fedge.tasks.custom.data_digest`).
+
+    ``load()`` runs twice: a task whose data differ between calls is refused, naming it
+    (every worker process loads the data again and takes its partition by index)."""
+    task = instantiate_node("task", cfg.task)
+    if not isinstance(task, FederatedTask):
+        raise ConfigError(f"task._target_ must build a fedge.tasks.base.FederatedTask, got {type(task).__name__}")
+    data = task.load()
+    try:
+        digest = check_deterministic(task, data)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return task, data, digest
+
+
+def device_task(cfg: DictConfig, task: FederatedTask) -> tuple[str, dict[str, object]]:
+    """What a ``fedge-client`` needs to build ``task`` (the task the ``task`` node built):
+    its ``--task`` reference and its ``--task-option`` constructor arguments."""
+    node = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(node, dict)
+    if node.get("_target_") == CUSTOM_TASK_TARGET:
+        return task_reference(task), dict(node.get("args") or {})
+    return task_reference(task), {str(k): v for k, v in node.items() if not str(k).startswith("_")}
 
 
 def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from fedge.client.train_config import TrainConfig
 from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
 from fedge.strategies.reply_validation import ReplyPolicy
 
 SCHEMA_NAME = "fedge_schema"
+#: ``task_base/open_args``: an ``args`` mapping that takes new keys without a ``+``
+#: (``conf/task/custom.yaml``: ``task.args.n=600`` for the user's constructor).
+OPEN_ARGS = ("task_base", "open_args")
 
 #: gRPC's default largest message; a chunk (data + header) must stay under it.
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -250,5 +253,11 @@ class FedgeConfig:
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore (``defaults: [fedge_schema]``)."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=FedgeConfig)
+    """Register the schema (``defaults: [fedge_schema]``) and ``task_base/open_args`` with Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=FedgeConfig)
+    # Hydra closes the whole composed tree (struct mode) before applying overrides; a node
+    # whose own struct flag is False stays open, and YAML cannot set that flag.
+    open_args = OmegaConf.create({"args": {}})
+    OmegaConf.set_struct(open_args.args, False)
+    store.store(group=OPEN_ARGS[0], name=OPEN_ARGS[1], node=open_args)

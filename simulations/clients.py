@@ -10,6 +10,7 @@ import numpy as np
 from fedge.client import EdgeClient, TrainConfig
 from fedge.simulations.devices.fleet import profile_counts
 from fedge.tasks.base import FederatedTask, TaskData
+from fedge.tasks.custom import data_digest, describe_task
 
 #: Seed stream of the runtime assignment (apart from the device-profile assignment's).
 RUNTIME_STREAM = 18
@@ -38,6 +39,7 @@ class ClientRecipe:
     seed: int = 0
     memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
     runtimes: Mapping[int, str] = field(default_factory=dict)  # node id -> training runtime (default: defaults.runtime)
+    data_digest: str = ""  # fedge.tasks.custom.data_digest of the main process's load(); "" = unchecked
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -53,6 +55,11 @@ class ClientRecipe:
                 raise KeyError(f"no partition for node {node_id}")
             if self._data is None:
                 self._data = self.task.load()
+                if self.data_digest and data_digest(self._data) != self.data_digest:
+                    raise ValueError(
+                        f"task {describe_task(self.task)}: load() in this process returned other data than in "
+                        f"the server's process; load() must be deterministic (seed every shuffle)"
+                    )
             data = self._data.train.subset(self.partitions[node_id])
             defaults = self.defaults
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)

@@ -23,6 +23,7 @@ from rich.console import Console
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
+    build_task,
     instantiate_node,
     round_config,
     seed_everything,
@@ -42,7 +43,6 @@ from fedge.simulations.secagg_setup import secagg_settings
 from fedge.strategies import CompressedStrategy
 from fedge.strategies.privacy import privacy_ledger
 from fedge.strategies.secagg.strategy import SecAggStrategy
-from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
 
@@ -84,8 +84,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
 
-    task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
-    data = task.load()
+    task, data, digest = build_task(cfg)  # refuses a load() that is not deterministic
     partitioner = instantiate_node("partition", cfg.partition)
     if not isinstance(partitioner, Partitioner):
         raise ConfigError(f"partition._target_ must be a flwr_datasets Partitioner, got {type(partitioner).__name__}")
@@ -107,7 +106,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
     runtimes = assign_runtimes(train_cfg, list(node_parts), cfg.seed)
-    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes)
+    recipe = ClientRecipe(
+        task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest
+    )
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
@@ -139,7 +140,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, devices), sections
         )
     if cfg.progress:
-        console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
+        console.print(summary_table(f"{type(task).__name__} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
     print_outcome(console, result.final.accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
 

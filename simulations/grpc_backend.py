@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fedge.conf.build import server_settings
+from fedge.conf.build import device_task, server_settings
 from fedge.conf.schema import ServerConfig
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.certs import CertDir, create_federation, issue_devices
@@ -44,6 +44,9 @@ class GrpcSimulation(GrpcGrid):
         The task, each node's partition, the training defaults and the seed.
     settings:
         ``server.*`` settings; the address is replaced by ``127.0.0.1:<free port>``.
+    target, task_options:
+        ``fedge-client --task`` and its ``--task-option`` constructor arguments
+        (:func:`fedge.conf.build.device_task`).
     codecs:
         Codec ids the federation uses (devices must support them to join).
     max_update_bytes:
@@ -56,6 +59,7 @@ class GrpcSimulation(GrpcGrid):
         self,
         recipe: ClientRecipe,
         settings: ServerConfig,
+        target: str,
         task_options: dict[str, object],
         codecs: list[str],
         max_update_bytes: int,
@@ -75,17 +79,17 @@ class GrpcSimulation(GrpcGrid):
         super().__init__(server)
         self.processes: dict[int, subprocess.Popen] = {}
         try:
-            self._start_devices(recipe, node_ids, certs, task_options, threads)
+            self._start_devices(recipe, node_ids, certs, target, task_options, threads)
             self.wait_for_nodes(len(node_ids))
         except BaseException:
             self.close()
             raise
 
     def _start_devices(
-        self, recipe: ClientRecipe, node_ids: list[int], certs: CertDir, task_options: dict[str, object], threads: int
+        self, recipe: ClientRecipe, node_ids: list[int], certs: CertDir, target: str, task_options: dict[str, object],
+        threads: int,
     ) -> None:
         train = recipe.task.load().train
-        target = f"{type(recipe.task).__module__}:{type(recipe.task).__qualname__}"
         for node_id in node_ids:
             part = train.subset(recipe.partitions[node_id])
             data = self.work_dir / f"{node_id}.npz"
@@ -128,12 +132,11 @@ class GrpcSimulation(GrpcGrid):
 def grpc_grid(cfg: DictConfig, recipe: ClientRecipe, strategy: CompressedStrategy) -> GrpcSimulation:
     """The ``backend=grpc`` grid for a composed fedge-sim config."""
     settings = server_settings(cfg)
-    task_node = OmegaConf.to_container(cfg.task, resolve=True)
-    assert isinstance(task_node, dict)
-    task_options: dict[str, object] = {str(k): v for k, v in task_node.items() if k != "_target_"}
+    target, task_options = device_task(cfg, recipe.task)
     return GrpcSimulation(
         recipe,
         settings,
+        target,
         task_options,
         required_codecs(strategy.uplink, strategy.downlink),
         strategy.max_update_bytes,

@@ -1,7 +1,9 @@
 """What a federated task is: data, a model factory, a loss and its metrics.
 
 A task is plain torch + numpy (no flwr), so the device client can import it. User
-tasks subclass :class:`FederatedTask` and are selected by Hydra ``_target_``.
+tasks subclass :class:`FederatedTask` and are selected with ``task=custom
+task.path=FILE_OR_MODULE`` (:mod:`fedge.tasks.custom`) or by Hydra ``_target_``.
+
 
 torch is imported only when a torch model or loss is asked for: a task that declares
 its model as a layer spec (:meth:`FederatedTask.model_spec`) imports without torch, so
@@ -57,16 +59,41 @@ class TaskData:
 
 
 class FederatedTask(ABC):
-    """A learning problem: its data, its model, its loss."""
+    """A learning problem: its data, its model, its loss.
 
-    #: Short name used in configs and results.
+    Subclass it for your own task (README "Your own task"; ``fedge-sim task=custom
+    task.path=./my_task.py``). The framework uses exactly these members:
+
+    - :attr:`name` (results, logs), :attr:`num_classes` (labels are ``0..num_classes-1``)
+      and :attr:`input_shape` (one example without the batch axis; ``fedge-client``
+      reshapes the rows of a device's data file to it, ``fedge-export`` traces the model
+      with it). Set them on the class, or on the instance in ``__init__`` when they
+      depend on the constructor's arguments.
+    - :meth:`load` for the data, :meth:`build_model` for the model, :meth:`loss`.
+
+    Instances are pickled to worker processes (``backend=local``/``ray``): keep only
+    plain settings in attributes, and load data in :meth:`load`, not ``__init__``.
+    """
+
+    #: Short name used in results and logs.
     name: str = ""
-    #: Number of classes of the classification problem.
+    #: Number of classes of the classification problem; labels are ``0..num_classes-1``.
     num_classes: int = 0
+    #: Shape of one example as the model takes it, without the batch axis, e.g. ``(1, 8, 8)``.
+    input_shape: tuple[int, ...] = ()
 
     @abstractmethod
     def load(self) -> TaskData:
-        """Load the whole dataset (from files shipped in an installed package)."""
+        """The whole dataset: the training pool clients are partitioned from, and the
+        held-out central test split. ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)``.
+
+        Must be **deterministic**: every call returns the same arrays in the same order.
+        Every worker process calls ``load()`` again and takes its clients' partitions by
+        index, so seed every shuffle, split or subsample (``np.random.default_rng(seed)``,
+        ``random_state=seed``). ``fedge-sim`` calls it twice at start and refuses a task
+        whose two results differ (:func:`fedge.tasks.custom.check_deterministic`). Read
+        files shipped with the code or on disk; never download at run time.
+        """
 
     def model_spec(self) -> Sequential | None:
         """The model as a layer spec (:mod:`fedge.tasks.layer_spec`), or None if the task has none.
@@ -77,7 +104,9 @@ class FederatedTask(ABC):
         return None
 
     def build_model(self) -> nn.Module:
-        """A freshly initialised torch model (seed torch first for reproducible weights).
+        """A freshly initialised model, ``(N, *input_shape)`` float32 -> ``(N, num_classes)``
+        logits. The framework seeds torch before calling it, so every process builds the
+        same initial weights.
 
         Default: the torch module of :meth:`model_spec`; a task without a spec overrides this.
         """

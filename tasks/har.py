@@ -76,6 +76,7 @@ class HarTask(FederatedTask):
         check_fraction("test_fraction", test_fraction)
         self.window = window
         self.stride = stride
+        self.input_shape = (len(CHANNEL_MEAN), window)  # (channels, time steps)
         self.test_fraction = test_fraction
         self.width = width
 

@@ -4,7 +4,8 @@ A name maps to ``"module:Class"`` and is imported only when asked for, so listin
 tasks imports nothing heavy. The registry is open: :func:`register_task` adds a name,
 an installed package can add names through the ``fedge.tasks`` entry-point group, and
 any ``"package.module:Class"`` or ``"package.module.Class"`` path (a Hydra
-``_target_``) is accepted as it is.
+``_target_``) is accepted as it is, and so is a Python file, ``"/path/my_task.py:MyTask"``
+(loaded by path, :mod:`fedge.tasks.custom`; nothing on ``PYTHONPATH`` needed).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from fedge.tasks.base import FederatedTask
+from fedge.tasks.custom import is_file_reference, load_task_class
 
 ENTRY_POINT_GROUP = "fedge.tasks"
 
@@ -41,12 +43,18 @@ def resolve_task(name: str) -> type[FederatedTask]:
     if target is None:
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         target = found[0].value if found else name
+    if ":" in target and is_file_reference(target.rpartition(":")[0]):
+        file, _, attr = target.rpartition(":")
+        try:
+            return load_task_class(file, attr)
+        except (ValueError, ImportError, SyntaxError) as exc:
+            raise ValueError(f"task {name!r}: {exc}") from None
     if ":" in target:
         module_name, _, attr = target.partition(":")
     elif "." in target:
         module_name, _, attr = target.rpartition(".")
     else:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(task_names())} (or give 'package.module:Class')")
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(task_names())} (or give 'package.module:Class' or 'path/to/file.py:Class')")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -135,7 +135,7 @@ def test_help_says_what_the_command_does(tmp_path, command, groups):
     assert "powered by Hydra" not in text and "strategy_base" not in text and "hydra/" not in text
     for group in groups:
         assert f"\n  {group} " in text, text  # each main group with its options
-    assert "digits* | har | image" in text
+    assert "digits* | custom | har | image" in text
     assert "fedavg* |" in text and "fedprox" in text and "topk" in text
     assert "rounds=20" in text and "num_clients=10" in text  # top-level settings with defaults
     assert "Examples:" in text and text.count(f"\n  {Path(command).name} ") >= 3

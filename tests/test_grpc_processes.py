@@ -76,7 +76,7 @@ def test_killing_30_percent_of_devices_mid_round_completes_at_the_deadline():
     # 6 s; the liveness limit (3 x 30 s) outlasts it, so the deadline is what ends them.
     settings = ServerConfig(heartbeat_s=30.0, round_timeout_s=120.0, pull_wait_s=5.0)
     deadline_s = 6.0
-    grid = GrpcSimulation(recipe, settings, {}, ["fp32"], 1 << 30)
+    grid = GrpcSimulation(recipe, settings, "fedge.tasks.digits:DigitsTask", {}, ["fp32"], 1 << 30)
     killed: list[int] = []
     post = grid.server.board.post
 
