@@ -4,7 +4,6 @@ A task is plain torch + numpy (no flwr), so the device client can import it. Use
 tasks subclass :class:`FederatedTask` and are selected with ``task=custom
 task.path=FILE_OR_MODULE`` (:mod:`fedge.tasks.custom`) or by Hydra ``_target_``.
 
-
 torch is imported only when a torch model or loss is asked for: a task that declares
 its model as a layer spec (:meth:`FederatedTask.model_spec`) imports without torch, so
 a device on the numpy runtime (``fedge-client --runtime numpy``) needs no torch.
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
