@@ -43,7 +43,7 @@ def fit_to_budget(model: nn.Module, task: FederatedTask, data: Split, cfg: Train
     options = [replace(cfg, checkpointing=False)]
     if isinstance(model, nn.Sequential):
         options.append(replace(cfg, checkpointing=True, checkpoint_segments=min(max(cfg.checkpoint_segments, 2), len(model))))
-    need = None
+    need = float(fixed)  # raised below to the smallest need tried
     for option in options:
         probe = min(2, len(data))
         per_example = _activation_bytes(model, task, data, option, probe) / probe

@@ -327,7 +327,7 @@ class DeviceRuntime:
 
     def _say_goodbye(self, connection: Connection | None = None, reason: str = "device stopping") -> None:
         owned = connection is None
-        if owned:
+        if connection is None:
             if self.node_id is None:
                 return
             connection = Connection(
