@@ -13,6 +13,7 @@ import random
 import numpy as np
 import torch
 from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,7 @@ from fedge.client.train_config import TrainConfig
 from fedge.conf.schema import ServerConfig
 from fedge.protos.codecs.compression_setup import compression_setup
 from fedge.strategies import CompressedStrategy
+from fedge.tasks.base import FederatedTask
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,14 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
         raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
 
 
+def build_task(cfg: DictConfig) -> FederatedTask:
+    """The ``task`` node's task, checked to be a :class:`FederatedTask`."""
+    task = instantiate_node("task", cfg.task)
+    if not isinstance(task, FederatedTask):
+        raise ConfigError(f"task: {cfg.task.get('_target_')} built a {type(task).__name__}, not a FederatedTask")
+    return task
+
+
 def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:
     """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
     and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
@@ -43,12 +53,14 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = instantiate_node("strategy", cfg.strategy)
+    if not isinstance(inner, Strategy):
+        raise ConfigError(f"strategy: {cfg.strategy.get('_target_')} built a {type(inner).__name__}, not a Flower Strategy")
     try:
         validation = server_settings(cfg).reply_policy(max_num_examples)
     except ValueError as exc:
         raise ConfigError(f"server: {exc}") from None
     return CompressedStrategy(
-        inner,  # type: ignore[arg-type]
+        inner,
         uplink=setup.uplink,
         downlink=setup.downlink,
         downlink_delta=setup.downlink_delta,
@@ -74,7 +86,9 @@ def round_config(train: TrainConfig) -> ConfigRecord:
 
 def server_settings(cfg: DictConfig) -> ServerConfig:
     """The ``server`` node as checked :class:`ServerConfig`."""
-    settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
+    settings = OmegaConf.to_object(cfg.server)
+    if not isinstance(settings, ServerConfig):  # a node not typed by the schema (a hand-built config)
+        raise ConfigError(f"server: expected the ServerConfig schema, got {type(settings).__name__}")
     try:
         settings.check()
     except ValueError as exc:

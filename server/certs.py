@@ -153,7 +153,9 @@ def _issue(
 def _load_ca(paths: CertDir) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    return cert, key  # type: ignore[return-value]
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{paths.ca_key} holds a {type(key).__name__}, not the EC key fedge-certs makes")
+    return cert, key
 
 
 def create_federation(root: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days: int = 365) -> CertDir:

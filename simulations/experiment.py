@@ -23,6 +23,7 @@ from rich.console import Console
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
+    build_task,
     instantiate_node,
     round_config,
     seed_everything,
@@ -42,7 +43,6 @@ from fedge.simulations.secagg_setup import secagg_settings
 from fedge.strategies import CompressedStrategy
 from fedge.strategies.privacy import privacy_ledger
 from fedge.strategies.secagg.strategy import SecAggStrategy
-from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.sim")
 
@@ -84,7 +84,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
 
-    task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
+    task = build_task(cfg)
     data = task.load()
     partitioner = instantiate_node("partition", cfg.partition)
     if not isinstance(partitioner, Partitioner):
