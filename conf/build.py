@@ -9,6 +9,7 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,14 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
         raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
 
 
+def node_dict(node: DictConfig) -> dict[str, Any]:
+    """A mapping node as a plain dict (OmegaConf types ``to_container`` as any container)."""
+    container = OmegaConf.to_container(node)
+    if not isinstance(container, dict):
+        raise ConfigError(f"expected a mapping, got {type(container).__name__}")
+    return {str(key): value for key, value in container.items()}
+
+
 def build_task(cfg: DictConfig) -> FederatedTask:
     """The ``task`` node's task, checked to be a :class:`FederatedTask`."""
     task = instantiate_node("task", cfg.task)
@@ -49,7 +58,7 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
     """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
     and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
     try:
-        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
+        setup = compression_setup(node_dict(cfg.compression))
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = instantiate_node("strategy", cfg.strategy)
@@ -74,7 +83,7 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
 def train_defaults(cfg: DictConfig) -> TrainConfig:
     """The ``client`` node as checked training defaults."""
     try:
-        return TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
+        return TrainConfig(**node_dict(cfg.client))
     except ValueError as exc:
         raise ConfigError(f"client: {exc}") from None
 
