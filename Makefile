@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/fedge-sim
 
+# mypy first: every fedge.* import must resolve and the package must type-check (config in pyproject.toml).
 test: $(STAMP)
+	$(BIN)/mypy -p fedge
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

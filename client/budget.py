@@ -69,7 +69,7 @@ def choose_for_budget(cfg: TrainConfig, fixed: int, probe: Probe, segments: int,
     options = [replace(cfg, checkpointing=False)]
     if segments:
         options.append(replace(cfg, checkpointing=True, checkpoint_segments=min(max(cfg.checkpoint_segments, 2), segments)))
-    need = float(fixed)
+    need = float(fixed)  # raised below to the smallest need tried
     for option in options:
         probe_batch = min(2, num_examples)
         per_example = probe(option, probe_batch) / probe_batch

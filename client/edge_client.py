@@ -150,10 +150,10 @@ class EdgeClient:
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
-            delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
+            delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))
             metrics["update_norm"] = norm
         if SECAGG_KEY in config:  # secure aggregation: the update leaves the device masked
-            request = _secagg_request(config[SECAGG_KEY])  # type: ignore[arg-type]
+            request = _secagg_request(config[SECAGG_KEY])
             secagg, update = self._secagg().masked_input(request, delta, stats.num_examples, rng), None
         else:
             secagg, update = None, self.uplink.encode(delta, plan, base_round=task.server_round - 1)

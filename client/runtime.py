@@ -196,8 +196,8 @@ class DeviceRuntime:
                 self.settings.device_id, self.settings.profile, available(), self.settings.rpc_timeout_s
             )
         except grpc.RpcError as exc:
-            if exc.code() in FATAL_JOIN_CODES:  # type: ignore[attr-defined]
-                raise FatalError(f"the server refused to let this device join: {exc.details()}") from None  # type: ignore[attr-defined]
+            if exc.code() in FATAL_JOIN_CODES:
+                raise FatalError(f"the server refused to let this device join: {exc.details()}") from None
             raise
         self._rejoin.clear()
         self.stats.joins += 1
@@ -303,7 +303,7 @@ class DeviceRuntime:
         try:
             reply, sent = connection.push(task_id, update, self.settings.chunk_bytes, self.settings.transfer_timeout_s)
         except grpc.RpcError as exc:
-            if exc.code() not in REFUSED_PUSH_CODES:  # type: ignore[attr-defined]
+            if exc.code() not in REFUSED_PUSH_CODES:
                 raise
             self.stats.refused_pushes += 1
             self._answers.pop(task_id, None)
@@ -331,7 +331,7 @@ class DeviceRuntime:
 
     def _say_goodbye(self, connection: Connection | None = None, reason: str = "device stopping") -> None:
         owned = connection is None
-        if owned:
+        if connection is None:
             if self.node_id is None:
                 return
             connection = Connection(
@@ -347,6 +347,6 @@ class DeviceRuntime:
 
 
 def _describe(exc: Exception) -> str:
-    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
-    details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
     return f"{code.name if code else 'error'}: {details}"

@@ -9,10 +9,12 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +41,14 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
     except Exception as exc:  # hydra wraps the constructor's error; show its cause
         cause = exc.__cause__ or exc
         raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
+
+
+def node_dict(node: DictConfig) -> dict[str, Any]:
+    """A mapping node as a plain dict (OmegaConf types ``to_container`` as any container)."""
+    container = OmegaConf.to_container(node)
+    if not isinstance(container, dict):
+        raise ConfigError(f"expected a mapping, got {type(container).__name__}")
+    return {str(key): value for key, value in container.items()}
 
 
 def build_task(cfg: DictConfig) -> tuple[FederatedTask, TaskData, str]:
@@ -71,16 +81,18 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
     """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
     and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
     try:
-        setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
+        setup = compression_setup(node_dict(cfg.compression))
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = instantiate_node("strategy", cfg.strategy)
+    if not isinstance(inner, Strategy):
+        raise ConfigError(f"strategy: {cfg.strategy.get('_target_')} built a {type(inner).__name__}, not a Flower Strategy")
     try:
         validation = server_settings(cfg).reply_policy(max_num_examples)
     except ValueError as exc:
         raise ConfigError(f"server: {exc}") from None
     return CompressedStrategy(
-        inner,  # type: ignore[arg-type]
+        inner,
         uplink=setup.uplink,
         downlink=setup.downlink,
         downlink_delta=setup.downlink_delta,
@@ -94,7 +106,7 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
 def train_defaults(cfg: DictConfig) -> TrainConfig:
     """The ``client`` node as checked training defaults."""
     try:
-        return TrainConfig(**OmegaConf.to_container(cfg.client))  # type: ignore[arg-type]
+        return TrainConfig(**node_dict(cfg.client))
     except ValueError as exc:
         raise ConfigError(f"client: {exc}") from None
 
@@ -106,7 +118,9 @@ def round_config(train: TrainConfig) -> ConfigRecord:
 
 def server_settings(cfg: DictConfig) -> ServerConfig:
     """The ``server`` node as checked :class:`ServerConfig`."""
-    settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
+    settings = OmegaConf.to_object(cfg.server)
+    if not isinstance(settings, ServerConfig):  # a node not typed by the schema (a hand-built config)
+        raise ConfigError(f"server: expected the ServerConfig schema, got {type(settings).__name__}")
     try:
         settings.check()
     except ValueError as exc:

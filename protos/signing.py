@@ -78,9 +78,10 @@ class TaskVerifier:
             )
         try:
             usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            code_signing = ExtendedKeyUsageOID.CODE_SIGNING in usages
         except x509.ExtensionNotFound:
-            usages = []
-        if ExtendedKeyUsageOID.CODE_SIGNING not in usages:
+            code_signing = False
+        if not code_signing:
             raise SignatureError("the signing certificate is not issued for code signing")
         key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey):

@@ -38,7 +38,7 @@ def chunks(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     *,
     signature: bytes = b"",
-    status: int = fpb.PULL_STATUS_UNSPECIFIED,
+    status: fpb.PullStatus = fpb.PULL_STATUS_UNSPECIFIED,
     sha256: bytes | None = None,
 ) -> Iterator[fpb.Chunk]:
     """The messages of one transfer: a header, then ``payload`` in order."""

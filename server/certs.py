@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -90,7 +91,7 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _write_key(path: Path, key) -> None:
+def _write_key(path: Path, key: PrivateKeyTypes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,9 +106,9 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 def _issue(
     subject: str,
-    public_key,
+    public_key: CertificatePublicKeyTypes,
     issuer: x509.Certificate | None,
-    issuer_key,
+    issuer_key: ec.EllipticCurvePrivateKey,
     days: int,
     *,
     ca: bool = False,
@@ -132,7 +133,7 @@ def _issue(
         )
     if issuer is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
         )
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -152,7 +153,9 @@ def _issue(
 def _load_ca(paths: CertDir) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    return cert, key  # type: ignore[return-value]
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{paths.ca_key} holds a {type(key).__name__}, not the EC key fedge-certs makes")
+    return cert, key
 
 
 def create_federation(root: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days: int = 365) -> CertDir:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
-    instantiate_node,
+    build_task,
     round_config,
     seed_everything,
     server_settings,
@@ -43,7 +43,6 @@ from fedge.server.grpc_grid import GrpcGrid
 from fedge.server.results import write_results
 from fedge.server.resume import run_resumable
 from fedge.server.transport import FederationServer, ServerCredentials, check_insecure
-from fedge.tasks.base import FederatedTask
 
 log = logging.getLogger("fedge.server")
 
@@ -79,8 +78,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         raise ConfigError(str(exc)) from None
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)
-    task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
-    data = task.load()
+    task, data, _ = build_task(cfg)  # the test split for central evaluation
     test = data.test
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
     if cfg.secagg.enabled:  # its stages over gRPC come with the asyncio server (not built yet)

@@ -80,7 +80,7 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
             os.environ.update(_PRIVATE_INSTANCE_ENV)
             constants = sys.modules.get("ray._private.ray_constants")
             if constants is not None:  # imported earlier: the flag was read at import
-                constants.ENABLE_RAY_CLUSTER = False
+                setattr(constants, "ENABLE_RAY_CLUSTER", False)  # a module looked up by name: no static type
             kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
         import ray
 
@@ -141,7 +141,9 @@ class RayGrid(FedgeGrid):
                 f"{cpus_per_actor:g} CPUs do not fit (lower backend.num_actors or backend.cpus_per_actor)"
             )
         actor_cls = ray.remote(num_cpus=cpus_per_actor, max_restarts=0)(_ClientHost)
-        self._actors = [actor_cls.remote(recipe, threads_per_actor) for _ in range(self.num_actors)]
+        # Ray types `actor.run.remote` only for methods decorated with ray.method, which would
+        # import the optional ray at module import: the handles are typed Any here.
+        self._actors: list[Any] = [actor_cls.remote(recipe, threads_per_actor) for _ in range(self.num_actors)]
         self._actor_of = {n: i % self.num_actors for i, n in enumerate(self._node_ids)}
 
     def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:

@@ -55,7 +55,7 @@ class CodecSpec:
             raise UnknownCodecError(f"config key {prefix!r} must be a codec name, got {name!r}")
         start = prefix + "."
         params = {
-            k[len(start) :]: v  # type: ignore[misc]
+            k[len(start) :]: v
             for k, v in config.items()
             if k.startswith(start) and isinstance(v, (int, float, str, bool))
         }

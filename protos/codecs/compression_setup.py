@@ -31,7 +31,10 @@ def codec_spec(name: str, settings: Mapping[str, object]) -> CodecSpec:
     params = dict(spec.params)
     for param in codec_parameters(spec.name):
         if param not in params and param in settings:
-            params[param] = settings[param]  # type: ignore[assignment]
+            value = settings[param]
+            if not isinstance(value, (int, float, str, bool)):
+                raise ValueError(f"compression.{param} must be a number, string or bool, got {value!r}")
+            params[param] = value
     return CodecSpec(spec.name, params)
 
 

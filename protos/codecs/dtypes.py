@@ -7,7 +7,7 @@ import numpy as np
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
 
-_TO_WIRE: dict[np.dtype, int] = {
+_TO_WIRE: dict[np.dtype, pb.DType] = {
     np.dtype(np.float32): pb.DTYPE_FLOAT32,
     np.dtype(np.float16): pb.DTYPE_FLOAT16,
     np.dtype(np.float64): pb.DTYPE_FLOAT64,
@@ -20,7 +20,7 @@ _TO_WIRE: dict[np.dtype, int] = {
 _FROM_WIRE: dict[int, np.dtype] = {v: k for k, v in _TO_WIRE.items()}
 
 
-def to_wire(dtype: np.dtype) -> int:
+def to_wire(dtype: np.dtype) -> pb.DType:
     """The wire enum for a numpy dtype; ``ValueError`` for an unsupported one."""
     try:
         return _TO_WIRE[np.dtype(dtype)]

@@ -29,5 +29,4 @@ class SignCodec(Codec):
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         bits = bitpack.unpack(msg.data, num_elements(shape), 1)
         (scale,) = floats_of(msg, 1)
-        scale = np.float32(scale)
-        return ((bits.astype(np.float32) * 2 - 1) * scale).reshape(shape).astype(dtype, copy=False)
+        return ((bits.astype(np.float32) * 2 - 1) * np.float32(scale)).reshape(shape).astype(dtype, copy=False)

@@ -31,7 +31,7 @@ LOSSLESS_CODEC = "fp32"
 def encode_update(
     arrays: Mapping[str, np.ndarray],
     spec: CodecSpec | str,
-    kind: int = pb.UPDATE_KIND_DELTA,
+    kind: pb.UpdateKind = pb.UPDATE_KIND_DELTA,
     base_round: int = 0,
     state: MutableMapping[str, dict] | None = None,
     fallback: CodecSpec | str = LOSSLESS_CODEC,
