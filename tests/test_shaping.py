@@ -26,24 +26,11 @@ FAST = ["progress=false", "backend.num_workers=0", "partition=iid", "num_clients
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_cfg_module):
+def trained(tmp_path_factory, make_cfg):
     """A digits model trained federatedly (the checkpoint later runs start from)."""
     out = tmp_path_factory.mktemp("base")
-    outcome = run_experiment(make_cfg_module(["rounds=8", "client.local_steps=20", *FAST]), out)
+    outcome = run_experiment(make_cfg(["rounds=8", "client.local_steps=20", *FAST]), out)
     return out, outcome.result.final.accuracy
-
-
-@pytest.fixture(scope="module")
-def make_cfg_module():
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONF_DIR
-
-    def _make(overrides):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    return _make
 
 
 # -- low-rank factorisation ----------------------------------------------------------------
@@ -75,9 +62,9 @@ def test_rank_above_a_layers_is_refused_naming_the_key(make_cfg):
         check_experiment(make_cfg(["shape=lowrank", "shape.lowrank.rank=4"]))
 
 
-def test_factorised_checkpoint_fine_tunes_federatedly_and_exports(trained, make_cfg_module, tmp_path):
+def test_factorised_checkpoint_fine_tunes_federatedly_and_exports(trained, make_cfg, tmp_path):
     base_dir, base_accuracy = trained
-    cfg = make_cfg_module(
+    cfg = make_cfg(
         ["shape=lowrank", f"shape.init.path={base_dir / 'final_model.npz'}", "rounds=4", "client.local_steps=20", *FAST]
     )
     outcome = run_experiment(cfg, tmp_path)
@@ -92,14 +79,14 @@ def test_factorised_checkpoint_fine_tunes_federatedly_and_exports(trained, make_
 
 
 # -- transfer ----------------------------------------------------------------------------
-def test_transfer_freezes_the_backbone_and_trains_a_new_head(trained, make_cfg_module, tmp_path):
+def test_transfer_freezes_the_backbone_and_trains_a_new_head(trained, make_cfg, tmp_path):
     base_dir, _ = trained
     arrays = dict(np.load(base_dir / "final_model.npz"))
     arrays["classifier.3.weight"] = arrays["classifier.3.weight"][:5]  # a 5-class head: another task's
     arrays["classifier.3.bias"] = arrays["classifier.3.bias"][:5]
     path = tmp_path / "five.npz"
     np.savez(path, **arrays)
-    cfg = make_cfg_module(["shape=transfer", f"shape.init.path={path}", "rounds=2", "client.local_steps=10", *FAST])
+    cfg = make_cfg(["shape=transfer", f"shape.init.path={path}", "rounds=2", "client.local_steps=10", *FAST])
     outcome = run_experiment(cfg)
     assert list(cfg.client.trainable) == ["classifier.3.weight", "classifier.3.bias"]
     for name, value in outcome.final_weights.items():
@@ -109,7 +96,7 @@ def test_transfer_freezes_the_backbone_and_trains_a_new_head(trained, make_cfg_m
             np.testing.assert_array_equal(value, arrays[name])  # the backbone never moved
     assert outcome.result.final.accuracy > 0.5  # a new head on a trained backbone learns fast
     with pytest.raises(ConfigError, match="shape.init.path='/nope.npz': no such file"):
-        check_experiment(make_cfg_module(["shape=transfer", "shape.init.path=/nope.npz"]))
+        check_experiment(make_cfg(["shape=transfer", "shape.init.path=/nope.npz"]))
 
 
 # -- magnitude pruning -------------------------------------------------------------------
@@ -147,10 +134,10 @@ def test_nonzero_codec_is_lossless_and_small():
     assert len(dense) >= 3 * len(sparse.SerializeToString())
 
 
-def test_pruning_to_80pc_keeps_accuracy_and_cuts_downlink(make_cfg_module):
+def test_pruning_to_80pc_keeps_accuracy_and_cuts_downlink(make_cfg):
     common = ["rounds=8", "client.local_steps=20", "compression.downlink=nonzero", *FAST]
-    dense = run_experiment(make_cfg_module(common))
-    pruned = run_experiment(make_cfg_module(["shape=prune", "shape.prune.end_round=4", *common]))
+    dense = run_experiment(make_cfg(common))
+    pruned = run_experiment(make_cfg(["shape=prune", "shape.prune.end_round=4", *common]))
     assert model_sparsity(pruned.final_weights) >= 0.79
     assert pruned.result.final.accuracy >= dense.result.final.accuracy - 0.03
     before = dense.result.rounds[-1].downlink_bytes
@@ -159,10 +146,10 @@ def test_pruning_to_80pc_keeps_accuracy_and_cuts_downlink(make_cfg_module):
 
 
 # -- distillation ------------------------------------------------------------------------
-def test_distillation_student_4x_smaller_learns_from_the_teacher(make_cfg_module, tmp_path):
+def test_distillation_student_4x_smaller_learns_from_the_teacher(make_cfg, tmp_path):
     teacher_dir = tmp_path / "teacher"
-    run_experiment(make_cfg_module(["task.width=32", "rounds=6", "client.local_steps=20", *FAST]), teacher_dir)
-    cfg = make_cfg_module(
+    run_experiment(make_cfg(["task.width=32", "rounds=6", "client.local_steps=20", *FAST]), teacher_dir)
+    cfg = make_cfg(
         ["shape=distill", f"shape.distill.teacher_path={teacher_dir / 'final_model.npz'}", "shape.distill.teacher_task={width: 32}",
          "task.width=4", "rounds=4", "client.local_steps=20", *FAST],
     )
@@ -171,18 +158,18 @@ def test_distillation_student_4x_smaller_learns_from_the_teacher(make_cfg_module
     assert info["teacher_params"] >= 4 * info["student_params"]
     assert outcome.result.final.accuracy > 0.3  # chance: 0.1
     with pytest.raises(ConfigError, match="shape.distill.teacher_to_devices must be true"):
-        check_experiment(make_cfg_module([*cfg_overrides(cfg), "shape.distill.teacher_to_devices=false"]))
+        check_experiment(make_cfg([*cfg_overrides(cfg), "shape.distill.teacher_to_devices=false"]))
 
 
 def cfg_overrides(cfg) -> list[str]:
     return [f"shape.distill.teacher_path={cfg.shape.distill.teacher_path}", "shape=distill", "shape.distill.teacher_task={width: 32}", "task.width=4"]
 
 
-def test_a_teacher_of_other_classes_is_refused(make_cfg_module, tmp_path, trained):
+def test_a_teacher_of_other_classes_is_refused(make_cfg, tmp_path, trained):
     base_dir, _ = trained
     arrays = dict(np.load(base_dir / "final_model.npz"))
     arrays["classifier.3.weight"] = arrays["classifier.3.weight"][:7]
     arrays["classifier.3.bias"] = arrays["classifier.3.bias"][:7]
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(ConfigError, match="shape.distill.teacher_path does not fit"):
-        check_experiment(make_cfg_module(["shape=distill", f"shape.distill.teacher_path={tmp_path / 't.npz'}", "shape.distill.teacher_task={}"]))
+        check_experiment(make_cfg(["shape=distill", f"shape.distill.teacher_path={tmp_path / 't.npz'}", "shape.distill.teacher_task={}"]))
