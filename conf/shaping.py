@@ -63,7 +63,7 @@ def _teacher(cfg: DictConfig, task: FederatedTask) -> Teacher | None:
     if distill.temperature <= 0 or not 0 <= distill.alpha <= 1:
         raise ValueError(f"shape.distill.temperature must be > 0 and alpha in [0, 1], got {distill.temperature}, {distill.alpha}")
     node = OmegaConf.merge(cfg.task, distill.teacher_task)
-    teacher_task: FederatedTask = instantiate_node("shape.distill.teacher_task", node)  # type: ignore[assignment]
+    teacher_task: FederatedTask = instantiate_node("shape.distill.teacher_task", node)  # type: ignore[assignment, arg-type]
     torch.manual_seed(cfg.seed)
     model = teacher_task.build_model()
     done = transfer(model, load_checkpoint(distill.teacher_path, "shape.distill.teacher_path"), "shape.distill.teacher_path")

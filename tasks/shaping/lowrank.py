@@ -80,7 +80,7 @@ class FactorisedLayer:
 
 
 def _matrix(layer: nn.Module) -> torch.Tensor:
-    weight = layer.weight.detach()  # type: ignore[union-attr]
+    weight = layer.get_parameter("weight").detach()
     return weight.reshape(weight.shape[0], -1)
 
 
@@ -112,18 +112,20 @@ def _pair(layer: nn.Module, rank: int) -> nn.Sequential:
     root = s[:rank].sqrt()
     first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
     bias = layer.bias is not None  # type: ignore[union-attr]
+    first: nn.Module
+    second: nn.Module
     if isinstance(layer, nn.Linear):
         first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
     else:
         conv = type(layer)
         assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
-        first = conv(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)  # type: ignore[arg-type]
+        first = conv(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)  # type: ignore[arg-type, call-overload]
         second = conv(rank, layer.out_channels, 1, bias=bias)
     with torch.no_grad():
-        first.weight.copy_(first_w.reshape(first.weight.shape))
-        second.weight.copy_(second_w.reshape(second.weight.shape))
+        first.get_parameter("weight").copy_(first_w.reshape(first.get_parameter("weight").shape))
+        second.get_parameter("weight").copy_(second_w.reshape(second.get_parameter("weight").shape))
         if bias:
-            second.bias.copy_(layer.bias.detach())  # type: ignore[union-attr]
+            second.get_parameter("bias").copy_(layer.get_parameter("bias").detach())
     return nn.Sequential(first, second)
 
 
