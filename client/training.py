@@ -50,7 +50,8 @@ def train(
         for batch in batch_order(len(data), cfg, rng):
             index = torch.from_numpy(batch)
             optimiser.zero_grad(set_to_none=True)
-            loss = task.loss(forward(x_all[index]), y_all[index])
+            x = x_all[index]
+            loss = task.training_loss(forward(x), y_all[index], x)
             total += loss.item()
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))

@@ -232,6 +232,57 @@ class SecAggConfig:
 
 
 @dataclass
+class LowRankSchema:
+    """``shape.lowrank``: truncated-SVD factorisation (:mod:`fedge.tasks.shaping.lowrank`); one of rank/energy/budget > 0."""
+
+    rank: int = 0  # the same rank for every factorised layer
+    energy: float = 0.0  # smallest rank keeping this share of sum(S^2), e.g. 0.95
+    budget: float = 0.0  # largest rank whose pair has <= this share of the layer's weights, e.g. 0.4
+    layers: list[str] = field(default_factory=list)  # module-name patterns to consider; [] = all Linear/Conv
+    skip: list[str] = field(default_factory=list)  # module-name patterns never factorised
+
+
+@dataclass
+class PruneSchema:
+    """``shape.prune``: magnitude pruning on a schedule (:mod:`fedge.strategies.magnitude_pruning`); sparsity 0 = off."""
+
+    sparsity: float = 0.0
+    start_round: int = 1
+    end_round: int = 1
+    every: int = 1
+
+
+@dataclass
+class InitSchema:
+    """``shape.init``: start from a checkpoint (:mod:`fedge.tasks.shaping.checkpoint`); path "" = fresh."""
+
+    path: str = ""  # an .npz of state names -> arrays (a run's final_model.npz)
+    freeze_backbone: bool = False  # train only the tensors the checkpoint did not fill (the new head)
+
+
+@dataclass
+class DistillSchema:
+    """``shape.distill``: the task's model learns from a teacher (:mod:`fedge.tasks.shaping.distillation`)."""
+
+    teacher_path: str = ""  # the teacher's weights (.npz); "" = no distillation
+    teacher_task: dict[str, Any] = field(default_factory=dict)  # overrides of `task` that build the teacher (e.g. width: 64)
+    temperature: float = 4.0
+    alpha: float = 0.7  # share of the soft-target term
+    teacher_to_devices: bool = False  # soft targets of the devices' data need the teacher there: must be set
+
+
+@dataclass
+class ShapeConfig:
+    """Model shaping (``conf/shape/*.yaml``; :mod:`fedge.conf.shaping`)."""
+
+    name: str = "none"
+    init: InitSchema = field(default_factory=InitSchema)
+    lowrank: LowRankSchema = field(default_factory=LowRankSchema)
+    prune: PruneSchema = field(default_factory=PruneSchema)
+    distill: DistillSchema = field(default_factory=DistillSchema)
+
+
+@dataclass
 class FedgeConfig:
     """The whole experiment."""
 
@@ -244,6 +295,7 @@ class FedgeConfig:
     server: ServerConfig = field(default_factory=ServerConfig)  # gRPC server: fedge-server, backend=grpc
     device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated device profiles and mix
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # secure aggregation (secagg=on)
+    shape: ShapeConfig = field(default_factory=ShapeConfig)  # model shaping: init, lowrank, prune, distill
     dp_delta: float = 1e-5  # delta at which DP runs report epsilon each round
     num_clients: int = 10
     rounds: int = 20

@@ -29,6 +29,7 @@ from fedge.client.model_io import load_arrays
 from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask
 from fedge.tasks.registry import resolve_task
+from fedge.tasks.shaping.lowrank import LowRankConfig, factorise, ranks_of
 
 METHODS = ("auto", "qat", "static")
 
@@ -66,6 +67,9 @@ def load_run(run_dir: Path) -> Run:
         raise ExportError(f"{results_path}: cannot build task {config['task']}: {exc}") from None
     torch.manual_seed(0)
     model = task.build_model()
+    ranks = ranks_of(results.get("shape"))
+    if ranks:  # a factorised run (shape.lowrank): rebuild its architecture at the recorded ranks
+        factorise(model, LowRankConfig(), ranks)
     with np.load(weights_path) as npz:
         try:
             load_arrays(model, dict(npz))

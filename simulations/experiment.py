@@ -20,6 +20,7 @@ from flwr_datasets.partitioner import Partitioner
 from omegaconf import DictConfig
 from rich.console import Console
 
+from fedge.conf.shaping import check_shaping, shape_experiment
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
@@ -64,6 +65,7 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
+    check_shaping(cfg)
 
 
 def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
@@ -80,11 +82,16 @@ def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> Compress
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     check_experiment(cfg)
+    base_task, data, digest = build_task(cfg)  # refuses a load() that is not deterministic
+    # model shaping (shape=...): checkpoint, factorisation, pruning schedule, teacher
+    shaping = shape_experiment(cfg, base_task)
+    if shaping.trainable:  # a frozen backbone: only the new head trains and travels
+        cfg.client.trainable = shaping.trainable
     train_cfg = train_defaults(cfg)
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
 
-    task, data, digest = build_task(cfg)  # refuses a load() that is not deterministic
+    task = shaping.task
     partitioner = instantiate_node("partition", cfg.partition)
     if not isinstance(partitioner, Partitioner):
         raise ConfigError(f"partition._target_ must be a flwr_datasets Partitioner, got {type(partitioner).__name__}")
@@ -97,7 +104,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
     compressed = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
-    strategy = secure_strategy(cfg, compressed)
+    secure = secure_strategy(cfg, compressed)
+    strategy = shaping.wrap(secure)
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
@@ -109,12 +117,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     recipe = ClientRecipe(
         task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest
     )
-    torch.manual_seed(cfg.seed)
-    initial = ArrayRecord(task.build_model().state_dict())
+    initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed)
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = round_config(train_cfg)
 
-    ledger = privacy_ledger(strategy, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
+    ledger = privacy_ledger(secure, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
     console = console or Console()
     try:
         grid = make_grid(cfg, recipe, strategy)
@@ -132,8 +139,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     results_path = None
     if out_dir is not None:
         sections: dict[str, object] = {}
-        if isinstance(strategy, SecAggStrategy):
-            sections["secagg"] = [asdict(r) for r in strategy.rounds]
+        if isinstance(secure, SecAggStrategy):
+            sections["secagg"] = [asdict(r) for r in secure.rounds]
+        if shaping.report:
+            sections["shape"] = shaping.report
         if ledger is not None:
             sections["privacy"] = ledger.report(cfg.rounds)
         results_path = write_results(

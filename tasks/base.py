@@ -121,6 +121,11 @@ class FederatedTask(ABC):
 
         return nn.functional.cross_entropy(logits, target)
 
+    def training_loss(self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Loss local training minimises on a batch (``inputs`` for losses that need them,
+        e.g. distillation's teacher); :meth:`loss` by default."""
+        return self.loss(logits, target)
+
 
 def check_fraction(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``0 < value < 1`` (e.g. a held-out test fraction)."""

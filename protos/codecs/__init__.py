@@ -3,7 +3,7 @@
 Import this package to register every codec; :func:`make_codec` builds one by name.
 """
 
-from fedge.protos.codecs import dense, kmeans, lowrank, quantize, sign, sparse  # noqa: F401  (registration)
+from fedge.protos.codecs import dense, kmeans, lowrank, nonzero, quantize, sign, sparse  # noqa: F401  (registration)
 from fedge.protos.codecs.base import CodecSpec, Codec, available, make_codec, register
 from fedge.protos.codecs.errors import (
     CodecError,

@@ -1,0 +1,64 @@
+"""A task whose model is shaped: the wrapped task's data and loss, a reshaped model.
+
+:class:`ShapedTask` forwards each :class:`~fedge.tasks.base.FederatedTask` method to the
+task it wraps, and changes only what shaping needs: ``build_model`` factorises at fixed
+per-layer ranks (so every device builds the server's architecture) and hooks the model to
+keep a pruned model's zeros; ``training_loss`` adds a teacher's soft targets. It pickles
+to the simulation's worker processes with the teacher, if any (the teacher goes to the
+devices only with ``shape.distill.teacher_to_devices=true``, checked by
+:mod:`fedge.conf.shaping`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from fedge.tasks.base import FederatedTask, TaskData
+from fedge.tasks.shaping.distillation import Teacher, distillation_loss
+from fedge.tasks.shaping.keep_zeros import keep_zeros
+from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
+
+
+class ShapedTask(FederatedTask):
+    """``base`` with a shaped model (see the module docstring).
+
+    ``ranks``: layer name -> rank to factorise at ({} = none); ``prune``: devices keep the
+    zeros of the weights they receive; ``teacher``, ``temperature``, ``alpha``: distil.
+    """
+
+    def __init__(
+        self,
+        base: FederatedTask,
+        ranks: Mapping[str, int] | None = None,
+        prune: bool = False,
+        teacher: Teacher | None = None,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+    ) -> None:
+        self.base = base
+        self.name = base.name
+        self.num_classes = base.num_classes
+        self.ranks = dict(ranks or {})
+        self.prune = prune
+        self.teacher = teacher
+        self.temperature, self.alpha = temperature, alpha
+
+    def load(self) -> TaskData:
+        return self.base.load()
+
+    def build_model(self) -> nn.Module:
+        model = self.base.build_model()
+        if self.ranks:
+            factorise(model, LowRankConfig(), self.ranks)
+        return keep_zeros(model) if self.prune else model
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.base.loss(logits, target)
+
+    def training_loss(self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return self.base.training_loss(logits, target, inputs)
+        return distillation_loss(logits, self.teacher.logits(inputs), target, self.temperature, self.alpha)
