@@ -111,7 +111,7 @@ def _pair(layer: nn.Module, rank: int) -> nn.Sequential:
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     root = s[:rank].sqrt()
     first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
-    bias = layer.bias is not None  # type: ignore[union-attr]
+    bias = layer.bias is not None
     first: nn.Module
     second: nn.Module
     if isinstance(layer, nn.Linear):
@@ -119,7 +119,7 @@ def _pair(layer: nn.Module, rank: int) -> nn.Sequential:
     else:
         conv = type(layer)
         assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
-        first = conv(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)  # type: ignore[arg-type, call-overload]
+        first = conv(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
         second = conv(rank, layer.out_channels, 1, bias=bias)
     with torch.no_grad():
         first.get_parameter("weight").copy_(first_w.reshape(first.get_parameter("weight").shape))
