@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -87,4 +86,6 @@ def seed_everything(seed: int) -> None:
     it), numpy's legacy global generator and torch (model initialisation)."""
     random.seed(seed)
     np.random.seed(seed)
+    import torch  # here, not at the top: `fedge-sim --help` and config checks need no torch
+
     torch.manual_seed(seed)

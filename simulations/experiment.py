@@ -32,8 +32,9 @@ from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
 from fedge.server.results import final_weights, write_results
-from fedge.simulations.backends import BACKENDS, make_grid
+from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.experiment_checks import check_experiment
 from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
@@ -54,16 +55,6 @@ class SimulationOutcome:
     result: FederationResult
     final_weights: dict[str, np.ndarray]
     results_path: Path | None
-
-
-def check_experiment(cfg: DictConfig) -> None:
-    """Refuse settings no run can use (the CLI calls this before Hydra writes anything)."""
-    if cfg.num_clients < 2:
-        raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
-    if cfg.rounds < 1:
-        raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
-    if cfg.backend.name not in BACKENDS:
-        raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
 
 
 def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:

@@ -43,25 +43,47 @@ def top_k_indices(flat: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]).astype(np.int64)
 
 
-def global_top_k_counts(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, int]:
-    """How many of the ``k`` largest magnitudes over all ``arrays`` fall in each one.
+def global_top_k_positions(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Sorted positions, in each of ``arrays``, of the ``k`` largest magnitudes over all.
 
-    The counts sum to ``min(k, total elements)``; entries tied at the threshold are
-    split arbitrarily (``argpartition``). Costs one O(total) selection over a float32
-    copy of all magnitudes.
+    One selection over all elements: the magnitudes go once into one float32 buffer,
+    one in-place partition of a copy finds the ``k``-th largest magnitude ``t``, and
+    each array keeps its entries above ``t`` plus, in order of position, as many at
+    ``t`` as the budget has left. The positions of all arrays together number
+    ``min(k, total elements)``. Costs ~4 passes over the update plus the partition
+    (``bench/codec_speed.py``); the per-tensor encoders then select nothing again.
     """
     names = list(arrays)
-    sizes = np.array([np.asarray(arrays[n]).size for n in names], dtype=np.int64)
-    total = int(sizes.sum())
+    flats = [np.asarray(arrays[n]).reshape(-1) for n in names]
+    sizes = [f.size for f in flats]
+    total = sum(sizes)
     if k >= total:
-        return {n: int(s) for n, s in zip(names, sizes)}
+        return {n: np.arange(s, dtype=np.int64) for n, s in zip(names, sizes)}
     if k <= 0:
-        return dict.fromkeys(names, 0)
-    flat = np.concatenate([np.abs(np.asarray(arrays[n], dtype=np.float32)).ravel() for n in names])
-    chosen = np.argpartition(flat, total - k)[total - k :]
-    owner = np.searchsorted(np.cumsum(sizes), chosen, side="right")
-    counts = np.bincount(owner, minlength=len(names))
-    return {n: int(c) for n, c in zip(names, counts)}
+        return {n: np.zeros(0, dtype=np.int64) for n in names}
+    magnitudes = np.empty(total, dtype=np.float32)
+    start = 0
+    for flat in flats:
+        np.abs(flat, out=magnitudes[start : start + flat.size], casting="same_kind")
+        start += flat.size
+    work = magnitudes.copy()
+    work.partition(total - k)
+    threshold = work[total - k]
+    del work
+    above = magnitudes > threshold
+    ties_left = k - int(np.count_nonzero(above))  # >= 1: the threshold itself is one of the k
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for name, size in zip(names, sizes):
+        piece = magnitudes[start : start + size]
+        keep = above[start : start + size]
+        if ties_left > 0:
+            ties = np.flatnonzero(piece == threshold)[:ties_left]
+            ties_left -= ties.size
+            keep[ties] = True
+        out[name] = np.flatnonzero(keep).astype(np.int64, copy=False)
+        start += size
+    return out
 
 
 class _Sparse(Codec):
@@ -72,6 +94,7 @@ class _Sparse(Codec):
         self.ratio = ratio
         self.values = make_codec(str(values))
         self.keep: int | None = None  # a fixed count for one tensor (set by `allocate`)
+        self.positions: np.ndarray | None = None  # chosen positions for one tensor (global top-k's `allocate`)
 
     def _count(self, size: int) -> int:
         return min(size, self.keep) if self.keep is not None else kept_count(size, self.ratio)
@@ -123,16 +146,19 @@ class TopKCodec(_Sparse):
         if self.scope == "tensor":
             return super().allocate(arrays)
         total = sum(np.asarray(a).size for a in arrays.values())
-        counts = global_top_k_counts(arrays, kept_count(total, self.ratio))
+        positions = global_top_k_positions(arrays, kept_count(total, self.ratio))
         out: dict[str, Codec] = {}
-        for name, count in counts.items():
+        for name, chosen in positions.items():
             codec = copy.copy(self)
-            codec.scope, codec.keep = "tensor", count
+            codec.scope, codec.keep, codec.positions = "tensor", chosen.size, chosen
             out[name] = codec
         return out
 
     def _select(self, flat: np.ndarray, k: int, msg: pb.CompressedTensor) -> np.ndarray:
-        idx = top_k_indices(flat, k)
+        if self.positions is not None and self.positions.size == k and (k == 0 or self.positions[-1] < flat.size):
+            idx = self.positions  # chosen once for the whole update by `allocate`
+        else:
+            idx = top_k_indices(flat, k)
         msg.parts.append(encode_indices(idx, flat.size))
         return idx
 
