@@ -16,7 +16,7 @@ from bench import codec_baselines as baselines
 from fedge.protos.codecs import CodecSpec, encode_update, make_codec
 from fedge.protos.codecs import half
 from fedge.protos.codecs.quantize import BLOCK
-from fedge.protos.codecs.sparse import global_top_k_positions, top_k_indices
+from fedge.protos.codecs.sparse import SAMPLE, global_top_k_positions, top_k_indices
 from fedge.protos.v1 import tensor_pb2
 
 SHAPES = {"conv": (32, 16, 3, 3), "fc": (300, 700), "big": (3 * BLOCK + 17,), "bias": (300,)}
@@ -52,6 +52,17 @@ def test_global_topk_positions_are_each_tensors_largest():
     positions = global_top_k_positions(arrays, 5_000)
     for name, p in positions.items():
         assert np.array_equal(p, top_k_indices(arrays[name].ravel(), p.size))
+
+
+def test_global_topk_rescans_when_the_sample_guesses_too_high():
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.0, 1.0, 300_000).astype(np.float32)  # distinct small magnitudes
+    stride = x.size // SAMPLE
+    x[::stride] = 10.0 + np.arange(x[::stride].size, dtype=np.float32)  # every sampled point is large
+    k = x[::stride].size + 20_000  # more than the sample's large ones: the first guess finds too few
+    positions = global_top_k_positions({"a": x[:123_456], "b": x[123_456:]}, k)
+    chosen = np.concatenate([positions["a"], positions["b"] + 123_456])
+    assert np.array_equal(chosen, np.sort(np.argpartition(x, x.size - k)[x.size - k :]))
 
 
 def _fp16_inputs() -> list[np.ndarray]:

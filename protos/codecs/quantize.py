@@ -135,7 +135,8 @@ def _levels_to_values(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> n
     for c in range(codes.shape[0]):
         for start in range(0, codes.shape[1], BLOCK):
             dst = out[c, start : start + BLOCK]
-            np.multiply(codes[c, start : start + BLOCK], scale[c], out=dst)
+            np.copyto(dst, codes[c, start : start + BLOCK], casting="unsafe")  # uint8 -> float32, exact
+            np.multiply(dst, scale[c], out=dst)
             np.add(dst, lo[c], out=dst)
     return out
 
