@@ -85,7 +85,7 @@ def cases(update: dict[str, np.ndarray]) -> dict[str, tuple[Callable[[], object]
         baselines.uniform_decode(codes, lo, scale, flat.shape)
 
     plan = UplinkPlan(TOPK, error_feedback=True, dense_below=0, fallback="q8")
-    encoder, residual = UplinkEncoder(), {}
+    encoder, residual = UplinkEncoder(), dict[str, np.ndarray]()
     return {
         "fp16 (encode + decode)": (fp16_new, fp16_old),
         "q8 per tensor (encode + decode)": (q8_new, q8_old),

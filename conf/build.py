@@ -9,16 +9,20 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import ConfigRecord
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.train_config import TrainConfig
 from fedge.conf.schema import ServerConfig
 from fedge.protos.codecs.compression_setup import compression_setup
-from fedge.strategies import CompressedStrategy
+
+if TYPE_CHECKING:  # Flower and torch are imported where used: `fedge-sim --help` needs neither
+    from flwr.app import ConfigRecord
+
+    from fedge.strategies.compressed import CompressedStrategy
 
 
 class ConfigError(ValueError):
@@ -37,6 +41,8 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
 def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:
     """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
     and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
+    from fedge.strategies.compressed import CompressedStrategy
+
     try:
         setup = compression_setup(OmegaConf.to_container(cfg.compression))  # type: ignore[arg-type]
     except ValueError as exc:
@@ -68,6 +74,8 @@ def train_defaults(cfg: DictConfig) -> TrainConfig:
 
 def round_config(train: TrainConfig) -> ConfigRecord:
     """The training defaults as the ConfigRecord every round's instructions carry."""
+    from flwr.app import ConfigRecord
+
     return ConfigRecord({key: value for key, value in train.to_config().items()})
 
 

@@ -41,6 +41,8 @@ def _job(cfg: DictConfig) -> float:
 
 
 def _check(cfg: DictConfig) -> None:
+    import flwr.common.logger  # noqa: F401  (Flower sets its logger's level when imported: import it first)
+
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_experiment(cfg)
     check_strategy(cfg)

@@ -32,15 +32,15 @@ print('RESULT ' + json.dumps({{'code': code, 'loaded': [m for m in {heavy!r} if 
 """
 
 
-def _sim(args: list[str], tmp_path: Path) -> tuple[dict, str]:
+def _sim(args: list[str], tmp_path: Path, heavy: tuple[str, ...] = HEAVY) -> tuple[dict, str]:
     done = subprocess.run(
-        [sys.executable, "-c", _SIM.format(args=args, heavy=HEAVY)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _SIM.format(args=args, heavy=heavy)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     return json.loads(done.stdout.rsplit("RESULT ", 1)[1]), done.stderr
 
 
-def test_help_imports_no_torch_and_no_datasets(tmp_path):
-    result, _ = _sim(["--help"], tmp_path)
+def test_help_imports_no_torch_no_datasets_and_no_flower(tmp_path):
+    result, _ = _sim(["--help"], tmp_path, (*HEAVY, "flwr"))
     assert result == {"code": 0, "loaded": []}
 
 
