@@ -24,23 +24,20 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench import codec_baselines as baselines
+from bench import results_files
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos.codecs import CodecSpec, decode_update, make_codec
 from fedge.protos.codecs.plan import UplinkPlan
 
-RESULTS = Path(__file__).resolve().parent / "results"
 #: tensor name -> shape; 11,000,000 elements in all, a few large layers and small ones
 SHAPES = {"conv1": (64, 3, 7, 7), "layer1": (2_000, 2_000), "layer2": (1_500, 3_000), "fc": (2_490_080,), "bias": (512,)}
 TOPK = CodecSpec("topk", {"ratio": 0.01, "values": "q8", "scope": "global"})
@@ -138,7 +135,6 @@ def measure(repeats: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    m = result["machine"]
     lines = [
         "# Codec speed against memory bandwidth",
         "",
@@ -147,9 +143,7 @@ def markdown(result: dict) -> str:
         f"a new array pays them) {1000 * result['copy_to_new_array_s_min']:.1f} ms. Each row is encode + "
         f"decode; fast and plain sides alternate, {result['repeats']} runs each. Command: `{result['command']}`.",
         "",
-        f"Machine: {m['cpus']} CPUs, 1-minute load average {m['load_avg_at_start'][0]:.1f} at the start and "
-        f"{m['load_avg_at_end'][0]:.1f} at the end (a load above the CPU count means other jobs shared them).",
-        "",
+        *results_files.load_note(result["machine"]),
         "| codec | fast min / median (ms) | plain min / median (ms) | fast, % of memcpy | plain, % of memcpy | speed-up (min / median) |",
         "|---|---|---|---|---|---|",
     ]
@@ -173,13 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     result.update(
         repeats=args.repeats,
         command="python -m bench.codec_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
-        machine={"cpus": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__, "torch": torch.__version__,
-                 "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()},
+        machine=results_files.machine(load_start, numpy=np.__version__, torch=torch.__version__),
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "codec_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "codec_speed.md").write_text(markdown(result))
-    print(markdown(result))
+    results_files.write("codec_speed", result, markdown(result))
 
 
 if __name__ == "__main__":

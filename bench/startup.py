@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import results_files
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 SIM = "import sys; sys.argv[0] = 'fedge-sim'; from fedge.simulations.sim_cli import main; main()"
 #: The child of a timed run: stamps the end of every round (wall clock, seconds since the epoch).
 TIMED_RUN = """
@@ -128,7 +128,7 @@ def _ratio(result: dict, a: str, b: str, stat: str) -> float:
 
 
 def markdown(result: dict) -> str:
-    m, s = result["machine"], result["settings"]
+    s = result["settings"]
     rows = [
         ("`fedge-sim --help`", "help"),
         ('`python -c "import torch"`', "import_torch"),
@@ -148,9 +148,7 @@ def markdown(result: dict) -> str:
         f"Baseline: commit `{s['baseline']}` unpacked beside this tree, same interpreter and packages. "
         f"Command: `{s['command']}`.",
         "",
-        f"Machine: {m['cpus']} CPUs, 1-minute load average {m['load_avg_at_start'][0]:.1f} at the start and "
-        f"{m['load_avg_at_end'][0]:.1f} at the end (a load above the CPU count means other jobs shared them).",
-        "",
+        *results_files.load_note(result["machine"]),
         "| what | min (s) | median (s) |",
         "|---|---|---|",
     ]
@@ -179,12 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(args.repeats, args.baseline, args.full_runs, args.rounds)
     result["settings"] = {"repeats": args.repeats, "baseline": args.baseline, "rounds": args.rounds, "full_runs": args.full_runs,
                           "command": "python -m bench.startup " + " ".join(argv if argv is not None else sys.argv[1:])}
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                         "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "startup.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "startup.md").write_text(markdown(result))
-    print(markdown(result))
+    result["machine"] = results_files.machine(load_start)
+    results_files.write("startup", result, markdown(result))
 
 
 if __name__ == "__main__":
