@@ -98,6 +98,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
     recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory)
+    recipe.use_data(data)  # small data travels to the workers: they do not load it again
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, data.test, cfg.seed)

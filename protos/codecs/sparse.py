@@ -85,10 +85,10 @@ def global_top_k_positions(arrays: Mapping[str, np.ndarray], k: int) -> dict[str
     threshold = np.partition(pooled, pooled.size - k)[pooled.size - k]
     ties_left = k - int(np.count_nonzero(pooled > threshold))  # >= 1: the threshold is one of the k
     out: dict[str, np.ndarray] = {}
-    for name, where, size in zip(names, positions, magnitudes):
-        keep = size > threshold
+    for name, where, mags in zip(names, positions, magnitudes):
+        keep = mags > threshold
         if ties_left > 0:
-            ties = np.flatnonzero(size == threshold)[:ties_left]
+            ties = np.flatnonzero(mags == threshold)[:ties_left]
             ties_left -= ties.size
             keep[ties] = True
         out[name] = where[keep]
@@ -113,7 +113,7 @@ def _candidates(flats: list[np.ndarray], floor: np.float32) -> tuple[list[np.nda
     magnitudes: list[np.ndarray] = []
     for flat in flats:
         where: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
-        sizes: list[np.ndarray] = [np.zeros(0, dtype=np.float32)]
+        found: list[np.ndarray] = [np.zeros(0, dtype=np.float32)]
         for start in range(0, flat.size, SCAN_BLOCK):
             block = flat[start : start + SCAN_BLOCK]
             mags = buffer[: block.size]
@@ -121,9 +121,9 @@ def _candidates(flats: list[np.ndarray], floor: np.float32) -> tuple[list[np.nda
             hits = np.flatnonzero(mags >= floor)
             if hits.size:
                 where.append(hits + start)
-                sizes.append(mags[hits])
+                found.append(mags[hits])
         positions.append(np.concatenate(where).astype(np.int64, copy=False))
-        magnitudes.append(np.concatenate(sizes))
+        magnitudes.append(np.concatenate(found))
     return positions, magnitudes
 
 
