@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	$(BIN)/python -m bench.runner
 	$(BIN)/python -m bench.compression
+	$(BIN)/python -m bench.codec_speed
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.client
 	$(BIN)/python -m bench.ceiling
 	$(BIN)/python -m bench.client_install

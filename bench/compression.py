@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from bench import results_files
 from bench.training_delta import digits_training_delta
 from fedge.protos.codecs import CodecSpec, make_codec
 from fedge.protos.codecs.index_coding import encode_indices, log2_binomial
@@ -197,17 +198,6 @@ def index_coding() -> dict:
     return {"random_sets_d_1M": random_sets, "real_top1pct_sets": real}
 
 
-def _machine_note(machine: dict) -> list[str]:
-    if "load_avg_at_start" not in machine:
-        return []
-    start, end = machine["load_avg_at_start"][0], machine["load_avg_at_end"][0]
-    return [
-        f"Machine: {machine['cpus']} CPUs, 1-minute load average {start:.1f} at the start and {end:.1f} at the "
-        "end (a load above the CPU count means other jobs shared them: throughput numbers are then low).",
-        "",
-    ]
-
-
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
@@ -217,7 +207,7 @@ def markdown(result: dict) -> str:
         f"{s['rounds']} rounds, seeds {s['seeds']}. Bytes are serialised Update/Task protos. "
         f"Command: `{s['command']}`.",
         "",
-        *_machine_note(s["machine"]),
+        *results_files.load_note(s["machine"]),
         "| codec | final acc (mean ± sd) | vs fp32 (pp) | uplink / round (bytes) | uplink reduction | downlink reduction |",
         "|---|---|---|---|---|---|",
     ]

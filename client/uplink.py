@@ -28,10 +28,16 @@ class UplinkEncoder:
     def encode(self, delta: Mapping[str, np.ndarray], plan: UplinkPlan, base_round: int) -> tensor_pb2.CompressedUpdate:
         """The encoded update for ``delta`` (``local - global`` by tensor name)."""
         corrected = dict(delta)
+        reused: set[str] = set()  # tensors whose residual buffer now holds the corrected delta
         if plan.error_feedback:
             for name, value in delta.items():
-                if name in self.residual and self.residual[name].shape == value.shape:
-                    corrected[name] = value + self.residual[name]
+                residual = self.residual.get(name)
+                if residual is not None and residual.shape == value.shape:
+                    if residual.dtype == np.result_type(value, residual):  # same numbers, no new array
+                        corrected[name] = np.add(value, residual, out=residual)
+                        reused.add(name)
+                    else:
+                        corrected[name] = value + residual
         update = encode_update(
             corrected,
             plan.codec,
@@ -44,7 +50,9 @@ class UplinkEncoder:
         if plan.error_feedback:
             sent = decode_update(update)
             self.residual = {
-                k: corrected[k] - sent[k] for k in corrected if np.issubdtype(corrected[k].dtype, np.floating)
+                k: np.subtract(corrected[k], sent[k], out=corrected[k]) if k in reused else corrected[k] - sent[k]
+                for k in corrected
+                if np.issubdtype(corrected[k].dtype, np.floating)
             }
         else:
             self.residual = {}

@@ -9,22 +9,22 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.train_config import TrainConfig
 from fedge.conf.schema import ServerConfig
 from fedge.protos.codecs.compression_setup import compression_setup
-from fedge.strategies import CompressedStrategy
 from fedge.tasks.base import FederatedTask, TaskData
 from fedge.tasks.custom import check_deterministic, task_reference
 
+if TYPE_CHECKING:  # Flower and torch are imported where used: `fedge-sim --help` needs neither
+    from flwr.app import ConfigRecord
+
+    from fedge.strategies.compressed import CompressedStrategy
 
 #: ``_target_`` of ``conf/task/custom.yaml`` (its constructor arguments are under ``args``).
 CUSTOM_TASK_TARGET = "fedge.tasks.custom.custom_task"
@@ -80,11 +80,15 @@ def device_task(cfg: DictConfig, task: FederatedTask) -> tuple[str, dict[str, ob
 def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStrategy:
     """The configured Flower strategy wrapped by CompressedStrategy with the configured codecs
     and reply validation (``server.*``; ``max_num_examples``: the task-derived cap)."""
+    from fedge.strategies.compressed import CompressedStrategy
+
     try:
         setup = compression_setup(node_dict(cfg.compression))
     except ValueError as exc:
         raise ConfigError(f"compression: {exc}") from None
     inner = instantiate_node("strategy", cfg.strategy)
+    from flwr.serverapp.strategy import Strategy
+
     if not isinstance(inner, Strategy):
         raise ConfigError(f"strategy: {cfg.strategy.get('_target_')} built a {type(inner).__name__}, not a Flower Strategy")
     try:
@@ -113,6 +117,8 @@ def train_defaults(cfg: DictConfig) -> TrainConfig:
 
 def round_config(train: TrainConfig) -> ConfigRecord:
     """The training defaults as the ConfigRecord every round's instructions carry."""
+    from flwr.app import ConfigRecord
+
     return ConfigRecord({key: value for key, value in train.to_config().items()})
 
 
@@ -133,4 +139,6 @@ def seed_everything(seed: int) -> None:
     it), numpy's legacy global generator and torch (model initialisation)."""
     random.seed(seed)
     np.random.seed(seed)
+    import torch  # here, not at the top: `fedge-sim --help` and config checks need no torch
+
     torch.manual_seed(seed)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedge.server.grid import FedgeGrid
-from fedge.simulations.clients import ClientRecipe
+if TYPE_CHECKING:  # the config checks read BACKENDS without importing the Grids
+    from fedge.server.grid import FedgeGrid
+    from fedge.simulations.clients import ClientRecipe
 
 #: Backend names ``backend.name`` accepts.
 BACKENDS = ("local", "ray", "grpc")

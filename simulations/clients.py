@@ -17,6 +17,10 @@ RUNTIME_STREAM = 18
 
 #: Node id of partition ``i`` is ``NODE_ID_BASE + i`` (Flower reserves small ids).
 NODE_ID_BASE = 1000
+#: Training data the caller already loaded travels to worker processes with the recipe
+#: up to this many bytes (a worker then neither imports the task's data library nor
+#: loads the data again); larger data each worker loads itself.
+SHIP_DATA_BYTES = 64 << 20
 
 
 def node_id_of(partition: int) -> int:
@@ -28,8 +32,9 @@ def node_id_of(partition: int) -> int:
 class ClientRecipe:
     """How to build each simulated EdgeClient: task, partition indices, defaults.
 
-    Sent to worker processes (it pickles small: indices, not data); each process
-    loads the task's data once and builds its clients lazily, keeping them (and the
+    Sent to worker processes (it pickles small: indices, and the task's data if
+    :meth:`use_data` gave data of at most ``SHIP_DATA_BYTES``); each process loads the
+    task's data at most once and builds its clients lazily, keeping them (and the
     state they carry across rounds) for the whole run.
     """
 
@@ -43,9 +48,17 @@ class ClientRecipe:
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def use_data(self, data: TaskData) -> None:
+        """Use ``data`` (the result of ``task.load()``, loaded by the caller) instead of
+        loading it again; it travels to workers if small."""
+        self._data = data
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_data"], state["_clients"] = None, {}
+        data = self._data
+        if data is not None and sum(a.nbytes for a in (data.train.x, data.train.y, data.test.x, data.test.y)) > SHIP_DATA_BYTES:
+            data = None
+        state["_data"], state["_clients"] = data, {}
         return state
 
     def client(self, node_id: int) -> EdgeClient:

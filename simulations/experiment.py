@@ -34,8 +34,9 @@ from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
 from fedge.server.results import final_weights, write_results
-from fedge.simulations.backends import BACKENDS, make_grid
+from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
+from fedge.simulations.experiment_checks import check_experiment
 from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
@@ -55,17 +56,6 @@ class SimulationOutcome:
     result: FederationResult
     final_weights: dict[str, np.ndarray]
     results_path: Path | None
-
-
-def check_experiment(cfg: DictConfig) -> None:
-    """Refuse settings no run can use (the CLI calls this before Hydra writes anything)."""
-    if cfg.num_clients < 2:
-        raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
-    if cfg.rounds < 1:
-        raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
-    if cfg.backend.name not in BACKENDS:
-        raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
-    check_shaping(cfg)
 
 
 def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
@@ -117,6 +107,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     recipe = ClientRecipe(
         task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest
     )
+    recipe.use_data(data)  # small data travels to the workers: they do not load it again
     initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed)
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = round_config(train_cfg)

@@ -17,34 +17,11 @@ import multiprocessing as mp
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from fedge.protos.v1 import task_pb2
 from fedge.server.grid import FedgeGrid
 from fedge.simulations.clients import ClientRecipe
+from fedge.simulations.worker import run_tasks, warm_up_torch, worker_main
 
 log = logging.getLogger(__name__)
-
-
-def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[bytes]:
-    """Run each ``(node_id, Task bytes)`` on its client; return Update bytes."""
-    out = []
-    for node_id, payload in tasks:
-        task = task_pb2.Task.FromString(payload)
-        out.append(recipe.client(node_id).handle(task).SerializeToString())
-    return out
-
-
-def _worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        if job is None:
-            return
-        conn.send(run_tasks(recipe, job))
 
 
 class LocalGrid(FedgeGrid):
@@ -72,10 +49,12 @@ class LocalGrid(FedgeGrid):
             ctx = mp.get_context("spawn")  # fork after torch threads start is unsafe
             for _ in range(self.num_workers):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker_main, args=(child, recipe, threads_per_worker), daemon=True)
+                proc = ctx.Process(target=worker_main, args=(child, recipe, threads_per_worker), daemon=True)
                 proc.start()
                 child.close()
                 self._workers.append((proc, parent))
+        else:
+            warm_up_torch()  # this process's thread count stays the caller's
 
     def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
         if not self._workers:

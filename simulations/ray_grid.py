@@ -2,7 +2,7 @@
 
 Each actor holds a :class:`~fedge.simulations.clients.ClientRecipe` and builds its
 clients lazily, exactly as a :class:`~fedge.simulations.local_grid.LocalGrid` worker
-does (same :func:`~fedge.simulations.local_grid.run_tasks`); clients are pinned to
+does (same :func:`~fedge.simulations.worker.run_tasks`); clients are pinned to
 actors (the ``k``-th node in id order lives on actor ``k % num_actors``), so the state
 a client keeps across rounds stays on one actor for the whole run. Tasks and updates
 cross as the same serialised protos a device would receive, so byte counts are real
@@ -30,7 +30,7 @@ import numpy as np
 
 from fedge.server.grid import FedgeGrid
 from fedge.simulations.clients import ClientRecipe
-from fedge.simulations.local_grid import run_tasks
+from fedge.simulations.worker import run_tasks
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,10 @@
 them before anything is written (:mod:`fedge.conf.cli`), runs
 :func:`fedge.simulations.experiment.run_experiment` in the Hydra output directory and,
 for a single run, writes its ``fedge-report``.
+
+Thin on purpose: ``--help`` and the configuration checks import neither torch nor the
+datasets (the experiment and the report are imported when a job runs), so they answer
+in a fraction of the time ``import torch`` takes (``bench/startup.py``).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from fedge.conf.checks import check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
-from fedge.simulations.experiment import check_experiment, run_experiment
-from fedge.simulations.report import make_report
+from fedge.simulations.experiment_checks import check_experiment
 
 register_configs()
 
 
 def _job(cfg: DictConfig) -> float:
+    from fedge.simulations.experiment import run_experiment  # torch, datasets: only for a job
+    from fedge.simulations.report import make_report
+
     hydra_cfg = HydraConfig.get()
     outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
@@ -35,6 +41,8 @@ def _job(cfg: DictConfig) -> float:
 
 
 def _check(cfg: DictConfig) -> None:
+    import flwr.common.logger  # noqa: F401  (Flower sets its logger's level when imported: import it first)
+
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_experiment(cfg)
     check_strategy(cfg)

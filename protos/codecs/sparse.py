@@ -43,25 +43,88 @@ def top_k_indices(flat: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]).astype(np.int64)
 
 
-def global_top_k_counts(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, int]:
-    """How many of the ``k`` largest magnitudes over all ``arrays`` fall in each one.
+#: Magnitudes sampled (evenly spaced) to guess a lower bound of the k-th largest one.
+SAMPLE = 1 << 16
+#: Elements per block of the candidate scan: 256 KiB of float32, within a core's L2 cache.
+SCAN_BLOCK = 1 << 16
 
-    The counts sum to ``min(k, total elements)``; entries tied at the threshold are
-    split arbitrarily (``argpartition``). Costs one O(total) selection over a float32
-    copy of all magnitudes.
+
+def global_top_k_positions(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Sorted positions, in each of ``arrays``, of the ``k`` largest magnitudes over all.
+
+    One pass over the update, then work on ~1.5 k candidates only:
+
+    1. a guess ``floor`` with (very likely) at least ``k`` magnitudes above it: from an
+       evenly spaced sample of ``SAMPLE`` magnitudes, the one ranked a margin above
+       ``k``'s share (``1.5 k`` plus four standard deviations);
+    2. one scan, block by block in cache, keeps each position whose magnitude is
+       ``>= floor`` (the candidates, with their magnitudes); if fewer than ``k`` turn
+       up, the guess was too high and the scan runs again over everything (exact
+       either way, only slower);
+    3. a partition of the candidates' magnitudes gives the ``k``-th largest, ``t``;
+       each array keeps its candidates above ``t`` and, in order of position, as many
+       at ``t`` as the budget has left.
+
+    The positions of all arrays together number ``min(k, total elements)`` (a NaN
+    magnitude is never kept, so fewer with NaNs). Magnitudes compare in float32. The
+    per-tensor encoders then select nothing again (``bench/codec_speed.py``).
     """
     names = list(arrays)
-    sizes = np.array([np.asarray(arrays[n]).size for n in names], dtype=np.int64)
-    total = int(sizes.sum())
+    flats = [np.asarray(arrays[n], dtype=np.float32).reshape(-1) for n in names]
+    total = sum(f.size for f in flats)
     if k >= total:
-        return {n: int(s) for n, s in zip(names, sizes)}
+        return {n: np.arange(f.size, dtype=np.int64) for n, f in zip(names, flats)}
     if k <= 0:
-        return dict.fromkeys(names, 0)
-    flat = np.concatenate([np.abs(np.asarray(arrays[n], dtype=np.float32)).ravel() for n in names])
-    chosen = np.argpartition(flat, total - k)[total - k :]
-    owner = np.searchsorted(np.cumsum(sizes), chosen, side="right")
-    counts = np.bincount(owner, minlength=len(names))
-    return {n: int(c) for n, c in zip(names, counts)}
+        return {n: np.zeros(0, dtype=np.int64) for n in names}
+    positions, magnitudes = _candidates(flats, _magnitude_floor(flats, total, k))
+    if sum(p.size for p in positions) < k:  # the sample's guess was too high
+        positions, magnitudes = _candidates(flats, np.float32(-np.inf))
+    pooled = np.concatenate(magnitudes)
+    if pooled.size <= k:
+        return dict(zip(names, positions))
+    threshold = np.partition(pooled, pooled.size - k)[pooled.size - k]
+    ties_left = k - int(np.count_nonzero(pooled > threshold))  # >= 1: the threshold is one of the k
+    out: dict[str, np.ndarray] = {}
+    for name, where, mags in zip(names, positions, magnitudes):
+        keep = mags > threshold
+        if ties_left > 0:
+            ties = np.flatnonzero(mags == threshold)[:ties_left]
+            ties_left -= ties.size
+            keep[ties] = True
+        out[name] = where[keep]
+    return out
+
+
+def _magnitude_floor(flats: list[np.ndarray], total: int, k: int) -> np.float32:
+    """A magnitude with, very likely, at least ``k`` of the ``total`` at or above it."""
+    if total <= 4 * SAMPLE:  # small: every element is a candidate
+        return np.float32(-np.inf)
+    stride = total // SAMPLE
+    sample = np.abs(np.concatenate([f[::stride] for f in flats]))
+    expected = k * sample.size / total
+    rank = min(sample.size, int(1.5 * expected + 4 * math.sqrt(expected) + 16))
+    return np.float32(np.partition(sample, sample.size - rank)[sample.size - rank])
+
+
+def _candidates(flats: list[np.ndarray], floor: np.float32) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per array: the positions whose magnitude is ``>= floor`` (sorted) and those magnitudes."""
+    buffer = np.empty(SCAN_BLOCK, dtype=np.float32)
+    positions: list[np.ndarray] = []
+    magnitudes: list[np.ndarray] = []
+    for flat in flats:
+        where: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        found: list[np.ndarray] = [np.zeros(0, dtype=np.float32)]
+        for start in range(0, flat.size, SCAN_BLOCK):
+            block = flat[start : start + SCAN_BLOCK]
+            mags = buffer[: block.size]
+            np.abs(block, out=mags)
+            hits = np.flatnonzero(mags >= floor)
+            if hits.size:
+                where.append(hits + start)
+                found.append(mags[hits])
+        positions.append(np.concatenate(where).astype(np.int64, copy=False))
+        magnitudes.append(np.concatenate(found))
+    return positions, magnitudes
 
 
 class _Sparse(Codec):
@@ -72,6 +135,7 @@ class _Sparse(Codec):
         self.ratio = ratio
         self.values = make_codec(str(values))
         self.keep: int | None = None  # a fixed count for one tensor (set by `allocate`)
+        self.positions: np.ndarray | None = None  # chosen positions for one tensor (global top-k's `allocate`)
 
     def _count(self, size: int) -> int:
         return min(size, self.keep) if self.keep is not None else kept_count(size, self.ratio)
@@ -123,16 +187,19 @@ class TopKCodec(_Sparse):
         if self.scope == "tensor":
             return super().allocate(arrays)
         total = sum(np.asarray(a).size for a in arrays.values())
-        counts = global_top_k_counts(arrays, kept_count(total, self.ratio))
+        positions = global_top_k_positions(arrays, kept_count(total, self.ratio))
         out: dict[str, Codec] = {}
-        for name, count in counts.items():
+        for name, chosen in positions.items():
             codec = copy.copy(self)
-            codec.scope, codec.keep = "tensor", count
+            codec.scope, codec.keep, codec.positions = "tensor", chosen.size, chosen
             out[name] = codec
         return out
 
     def _select(self, flat: np.ndarray, k: int, msg: pb.CompressedTensor) -> np.ndarray:
-        idx = top_k_indices(flat, k)
+        if self.positions is not None and self.positions.size == k and (k == 0 or self.positions[-1] < flat.size):
+            idx = self.positions  # chosen once for the whole update by `allocate`
+        else:
+            idx = top_k_indices(flat, k)
         msg.parts.append(encode_indices(idx, flat.size))
         return idx
 

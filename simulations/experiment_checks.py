@@ -1,0 +1,26 @@
+"""Settings no simulated run can use, refused before anything runs.
+
+Kept apart from :mod:`fedge.simulations.experiment` so that ``fedge-sim`` checks a
+configuration without importing torch, the datasets or the Grids.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from fedge.conf.build import ConfigError
+from fedge.simulations.backends import BACKENDS
+
+
+def check_experiment(cfg: DictConfig) -> None:
+    """Refuse settings no run can use (the CLI calls this before Hydra writes anything)."""
+    if cfg.num_clients < 2:
+        raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
+    if cfg.rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
+    if cfg.backend.name not in BACKENDS:
+        raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
+    if cfg.get("shape") is not None and cfg.shape.name != "none":  # shaping needs torch: only when asked
+        from fedge.conf.shaping import check_shaping
+
+        check_shaping(cfg)

@@ -1,0 +1,99 @@
+"""The fast codec paths write the same bytes and decode the same values as the plain ones.
+
+Each fast path (single-selection global top-k, torch's float16 casts, the fused 8-bit
+quantiser) is compared with the straightforward implementation it replaced
+(``bench/codec_baselines.py``), on random updates (several seeds, shapes on both sides of the block size,
+values spanning fp16's subnormal and overflow ranges).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (loaded: the float16 casts take torch's path)
+
+from bench import codec_baselines as baselines
+from fedge.protos.codecs import CodecSpec, encode_update, make_codec
+from fedge.protos.codecs import half
+from fedge.protos.codecs.quantize import BLOCK
+from fedge.protos.codecs.sparse import SAMPLE, global_top_k_positions, top_k_indices
+from fedge.protos.v1 import tensor_pb2
+
+SHAPES = {"conv": (32, 16, 3, 3), "fc": (300, 700), "big": (3 * BLOCK + 17,), "bias": (300,)}
+
+
+def _update(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: (rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, -1)).astype(np.float32) for name, shape in SHAPES.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("values", ["fp32", "q8", "fp16"])
+def test_global_topk_selects_once_and_writes_the_old_bytes(seed, values):
+    arrays = _update(seed)
+    new = encode_update(arrays, CodecSpec("topk", {"ratio": 0.01, "values": values, "scope": "global"}))
+    assert new.SerializeToString() == baselines.global_topk_update(arrays, 0.01, values).SerializeToString()
+
+
+def test_global_topk_ties_fill_the_budget_exactly():
+    arrays = {"a": np.zeros(1000, np.float32), "b": np.zeros(500, np.float32)}
+    arrays["a"][[3, 900]] = [5.0, -4.0]
+    arrays["b"][7] = 4.5
+    positions = global_top_k_positions(arrays, 10)  # 3 nonzero, 7 zeros tied at the threshold
+    assert sum(p.size for p in positions.values()) == 10
+    assert {3, 900} <= set(positions["a"].tolist()) and 7 in positions["b"]
+    assert positions["a"][:3].tolist() == [0, 1, 2]  # ties taken in order of position
+    for p in positions.values():
+        assert np.all(np.diff(p) > 0) and p.dtype == np.int64
+
+
+def test_global_topk_positions_are_each_tensors_largest():
+    arrays = _update(5)
+    positions = global_top_k_positions(arrays, 5_000)
+    for name, p in positions.items():
+        assert np.array_equal(p, top_k_indices(arrays[name].ravel(), p.size))
+
+
+def test_global_topk_rescans_when_the_sample_guesses_too_high():
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.0, 1.0, 300_000).astype(np.float32)  # distinct small magnitudes
+    stride = x.size // SAMPLE
+    x[::stride] = 10.0 + np.arange(x[::stride].size, dtype=np.float32)  # every sampled point is large
+    k = x[::stride].size + 20_000  # more than the sample's large ones: the first guess finds too few
+    positions = global_top_k_positions({"a": x[:123_456], "b": x[123_456:]}, k)
+    chosen = np.concatenate([positions["a"], positions["b"] + 123_456])
+    assert np.array_equal(chosen, np.sort(np.argpartition(x, x.size - k)[x.size - k :]))
+
+
+def _fp16_inputs() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    wide = (rng.standard_normal(50_000) * np.exp(rng.uniform(-25, 12, 50_000))).astype(np.float32)  # subnormal..overflow
+    wide[:8] = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65520.0, 6e-8, -2.9e-8]
+    with_nan = wide.copy()
+    with_nan[100] = np.nan
+    return [wide, with_nan, rng.standard_normal((64, 128)).astype(np.float32) * 1e-3, np.ones(10, np.float32)]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_fp16_casts_match_numpy_bit_for_bit(monkeypatch, torch_loaded):
+    if not torch_loaded:
+        monkeypatch.setattr(half, "loaded_torch", lambda: None)
+    codec = make_codec("fp16")
+    for x in _fp16_inputs():
+        msg = codec.encode(x, "t")
+        assert msg.data == baselines.fp16_encode(x)
+        wire = tensor_pb2.CompressedTensor.FromString(msg.SerializeToString())
+        assert np.array_equal(codec.decode(wire), baselines.fp16_decode(wire.data, x.shape), equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(4 * BLOCK + 5,), (3, 2 * BLOCK + 1), (64, 40), (0,)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fused_q8_writes_and_decodes_as_the_plain_passes(shape, per_channel):
+    x = (np.random.default_rng(4).standard_normal(shape) * 1e-2).astype(np.float32)
+    codec = make_codec(CodecSpec("q8", {"per_channel": per_channel}))
+    msg = codec.encode(x, "t")
+    old_bytes, lo, scale = baselines.uniform_encode(x, 8, per_channel)
+    assert msg.data == old_bytes
+    decoded = codec.decode(tensor_pb2.CompressedTensor.FromString(msg.SerializeToString()))
+    assert np.array_equal(decoded, baselines.uniform_decode(old_bytes, lo, scale, x.shape))

@@ -1,0 +1,69 @@
+"""``fedge-sim --help`` and configuration errors import neither torch nor any dataset
+library, and a ``backend=local`` worker imports neither the Grid, the server nor Flower.
+
+Each case runs in a fresh interpreter and lists the heavy modules loaded at its end
+(timings are in ``bench/startup.py``, not here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Loaded by a run, never by --help or a refused configuration.
+HEAVY = ("torch", "datasets", "flwr_datasets", "pandas", "scipy", "seaborn", "matplotlib", "sklearn")
+
+_SIM = """
+import json, sys
+sys.argv = ['fedge-sim', *{args!r}]
+from fedge.simulations import sim_cli
+try:
+    sim_cli.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print('RESULT ' + json.dumps({{'code': code, 'loaded': [m for m in {heavy!r} if m in sys.modules]}}))
+"""
+
+
+def _sim(args: list[str], tmp_path: Path, heavy: tuple[str, ...] = HEAVY) -> tuple[dict, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SIM.format(args=args, heavy=heavy)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    return json.loads(done.stdout.rsplit("RESULT ", 1)[1]), done.stderr
+
+
+def test_help_imports_no_torch_no_datasets_and_no_flower(tmp_path):
+    result, _ = _sim(["--help"], tmp_path, (*HEAVY, "flwr"))
+    assert result == {"code": 0, "loaded": []}
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["num_clients=1"], "num_clients"),  # fedge-sim's own check
+        (["strategy.fraction_train=2"], "strategy.fraction_train"),  # the strategy check
+        (["compression=topk", "compression.ratio=0"], "compression"),  # building the strategy's codecs
+        (["num_clientz=3"], "num_clientz"),  # an unknown key
+    ],
+)
+def test_configuration_errors_import_no_torch(tmp_path, args, key):
+    result, stderr = _sim(args, tmp_path)
+    assert result == {"code": 2, "loaded": []}
+    assert stderr.startswith(f"fedge-sim: configuration error: {key}") or key in stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_worker_entry_point_imports_no_grid_server_or_flower():
+    code = (
+        "import sys; import fedge.simulations.worker; "
+        "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith(('flwr.', 'fedge.server', 'ray'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
