@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
-from fedge.simulations.devices.fleet import profile_counts
 from fedge.tasks.base import FederatedTask, TaskData
 from fedge.tasks.custom import data_digest, describe_task
 
@@ -87,6 +86,8 @@ def assign_runtimes(train: TrainConfig, node_ids: Sequence[int], seed: int) -> d
     remainder), the rest on ``train.runtime``, dealt in a seeded shuffled order."""
     shares = {name: share for name, share in train.runtime_mix.items() if name != train.runtime}
     shares[train.runtime] = max(0.0, 1.0 - sum(shares.values()))
+    from fedge.simulations.devices.fleet import profile_counts  # here: workers import this module, not the fleet's Grid hooks
+
     names = [name for name, count in profile_counts(shares, len(node_ids)).items() for _ in range(count)]
     order = np.random.default_rng([seed, RUNTIME_STREAM]).permutation(len(names))
     return {node: names[k] for node, k in zip(sorted(node_ids), order)}

@@ -45,7 +45,7 @@ def single_to_half(array: np.ndarray) -> np.ndarray:
     if torch is None or x.dtype != np.float32 or x.size < TORCH_MIN_ELEMENTS or _has_nan(x):
         return np.ascontiguousarray(x, dtype="<f2")
     source = torch.from_numpy(np.ascontiguousarray(x).astype("=f4", copy=False))  # type: ignore[attr-defined]
-    return source.to(torch.float16).numpy().astype("<f2", copy=False)  # type: ignore[attr-defined, no-any-return]
+    return source.to(torch.float16).numpy().astype("<f2", copy=False)  # type: ignore[attr-defined]
 
 
 def half_to_single(array: np.ndarray) -> np.ndarray:
