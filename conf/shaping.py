@@ -117,7 +117,9 @@ def _shape(cfg: DictConfig, task: FederatedTask) -> Shaping:
         params = sum(p.numel() for p in model.parameters())
         teacher_params = sum(p.numel() for p in teacher.model.parameters())
         report["distill"] = {"student_params": params, "teacher_params": teacher_params}
-    shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha)
+    shaped: FederatedTask = task  # nothing changes the model's structure or loss: the task as it is
+    if ranks or schedule is not None or teacher is not None:
+        shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha)
     return Shaping(shaped, model.state_dict(), trainable, schedule, report)
 
 
