@@ -30,7 +30,7 @@ def test_numpy_device_trains_and_evaluates_a_round_without_torch():
         import numpy as np
         import fedge.client, fedge.client.client_cli, fedge.protos.codecs
         from fedge.client import EdgeClient, TrainConfig
-        from fedge.protos import config as wire_config
+        from fedge.protos import config_values as wire_config
         from fedge.protos.codecs import encode_update, decode_update
         from fedge.protos.v1 import task_pb2, tensor_pb2
         from fedge.tasks.har import HarTask
