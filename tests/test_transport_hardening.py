@@ -258,7 +258,10 @@ def test_a_1_gib_push_is_refused_at_its_header_before_a_mib_is_buffered(certs, t
         assert not reply.accepted and "unknown" in reply.reason
         assert elapsed < 10  # refused at the header, not after a gigabyte
         assert after["buffered_peak_bytes"] < 1 << 20
-        assert after["rss_bytes"] - before["rss_bytes"] < 1 << 20, (before, after)
+        # RSS moves in allocator steps of ~1 MiB whatever a call does; the server's own count
+        # above is the exact check, RSS the coarse one (buffering the payload would add ~1 GiB).
+        assert after["rss_bytes"] - before["rss_bytes"] < 4 << 20, (before, after)
+        assert after["peak_rss_bytes"] - before["peak_rss_bytes"] < 4 << 20, (before, after)  # no transient copy either
         assert node == 1000
         conn.close()
     finally:
