@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord
 from flwr_datasets.partitioner import Partitioner
 from omegaconf import DictConfig
 from rich.console import Console
 
-from fedge.conf.shaping import check_shaping, shape_experiment
+from fedge.conf.shaping import shape_experiment
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
@@ -108,7 +107,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest
     )
     recipe.use_data(data)  # small data travels to the workers: they do not load it again
-    initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed)
+    initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed) in shaping
     evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = round_config(train_cfg)
 
