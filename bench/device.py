@@ -1,6 +1,7 @@
 """The device table: each built-in task on the torch and the numpy runtime, one thread.
 
-    python -m bench.device [--reps 5] [--seeds 0 1 2] [--rounds 10] [--install]
+    python -m bench.device [--reps 5] [--seeds 0 1 2] [--rounds 10] [--install] [--device-python PY]
+    python -m bench.device --install-only   # only the fresh device venv (Python 3.10 when found)
 
 For ``digits``, ``image`` and ``har`` and each runtime, a fresh process (one BLAS/torch
 thread, as on a single-core board) loads a device's shard from an ``.npz`` file (as
@@ -21,7 +22,9 @@ one local epoch per round.
 grpcio, cryptography), records its size and distributions (no torch, no flwr), and runs
 its ``fedge-client --runtime numpy`` for one ``har`` round against a fedge server in
 this process over mTLS (``bench.client_install.run_one_round``). It needs the package
-index, and minutes.
+index, and minutes. The venv is made with ``--device-python``, by default an interpreter of
+the oldest supported Python (3.10, ``requires-python``) when the machine has one (on PATH
+or in pyenv), so the device side is measured on the oldest Python it claims.
 
 Writes ``bench/results/device.json`` and ``bench/results/device.md``.
 """
@@ -44,6 +47,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+OLDEST_PYTHON = "3.10"  # pyproject.toml's requires-python: the device venv is measured on it
 TASKS = ("digits", "image", "har")
 RUNTIMES = ("torch", "numpy")
 SHARD = 400  # examples on the device (a har subject holds ~370 windows)
@@ -161,21 +165,36 @@ def federations(seeds: list[int], rounds: int) -> dict:
     }
 
 
-def install(work: Path) -> dict:
-    """A fresh venv with only the device extra; its size; one har round over mTLS on numpy."""
+def oldest_supported_python() -> str:
+    """An interpreter of the oldest Python the package supports (``requires-python``), if
+    this machine has one (``python3.10`` on PATH, or pyenv's); else this interpreter."""
+    candidates = [shutil.which(f"python{OLDEST_PYTHON}"),
+                  *map(str, sorted(Path.home().glob(f".pyenv/versions/{OLDEST_PYTHON}.*/bin/python"), reverse=True))]
+    for candidate in filter(None, candidates):  # a pyenv shim on PATH may name a version it cannot run
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return sys.executable
+
+
+def install(work: Path, python: str) -> dict:
+    """A fresh venv of ``python`` with only the device extra; its size; one har round over
+    mTLS on numpy, the device's fedge-client running on that interpreter."""
     from bench.client_install import SERVER_ONLY, run_one_round, tree_bytes
 
     venv = work / "device-venv"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{REPO}[device]"], check=True)
     seconds = time.perf_counter() - start
     listed = json.loads(subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
                                        check=True, capture_output=True, text=True).stdout)
     names = sorted(d["name"].lower() for d in listed)
     site = next((venv / "lib").glob("python*/site-packages"))
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import platform; print(platform.python_version())"],
+                             check=True, capture_output=True, text=True).stdout.strip()
     round_report = run_one_round(venv, work, "har", ("--runtime", "numpy"))
     return {
+        "device_python": version,
         "distributions": names,
         "torch_absent": "torch" not in names,
         "flwr_absent": "flwr" not in names,
@@ -216,7 +235,8 @@ def markdown(report: dict) -> str:
         lines.append(f"\nLargest |mixed - torch| gap: {fed['max_abs_gap_mixed_vs_torch_pp']:.2f} pp.")
     inst = report.get("install")
     if inst:
-        lines += ["", f"## Fresh venv with only `fedge[device]`: {inst['site_packages_mb']:.1f} MB "
+        lines += ["", f"## Fresh Python {inst.get('device_python', '?')} venv with only `fedge[device]`: "
+                  f"{inst['site_packages_mb']:.1f} MB "
                   f"(torch absent: {inst['torch_absent']}, flwr absent: {inst['flwr_absent']}); "
                   f"its fedge-client --runtime numpy trained a har round over mTLS: exit {inst['round']['exit']}, "
                   f"ok {inst['round']['ok']}.", "", "Distributions: " + ", ".join(inst["distributions"])]
@@ -230,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="federation seeds (none: skip)")
     parser.add_argument("--rounds", type=int, default=10, help="federation rounds (one local epoch each)")
     parser.add_argument("--install", action="store_true", help="also measure a fresh fedge[device] venv (needs the index)")
+    parser.add_argument("--install-only", action="store_true",
+                        help="measure only the fresh device venv, keeping the other sections of bench/results/device.json")
+    parser.add_argument("--device-python", default=None, metavar="PYTHON",
+                        help=f"interpreter of the fresh device venv (default: a Python {OLDEST_PYTHON} if found, else this one)")
     parser.add_argument("--child", nargs=4, metavar=("TASK", "RUNTIME", "SHARD", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -239,15 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fedge-device-bench-"))
     report: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "reps": args.reps,
                     "epochs": args.epochs, "load_start": os.getloadavg()}
-    sections = [("speed", lambda: measure(args.reps, args.epochs, work))]
-    if args.seeds:
+    sections = [] if args.install_only else [("speed", lambda: measure(args.reps, args.epochs, work))]
+    if args.seeds and not args.install_only:
         sections.append(("federations", lambda: federations(args.seeds, args.rounds)))
-    if args.install:
-        sections.append(("install", lambda: install(work)))
+    if args.install_only:  # keep the other sections of the last full run; this one's load apart
+        report = {**json.loads((RESULTS / "device.json").read_text()), "install_load_start": os.getloadavg()}
+    if args.install or args.install_only:
+        python = args.device_python or oldest_supported_python()
+        sections.append(("install", lambda: install(work, python)))
     try:
         for name, run in sections:  # written after each section: a long run keeps what it measured
             report[name] = run()
-            report["load_end"] = os.getloadavg()
+            report["install_load_end" if args.install_only else "load_end"] = os.getloadavg()
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / "device.json").write_text(json.dumps(report, indent=2))
             (RESULTS / "device.md").write_text(markdown(report))

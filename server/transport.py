@@ -304,16 +304,20 @@ class FederationServicer:
             return
         assert isinstance(got, Outgoing)
         sent = 0
-        try:
-            async with asyncio.timeout(self.settings.stream_total_s):
-                for message in chunks(
-                    got.payload, got.task_id, self.settings.chunk_bytes,
-                    signature=got.signature, status=fpb.PULL_STATUS_TASK, sha256=got.sha256,
-                ):
-                    data = message.SerializeToString()
-                    await self._write(context, data)
-                    sent += len(data) + GRPC_MESSAGE_PREFIX_BYTES
-        except TimeoutError:
+
+        async def send_chunks() -> None:
+            nonlocal sent
+            for message in chunks(
+                got.payload, got.task_id, self.settings.chunk_bytes,
+                signature=got.signature, status=fpb.PULL_STATUS_TASK, sha256=got.sha256,
+            ):
+                data = message.SerializeToString()
+                await self._write(context, data)
+                sent += len(data) + GRPC_MESSAGE_PREFIX_BYTES
+
+        try:  # wait_for, not asyncio.timeout: the server runs on Python 3.10 too
+            await asyncio.wait_for(send_chunks(), self.settings.stream_total_s)
+        except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
             raise Refused(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"task transfer took longer than {self.settings.stream_total_s:g} s"
             ) from None
@@ -328,9 +332,8 @@ class FederationServicer:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "a push from this device is already in flight", flood=True)
         self._pushing.add(device)
         try:
-            async with asyncio.timeout(self.settings.stream_total_s):
-                return await self._receive(device, node_id, requests)
-        except TimeoutError:
+            return await asyncio.wait_for(self._receive(device, node_id, requests), self.settings.stream_total_s)
+        except asyncio.TimeoutError:
             raise Refused(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"update transfer took longer than {self.settings.stream_total_s:g} s"
             ) from None

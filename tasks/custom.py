@@ -151,7 +151,9 @@ def task_reference(task: FederatedTask) -> str:
 def _reduce_file_task(task: FederatedTask) -> tuple[Any, ...]:
     """Pickle a file-loaded task as (load the file, a bare instance, its state)."""
     cls = type(task)
-    return restore_task, (str(_FILES[cls.__module__]), cls.__qualname__), task.__getstate__()
+    getstate = getattr(task, "__getstate__", None)  # every object has one from Python 3.11 on
+    state = getstate() if getstate is not None else dict(vars(task))
+    return restore_task, (str(_FILES[cls.__module__]), cls.__qualname__), state
 
 
 def restore_task(file: str, qualname: str) -> FederatedTask:

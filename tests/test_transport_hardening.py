@@ -190,6 +190,32 @@ def test_one_push_in_flight_and_a_stalled_push_is_cut_at_the_idle_deadline(certs
         server.stop()
 
 
+def test_a_trickling_push_is_cut_at_the_total_deadline_and_the_server_serves_on(certs):
+    from fedge.protos.transfer import chunks
+
+    server = start_server(certs, stream_idle_s=2.0, stream_total_s=1.5)
+    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    try:
+        node = _join(conn, "1000")
+        task = _post(server, node, "t-1")
+        update = task_pb2.Update(task_id="t-1", node_id=node, metrics={"num-examples": 1.0}).SerializeToString()
+        push = conn.channel.stream_unary(SERVICE + "PushUpdate")
+        trickle = [m.SerializeToString() for m in chunks(update, "t-1", 4)]
+        assert len(trickle) >= 6  # ~0.4 s apart: every pause within the idle deadline, the whole past the total
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as cut:
+            push(_slow(trickle, 0.4), timeout=30)
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "longer than 1.5 s" in cut.value.details()
+        assert time.monotonic() - start < 3
+        assert task.answer is None  # nothing of the cut push reached the task
+        whole = [m.SerializeToString() for m in chunks(update, "t-1", 1 << 16)]
+        assert fpb.PushReply.FromString(push(iter(whole), timeout=10)).accepted
+        assert task.answer == update  # the same device, a whole push in time: served as usual
+    finally:
+        conn.close()
+        server.stop()
+
+
 def test_long_polls_are_bounded_per_device(certs):
     server = start_server(certs, max_polls_per_device=2, pull_wait_s=20.0, refusal_delay_s=0.5)
     conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
