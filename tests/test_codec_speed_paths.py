@@ -140,20 +140,22 @@ def test_error_feedback_keeps_refusing_non_finite_values():
 
 
 def _degenerate_ranges() -> list[np.ndarray]:
-    """Tensors whose 8-bit levels need the clip: a subnormal range (1 / step overflows), Inf, NaN."""
+    """Tensors whose 8-bit levels need the clip (a subnormal range: 1 / step overflows; Inf; NaN),
+    and ranges the blocked min and max leave to the plain reduction (NaN, signed zeros)."""
     rng = np.random.default_rng(7)
-    big = rng.standard_normal(2 * BLOCK + 3).astype(np.float32)
-    steps = (np.arange(2 * BLOCK + 3) % 7).astype(np.float32)
+    big = rng.standard_normal(4 * BLOCK + 3).astype(np.float32)  # long enough for the blocked min and max
+    steps = (np.arange(4 * BLOCK + 3) % 7).astype(np.float32)
     subnormal, huge_inverse = steps * np.float32(1e-40), steps * np.float32(5e-37)
     with_inf, with_nan = big.copy(), big.copy()
     with_inf[5] = np.inf
     with_nan[BLOCK + 1] = np.nan
-    constant = np.full(2 * BLOCK, 0.25, np.float32)
-    return [subnormal, huge_inverse, with_inf, with_nan, constant, np.float32([-0.0, 0.0] * BLOCK)]
+    constant = np.full(4 * BLOCK, 0.25, np.float32)
+    signed_zeros = np.float32([-0.0, 0.0, 1.0, -0.0] * (2 * BLOCK))  # min: which zero is the plain reduction's
+    return [subnormal, huge_inverse, with_inf, with_nan, constant, signed_zeros, -signed_zeros]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_q8_skips_the_clip_only_when_it_changes_nothing(index):
     x = _degenerate_ranges()[index]
     msg = make_codec("q8").encode(x, "t")

@@ -65,8 +65,7 @@ class UniformCodec(Codec):
         x = np.asarray(array, dtype=np.float32)
         channels = x.shape[0] if (self.per_channel and x.ndim >= 2 and x.size) else 1
         rows = x.reshape(channels, -1) if x.size else x.reshape(channels, 0)
-        lo = rows.min(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
-        hi = rows.max(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
+        lo, hi = _row_ranges(rows)
         levels = (1 << self.bits) - 1
         scale = ((hi - lo) / levels).astype(np.float32)
         inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0).astype(np.float32)
@@ -101,6 +100,29 @@ class UniformCodec(Codec):
             lo, scale = (_floats(p, channels, msg.name) for p in msg.parts)
         codes = bitpack.unpack(msg.data, n, bits).reshape(channels, -1)
         return _levels_to_values(codes, lo, scale).reshape(shape).astype(dtype, copy=False)
+
+
+def _row_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's minimum and maximum (zeros for empty rows). One long row (a tensor
+    quantised as a whole) is reduced block by block, min and max while the block is in
+    cache; where that gives a zero (``-0.0`` or ``0.0``: which one the reduction
+    returns depends on its order) or NaN (which payload), the plain reduction decides."""
+    if not rows.shape[1]:
+        return np.zeros(rows.shape[0], np.float32), np.zeros(rows.shape[0], np.float32)
+    if rows.shape[0] > 1 or rows.shape[1] < 4 * BLOCK:
+        return rows.min(axis=1), rows.max(axis=1)
+    row = rows[0]
+    blocks = range(0, row.size, BLOCK)
+    mins, maxs = np.empty(len(blocks), rows.dtype), np.empty(len(blocks), rows.dtype)
+    for i, start in enumerate(blocks):
+        block = row[start : start + BLOCK]
+        mins[i], maxs[i] = block.min(), block.max()
+    lo, hi = mins.min(keepdims=True), maxs.max(keepdims=True)
+    if not lo[0] != 0:
+        lo = rows.min(axis=1)
+    if not hi[0] != 0:
+        hi = rows.max(axis=1)
+    return lo, hi
 
 
 def _nearest_levels(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int) -> np.ndarray:
