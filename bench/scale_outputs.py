@@ -42,7 +42,7 @@ def synthetic_results(num_clients: int, rounds: int = 10, profiled: bool = False
     clients: dict[str, dict[str, Any]] = {}
     for i, node in enumerate(nodes.tolist()):
         failures = int(rng.random() < 0.02)
-        client = {"uplink_bytes": int(up[i]), "downlink_bytes": int(down[i]), "tasks": rounds,
+        client: dict[str, Any] = {"uplink_bytes": int(up[i]), "downlink_bytes": int(down[i]), "tasks": rounds,
                   "replies": rounds - failures, "failures": failures, "compute_s": float(rng.gamma(2.0, 0.05) * rounds)}
         if profiled:
             client.update(profile=["phone", "wearable", "gateway"][i % 3], sim_busy_s=float(rng.gamma(2.0, 3.0)),

@@ -48,13 +48,13 @@ class UplinkEncoder:
             dense_below=plan.dense_below,
         )
         if plan.error_feedback:  # residual = corrected - what the server decodes, in place where possible
-            residual = {
+            remaining = {
                 k: v if k in reused else np.array(v, copy=True)
                 for k, v in corrected.items()
                 if np.issubdtype(v.dtype, np.floating)
             }
-            subtract_decoded(update, residual)
-            self.residual = residual
+            subtract_decoded(update, remaining)
+            self.residual = remaining
         else:
             self.residual = {}
         return update
