@@ -12,7 +12,7 @@ with stderr captured and passes its warnings on.
 
 Scale: each ``load_partition`` builds a Hugging Face ``Dataset`` view (a few
 milliseconds), so reading 10,000 partitions one by one takes tens of seconds. Partitions
-are read back through Arrow (no per-row Python objects: about twice as fast), and ``IidPartitioner``
+are read back through Arrow (no per-row Python objects), and ``IidPartitioner``
 (exactly that class) takes a numpy path: its partitions are ``Dataset.shard(n, i,
 contiguous=True)``, consecutive runs of indices whose sizes differ by at most one, the
 first ``len % n`` one longer, which is ``np.array_split`` of the index range
