@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.runner
 	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.codec_speed
+	$(BIN)/python -m bench.scale_outputs
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.client
 	$(BIN)/python -m bench.ceiling

@@ -66,3 +66,11 @@ def uniform_decode(codes: bytes, lo: np.ndarray, scale: np.ndarray, shape: tuple
     q *= scale[:, None]
     q += lo[:, None]
     return q.reshape(shape)
+
+
+def feedback_residual(corrected: Mapping[str, np.ndarray], update: tensor_pb2.CompressedUpdate) -> dict[str, np.ndarray]:
+    """Error feedback's residual as first written: decode the whole update densely, subtract."""
+    from fedge.protos.codecs import decode_update
+
+    sent = decode_update(update)
+    return {name: corrected[name] - sent[name] for name in corrected}

@@ -7,13 +7,19 @@ takes (``np.copyto`` into a buffer written once before, so no page faults): a co
 plain ones they replaced (``bench/codec_baselines.py``), alternating, so both see the
 same machine load:
 
-- fp16 dense: torch's F16C casts vs numpy's casts;
-- q8 (8-bit uniform, per tensor): fused blocked passes vs full-size passes;
+- fp16 dense, numpy only (a process without torch, e.g. the numpy device runtime):
+  the integer cast in cached blocks and the table lookup back vs numpy's casts;
+- fp16 dense in a process that has torch loaded: torch's F16C casts vs numpy's casts;
+- q8 (8-bit uniform, per tensor): fused blocked passes straight into the payload vs
+  full-size passes;
 - global top-1% + error feedback (``UplinkEncoder``, values in 8 bits): one selection
-  vs a selection for the counts and another per tensor.
+  and a residual updated at the kept positions only vs a selection for the counts,
+  another per tensor, and a dense decode subtracted from the whole update.
 
 Writes ``bench/results/codec_speed.{json,md}``: min and median seconds of each side, the
-fraction of memcpy bandwidth (from the minima) and the 1-minute load average.
+fraction of memcpy bandwidth (minimum over minimum, and median over median; by the wall
+clock and by the process's CPU time, which on a shared machine leaves out the time
+other jobs held the core) and the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,7 +42,7 @@ import torch
 from bench import codec_baselines as baselines
 from bench import results_files
 from fedge.client.uplink import UplinkEncoder
-from fedge.protos.codecs import CodecSpec, decode_update, make_codec
+from fedge.protos.codecs import CodecSpec, decode_update, half, make_codec
 from fedge.protos.codecs.plan import UplinkPlan
 
 #: tensor name -> shape; 11,000,000 elements in all, a few large layers and small ones
@@ -50,6 +57,17 @@ def _update(seed: int = 0) -> dict[str, np.ndarray]:
 
 def _flat(update: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([a.ravel() for a in update.values()])
+
+
+@contextlib.contextmanager
+def _without_torch() -> Iterator[None]:
+    """Run the float16 casts as a process without torch does (torch is loaded here for the other rows)."""
+    loaded = half.loaded_torch
+    half.loaded_torch = lambda: None
+    try:
+        yield
+    finally:
+        half.loaded_torch = loaded
 
 
 def _ef_old(update: dict[str, np.ndarray], residual: dict[str, np.ndarray]) -> None:
@@ -71,6 +89,10 @@ def cases(update: dict[str, np.ndarray]) -> dict[str, tuple[Callable[[], object]
     def fp16_new() -> None:
         fp16.decode(fp16.encode(flat, "t"))
 
+    def fp16_numpy_only() -> None:
+        with _without_torch():
+            fp16.decode(fp16.encode(flat, "t"))
+
     def fp16_old() -> None:
         baselines.fp16_decode(baselines.fp16_encode(flat), flat.shape)
 
@@ -84,10 +106,24 @@ def cases(update: dict[str, np.ndarray]) -> dict[str, tuple[Callable[[], object]
     plan = UplinkPlan(TOPK, error_feedback=True, dense_below=0, fallback="q8")
     encoder, residual = UplinkEncoder(), dict[str, np.ndarray]()
     return {
-        "fp16 (encode + decode)": (fp16_new, fp16_old),
+        "fp16, numpy only (encode + decode)": (fp16_numpy_only, fp16_old),
+        "fp16, torch loaded (encode + decode)": (fp16_new, fp16_old),
         "q8 per tensor (encode + decode)": (q8_new, q8_old),
         "global top-1% + q8 values + error feedback": (lambda: _ef_new(update, encoder, plan), lambda: _ef_old(update, residual)),
     }
+
+
+def _timed(fn: Callable[[], object], wall: list[float], cpu: list[float]) -> None:
+    """Run ``fn`` once; append its wall-clock and its CPU seconds (user + system, page faults included)."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    cpu.append(time.process_time() - start_cpu)
+    wall.append(time.perf_counter() - start_wall)
+
+
+def _fractions(memcpy: list[float], side: list[float]) -> tuple[float, float]:
+    """memcpy time over the side's time: min over min, median over median."""
+    return min(memcpy) / min(side), statistics.median(memcpy) / statistics.median(side)
 
 
 def measure(repeats: int) -> dict:
@@ -96,38 +132,43 @@ def measure(repeats: int) -> dict:
     flat = _flat(update)
     buffer = np.empty_like(flat)
     np.copyto(buffer, flat)  # touch the pages once
-    memcpy = []
     table = cases(update)
-    times: dict[str, dict[str, list[float]]] = {label: {"fast": [], "plain": []} for label in table}
-    for _ in range(repeats):  # alternate: memcpy, then each case's fast and plain side in turn
-        start = time.perf_counter()
-        np.copyto(buffer, flat)
-        memcpy.append(time.perf_counter() - start)
+    clocks = ("wall", "cpu")
+    memcpy: dict[str, list[float]] = {clock: [] for clock in clocks}
+    times = {label: {side: {clock: list[float]() for clock in clocks} for side in ("fast", "plain")} for label in table}
+    for _ in range(repeats):  # alternate: a memcpy before each case's fast and plain side
         for label, (fast, plain) in table.items():
             for side, fn in (("fast", fast), ("plain", plain)):
-                start = time.perf_counter()
-                fn()
-                times[label][side].append(time.perf_counter() - start)
+                _timed(lambda: np.copyto(buffer, flat), memcpy["wall"], memcpy["cpu"])
+                _timed(fn, times[label][side]["wall"], times[label][side]["cpu"])
     fresh = []
     for _ in range(repeats):
         start = time.perf_counter()
         flat.copy()
         fresh.append(time.perf_counter() - start)
-    copy_s = min(memcpy)
     rows = {}
     for label, sides in times.items():
+        wall = {side: v["wall"] for side, v in sides.items()}
         rows[label] = {
-            **{f"{side}_s_{stat}": fn(v) for side, v in sides.items() for stat, fn in (("min", min), ("median", statistics.median))},
-            "fast_fraction_of_memcpy": copy_s / min(sides["fast"]),
-            "plain_fraction_of_memcpy": copy_s / min(sides["plain"]),
-            "speedup_min": min(sides["plain"]) / min(sides["fast"]),
-            "speedup_median": statistics.median(sides["plain"]) / statistics.median(sides["fast"]),
+            **{f"{side}_s_{stat}": fn(v) for side, v in wall.items() for stat, fn in (("min", min), ("median", statistics.median))},
+            **{f"{side}_cpu_s_{stat}": fn(v["cpu"]) for side, v in sides.items() for stat, fn in (("min", min), ("median", statistics.median))},
+            "fast_fraction_of_memcpy": _fractions(memcpy["wall"], wall["fast"])[0],
+            "fast_fraction_of_memcpy_median": _fractions(memcpy["wall"], wall["fast"])[1],
+            "fast_fraction_of_memcpy_cpu": _fractions(memcpy["cpu"], sides["fast"]["cpu"])[0],
+            "fast_fraction_of_memcpy_cpu_median": _fractions(memcpy["cpu"], sides["fast"]["cpu"])[1],
+            "plain_fraction_of_memcpy": _fractions(memcpy["wall"], wall["plain"])[0],
+            "plain_fraction_of_memcpy_cpu": _fractions(memcpy["cpu"], sides["plain"]["cpu"])[0],
+            "speedup_min": min(wall["plain"]) / min(wall["fast"]),
+            "speedup_median": statistics.median(wall["plain"]) / statistics.median(wall["fast"]),
         }
+    copy_s = min(memcpy["wall"])
     return {
         "elements": int(flat.size),
         "bytes": int(flat.nbytes),
         "memcpy_s_min": copy_s,
-        "memcpy_s_median": statistics.median(memcpy),
+        "memcpy_s_median": statistics.median(memcpy["wall"]),
+        "memcpy_cpu_s_min": min(memcpy["cpu"]),
+        "memcpy_cpu_s_median": statistics.median(memcpy["cpu"]),
         "memcpy_gb_per_s": flat.nbytes / copy_s / 1e9,
         "copy_to_new_array_s_min": min(fresh),  # memcpy plus the page faults of fresh memory
         "codecs": rows,
@@ -141,17 +182,25 @@ def markdown(result: dict) -> str:
         f"One core, an update of {result['elements']:,} float32 elements ({result['bytes'] / 1e6:.0f} MB). memcpy: "
         f"{1000 * result['memcpy_s_min']:.1f} ms min ({result['memcpy_gb_per_s']:.1f} GB/s); a copy into a new array (page faults included, as every decoder that returns "
         f"a new array pays them) {1000 * result['copy_to_new_array_s_min']:.1f} ms. Each row is encode + "
-        f"decode; fast and plain sides alternate, {result['repeats']} runs each. Command: `{result['command']}`.",
+        f"decode; fast and plain sides alternate, each after a memcpy, {result['repeats']} runs each. "
+        f"Command: `{result['command']}`.",
+        "",
+        "% of memcpy = memcpy time / codec time, min over min (median over median), by the wall clock and by "
+        "the process's CPU time (user + system, so page faults count; on a shared machine the CPU time "
+        "leaves out the time other jobs held the core).",
         "",
         *results_files.load_note(result["machine"]),
-        "| codec | fast min / median (ms) | plain min / median (ms) | fast, % of memcpy | plain, % of memcpy | speed-up (min / median) |",
-        "|---|---|---|---|---|---|",
+        "| codec | fast min / median (ms) | plain min / median (ms) | fast, % of memcpy: wall (min / median) | "
+        "fast, % of memcpy: CPU (min / median) | plain, % of memcpy: wall / CPU | speed-up (min / median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in result["codecs"].items():
         lines.append(
             f"| {label} | {1000 * r['fast_s_min']:.0f} / {1000 * r['fast_s_median']:.0f} | "
-            f"{1000 * r['plain_s_min']:.0f} / {1000 * r['plain_s_median']:.0f} | {100 * r['fast_fraction_of_memcpy']:.1f}% | "
-            f"{100 * r['plain_fraction_of_memcpy']:.1f}% | {r['speedup_min']:.2f}x / {r['speedup_median']:.2f}x |"
+            f"{1000 * r['plain_s_min']:.0f} / {1000 * r['plain_s_median']:.0f} | {100 * r['fast_fraction_of_memcpy']:.1f}% / "
+            f"{100 * r['fast_fraction_of_memcpy_median']:.1f}% | {100 * r['fast_fraction_of_memcpy_cpu']:.1f}% / "
+            f"{100 * r['fast_fraction_of_memcpy_cpu_median']:.1f}% | {100 * r['plain_fraction_of_memcpy']:.1f}% / "
+            f"{100 * r['plain_fraction_of_memcpy_cpu']:.1f}% | {r['speedup_min']:.2f}x / {r['speedup_median']:.2f}x |"
         )
     lines += ["", "The fast paths write the same bytes and decode the same values as the plain ones "
               "(`tests/test_codec_speed_paths.py`)."]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedge.protos.codecs import decode_update, encode_update
+from fedge.protos.codecs import encode_update, subtract_decoded
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 
@@ -47,13 +47,14 @@ class UplinkEncoder:
             fallback=plan.fallback,
             dense_below=plan.dense_below,
         )
-        if plan.error_feedback:
-            sent = decode_update(update)
-            self.residual = {
-                k: np.subtract(corrected[k], sent[k], out=corrected[k]) if k in reused else corrected[k] - sent[k]
-                for k in corrected
-                if np.issubdtype(corrected[k].dtype, np.floating)
+        if plan.error_feedback:  # residual = corrected - what the server decodes, in place where possible
+            remaining = {
+                k: v if k in reused else np.array(v, copy=True)
+                for k, v in corrected.items()
+                if np.issubdtype(v.dtype, np.floating)
             }
+            subtract_decoded(update, remaining)
+            self.residual = remaining
         else:
             self.residual = {}
         return update

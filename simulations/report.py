@@ -8,12 +8,15 @@ report compares all runs given:
 - ``accuracy_vs_uplink.png``: the same against cumulative uplink megabytes (what a
   compression codec buys);
 - ``clients.png``: bytes each client sent and received over the run, and the
-  training seconds each client reported (measured compute on this machine);
+  training seconds each client reported (measured compute on this machine): a bar per
+  client, or above ``max_client_bars`` clients their distribution;
+- ``clients.csv``: every client's totals, one row per run and client;
 - ``accuracy_vs_sim_time.png`` (runs with device profiles, ``device=...``): accuracy
   against cumulative simulated round time (time to accuracy on the simulated fleet);
 - ``report.md``: a summary table of all runs, the plots, and per run a table of its
   rounds and one of its clients (with simulated seconds, joules, stragglers and
-  offline devices when the run had device profiles).
+  offline devices when the run had device profiles); above ``max_client_bars``
+  clients, percentiles over the clients and the top ``top_n`` instead.
 
 Runs are labelled by what they are (``digits/fedavg/topk qat8 dev=phone``: task,
 strategy, codec, QAT bits, device profiles) and any other config value that differs
@@ -30,14 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.simulations import report_clients
+from fedge.simulations.report_clients import KB, MAX_CLIENT_BARS, TOP_N
+
 MB = 1e6
-KB = 1e3
 #: Config keys that never tell runs apart.
 IGNORED_KEYS = {"progress", "verbose"}
+#: Every client's row, one per run and client (written for every report).
+CLIENTS_CSV = "clients.csv"
 PLOTS = {
     "accuracy_vs_round": "accuracy vs round",
     "accuracy_vs_uplink": "accuracy vs cumulative uplink MB",
-    "clients": "per-client bytes and compute seconds",
+    "clients": "per-client bytes and compute seconds",  # bars, or distributions over many clients
     "accuracy_vs_sim_time": "accuracy vs cumulative simulated round time",
 }
 
@@ -231,42 +238,21 @@ def plot_accuracy_vs_sim_time(runs: Sequence[Run], path: Path) -> Path:
                          lambda run: run.cumulative_sim_s() if run.simulated else [])
 
 
-#: The panels of ``clients.png``: (per-client field, scale to KB, y label, title). All on log scales.
-CLIENT_PANELS = (
-    ("uplink_bytes", 1 / KB, "uplink KB", "bytes each client sent over the run (serialised updates)"),
-    ("downlink_bytes", 1 / KB, "downlink KB", "bytes each client received (serialised tasks)"),
-    ("compute_s", 1.0, "seconds",
-     "training seconds per client (measured on this machine; simulated device time: report.md)"),
-)
+def clients_figure(runs: Sequence[Run], max_client_bars: int = MAX_CLIENT_BARS) -> Any:
+    """The figure of ``clients.png``: one bar per client, or the distributions over clients
+    when a run has more than ``max_client_bars`` (:mod:`fedge.simulations.report_clients`)."""
+    if report_clients.is_large(runs, max_client_bars):
+        fig = _figure(8.0, 9.0)
+        report_clients.plot_distributions(fig, runs, _legend_below)
+    else:
+        fig = _figure(9.0, 8.0)
+        report_clients.plot_bars(fig, runs, _legend_below)
+    return fig
 
 
-def plot_clients(runs: Sequence[Run], path: Path) -> Path:
-    """Grouped bars per client: uplink KB, downlink KB, training seconds; one bar colour per run.
-
-    All three panels use a log y axis (compression makes uplink bytes differ 100x
-    between runs; one scale for all panels so heights read alike).
-    """
-    fig = _figure(9.0, 8.0)
-    axes = fig.subplots(len(CLIENT_PANELS), 1, sharex=True)
-    nodes = sorted({int(n) for run in runs for n in run.results.get("clients", {})})
-    width = 0.8 / max(len(runs), 1)
-    for i, run in enumerate(runs):
-        clients = run.results.get("clients", {})
-        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(nodes))]
-        per_node = [clients.get(str(n), {}) for n in nodes]
-        for ax, (field, scale, _, _) in zip(axes, CLIENT_PANELS):
-            ax.bar(xs, [c.get(field, 0) * scale for c in per_node], width, label=run.label)
-    for ax, (_, _, ylabel, title) in zip(axes, CLIENT_PANELS):
-        ax.set(ylabel=f"{ylabel} (log)", yscale="log", title=title)
-        heights = [b.get_height() for b in ax.patches if b.get_height() > 0]
-        if heights:
-            ax.set_ylim(min(heights) / 3, max(heights) * 3)
-        ax.grid(alpha=0.3, axis="y")
-    axes[-1].set_xlabel("client (node id)")
-    axes[-1].set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")
-    if nodes:
-        _legend_below(fig, axes[0], len(runs))
-    return _save(fig, path)
+def plot_clients(runs: Sequence[Run], path: Path, max_client_bars: int = MAX_CLIENT_BARS) -> Path:
+    """Write :func:`clients_figure` to ``path``."""
+    return _save(clients_figure(runs, max_client_bars), path)
 
 
 def _summary_row(run: Run, simulated: bool) -> list[str]:
@@ -300,23 +286,20 @@ def simulated_cells(rounds: Sequence[dict[str, Any]]) -> list[str]:
 SIMULATED_COLUMNS = ["sim s", "energy J", "stragglers", "offline"]
 
 
-def _client_row(node: str, c: dict[str, Any], profiled: bool) -> list[str]:
-    row = [node, f"{c.get('uplink_bytes', 0) / KB:.1f}", f"{c.get('downlink_bytes', 0) / KB:.1f}",
-           str(c.get("replies", 0)), str(c.get("failures", 0)), f"{c.get('compute_s', 0.0):.2f}"]
-    if profiled:
-        row += [str(c.get("profile", "-")), f"{c.get('sim_busy_s', 0.0):.2f}", f"{c.get('energy_j', 0.0):.3f}",
-                str(c.get("stragglers", 0)), str(c.get("unavailable", 0))]
-    return row
-
-
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str:
-    """The report text; image and run paths are relative to ``out_dir``."""
+def markdown(
+    runs: Sequence[Run], images: dict[str, Path], out_dir: Path, max_client_bars: int = MAX_CLIENT_BARS, top_n: int = TOP_N
+) -> str:
+    """The report text; image and run paths are relative to ``out_dir``. Runs with more than
+    ``max_client_bars`` clients get percentiles and the ``top_n`` clients instead of a row
+    per client (all rows: ``clients.csv``)."""
+    large = report_clients.is_large(runs, max_client_bars)
+    csv_name = CLIENTS_CSV
     parts = ["# fedge report", ""]
     simulated = any(r.simulated for r in runs)
     header = ["run", "rounds", "final acc", "best acc", "uplink MB", "downlink MB", "failed", "wall s"]
@@ -347,25 +330,27 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
                 ),
             )
         )
-        clients = run.results.get("clients", {})
-        if clients:
-            profiled = any("profile" in c for c in clients.values())
-            header = ["client", "uplink KB", "downlink KB", "replies", "failures", "compute s"]
-            if profiled:
-                header += ["profile", "sim s", "energy J", "stragglers", "offline"]
-            parts += ["", "Per client (whole run):", ""]
-            parts.append(
-                _table(header, (_client_row(n, c, profiled) for n, c in sorted(clients.items(), key=lambda item: int(item[0]))))
-            )
+        parts += report_clients.markdown_section(run, large, top_n, csv_name, _table)
         parts.append("")
     return "\n".join(parts)
 
 
-def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) -> Path:
-    """Write the plots and ``report.md`` for the runs below ``paths``; return the report path.
+def make_report(
+    paths: Iterable[Path | str],
+    out_dir: Path | str | None = None,
+    *,
+    max_client_bars: int = MAX_CLIENT_BARS,
+    top_n: int = TOP_N,
+) -> Path:
+    """Write the plots, ``clients.csv`` and ``report.md`` for the runs below ``paths``;
+    return the report path.
 
     ``out_dir`` defaults to the one directory given, or the common parent of several.
+    Above ``max_client_bars`` clients in a run the client plot and tables show
+    distributions and the ``top_n`` clients (:mod:`fedge.simulations.report_clients`).
     """
+    if max_client_bars < 0 or top_n < 1:
+        raise ValueError(f"max_client_bars must be >= 0 and top_n >= 1, got {max_client_bars} and {top_n}")
     dirs = [Path(p) for p in paths]
     if not dirs:
         raise ValueError("no run directory given")
@@ -377,10 +362,11 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
     images = {
         "accuracy_vs_round": plot_accuracy_vs_round(runs, out_dir / "accuracy_vs_round.png"),
         "accuracy_vs_uplink": plot_accuracy_vs_uplink(runs, out_dir / "accuracy_vs_uplink.png"),
-        "clients": plot_clients(runs, out_dir / "clients.png"),
+        "clients": plot_clients(runs, out_dir / "clients.png", max_client_bars),
     }
+    report_clients.write_csv(runs, out_dir / CLIENTS_CSV)
     if any(run.simulated for run in runs):
         images["accuracy_vs_sim_time"] = plot_accuracy_vs_sim_time(runs, out_dir / "accuracy_vs_sim_time.png")
     report = out_dir / "report.md"
-    report.write_text(markdown(runs, images, out_dir))
+    report.write_text(markdown(runs, images, out_dir, max_client_bars, top_n))
     return report

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedge.simulations.report import make_report
+from fedge.simulations.report_clients import MAX_CLIENT_BARS, TOP_N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,9 +17,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedge-report", description="Plots and a markdown report of fedge-sim runs.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (with results.json) or directories above them")
     parser.add_argument("-o", "--out", type=Path, default=None, help="where to write (default: the run or sweep directory)")
+    parser.add_argument(
+        "--max-client-bars", type=int, default=MAX_CLIENT_BARS, metavar="N",
+        help=f"above N clients in a run, show distributions and the top clients instead of a bar and a row per client "
+        f"(every client stays in clients.csv; default {MAX_CLIENT_BARS})",
+    )
+    parser.add_argument("--top", type=int, default=TOP_N, metavar="N", help=f"clients per top-N table (default {TOP_N})")
     args = parser.parse_args(argv)
     try:
-        report = make_report(args.runs, args.out)
+        report = make_report(args.runs, args.out, max_client_bars=args.max_client_bars, top_n=args.top)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"fedge-report: {exc}", file=sys.stderr)
         return 2

@@ -97,3 +97,82 @@ def test_fused_q8_writes_and_decodes_as_the_plain_passes(shape, per_channel):
     assert msg.data == old_bytes
     decoded = codec.decode(tensor_pb2.CompressedTensor.FromString(msg.SerializeToString()))
     assert np.array_equal(decoded, baselines.uniform_decode(old_bytes, lo, scale, x.shape))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CodecSpec("topk", {"ratio": 0.01, "values": "q8", "scope": "global"}),
+        CodecSpec("topk", {"ratio": 0.05, "values": "fp16"}),
+        CodecSpec("q4"),
+        CodecSpec("sign"),
+    ],
+)
+def test_error_feedback_residual_is_the_dense_decode_subtracted(spec):
+    """UplinkEncoder subtracts only the kept positions of a sparse update, in place: same bits as decoding densely."""
+    from fedge.client.uplink import UplinkEncoder
+    from fedge.protos.codecs.plan import UplinkPlan
+
+    plan = UplinkPlan(spec, error_feedback=True, dense_below=256, fallback="q8")
+    encoder = UplinkEncoder()
+    residual: dict[str, np.ndarray] = {}
+    for round_ in range(4):
+        delta = _update(10 + round_)
+        corrected = {k: v + residual[k] if k in residual else v for k, v in delta.items()}
+        update = encoder.encode(delta, plan, base_round=round_)
+        expected = encode_update(corrected, spec, base_round=round_, fallback="q8", dense_below=256)
+        assert update.SerializeToString() == expected.SerializeToString()
+        residual = baselines.feedback_residual(corrected, expected)
+        assert residual.keys() == encoder.residual.keys()
+        for name, value in residual.items():
+            assert encoder.residual[name].tobytes() == value.tobytes(), name
+
+
+def test_error_feedback_keeps_refusing_non_finite_values():
+    from fedge.client.uplink import UplinkEncoder
+    from fedge.protos.codecs import NonFiniteError
+    from fedge.protos.codecs.plan import UplinkPlan
+
+    delta = {"w": np.full(1000, 1e30, np.float32)}  # fp16 values overflow to Inf
+    plan = UplinkPlan(CodecSpec("topk", {"ratio": 0.1, "values": "fp16"}), error_feedback=True)
+    with pytest.raises(NonFiniteError):
+        UplinkEncoder().encode(delta, plan, base_round=0)
+
+
+def _degenerate_ranges() -> list[np.ndarray]:
+    """Tensors whose 8-bit levels need the clip (a subnormal range: 1 / step overflows; Inf; NaN),
+    and ranges the blocked min and max leave to the plain reduction (NaN, signed zeros)."""
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal(4 * BLOCK + 3).astype(np.float32)  # long enough for the blocked min and max
+    steps = (np.arange(4 * BLOCK + 3) % 7).astype(np.float32)
+    subnormal, huge_inverse = steps * np.float32(1e-40), steps * np.float32(5e-37)
+    with_inf, with_nan = big.copy(), big.copy()
+    with_inf[5] = np.inf
+    with_nan[BLOCK + 1] = np.nan
+    constant = np.full(4 * BLOCK, 0.25, np.float32)
+    signed_zeros = np.float32([-0.0, 0.0, 1.0, -0.0] * (2 * BLOCK))  # min: which zero is the plain reduction's
+    return [subnormal, huge_inverse, with_inf, with_nan, constant, signed_zeros, -signed_zeros]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("index", range(7))
+def test_q8_skips_the_clip_only_when_it_changes_nothing(index):
+    x = _degenerate_ranges()[index]
+    msg = make_codec("q8").encode(x, "t")
+    assert msg.data == baselines.uniform_encode(x, 8, False)[0]
+    _, lo, scale = baselines.uniform_encode(x, 8, False)
+    assert np.float32(list(msg.floats)).tobytes() == np.concatenate([lo, scale]).tobytes()
+
+
+def test_fp16_integer_cast_matches_numpy_over_the_float32_range(monkeypatch):
+    """numpy-only path (no torch): a spread of all 2**32 bit patterns, and every fp16 pattern back."""
+    monkeypatch.setattr(half, "loaded_torch", lambda: None)
+    patterns = np.arange(0, 1 << 32, 4093, dtype=np.uint64).astype(np.uint32)  # every exponent, many mantissas
+    ties = (np.arange(1, 1 << 16, dtype=np.uint32) << 13) | np.uint32(0x1000)  # exactly half an fp16 step above
+    bits = np.concatenate([patterns, ties, ties | np.uint32(0x8000_0000), ties + np.uint32(0x1000)])
+    x = bits.view(np.float32)
+    with np.errstate(all="ignore"):
+        expected = x.astype("<f2")
+    assert half.single_to_half(x).view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
+    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view("<f2")
+    assert half.half_to_single(every_half).tobytes() == every_half.astype(np.float32).tobytes()

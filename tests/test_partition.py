@@ -68,3 +68,45 @@ def test_partitioner_warnings_still_reach_the_user(labels):
 
     with pytest.warns(UserWarning, match="will NOT be used"):
         partition_indices(labels, PathologicalPartitioner(5, "label", 2, seed=0))
+
+
+def _flwr_partitions(labels, partitioner):
+    """The partitions read from flwr-datasets one by one, as fedge first read them."""
+    from datasets import Dataset
+
+    partitioner.dataset = Dataset.from_dict({"label": np.asarray(labels), "idx": np.arange(len(labels))})
+    return [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(partitioner.num_partitions)]
+
+
+@pytest.mark.parametrize("examples, clients", [(1797, 10), (1797, 7), (1000, 1000), (5003, 64), (60, 59)])
+def test_iid_numpy_path_gives_flwr_datasets_partitions(examples, clients):
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = np.arange(examples) % 10
+    fast = partition_indices(labels, IidPartitioner(clients))
+    slow = _flwr_partitions(labels, IidPartitioner(clients))
+    assert len(fast) == clients
+    assert all(f.dtype == np.int64 and np.array_equal(f, s) for f, s in zip(fast, slow))
+
+
+def test_iid_numpy_path_names_empty_partitions():
+    from flwr_datasets.partitioner import IidPartitioner
+
+    with pytest.raises(ValueError, match=r"partitions \[50, 51, .* and 30 more\] are empty"):
+        partition_indices(np.zeros(50, dtype=np.int64), IidPartitioner(100))
+
+
+@pytest.mark.parametrize("name", ["dirichlet", "pathological"])
+def test_partitions_read_through_arrow_are_the_ones_flwr_datasets_returns(make_cfg, labels, name):
+    fast = partition_indices(labels, build(make_cfg, [f"partition={name}", "num_clients=10"]))
+    slow = _flwr_partitions(labels, build(make_cfg, [f"partition={name}", "num_clients=10"]))
+    assert len(fast) == len(slow) == 10
+    assert all(f.dtype == np.int64 and np.array_equal(f, s) for f, s in zip(fast, slow))
+
+
+def test_ten_thousand_iid_clients_cover_every_example_once():
+    from flwr_datasets.partitioner import IidPartitioner
+
+    parts = partition_indices(np.arange(60_000) % 10, IidPartitioner(10_000))
+    assert len(parts) == 10_000 and {len(p) for p in parts} == {6}
+    assert np.array_equal(np.concatenate(parts), np.arange(60_000))

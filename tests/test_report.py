@@ -126,3 +126,51 @@ def test_make_report_rejects_runs_without_rounds(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"config": {}, "rounds": []}))
     with pytest.raises(ValueError, match="no rounds"):
         make_report([tmp_path])
+
+
+def test_a_ten_thousand_client_run_gets_distributions_top_n_and_a_csv(tmp_path):
+    """Issue 16: above `max_client_bars` clients, no bar and no table row per client; every client in clients.csv."""
+    import csv
+
+    from bench.scale_outputs import write_run
+    from fedge.simulations.report import clients_figure, load_runs
+
+    run = write_run(tmp_path / "big", 10_000, profiled=True)
+    report = make_report([run], tmp_path / "out", max_client_bars=50, top_n=7)
+    results = json.loads((run / "results.json").read_text())
+    with (tmp_path / "out" / "clients.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10_000 and {r["client"] for r in rows} == set(results["clients"])
+    first = results["clients"][rows[0]["client"]]
+    assert int(rows[0]["uplink_bytes"]) == first["uplink_bytes"] and rows[0]["profile"] == first["profile"]
+    text = report.read_text()
+    assert "Per client (whole run)" not in text and "[clients.csv](clients.csv)" in text
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and line.split(" | ")[0][2:] in results["clients"]]
+    assert len(table_rows) == 3 * 7  # top 7 by uplink bytes, by training seconds, by joules; nothing else per client
+    biggest = max(results["clients"].items(), key=lambda item: item[1]["uplink_bytes"])
+    assert f"| {biggest[0]} | {biggest[1]['uplink_bytes'] / 1e3:.1f} |" in text
+    for row in ("| min |", "| p50 |", "| p99 |", "| max |", "| mean |"):
+        assert row in text
+    figure = clients_figure(load_runs([run]), max_client_bars=50)
+    assert all(len(ax.patches) == 0 and len(ax.lines) == 1 for ax in figure.axes)  # one distribution curve, no bars
+    assert_real_png(tmp_path / "out" / "clients.png")
+
+
+def test_few_clients_keep_a_bar_and_a_row_each(tmp_path):
+    from bench.scale_outputs import write_run
+    from fedge.simulations.report import clients_figure, load_runs
+
+    run = write_run(tmp_path / "small", 12)
+    text = make_report([run], tmp_path / "out", max_client_bars=12).read_text()
+    assert "Per client (whole run)" in text and "Top " not in text
+    assert len((tmp_path / "out" / "clients.csv").read_text().splitlines()) == 13
+    figure = clients_figure(load_runs([run]), max_client_bars=12)
+    assert [len(ax.patches) for ax in figure.axes] == [12, 12, 12]
+
+
+def test_fedge_report_refuses_a_bad_top_n(tmp_path):
+    from bench.scale_outputs import write_run
+
+    run = write_run(tmp_path / "r", 3)
+    proc = subprocess.run([str(BIN / "fedge-report"), str(run), "--top", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "top_n" in proc.stderr and "Traceback" not in proc.stderr

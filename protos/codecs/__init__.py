@@ -14,7 +14,7 @@ from fedge.protos.codecs.errors import (
     ShapeMismatchError,
     UnknownCodecError,
 )
-from fedge.protos.codecs.update import decode_update, encode_update, parse_update, payload_bytes
+from fedge.protos.codecs.update import decode_update, encode_update, parse_update, payload_bytes, subtract_decoded
 
 __all__ = [
     "Codec",
@@ -33,4 +33,5 @@ __all__ = [
     "parse_update",
     "payload_bytes",
     "register",
+    "subtract_decoded",
 ]

@@ -19,7 +19,7 @@ from math import prod
 import numpy as np
 
 from fedge.protos.codecs import dtypes
-from fedge.protos.codecs.errors import MalformedPayloadError, UnknownCodecError
+from fedge.protos.codecs.errors import MalformedPayloadError, NonFiniteError, UnknownCodecError
 from fedge.protos.v1 import tensor_pb2 as pb
 
 #: Prefix of codec keys in a round's ConfigRecord / Task.config.
@@ -101,6 +101,22 @@ class Codec(ABC):
 
     def decode(self, msg: pb.CompressedTensor) -> np.ndarray:
         """Decode a CompressedTensor written by this codec; raises ``CodecError``."""
+        shape, dtype = self._header(msg)
+        return self._decode(msg, shape, dtype)
+
+    def subtract_decoded(self, msg: pb.CompressedTensor, out: np.ndarray) -> None:
+        """``out -= decode(msg)`` in place: what the receiver will add, taken off the
+        sender's copy (error feedback's residual). ``out`` has the tensor's shape and
+        dtype. Raises ``CodecError`` as :meth:`decode` does, and ``NonFiniteError`` when a
+        decoded value is NaN or Inf (as :func:`~fedge.protos.codecs.update.decode_update`
+        does). Sparse codecs override it to touch only the positions they send.
+        """
+        decoded = self.decode(msg)
+        require_finite(msg.name, decoded)
+        np.subtract(out, decoded, out=out)
+
+    def _header(self, msg: pb.CompressedTensor) -> tuple[tuple[int, ...], np.dtype]:
+        """``msg``'s shape and dtype, after checking it is this codec's and well formed."""
         if msg.codec != self.name:
             raise UnknownCodecError(f"codec {self.name!r} cannot decode {msg.codec!r}")
         if any(d < 0 for d in msg.shape):
@@ -110,7 +126,7 @@ class Codec(ABC):
                 f"tensor {msg.name!r} ({msg.codec}): {len(msg.ints)} int and {len(msg.floats)} float "
                 f"parameters, the codec writes {self.wire_params[0]} and {self.wire_params[1]}"
             )
-        return self._decode(msg, tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype))
+        return tuple(int(d) for d in msg.shape), dtypes.from_wire(msg.dtype)
 
     @abstractmethod
     def _encode_into(
@@ -146,6 +162,12 @@ def floats_of(msg: pb.CompressedTensor, count: int) -> list[float]:
             f"tensor {msg.name!r} ({msg.codec}): expected {count} float parameters, got {len(msg.floats)}"
         )
     return [float(v) for v in msg.floats]
+
+
+def require_finite(name: str, array: np.ndarray) -> None:
+    """Raise ``NonFiniteError`` if the float ``array`` (decoded tensor ``name``) holds NaN or Inf."""
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise NonFiniteError(f"tensor {name!r} holds NaN or Inf")
 
 
 def num_elements(shape: tuple[int, ...]) -> int:

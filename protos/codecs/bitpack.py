@@ -41,7 +41,8 @@ def pack(values: np.ndarray, bits: int) -> bytes:
 
 
 def unpack(data: bytes, count: int, bits: int) -> np.ndarray:
-    """The ``count`` values of ``bits`` bits packed in ``data`` (uint8 array)."""
+    """The ``count`` values of ``bits`` bits packed in ``data`` (uint8 array; for 8 bits a
+    read-only view of ``data``, no copy)."""
     if not 1 <= bits <= 8:
         raise MalformedPayloadError(f"bits must be in 1..8, got {bits}")
     if len(data) != packed_size(count, bits):
@@ -50,7 +51,7 @@ def unpack(data: bytes, count: int, bits: int) -> np.ndarray:
         )
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
-        return raw.copy()
+        return raw
     if 8 % bits == 0 and bits > 1:
         per_byte = 8 // bits
         mask = np.uint8((1 << bits) - 1)

@@ -11,17 +11,21 @@ several two float32 ``parts`` (offsets, steps); ``data`` = ``bits``-bit level in
 MSB first.
 
 Deterministic rounding runs fused: each block of ``BLOCK`` elements goes through
-subtract, scale, round, clip and the cast to bytes while it sits in the CPU cache, and
-decoding scales and offsets the levels block by block the same way; the float32
-operations and their order are those of the plain vectorised form, so the bytes and
-the decoded values are identical to it (``tests/test_codec_speed_paths.py``).
+subtract, scale, round and the cast to bytes while it sits in the CPU cache (8-bit
+codes go straight from there into the payload, no full-size code array), and decoding
+scales and offsets the levels block by block the same way, reading the payload in place;
+the float32 operations and their order are those of the plain vectorised form, so the
+bytes and the decoded values are identical to it (``tests/test_codec_speed_paths.py``).
+The clip to ``[0, levels]`` of the plain form is skipped when it provably changes
+nothing (:func:`_clip_is_identity`), which is the case for every finite tensor whose
+range is not degenerate.
 
 Written by hand because neither torch nor numpy offers a serialisable sub-byte format.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 import numpy as np
 
@@ -61,8 +65,7 @@ class UniformCodec(Codec):
         x = np.asarray(array, dtype=np.float32)
         channels = x.shape[0] if (self.per_channel and x.ndim >= 2 and x.size) else 1
         rows = x.reshape(channels, -1) if x.size else x.reshape(channels, 0)
-        lo = rows.min(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
-        hi = rows.max(axis=1) if rows.shape[1] else np.zeros(channels, np.float32)
+        lo, hi = _row_ranges(rows)
         levels = (1 << self.bits) - 1
         scale = ((hi - lo) / levels).astype(np.float32)
         inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0).astype(np.float32)
@@ -73,10 +76,12 @@ class UniformCodec(Codec):
             np.floor(q, out=q)
             np.clip(q, 0, levels, out=q)
             codes = q.astype(np.uint8).ravel()
+            msg.data = bitpack.pack(codes, self.bits)
+        elif self.bits == 8:
+            msg.data = b"".join(block.tobytes() for block in _nearest_level_blocks(rows, lo, hi, inv, levels))
         else:
-            codes = _nearest_levels(rows, lo, inv, levels)
+            msg.data = bitpack.pack(_nearest_levels(rows, lo, hi, inv, levels), self.bits)
         msg.ints.extend([self.bits, channels])
-        msg.data = bitpack.pack(codes, self.bits)
         if channels == 1:
             msg.floats.extend([float(lo[0]), float(scale[0])])
             return
@@ -97,30 +102,84 @@ class UniformCodec(Codec):
         return _levels_to_values(codes, lo, scale).reshape(shape).astype(dtype, copy=False)
 
 
-def _nearest_levels(rows: np.ndarray, lo: np.ndarray, inv: np.ndarray, levels: int) -> np.ndarray:
-    """``clip(rint((rows - lo) * inv), 0, levels)`` per row, as uint8, one cached block at a time
-    (short rows, which would cost a Python loop each, in one vectorised pass)."""
+def _row_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's minimum and maximum (zeros for empty rows). One long row (a tensor
+    quantised as a whole) is reduced block by block, min and max while the block is in
+    cache; where that gives a zero (``-0.0`` or ``0.0``: which one the reduction
+    returns depends on its order) or NaN (which payload), the plain reduction decides."""
+    if not rows.shape[1]:
+        return np.zeros(rows.shape[0], np.float32), np.zeros(rows.shape[0], np.float32)
+    if rows.shape[0] > 1 or rows.shape[1] < 4 * BLOCK:
+        return rows.min(axis=1), rows.max(axis=1)
+    row = rows[0]
+    blocks = range(0, row.size, BLOCK)
+    mins, maxs = np.empty(len(blocks), rows.dtype), np.empty(len(blocks), rows.dtype)
+    for i, start in enumerate(blocks):
+        block = row[start : start + BLOCK]
+        mins[i], maxs[i] = block.min(), block.max()
+    lo, hi = mins.min(keepdims=True), maxs.max(keepdims=True)
+    if not lo[0] != 0:
+        lo = rows.min(axis=1)
+    if not hi[0] != 0:
+        hi = rows.max(axis=1)
+    return lo, hi
+
+
+def _nearest_levels(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int) -> np.ndarray:
+    """``clip(rint((rows - lo) * inv), 0, levels)`` per row (``lo``/``hi``: each row's
+    minimum and maximum), flattened, as uint8."""
+    codes = np.empty(rows.size, dtype=np.uint8)
+    at = 0
+    for block in _nearest_level_blocks(rows, lo, hi, inv, levels):
+        codes[at : at + block.size] = block
+        at += block.size
+    return codes
+
+
+def _nearest_level_blocks(
+    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int
+) -> Iterator[np.ndarray]:
+    """The codes of :func:`_nearest_levels` in row-major order, one cached block at a time
+    (short rows, which would cost a Python loop each, in one vectorised pass). Each block
+    is a reused buffer, valid until the next one is asked for."""
     width = rows.shape[1]
     if width < BLOCK // 16:
         q = rows - lo[:, None]
         q *= inv[:, None]
         np.rint(q, out=q)
         np.clip(q, 0, levels, out=q)
-        return q.astype(np.uint8).ravel()
-    codes = np.empty(rows.size, dtype=np.uint8)
-    work = np.empty(min(BLOCK, max(width, 1)), dtype=np.float32)
+        yield q.astype(np.uint8).ravel()
+        return
+    work = np.empty(min(BLOCK, width), dtype=np.float32)
+    codes = np.empty(work.size, dtype=np.uint8)
     for c in range(rows.shape[0]):
         row, offset, factor = rows[c], lo[c], inv[c]
+        clip = not _clip_is_identity(offset, hi[c], factor, levels)
         for start in range(0, width, BLOCK):
             block = row[start : start + BLOCK]
-            buf = work[: block.size]
+            buf, out = work[: block.size], codes[: block.size]
             np.subtract(block, offset, out=buf)
             np.multiply(buf, factor, out=buf)
             np.rint(buf, out=buf)
-            np.clip(buf, 0, levels, out=buf)
-            at = c * width + start
-            np.copyto(codes[at : at + block.size], buf, casting="unsafe")
-    return codes
+            if clip:
+                np.clip(buf, 0, levels, out=buf)
+            np.copyto(out, buf, casting="unsafe")
+            yield out
+
+
+def _clip_is_identity(lo: np.float32, hi: np.float32, inv: np.float32, levels: int) -> bool:
+    """Whether ``clip(rint((row - lo) * inv), 0, levels)`` equals the same without the
+    clip, for a row with minimum ``lo`` and maximum ``hi`` (float32 scalars).
+
+    float32 rounding is monotone, so for every ``x`` of the row
+    ``0 <= (x - lo) * inv <= (hi - lo) * inv``, each side rounded as the encoder rounds
+    it, and ``rint`` is monotone too: when that top is below ``levels + 0.5`` (always,
+    unless the range over ``levels`` is subnormal) no level leaves ``[0, levels]``. A
+    NaN or infinity in the row makes ``lo``, ``hi`` or the top NaN or infinite: the clip
+    then stays.
+    """
+    top = (hi - lo) * inv
+    return bool(np.isfinite(lo) and np.isfinite(inv) and top < levels + 0.5)
 
 
 def _levels_to_values(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:

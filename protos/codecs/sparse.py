@@ -23,7 +23,7 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from fedge.protos.codecs.base import Codec, ints_of, make_codec, num_elements, register
+from fedge.protos.codecs.base import Codec, ints_of, make_codec, num_elements, register, require_finite
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.codecs.index_coding import decode_indices, encode_indices
 from fedge.protos.v1 import tensor_pb2 as pb
@@ -156,15 +156,30 @@ class _Sparse(Codec):
         return 1.0
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        n = num_elements(shape)
+        idx, values = self._kept(msg, num_elements(shape))
+        out = np.zeros(num_elements(shape), dtype=dtype)
+        out[idx] = values
+        return out.reshape(shape)
+
+    def subtract_decoded(self, msg: pb.CompressedTensor, out: np.ndarray) -> None:
+        """``out -= decode(msg)`` at the kept positions only (elsewhere it subtracts zero)."""
+        shape, dtype = self._header(msg)
+        if not out.flags.c_contiguous or out.shape != shape:
+            super().subtract_decoded(msg, out)
+            return
+        idx, values = self._kept(msg, num_elements(shape))
+        values = values.astype(dtype, copy=False)  # as `_decode` stores them
+        require_finite(msg.name, values)
+        flat = out.reshape(-1)
+        flat[idx] -= values
+
+    def _kept(self, msg: pb.CompressedTensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kept positions of a tensor of ``n`` elements and their decoded values."""
         idx = self._positions(msg, n)
         value_part = msg.parts[-1] if msg.parts else None
         if value_part is None or list(value_part.shape) != [idx.size]:
             raise MalformedPayloadError(f"tensor {msg.name!r} ({self.name}): values part does not match {idx.size} indices")
-        values = make_codec(value_part.codec).decode(value_part)
-        out = np.zeros(n, dtype=dtype)
-        out[idx] = values
-        return out.reshape(shape)
+        return idx, make_codec(value_part.codec).decode(value_part)
 
 
 @register("topk")

@@ -12,12 +12,11 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from fedge.protos.codecs import dtypes
-from fedge.protos.codecs.base import CodecSpec, make_codec
+from fedge.protos.codecs.base import CodecSpec, make_codec, require_finite
 from fedge.protos.codecs.errors import (
     CodecError,
     DTypeMismatchError,
     MalformedPayloadError,
-    NonFiniteError,
     OversizeError,
     ShapeMismatchError,
     UnknownCodecError,
@@ -117,10 +116,26 @@ def decode_update(
             raise
         except (ValueError, TypeError, IndexError, OverflowError, MemoryError) as exc:
             raise MalformedPayloadError(f"tensor {tensor.name!r} ({tensor.codec}): {exc}") from None
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            raise NonFiniteError(f"tensor {tensor.name!r} holds NaN or Inf")
+        require_finite(tensor.name, array)
         decoded[tensor.name] = array
     return decoded
+
+
+def subtract_decoded(update: pb.CompressedUpdate, arrays: Mapping[str, np.ndarray]) -> None:
+    """``arrays[name] -= decoded[name]`` in place for every float array, where ``decoded``
+    is what :func:`decode_update` returns for ``update``: the same numbers, without
+    building the decoded tensors (a sparse tensor touches only its kept positions).
+
+    Error feedback's step after encoding: ``arrays`` (the corrected delta, owned by the
+    caller and writable) becomes the residual. Raises ``NonFiniteError`` where
+    :func:`decode_update` would, ``ShapeMismatchError`` when a tensor's shape differs.
+    """
+    for tensor in update.tensors:
+        target = arrays.get(tensor.name)
+        if target is None or not np.issubdtype(target.dtype, np.floating):
+            continue
+        _check_meta(tensor, target)
+        make_codec(tensor.codec).subtract_decoded(tensor, target)
 
 
 def _check_meta(tensor: pb.CompressedTensor, expected: np.ndarray) -> None:
