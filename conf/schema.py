@@ -219,7 +219,7 @@ class SecAggConfig:
     """Secure aggregation (``conf/secagg/*.yaml``; :mod:`fedge.strategies.secagg`).
 
     The quantisation and sparsity come from the ``compression`` group where it says
-    (:func:`fedge.simulations.secagg_setup.secagg_settings`); the rest is here.
+    (:func:`fedge.conf.secagg_setup.secagg_settings`); the rest is here.
     """
 
     name: str = "off"

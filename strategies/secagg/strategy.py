@@ -38,7 +38,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedge.protos import records
-from fedge.protos.codecs import encode_update
+from fedge.protos.codecs import CodecSpec, encode_update
+from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos.secagg import REQUEST_KEY
 from fedge.protos.secagg.params import float_layout, layout_digest, make_setup
@@ -122,6 +123,31 @@ class SecAggStrategy(Strategy):
         self._layout: list[tuple[str, tuple[int, ...]]] = []
         self._model: dict[str, np.ndarray] = {}
 
+    # -- what the transport needs of the wrapped CompressedStrategy ----------------------
+    @property
+    def uplink(self) -> UplinkPlan:
+        """The inner strategy's uplink plan (a gRPC server sizes train answers with it)."""
+        return self.strategy.uplink
+
+    @property
+    def downlink(self) -> CodecSpec:
+        """The inner strategy's broadcast codec."""
+        return self.strategy.downlink
+
+    @property
+    def max_update_bytes(self) -> int:
+        """Largest reply the inner strategy decodes (stage replies are held to it too)."""
+        return self.strategy.max_update_bytes
+
+    @property
+    def current_round(self) -> SecAggServerRound | None:
+        """The server's state of the latest round (its ``total`` once unmasked), or None."""
+        return self._server
+
+    def results_section(self) -> list[dict]:
+        """Every round's :class:`SecAggRoundRecord` as plain data (``results.json["secagg"]``)."""
+        return [asdict(r) for r in self.rounds]
+
     # -- configure: keys and shares, then the train messages ----------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -185,6 +211,7 @@ class SecAggStrategy(Strategy):
         survivors = server.survivors
         self._note(server)
         reply = self._aggregate_reply(server_round, mean, [metrics[n] for n in survivors if n in metrics], survivors[0])
+        self._model = {}  # only needed to shape the mean (and not worth a checkpoint)
         return self.strategy.aggregate_train(server_round, [reply])
 
     def _aggregate_reply(self, server_round: int, mean: np.ndarray, metrics: list[MetricRecord], node: int) -> Message:

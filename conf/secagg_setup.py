@@ -14,7 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fedge.strategies.secagg.strategy import SecAggSettings
+from omegaconf import DictConfig
+
+from fedge.conf.build import ConfigError
+from fedge.strategies import CompressedStrategy
+from fedge.strategies.secagg.strategy import SecAggSettings, SecAggStrategy
 
 _REFUSED = {
     "topk": "each device keeps its own largest coordinates, so masked vectors would not line up "
@@ -55,3 +59,19 @@ def secagg_settings(secagg: Mapping[str, Any], compression: Mapping[str, Any]) -
         max_examples=float(secagg["max_examples"]),
         error_feedback=error_feedback,
     )
+
+
+def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
+    """``compressed`` under secure aggregation with ``secagg=on`` (the server sees only sums)."""
+    if not cfg.secagg.enabled:
+        return compressed
+    try:
+        settings = secagg_settings(cfg.secagg, cfg.compression)
+        return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
+    except ValueError as exc:
+        raise ConfigError(f"secagg: {exc}") from None
+
+
+def secagg_sections(strategy: object) -> dict[str, Any]:
+    """``results.json`` entries of a securely aggregated run (``{"secagg": [...]}``), else none."""
+    return {"secagg": strategy.results_section()} if isinstance(strategy, SecAggStrategy) else {}
