@@ -55,6 +55,7 @@ def secagg_settings(secagg: Mapping[str, Any], compression: Mapping[str, Any]) -
         clip=float(secagg["clip"]),
         neighbours=int(secagg["neighbours"]),
         threshold=int(secagg["threshold"]),
+        dropout=float(secagg["dropout"]),
         sparse_ratio=ratio,
         max_examples=float(secagg["max_examples"]),
         error_feedback=error_feedback,

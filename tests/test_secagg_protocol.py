@@ -300,12 +300,33 @@ def test_neighbour_graph_is_k_regular_symmetric_and_seeded():
     from fedge.protos.secagg.graph import neighbour_count, neighbours
 
     nodes = list(range(500))
-    k = neighbour_count(500)
+    k = neighbour_count(500, dropout=0.1)
     assert k < 40
     graph = neighbours(nodes, k, b"s" * 32)
     assert all(len(peers) == k and u not in peers for u, peers in graph.items())
     assert all(u in graph[v] for u, peers in graph.items() for v in peers)
     assert graph == neighbours(nodes, k, b"s" * 32) != neighbours(nodes, k, b"t" * 32)
+
+
+@pytest.mark.parametrize("n", [10, 60, 300, 1000])
+def test_the_default_graph_survives_thirty_percent_dropouts(n):
+    """Default k and t: 30% of devices gone (200 random draws) never leave a device with
+    fewer than t answering neighbours, and k grows like log n, not n."""
+    from fedge.protos.secagg.graph import neighbour_count
+
+    nodes = list(range(1000, 1000 + n))
+    server, _, _ = _round(n, length=8)
+    k, t = server.plan.setup.neighbours, server.plan.threshold
+    assert k == neighbour_count(n) and t == k // 2 + 1
+    peers = np.array([[nodes.index(v) for v in server.plan.neighbours[u]] for u in nodes])  # (n, k)
+    rng = np.random.default_rng(n)
+    worst = min(
+        int((~np.isin(peers, rng.choice(n, size=3 * n // 10, replace=False))).sum(axis=1).min()) for _ in range(200)
+    )
+    assert worst >= t, f"k={k}, t={t}: a device kept only {worst} neighbours"
+    if n >= 300:
+        assert k < n / 2
+    assert neighbour_count(10_000) < 1.3 * neighbour_count(1000)  # logarithmic growth
 
 
 def test_ring_packing_round_trips_every_width():
