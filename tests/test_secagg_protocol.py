@@ -131,6 +131,16 @@ def test_fewer_than_t_shares_do_not_rebuild_a_secret():
         assert shamir.combine({x: shares[x] for x in range(1, t)}) != secret
 
 
+def test_evaluate_many_gives_every_other_share_of_the_polynomial():
+    secret = shamir.random_secret()
+    shares = shamir.split(secret, list(range(1, 41)), 15)
+    subset = {x: shares[x] for x in range(3, 18)}
+    rest = [x for x in shares if x not in subset]
+    assert shamir.evaluate_many(subset, rest) == [shares[x] for x in rest] == [shamir.evaluate_at(subset, x) for x in rest]
+    with pytest.raises(SecAggError):
+        shamir.evaluate_many(subset, [3])
+
+
 def test_server_cannot_unmask_a_device_with_t_minus_one_shares():
     server, devices, nodes = _round(10)  # complete graph: k = 9, t = 5
     t = server.plan.threshold
