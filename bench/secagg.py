@@ -144,7 +144,7 @@ def cost_row(n: int, size: str, layout: dict, variant: str, dropout: float = 0.3
 
 def cost_rows(quick: bool) -> list[dict]:
     layouts = _layouts()
-    plan: list[tuple] = []  # (n, size, variant, dropout the default k is sized for, share gone after masking)
+    plan: list[tuple] = []  # (n, size, variant, dropout the default k is sized for, share gone before masking)
     sizes = ("digits",) if quick else ("digits", "1M")
     for n in (10, 100) if quick else (10, 100, 1000):
         for size in sizes if n < 1000 else ("digits",):

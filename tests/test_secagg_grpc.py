@@ -63,7 +63,7 @@ class _VectorRecorder(SecAggDevice):
         self.plan = plan
         self.vector: np.ndarray | None = None
 
-    def masked_input(self, request, delta, num_examples, rng):  # type: ignore[override]
+    def masked_input(self, request, delta, num_examples, rng):
         self.vector = self.encoder.encode(self.plan, delta, num_examples, rng)
         return pb.SecAggReply()
 
