@@ -191,3 +191,29 @@ def test_fedge_server_and_fedge_client_processes_run_secagg(tmp_path):
     (record,) = results["secagg"]
     assert record["abandoned"] is None and record["outcome"]["revealed"] == 3 and record["threshold"] == 2
     assert results["rounds"][1]["accuracy"] > results["rounds"][0]["accuracy"]
+
+
+def test_the_answer_ceiling_of_a_secagg_train_task_fits_any_masked_vector():
+    """With q8 as the round's codec, a 1,000-device ring needs 18 bits a coordinate: the
+    server must not refuse the push (masked vectors are sized as fp32, the most they take)."""
+    from fedge.protos import config_values
+    from fedge.protos.codecs import CodecSpec, encode_update
+    from fedge.protos.codecs.plan import UplinkPlan
+    from fedge.protos.secagg import ring
+    from fedge.protos.v1 import tensor_pb2
+    from fedge.server.push_limits import UpdateCeiling
+
+    weights = {"w": np.zeros((300, 300), np.float32), "b": np.zeros(300, np.float32)}
+    ceiling = UpdateCeiling(envelope_bytes=1024, hard_limit_bytes=1 << 30)
+
+    def task(extra: dict) -> task_pb2.Task:
+        t = task_pb2.Task(task_id="t", kind="train", server_round=1)
+        t.model.CopyFrom(encode_update(weights, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS))
+        config_values.to_wire({**UplinkPlan(CodecSpec("uniform", {"bits": 8})).to_config(), **extra}, t.config)
+        return t
+
+    masked = pb.SecAggReply(masked=pb.MaskedInput(server_round=1, node_id=1, length=90_301, modulus_bits=18,
+                                                 data=b"\0" * ring.packed_size(90_301, 18))).ByteSize()
+    assert ceiling(task({})) < masked  # the q8 plan alone would refuse it
+    assert ceiling(task({REQUEST_KEY: b"bundle-1"})) > masked
+    assert ceiling(task({REQUEST_KEY: b"bundle-2"})) == ceiling(task({REQUEST_KEY: b"bundle-1"}))
