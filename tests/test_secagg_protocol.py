@@ -236,6 +236,18 @@ def test_a_bad_revealed_share_is_left_out_with_its_reason_and_the_sum_stays_exac
     assert any(d.node_id == sender and reason in d.reason for d in server.dropped)
 
 
+def test_a_malformed_encrypted_share_drops_its_sender_before_anyone_masks_with_it():
+    def tamper(stage, node, reply):
+        if stage == "shares" and node == 1007:
+            reply.shares.shares[2].nonce = b"\x00" * 5
+        return reply
+
+    server, nodes, vectors, total = _tampered(tamper)
+    np.testing.assert_array_equal(total.astype(np.int64), _plain_sum(vectors, [u for u in nodes if u != 1007]))
+    assert any(d.node_id == 1007 and d.stage == "shares" and "malformed share ciphertext" in d.reason for d in server.dropped)
+    assert 1007 not in server.survivors
+
+
 def test_a_wrong_length_masked_vector_is_dropped_and_its_masks_removed():
     def tamper(stage, node, reply):
         if stage == "masked" and node == 1002:
