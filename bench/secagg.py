@@ -178,7 +178,8 @@ def accuracy_runs(seeds: list[int], rounds: int) -> dict[str, list[dict]]:
                 cfg = compose("config", overrides=[*overrides, f"seed={seed}", f"rounds={rounds}", "progress=false"])
             start = time.perf_counter()
             result = run_experiment(cfg).result
-            out[label].append({"seed": seed, "final_accuracy": result.final.accuracy, "seconds": time.perf_counter() - start})
+            out[label].append({"seed": seed, "final_accuracy": result.final.accuracy, "final_loss": result.final.loss,
+                               "seconds": time.perf_counter() - start})
             print(f"{label} seed {seed}: {result.final.accuracy:.4f}", flush=True)
     return out
 
@@ -216,7 +217,22 @@ def markdown(result: dict) -> str:
               "| run | " + " | ".join(f"seed {s}" for s in result["seeds"]) + " | mean |", "|---|" + "---|" * (len(result["seeds"]) + 1)]
     for label, runs in result["accuracy"].items():
         accs = [r["final_accuracy"] for r in runs]
-        lines.append(f"| {label} | " + " | ".join(f"{a:.4f}" for a in accs) + f" | {statistics.mean(accs):.4f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{a:.4f} (loss {r['final_loss']:.4f})" for a, r in zip(accs, runs))
+                     + f" | {statistics.mean(accs):.4f} |")
+    lines += ["", "Accuracy on the 360 test images moves in steps of 0.28 pp; the final losses show the runs differ."]
+    lines += ["", "## Reading the bytes", "",
+              "- The masked vector alone costs (8 + ceil(log2 n)) / 8 of an 8-bit update: 1.5x at n = 10, 1.875x at "
+              "n = 100, 2.25x at n = 1,000 (headroom so the sum of n values never wraps). Bonawitz et al.'s 1.73x-1.98x "
+              "are for 16-bit values, where the same headroom costs (16 + 10) / 16 = 1.63x at 2^10 users.",
+              "- On top, every neighbour costs a device about 110 uplink bytes (two encrypted Shamir shares, one revealed "
+              "share) and about 160 downlink bytes (its keys, its shares): a fixed cost, so the ratio falls towards the "
+              "headroom ratio as the update grows. At n = 100 (1.875x headroom) it stays <= 2x once the sent update has "
+              "more than about 8 x 110 x k coordinates: about 18,000 for k = 20 (`secagg.dropout=0.1`), 87,000 for "
+              "k = 99 (the default, sized to lose 30% of the devices).",
+              "- Device CPU is dominated by X25519 agreements and one mask expansion (ChaCha20) per neighbour; the server's "
+              "by unmasking (Shamir reconstruction per device, a mask expansion per survivor, and per dropped device one "
+              "per neighbour).",
+             ]
     lines += ["", *[f"- {line}" for line in result["findings"]], ""]
     return "\n".join(lines)
 
