@@ -5,7 +5,9 @@ compression group chooses its shape: ``fp32`` -> dense with ``secagg.value_bits`
 ``uniform`` (``q8``, ``qsgd``, ...) -> dense with the codec's bits; ``randk`` -> the sparse
 variant with the codec's ratio, bits from its ``values`` codec when that is ``q<b>``, and its
 error feedback. Codecs whose output differs in shape from device to device cannot be
-masked and are refused with the reason.
+masked and are refused with the reason. :func:`secure_strategy` wraps a run's
+CompressedStrategy the same way for ``fedge-sim`` (every backend) and ``fedge-server``;
+:func:`secagg_sections` is what such a run adds to ``results.json``.
 """
 
 from __future__ import annotations
