@@ -219,15 +219,16 @@ class SecAggConfig:
     """Secure aggregation (``conf/secagg/*.yaml``; :mod:`fedge.strategies.secagg`).
 
     The quantisation and sparsity come from the ``compression`` group where it says
-    (:func:`fedge.simulations.secagg_setup.secagg_settings`); the rest is here.
+    (:func:`fedge.conf.secagg_setup.secagg_settings`); the rest is here.
     """
 
     name: str = "off"
     enabled: bool = False
     value_bits: int = 8  # bits per coordinate when the codec does not set them
     clip: float = 0.2  # coordinates clipped to [-clip, clip] before quantising
-    neighbours: int = 0  # k; 0 = ~3 log2(n)
+    neighbours: int = 0  # k; 0 = the smallest even k that survives `dropout` (grows with log n)
     threshold: int = 0  # t; 0 = k // 2 + 1
+    dropout: float = 0.3  # share of sampled devices the default k is sized to lose mid-round (< 0.5)
     max_examples: float = 400.0  # weight 1 at this many examples; 0 = equal weights
 
 

@@ -9,7 +9,8 @@ config) exactly as a device would, and the answer may be twice that size (codecs
 whose output depends on the values, such as top-k index coding, vary a little) plus
 an envelope for the task id, node id and metrics. An evaluation Task's answer
 carries metrics only: the envelope alone. One encoding per distinct (shapes, plan)
-is kept, so a round of 1,000 tasks costs one.
+is kept, so a round of 1,000 tasks costs one. A secure-aggregation train Task's answer is
+a masked vector of at most 32 bits per coordinate, whatever the codec: fp32 sizes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedge.protos import config_values
 from fedge.protos.codecs import CodecError, encode_update
 from fedge.protos.codecs.dtypes import from_wire
 from fedge.protos.codecs.plan import UplinkPlan
+from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2
 from fedge.protos.v1 import tensor_pb2 as pb
 
@@ -50,6 +52,8 @@ class UpdateCeiling:
         if task.kind != "train":
             return min(self.envelope_bytes, self.hard_limit_bytes)
         config = config_values.from_wire(task.config)
+        if SECAGG_KEY in config:  # a masked vector: up to 32 bits a coordinate, whatever the codec; fp32 bounds it
+            config = {}
         layout = tuple((t.name, tuple(t.shape), t.dtype) for t in task.model.tensors)
         key = (layout, tuple(sorted((k, str(v)) for k, v in config.items() if k.startswith("fedge."))))
         if key not in self._cache:

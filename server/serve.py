@@ -35,6 +35,7 @@ from fedge.conf.build import (
     server_settings,
     train_defaults,
 )
+from fedge.conf.secagg_setup import secagg_sections, secure_strategy
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
@@ -81,8 +82,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     task, data, _ = build_task(cfg)  # the test split for central evaluation
     test = data.test
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
-    if cfg.secagg.enabled:  # its stages over gRPC come with the asyncio server (not built yet)
-        raise ConfigError("secagg=on runs in fedge-sim (backend=local or ray) for now, not in fedge-server")
+    secure = secure_strategy(cfg, strategy)  # secagg=on: SecAgg+ stages travel as ordinary tasks
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
     evaluator = CentralEvaluator(task, test, cfg.seed)
@@ -96,7 +96,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     try:
         grid.wait_for_nodes(cfg.num_clients)
         result = run_resumable(
-            strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+            secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
             experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
             train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
         )
@@ -105,7 +105,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     finally:
         server.stop()
     if out_dir is not None:
-        write_results(out_dir, cfg, result, strategy.log, grid.transport_report())
+        write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections=secagg_sections(secure))
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result
 

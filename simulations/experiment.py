@@ -19,6 +19,7 @@ from flwr_datasets.partitioner import Partitioner
 from omegaconf import DictConfig
 from rich.console import Console
 
+from fedge.conf.secagg_setup import secagg_sections, secure_strategy
 from fedge.conf.shaping import shape_experiment
 from fedge.conf.build import (
     ConfigError,
@@ -40,10 +41,7 @@ from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceSimulator
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
-from fedge.simulations.secagg_setup import secagg_settings
-from fedge.strategies import CompressedStrategy
 from fedge.strategies.privacy import privacy_ledger
-from fedge.strategies.secagg.strategy import SecAggStrategy
 
 log = logging.getLogger("fedge.sim")
 
@@ -55,17 +53,6 @@ class SimulationOutcome:
     result: FederationResult
     final_weights: dict[str, np.ndarray]
     results_path: Path | None
-
-
-def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
-    """``compressed`` under secure aggregation with ``secagg=on`` (the server sees only sums)."""
-    if not cfg.secagg.enabled:
-        return compressed
-    try:
-        settings = secagg_settings(cfg.secagg, cfg.compression)
-        return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
-    except ValueError as exc:
-        raise ConfigError(f"secagg: {exc}") from None
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
@@ -128,9 +115,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
 
     results_path = None
     if out_dir is not None:
-        sections: dict[str, object] = {}
-        if isinstance(secure, SecAggStrategy):
-            sections["secagg"] = [asdict(r) for r in secure.rounds]
+        sections: dict[str, object] = dict(secagg_sections(secure))
         if shaping.report:
             sections["shape"] = shaping.report
         if ledger is not None:

@@ -131,6 +131,16 @@ def test_fewer_than_t_shares_do_not_rebuild_a_secret():
         assert shamir.combine({x: shares[x] for x in range(1, t)}) != secret
 
 
+def test_evaluate_many_gives_every_other_share_of_the_polynomial():
+    secret = shamir.random_secret()
+    shares = shamir.split(secret, list(range(1, 41)), 15)
+    subset = {x: shares[x] for x in range(3, 18)}
+    rest = [x for x in shares if x not in subset]
+    assert shamir.evaluate_many(subset, rest) == [shares[x] for x in rest] == [shamir.evaluate_at(subset, x) for x in rest]
+    with pytest.raises(SecAggError):
+        shamir.evaluate_many(subset, [3])
+
+
 def test_server_cannot_unmask_a_device_with_t_minus_one_shares():
     server, devices, nodes = _round(10)  # complete graph: k = 9, t = 5
     t = server.plan.threshold
@@ -226,6 +236,18 @@ def test_a_bad_revealed_share_is_left_out_with_its_reason_and_the_sum_stays_exac
     assert any(d.node_id == sender and reason in d.reason for d in server.dropped)
 
 
+def test_a_malformed_encrypted_share_drops_its_sender_before_anyone_masks_with_it():
+    def tamper(stage, node, reply):
+        if stage == "shares" and node == 1007:
+            reply.shares.shares[2].nonce = b"\x00" * 5
+        return reply
+
+    server, nodes, vectors, total = _tampered(tamper)
+    np.testing.assert_array_equal(total.astype(np.int64), _plain_sum(vectors, [u for u in nodes if u != 1007]))
+    assert any(d.node_id == 1007 and d.stage == "shares" and "malformed share ciphertext" in d.reason for d in server.dropped)
+    assert 1007 not in server.survivors
+
+
 def test_a_wrong_length_masked_vector_is_dropped_and_its_masks_removed():
     def tamper(stage, node, reply):
         if stage == "masked" and node == 1002:
@@ -300,12 +322,33 @@ def test_neighbour_graph_is_k_regular_symmetric_and_seeded():
     from fedge.protos.secagg.graph import neighbour_count, neighbours
 
     nodes = list(range(500))
-    k = neighbour_count(500)
+    k = neighbour_count(500, dropout=0.1)
     assert k < 40
     graph = neighbours(nodes, k, b"s" * 32)
     assert all(len(peers) == k and u not in peers for u, peers in graph.items())
     assert all(u in graph[v] for u, peers in graph.items() for v in peers)
     assert graph == neighbours(nodes, k, b"s" * 32) != neighbours(nodes, k, b"t" * 32)
+
+
+@pytest.mark.parametrize("n", [10, 60, 300, 1000])
+def test_the_default_graph_survives_thirty_percent_dropouts(n):
+    """Default k and t: 30% of devices gone (200 random draws) never leave a device with
+    fewer than t answering neighbours, and k grows like log n, not n."""
+    from fedge.protos.secagg.graph import neighbour_count
+
+    nodes = list(range(1000, 1000 + n))
+    server, _, _ = _round(n, length=8)
+    k, t = server.plan.setup.neighbours, server.plan.threshold
+    assert k == neighbour_count(n) and t == k // 2 + 1
+    peers = np.array([[nodes.index(v) for v in server.plan.neighbours[u]] for u in nodes])  # (n, k)
+    rng = np.random.default_rng(n)
+    worst = min(
+        int((~np.isin(peers, rng.choice(n, size=3 * n // 10, replace=False))).sum(axis=1).min()) for _ in range(200)
+    )
+    assert worst >= t, f"k={k}, t={t}: a device kept only {worst} neighbours"
+    if n >= 300:
+        assert k < n / 2
+    assert neighbour_count(10_000) < 1.3 * neighbour_count(1000)  # logarithmic growth
 
 
 def test_ring_packing_round_trips_every_width():

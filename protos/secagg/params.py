@@ -55,10 +55,12 @@ def make_setup(
     threshold: int = 0,
     kept: int = 0,
     max_examples: float = 0.0,
+    dropout: float = graph.DEFAULT_DROPOUT,
 ) -> pb.SecAggSetup:
-    """A round's setup with fresh seeds; ``neighbours``/``threshold`` 0 pick the defaults."""
+    """A round's setup with fresh seeds; ``neighbours``/``threshold`` 0 pick the defaults
+    (``k`` sized to lose a ``dropout`` share of the devices: :func:`graph.neighbour_count`)."""
     nodes = sorted(int(p) for p in participants)
-    k = neighbours or graph.neighbour_count(len(nodes))
+    k = neighbours or graph.neighbour_count(len(nodes), dropout)
     setup = pb.SecAggSetup(
         server_round=server_round,
         participants=nodes,

@@ -284,8 +284,10 @@ class SecAggServerRound:
                 break
             secret = shamir.combine(dict(subset))
             if valid(secret):
-                for x, y in points:  # shares off the polynomial are wrong: say whose
-                    if shamir.evaluate_at(dict(subset), x) != y:
+                spare = [(x, y) for x, y in points if (x, y) not in subset]
+                expected = shamir.evaluate_many(dict(subset), [x for x, _ in spare])
+                for (x, y), want in zip(spare, expected):  # shares off the polynomial are wrong: say whose
+                    if want != y:
                         self._drop(self.plan.participants[x - 1], "unmask", f"wrong share of node {owner}'s {what}")
                 return secret
         raise SecAggError(f"no {t} of the {len(shares)} shares of node {owner}'s {what} rebuild it")

@@ -38,9 +38,11 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedge.protos import records
-from fedge.protos.codecs import encode_update
+from fedge.protos.codecs import CodecSpec, encode_update
+from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos.secagg import REQUEST_KEY
+from fedge.protos.secagg.graph import DEFAULT_DROPOUT
 from fedge.protos.secagg.params import float_layout, layout_digest, make_setup
 from fedge.protos.v1 import secagg_pb2 as pb
 from fedge.protos.v1 import tensor_pb2
@@ -61,8 +63,11 @@ class SecAggSettings:
 
     value_bits: bits per quantised coordinate (the ring adds ``ceil(log2 n)``).
     clip: coordinates are clipped to ``[-clip, clip]`` (update units) before quantising.
-    neighbours: ``k`` of the neighbour graph; 0 = ``~3 log2 n`` (even, at most n - 1).
+    neighbours: ``k`` of the neighbour graph; 0 = the smallest even ``k`` that loses a
+        ``dropout`` share of devices with a round lost at most once in 1,000 (grows with log n;
+        :func:`fedge.protos.secagg.graph.neighbour_count` has the numbers and the tuning advice).
     threshold: ``t``; 0 = ``k // 2 + 1`` (the smallest safe value).
+    dropout: share of a round's devices the default ``k`` is sized to lose (0.3; below 0.5).
     sparse_ratio: share of coordinates every device sends (same random-k for all); 0 = dense.
     max_examples: a device with this many examples has weight 1 (FedAvg weighting); 0 = equal weights.
     error_feedback: devices carry what they did not send to the next round (off for DP).
@@ -73,6 +78,7 @@ class SecAggSettings:
     clip: float = 0.2
     neighbours: int = 0
     threshold: int = 0
+    dropout: float = DEFAULT_DROPOUT
     sparse_ratio: float = 0.0
     max_examples: float = 0.0
     error_feedback: bool = False
@@ -81,6 +87,8 @@ class SecAggSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparse_ratio <= 1.0:
             raise ValueError(f"secagg.sparse_ratio must be in [0, 1], got {self.sparse_ratio}")
+        if not 0.0 <= self.dropout < 0.5:
+            raise ValueError(f"secagg.dropout must be in [0, 0.5) (t must stay above k / 2), got {self.dropout}")
         if self.max_examples < 0:
             raise ValueError(f"secagg.max_examples must be >= 0, got {self.max_examples}")
 
@@ -122,6 +130,31 @@ class SecAggStrategy(Strategy):
         self._layout: list[tuple[str, tuple[int, ...]]] = []
         self._model: dict[str, np.ndarray] = {}
 
+    # -- what the transport needs of the wrapped CompressedStrategy ----------------------
+    @property
+    def uplink(self) -> UplinkPlan:
+        """The inner strategy's uplink plan (a gRPC server sizes train answers with it)."""
+        return self.strategy.uplink
+
+    @property
+    def downlink(self) -> CodecSpec:
+        """The inner strategy's broadcast codec."""
+        return self.strategy.downlink
+
+    @property
+    def max_update_bytes(self) -> int:
+        """Largest reply the inner strategy decodes (stage replies are held to it too)."""
+        return self.strategy.max_update_bytes
+
+    @property
+    def current_round(self) -> SecAggServerRound | None:
+        """The server's state of the latest round (its ``total`` once unmasked), or None."""
+        return self._server
+
+    def results_section(self) -> list[dict]:
+        """Every round's :class:`SecAggRoundRecord` as plain data (``results.json["secagg"]``)."""
+        return [asdict(r) for r in self.rounds]
+
     # -- configure: keys and shares, then the train messages ----------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -140,7 +173,7 @@ class SecAggStrategy(Strategy):
         participants = sorted({m.metadata.dst_node_id for m in messages})
         setup = make_setup(
             server_round, participants, length, layout_digest(self._layout), s.value_bits, s.clip,
-            s.neighbours, s.threshold, kept if kept < length else 0, s.max_examples,
+            s.neighbours, s.threshold, kept if kept < length else 0, s.max_examples, s.dropout,
         )
         setup.error_feedback = s.error_feedback
         server = self._server = SecAggServerRound(setup)
@@ -185,6 +218,7 @@ class SecAggStrategy(Strategy):
         survivors = server.survivors
         self._note(server)
         reply = self._aggregate_reply(server_round, mean, [metrics[n] for n in survivors if n in metrics], survivors[0])
+        self._model = {}  # only needed to shape the mean (and not worth a checkpoint)
         return self.strategy.aggregate_train(server_round, [reply])
 
     def _aggregate_reply(self, server_round: int, mean: np.ndarray, metrics: list[MetricRecord], node: int) -> Message:

@@ -5,7 +5,9 @@ compression group chooses its shape: ``fp32`` -> dense with ``secagg.value_bits`
 ``uniform`` (``q8``, ``qsgd``, ...) -> dense with the codec's bits; ``randk`` -> the sparse
 variant with the codec's ratio, bits from its ``values`` codec when that is ``q<b>``, and its
 error feedback. Codecs whose output differs in shape from device to device cannot be
-masked and are refused with the reason.
+masked and are refused with the reason. :func:`secure_strategy` wraps a run's
+CompressedStrategy the same way for ``fedge-sim`` (every backend) and ``fedge-server``;
+:func:`secagg_sections` is what such a run adds to ``results.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fedge.strategies.secagg.strategy import SecAggSettings
+from omegaconf import DictConfig
+
+from fedge.conf.build import ConfigError
+from fedge.strategies import CompressedStrategy
+from fedge.strategies.secagg.strategy import SecAggSettings, SecAggStrategy
 
 _REFUSED = {
     "topk": "each device keeps its own largest coordinates, so masked vectors would not line up "
@@ -51,7 +57,24 @@ def secagg_settings(secagg: Mapping[str, Any], compression: Mapping[str, Any]) -
         clip=float(secagg["clip"]),
         neighbours=int(secagg["neighbours"]),
         threshold=int(secagg["threshold"]),
+        dropout=float(secagg["dropout"]),
         sparse_ratio=ratio,
         max_examples=float(secagg["max_examples"]),
         error_feedback=error_feedback,
     )
+
+
+def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
+    """``compressed`` under secure aggregation with ``secagg=on`` (the server sees only sums)."""
+    if not cfg.secagg.enabled:
+        return compressed
+    try:
+        settings = secagg_settings(cfg.secagg, cfg.compression)
+        return SecAggStrategy(compressed, settings, freeze=list(cfg.client.freeze), trainable=list(cfg.client.trainable))
+    except ValueError as exc:
+        raise ConfigError(f"secagg: {exc}") from None
+
+
+def secagg_sections(strategy: object) -> dict[str, Any]:
+    """``results.json`` entries of a securely aggregated run (``{"secagg": [...]}``), else none."""
+    return {"secagg": strategy.results_section()} if isinstance(strategy, SecAggStrategy) else {}
