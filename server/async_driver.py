@@ -71,11 +71,13 @@ class AsyncFleet(ABC):
         """Send these training instructions (one per idle node)."""
 
     @abstractmethod
-    def next_completion(self) -> Completion | None:
+    def next_completion(self, idle_wanted: bool = False) -> Completion | None:
         """The next finished dispatch, in completion order (blocks or advances the clock).
 
-        ``None``: nothing was in flight and the clock moved on (a device may be ready
-        now). Raises :class:`FleetExhausted` when nothing can ever complete again.
+        ``None``: the clock moved on without a completion because nothing was in flight,
+        or (``idle_wanted``: the driver has room for more tasks) because a device became
+        ready first; the driver then launches and asks again. Raises
+        :class:`FleetExhausted` when nothing can ever complete again.
         """
 
 
@@ -168,7 +170,7 @@ def run_async_federation(
         if chosen:
             fleet.launch([aggregator.instruction(node, fleet.now_s()) for node in chosen])
         try:
-            completion = fleet.next_completion()
+            completion = fleet.next_completion(idle_wanted=len(aggregator.state.inflight) < concurrency)
         except FleetExhausted as exc:
             stopped = str(exc)
             break
