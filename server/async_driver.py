@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Result
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.traffic import TrafficLog
-from fedge.strategies.fedbuff import FedBuffAggregator
+from fedge.strategies.fedbuff import Arrival, FedBuffAggregator
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class AsyncFederationResult(FederationResult):
     """A synchronous-looking result (rounds = steps) plus the async records."""
 
     steps: list[AsyncStepRecord] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)  # every completion, in arrival order
     stopped: str = ""  # why the run ended before its steps, if it did
     in_flight_at_end: int = 0  # dispatches still training when the run ended (unfinished work)
 
@@ -219,6 +220,7 @@ def run_async_federation(
     result = Result(arrays=final, train_metrics_clientapp=train_metrics)
     return AsyncFederationResult(
         rounds=rounds, final_arrays=final, flower_result=result, steps=records, stopped=stopped,
+        arrivals=list(aggregator.log.arrivals),
         in_flight_at_end=len(aggregator.state.inflight),
     )
 
