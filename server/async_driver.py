@@ -122,7 +122,7 @@ class AsyncFederationResult(FederationResult):
             "applied": len(staleness),
             "discarded_stale": aggregator.log.discarded_stale,
             "lost": sum(1 for a in arrivals if a.reason.startswith("lost")),
-            "refused": sum(1 for a in arrivals if a.reason.startswith("refused")),
+            "refused": sum(1 for a in arrivals if a.reason.startswith("refused")) + sum(s.refused for s in aggregator.log.steps),
             "in_flight_at_end": self.in_flight_at_end,
             "stopped": self.stopped,
             "time_s": self.steps[-1].time_s if self.steps else 0.0,
@@ -192,7 +192,7 @@ def run_async_federation(
             nodes=step.nodes, staleness=step.staleness, weights=step.weights, arrivals=len(arrivals),
             discarded_stale=sum(1 for a in arrivals if a.reason.startswith("stale")),
             lost=sum(1 for a in arrivals if a.reason.startswith("lost")),
-            refused=sum(1 for a in arrivals if a.reason.startswith("refused")),
+            refused=sum(1 for a in arrivals if a.reason.startswith("refused")) + step.refused,
             abandoned=step.abandoned,
         )
         records.append(record)
