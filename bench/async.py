@@ -45,14 +45,17 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGET = 0.93
 SEEDS = (0, 1, 2)
 FLEET = ("device=mix_wearable_phone_gateway", "device.speed_sigma=0.5")
-SYNC_ROUNDS = 16
+SYNC_ROUNDS = 20  # the default run's rounds
 ASYNC_STEPS = 400  # an upper bound; runs stop at the target
 SYNC: dict[str, tuple[str, ...]] = {
     "sync FedAvg, no deadline": (),
+    "sync FedAvg, deadline 2 s": ("server.round_deadline_s=2",),
+    "sync FedAvg, deadline 3 s": ("server.round_deadline_s=3",),
     "sync FedAvg, deadline 4 s": ("server.round_deadline_s=4",),
     "sync FedAvg, deadline 6 s": ("server.round_deadline_s=6",),
     "sync FedAvg, deadline 8 s": ("server.round_deadline_s=8",),
     "sync FedAdam, no deadline": ("strategy=fedadam",),
+    "sync FedAdam, deadline 3 s": ("strategy=fedadam", "server.round_deadline_s=3"),
     "sync FedAdam, deadline 6 s": ("strategy=fedadam", "server.round_deadline_s=6"),
 }
 ASYNC_COMMON = ("mode=async", "mode.concurrency=10", f"mode.stop_accuracy={TARGET}", f"rounds={ASYNC_STEPS}")

@@ -30,7 +30,8 @@ def plot_staleness(runs: Sequence[Any], path: Path) -> Path:
 
     fig = Figure(figsize=(7.0, 4.5), dpi=100, layout="constrained")
     ax = fig.subplots()
-    histograms = [(run.label, async_section(run.results)["staleness_histogram"]) for run in runs if async_section(run.results)]
+    sections = [(run.label, async_section(run.results)) for run in runs]
+    histograms = [(label, section["staleness_histogram"]) for label, section in sections if section is not None]
     width = 0.8 / max(len(histograms), 1)
     for i, (label, counts) in enumerate(histograms):
         xs = [s + (i - (len(histograms) - 1) / 2) * width for s in range(len(counts))]

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-MetricValue = int | float
+from fedge.strategies.reply_validation import MetricValue
+
 
 
 @dataclass

@@ -85,3 +85,34 @@ def test_fedge_sim_refuses_a_malformed_trace_as_a_config_error(make_cfg, tmp_pat
         run_experiment(make_cfg(["mode=async", f"device.trace={path}", "num_clients=6", "progress=false"]))
     with pytest.raises(ConfigError, match="cannot read the trace"):
         run_experiment(make_cfg(["mode=async", f"device.trace={tmp_path}/missing.csv", "num_clients=6", "progress=false"]))
+
+
+def test_a_trace_drives_a_sync_run_too(make_cfg, tmp_path):
+    """Synchronous rounds: a traced device is reachable iff the round starts in one of its intervals."""
+    path = _trace(tmp_path, ROWS)
+    outcome = run_experiment(make_cfg([f"device.trace={path}", "num_clients=6", "client.local_epochs=1", "progress=false",
+                                       "backend.num_workers=0", "rounds=2"]))
+    first, second = outcome.result.rounds[1:]
+    assert first.unavailable == 2 and first.replies == 4  # the phones come online at 2 s
+    assert first.sim_round_s > 2 and second.unavailable == 0 and second.replies == 6
+
+
+def test_speed_spread_is_lognormal_around_the_profile_and_seeded():
+    import numpy as np
+
+    from fedge.simulations.devices.profile import DeviceProfile
+    from fedge.simulations.devices.speed import spread_speeds
+
+    phone = DeviceProfile(name="phone", samples_per_s=2000, downlink_mbps=20, uplink_mbps=5)
+    fleet = {1000 + i: phone for i in range(400)}
+    assert spread_speeds(fleet, 0.0, seed=1) == fleet
+    spread = spread_speeds(fleet, 0.5, seed=1)
+    assert spread == spread_speeds(fleet, 0.5, seed=1) and spread != spread_speeds(fleet, 0.5, seed=2)
+    speed = np.log([p.samples_per_s / 2000 for p in spread.values()])
+    link = np.log([p.downlink_mbps / 20 for p in spread.values()])
+    assert abs(np.median(speed)) < 0.1 and 0.4 < speed.std() < 0.6 and 0.4 < link.std() < 0.6
+    assert all(p.uplink_mbps / 5 == pytest.approx(p.downlink_mbps / 20) for p in spread.values())  # one link factor
+    assert abs(np.corrcoef(speed, link)[0, 1]) < 0.2  # compute and links spread independently
+    assert {p.name for p in spread.values()} == {"phone"}
+    with pytest.raises(ValueError, match="speed_sigma must be >= 0"):
+        spread_speeds(fleet, -1.0, seed=0)
