@@ -52,6 +52,13 @@ def test_nonlinear_strategies_are_refused_with_the_reason(strategy, why):
         check_linear(strategy)
 
 
+def test_the_flwr_free_list_of_linear_strategies_is_the_checked_one():
+    from fedge.strategies.fedbuff import LINEAR_STRATEGIES
+    from fedge.strategies.fedbuff_config import LINEAR_STRATEGY_NAMES
+
+    assert tuple(cls.__name__ for cls in LINEAR_STRATEGIES) == LINEAR_STRATEGY_NAMES
+
+
 def test_nonlinear_strategy_refused_by_fedge_sim(make_cfg):
     with pytest.raises(ConfigError, match="FedMedian takes a coordinate-wise median"):
         run_experiment(make_cfg([*ASYNC, "strategy=fedmedian", "rounds=1"]))
