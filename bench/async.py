@@ -89,14 +89,13 @@ def measure(overrides: tuple[str, ...], seed: int, out_dir: Path | None) -> dict
     }
     steps = getattr(outcome.result, "steps", None)
     if steps is not None:
-        arrivals = outcome.result.arrivals  # type: ignore[attr-defined]
         row.update(
             updates_applied=sum(len(s.staleness) for s in steps),
             discarded_past_max_staleness=sum(s.discarded_stale for s in steps),
             refused=sum(s.refused for s in steps),
             lost=sum(s.lost for s in steps),
             unfinished_at_end=outcome.result.in_flight_at_end,  # type: ignore[attr-defined]
-            buffered_at_end=len(arrivals) - sum(1 for a in arrivals if not a.kept) - sum(len(s.staleness) for s in steps) - sum(s.refused for s in steps),
+            buffered_at_end=outcome.result.buffered_at_end,  # type: ignore[attr-defined]
             max_staleness_seen=max((x for s in steps for x in s.staleness), default=0),
         )
     else:
