@@ -128,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
         "(bytes and samples priced by the device profiles), only the wall seconds do.",
         "",
         "| configuration | " + " | ".join(f"seed {s}: s to {TARGET}" for s in result["seeds"]) + " | median | final acc (seeds) "
-        "| finished work discarded | unfinished at end |",
+        "| finished work discarded | at the end: training + buffered |",
         "|---|" + "---:|" * len(result["seeds"]) + "---:|---|---|---|",
     ]
     for name, rows in runs.items():
@@ -138,7 +138,7 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             discarded = "/".join(str(r["discarded_past_max_staleness"]) for r in rows) + " past max_staleness; " + \
                 "/".join(str(r["refused"] + r["lost"]) for r in rows) + " other"
-            unfinished = "/".join(str(r["unfinished_at_end"]) for r in rows)
+            unfinished = "/".join(f"{r['unfinished_at_end']}+{r['buffered_at_end']}" for r in rows)
         lines.append(
             f"| {name}{' **(best sync)**' if name == best else ''} | " + " | ".join(_fmt(r["sim_s_to_target"]) for r in rows)
             + f" | {_fmt(median_time(rows))} | " + " / ".join(f"{r['final_accuracy']:.3f}" for r in rows)
@@ -155,7 +155,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Discarded work: a synchronous deadline throws away every straggler's finished update; FedBuff throws "
         "away only updates older than `mode.max_staleness` (20) versions (counted above); 'other' = refused by the "
-        "validator or lost (0 expected). Unfinished = tasks still training when the run stopped at the target.",
+        "validator or lost (0 expected). At the end: tasks still training + finished updates waiting in the "
+        "buffer when the run stopped at the target (neither discarded: the run simply ended).",
         "",
         "![accuracy vs simulated time, seed 0](async_accuracy_vs_sim_time.png)",
         "",
