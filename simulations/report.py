@@ -136,7 +136,7 @@ def _group_name(config: dict[str, Any], group: str) -> str:
 
 
 #: Groups a label names by their name (task class, strategy class, codec, device file).
-NAMED_GROUPS = ("task", "strategy", "compression", "device")
+NAMED_GROUPS = ("task", "strategy", "compression", "device", "mode")
 #: Keys a label shows as ``qat<bits>`` (``a<act_bits>`` when not 8).
 QAT_KEYS = ("client.qat.bits", "client.qat.act_bits")
 
