@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.device --install
 	nice -n 10 $(BIN)/python -m bench.secagg
+	$(BIN)/python -m bench.async
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

@@ -13,6 +13,9 @@ report compares all runs given:
 - ``clients.csv``: every client's totals, one row per run and client;
 - ``accuracy_vs_sim_time.png`` (runs with device profiles, ``device=...``): accuracy
   against cumulative simulated round time (time to accuracy on the simulated fleet);
+- ``staleness.png`` (async runs, ``mode=async``): applied updates by staleness
+  (:mod:`fedge.simulations.async_report`); an async run's rounds are its aggregation
+  steps, so the simulated-time plot shows sync and async runs on one axis;
 - ``report.md``: a summary table of all runs, the plots, and per run a table of its
   rounds and one of its clients (with simulated seconds, joules, stragglers and
   offline devices when the run had device profiles); above ``max_client_bars``
@@ -35,6 +38,7 @@ from typing import Any
 
 from fedge.simulations import report_clients
 from fedge.simulations.report_clients import KB, MAX_CLIENT_BARS, TOP_N
+from fedge.simulations.async_report import STALENESS_PLOT, STALENESS_TITLE, async_section, plot_staleness, step_table
 
 MB = 1e6
 #: Config keys that never tell runs apart.
@@ -46,6 +50,7 @@ PLOTS = {
     "accuracy_vs_uplink": "accuracy vs cumulative uplink MB",
     "clients": "per-client bytes and compute seconds",  # bars, or distributions over many clients
     "accuracy_vs_sim_time": "accuracy vs cumulative simulated round time",
+    STALENESS_PLOT: STALENESS_TITLE,
 }
 
 
@@ -137,7 +142,7 @@ def _group_name(config: dict[str, Any], group: str) -> str:
 
 
 #: Groups a label names by their name (task class, strategy class, codec, device file).
-NAMED_GROUPS = ("task", "strategy", "compression", "device")
+NAMED_GROUPS = ("task", "strategy", "compression", "device", "mode")
 #: Keys a label shows as ``qat<bits>`` (``a<act_bits>`` when not 8).
 QAT_KEYS = ("client.qat.bits", "client.qat.act_bits")
 
@@ -158,6 +163,8 @@ def describe(config: dict[str, Any]) -> str:
     device = _group_name(config, "device")
     if device and device != "none":
         parts.append(f"dev={device}")
+    if _group_name(config, "mode") == "async":
+        parts.append(f"async K={(config.get('mode') or {}).get('buffer_size')}")
     return " ".join(p for p in parts if p)
 
 
@@ -331,6 +338,7 @@ def markdown(
             )
         )
         parts += report_clients.markdown_section(run, large, top_n, csv_name, _table)
+        parts += step_table(run.results)
         parts.append("")
     return "\n".join(parts)
 
@@ -367,6 +375,8 @@ def make_report(
     report_clients.write_csv(runs, out_dir / CLIENTS_CSV)
     if any(run.simulated for run in runs):
         images["accuracy_vs_sim_time"] = plot_accuracy_vs_sim_time(runs, out_dir / "accuracy_vs_sim_time.png")
+    if any(async_section(run.results) for run in runs):
+        images[STALENESS_PLOT] = plot_staleness(runs, out_dir / "staleness.png")
     report = out_dir / "report.md"
     report.write_text(markdown(runs, images, out_dir, max_client_bars, top_n))
     return report
