@@ -1,0 +1,120 @@
+"""AsyncGrpcGrid over real gRPC on 127.0.0.1 with mTLS (issue 13): per-device submit,
+completions in arrival order, hostile pushes refused with a reason, tasks in flight
+offered again after a server restart.
+
+Devices run as DeviceRuntime threads (the process-level run with fedge-server killed
+by SIGKILL is in test_async_grpc_processes.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from grpc_helpers import DEVICES, device_credentials, make_certs, split_evenly, start_device, start_server, wait_until
+
+from fedge.client import TrainConfig
+from fedge.client.connection import Connection
+from fedge.protos import records
+from fedge.protos.v1 import task_pb2
+from fedge.server.async_grpc_grid import AsyncGrpcGrid
+from fedge.server.certs import CertDir
+from fedge.tasks.digits import DigitsTask
+
+DIGITS = DigitsTask()
+SHARDS = split_evenly(DIGITS.load().train.subset(np.arange(300)), len(DEVICES))
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> CertDir:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def train_message(node_id: int, version: int, local_steps: int = 2) -> Message:
+    torch.manual_seed(0)
+    arrays = ArrayRecord(DIGITS.build_model().state_dict())
+    config = ConfigRecord({**TrainConfig(local_steps=local_steps).to_config(), "server-round": version + 1})
+    return Message(RecordDict({"arrays": arrays, records.CONFIG_RECORD: config}), node_id, "train", group_id=str(version + 1))
+
+
+def test_completions_come_in_arrival_order_and_foreign_or_stale_pushes_are_refused_with_a_reason(certs):
+    server = start_server(certs)
+    conns = {d: Connection(server.address, d, device_credentials(certs, d)) for d in DEVICES}
+    try:
+        nodes = {d: c.join(d, {}, ["fp32"], timeout_s=10).node_id for d, c in conns.items()}
+        grid = AsyncGrpcGrid(server)
+        ids = {d: grid.submit(train_message(nodes[d], 0)) for d in DEVICES}
+        assert grid.idle_node_ids() == [] and grid.next_completion(timeout_s=0.2) is None  # nothing pushed yet
+        for d in DEVICES:
+            pulled = conns[d].pull(wait_s=5, max_task_bytes=1 << 24, transfer_timeout_s=10)
+            assert pulled.header.task_id == ids[d]
+        # a device answering another device's task: refused, the reason in the reply
+        foreign = task_pb2.Update(task_id=ids["1001"], node_id=nodes["1000"], metrics={"num-examples": 1.0})
+        reply, _ = conns["1000"].push(ids["1001"], foreign.SerializeToString(), 1 << 20, timeout_s=10)
+        assert not reply.accepted and "wrong node" in reply.reason
+        pushed = ["1002", "1000", "1001"]  # not the submit order
+        for d in pushed:
+            update = task_pb2.Update(task_id=ids[d], node_id=nodes[d], metrics={"num-examples": 1.0})
+            reply, _ = conns[d].push(ids[d], update.SerializeToString(), 1 << 20, timeout_s=10)
+            assert reply.accepted
+        got = [grid.next_completion(timeout_s=10) for _ in pushed]
+        assert [r.metadata.src_node_id for r in got] == [nodes[d] for d in pushed]
+        assert [r.metadata.reply_to_message_id for r in got] == [ids[d] for d in pushed]
+        assert grid.next_completion(timeout_s=0.1) is None and grid.completed == 3
+        # a cancelled task: a late push is refused as expired, and no reply is handed out
+        late = grid.submit(train_message(nodes["1000"], 1))
+        conns["1000"].pull(wait_s=5, max_task_bytes=1 << 24, transfer_timeout_s=10)
+        grid.cancel([late])
+        update = task_pb2.Update(task_id=late, node_id=nodes["1000"], metrics={"num-examples": 1.0})
+        reply, _ = conns["1000"].push(late, update.SerializeToString(), 1 << 20, timeout_s=10)
+        assert not reply.accepted and "expired" in reply.reason
+        assert grid.next_completion(timeout_s=0.1) is None and grid.idle_node_ids() == sorted(nodes.values())
+    finally:
+        for c in conns.values():
+            c.close()
+        server.stop()
+
+
+def test_a_device_that_leaves_mid_task_becomes_a_failure_reply_naming_why(certs):
+    server = start_server(certs)
+    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    try:
+        node = conn.join("1000", {}, ["fp32"], timeout_s=10).node_id
+        grid = AsyncGrpcGrid(server)
+        grid.submit(train_message(node, 0))
+        conn.leave("bye", timeout_s=10)
+        reply = grid.next_completion(timeout_s=10)
+        assert reply is not None and reply.has_error() and "went silent or left" in reply.error.reason
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_the_fastest_device_is_handed_the_most_work(certs):
+    server = start_server(certs)
+    speeds = {1000: 1.0, 1001: 4.0, 1002: 12.0}  # slowdown factors (fedge-client --slowdown)
+    devices = [start_device(server, certs, d, DIGITS, s, slowdown=speeds[int(d)]) for d, s in zip(DEVICES, SHARDS)]
+    try:
+        grid = AsyncGrpcGrid(server)
+        grid.wait_for_nodes(3, timeout_s=30)
+        assert grid.get_node_ids() == sorted(speeds)
+        for node in grid.idle_node_ids():
+            grid.submit(train_message(node, 0))
+        done: list[int] = []
+        while len(done) < 12:
+            reply = grid.next_completion(timeout_s=60)
+            assert reply is not None and not reply.has_error(), reply and reply.error
+            node = reply.metadata.src_node_id
+            done.append(node)
+            assert node in grid.idle_node_ids()
+            grid.submit(train_message(node, len(done)))  # the newest version, at once
+        counts = {n: done.count(n) for n in speeds}
+        assert counts[1000] > counts[1001] >= counts[1002], counts
+    finally:
+        for runtime, thread, _ in devices:
+            runtime.stop()
+            thread.join(timeout=30)
+        server.stop()
