@@ -19,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 
 from fedge.client.train_config import TrainConfig
 from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
+from fedge.strategies.fedbuff_config import FedBuffConfig
 from fedge.strategies.reply_validation import ReplyPolicy
 
 SCHEMA_NAME = "fedge_schema"
@@ -212,6 +213,21 @@ class DeviceConfig:
     mix: dict[str, float] = field(default_factory=dict)  # profile name -> share of clients
     start_hour: float = 0.0  # simulated hour of day when round 1 starts (for online_hours)
     round_interval_s: float = 0.0  # simulated seconds between round starts, at least (0: back to back)
+    speed_sigma: float = 0.0  # lognormal spread of samples_per_s within a profile (fedge.simulations.devices.speed); 0 = none
+    trace: str = ""  # a device trace CSV (fedge.simulations.devices.trace) replacing the profiles; "" = profiles
+
+
+@dataclass
+class ModeConfig(FedBuffConfig):
+    """Synchronous rounds or FedBuff (``conf/mode/*.yaml``; :mod:`fedge.strategies.fedbuff`).
+
+    ``mode=async``: ``rounds`` counts aggregation steps (each of ``buffer_size`` updates);
+    the FedBuff fields are :class:`~fedge.strategies.fedbuff.FedBuffConfig`'s.
+    """
+
+    name: str = "sync"  # sync or async
+    availability_slot_s: float = 60.0  # async sim: seconds one availability draw of a profiled device holds
+    stop_accuracy: float = 0.0  # async: end the run at the first step reaching this central accuracy; 0 = run all steps
 
 
 @dataclass
@@ -296,6 +312,7 @@ class FedgeConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated device profiles and mix
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # secure aggregation (secagg=on)
     shape: ShapeConfig = field(default_factory=ShapeConfig)  # model shaping: init, lowrank, prune, distill
+    mode: ModeConfig = field(default_factory=ModeConfig)  # sync rounds or async buffered aggregation (mode=async)
     dp_delta: float = 1e-5  # delta at which DP runs report epsilon each round
     num_clients: int = 10
     rounds: int = 20

@@ -10,6 +10,7 @@ output directory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,8 +37,10 @@ from fedge.server.results import final_weights, write_results
 from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.experiment_checks import check_experiment
-from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
-from fedge.simulations.devices.simulator import DeviceSimulator
+from fedge.simulations.async_checks import is_async
+from fedge.simulations.async_run import AsyncRun, run_async
+from fedge.simulations.devices.fleet import device_simulator, fleet_devices, fleet_profiles
+from fedge.simulations.devices.simulator import DeviceTotals
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.simulations.secagg_setup import secagg_settings
@@ -97,8 +100,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     strategy = shaping.wrap(secure)
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}
     try:
+        fleet = fleet_devices(cfg.device, list(node_parts), cfg.seed)
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
-        devices = device_simulator(cfg, profiles)
+        devices = None if is_async(cfg) else device_simulator(cfg, profiles)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
@@ -118,12 +122,17 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
     grid.observe_deliveries(devices)
+    async_run: AsyncRun | None = None
     with grid:
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
-            result = run_federation(
-                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress,
-                dropped_log=compressed.log, privacy=ledger,
-            )
+            if is_async(cfg):  # FedBuff on the simulated fleet (fedge.simulations.async_run)
+                async_run = run_async(cfg, compressed, grid, fleet, initial, evaluator, train_config, on_step=progress)
+                result: FederationResult = async_run.result
+            else:
+                result = run_federation(
+                    strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress,
+                    dropped_log=compressed.log, privacy=ledger,
+                )
     weights = final_weights(result)
 
     results_path = None
@@ -135,8 +144,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             sections["shape"] = shaping.report
         if ledger is not None:
             sections["privacy"] = ledger.report(cfg.rounds)
+        if async_run is not None:
+            sections["async"] = async_run.section
+        totals = async_run.fleet.totals if async_run is not None else devices.totals if devices is not None else None
         results_path = write_results(
-            out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, devices), sections
+            out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, totals), sections
         )
     if cfg.progress:
         console.print(summary_table(f"{type(task).__name__} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
@@ -144,10 +156,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     return SimulationOutcome(result, weights, results_path)
 
 
-def _client_totals(grid: FedgeGrid, devices: DeviceSimulator | None) -> dict[str, dict]:
+def _client_totals(grid: FedgeGrid, devices: Mapping[int, DeviceTotals] | None) -> dict[str, dict]:
     """Per-client bytes and compute seconds, with simulated device totals when profiled."""
     clients = {node: asdict(t) for node, t in grid.traffic.nodes().items()}
     if devices is not None:
-        for node, totals in devices.totals.items():
+        for node, totals in devices.items():
             clients.setdefault(node, {}).update(asdict(totals))
     return {str(node): clients[node] for node in sorted(clients)}

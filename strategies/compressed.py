@@ -38,10 +38,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos import records
-from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update, parse_update
+from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_update
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 from fedge.strategies.guard import guarded_aggregate
+from fedge.strategies.reply_decoding import decode_train_reply
 from fedge.strategies.reply_validation import Candidate, ReplyPolicy, ReplyRejected, ReplyValidator, update_norm
 
 log = logging.getLogger(__name__)
@@ -245,26 +246,13 @@ class CompressedStrategy(Strategy):
         self, server_round: int, reply: Message, reference: dict[str, np.ndarray]
     ) -> tuple[Candidate, dict[str, np.ndarray]] | None:
         """The reply's validated metrics and decoded delta; None (and recorded) if refused."""
-        node = reply.metadata.src_node_id
         try:
-            content = reply.content
-            if records.UPDATE_RECORD not in content.config_records:
-                raise CodecError("reply carries no fedge.update record")
-            payload = content.config_records[records.UPDATE_RECORD].get(records.PAYLOAD)
-            if not isinstance(payload, bytes):
-                raise CodecError("fedge.update record holds no payload bytes")
-            if len(content.metric_records) != 1:
-                raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
-            metrics, notes = self.validator.check_metrics(next(iter(content.metric_records.values())))
-            update = parse_update(payload, self.max_update_bytes)
-            if update.base_round != server_round - 1:
-                raise CodecError(f"update is relative to round {update.base_round}, expected {server_round - 1}")
-            sent = {k: v for k, v in reference.items() if k not in self._frozen}
-            delta = decode_update(update, sent, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
+            return decode_train_reply(
+                reply, reference, server_round - 1, self._frozen, self.validator, self.max_update_bytes
+            )
         except (CodecError, ReplyRejected) as exc:
-            self._record(server_round, [(node, f"{type(exc).__name__}: {exc}")], [])
+            self._record(server_round, [(reply.metadata.src_node_id, f"{type(exc).__name__}: {exc}")], [])
             return None
-        return Candidate(node, metrics, update_norm(delta), notes), delta
 
     def _record(self, server_round: int, dropped: list[tuple[int, str]], kept: list[Candidate]) -> None:
         """Log and keep the round's refusals and adjustments (results.json reads them)."""

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedge.simulations.devices.profile import DeviceProfile
 from fedge.simulations.devices.simulator import DeviceSimulator
+from fedge.simulations.devices.speed import spread_speeds
+from fedge.simulations.devices.trace import TracedDevice, trace_devices
 
 #: Separates the profile-assignment random stream from every other seeded stream.
 ASSIGNMENT_STREAM = 0xDE71CE
@@ -76,11 +78,22 @@ def build_profiles(profiles_cfg: Mapping[str, Any]) -> dict[str, DeviceProfile]:
 
 
 def fleet_profiles(device_cfg: Any, node_ids: Sequence[int], seed: int) -> dict[int, DeviceProfile]:
-    """Per-node profiles the ``device`` config describes; empty for ``device=none``."""
+    """Per-node profiles the ``device`` config describes (a trace's rows with
+    ``device.trace``, each spread by ``device.speed_sigma`` otherwise); empty for ``device=none``."""
+    return {node: d.profile if isinstance(d, TracedDevice) else d for node, d in fleet_devices(device_cfg, node_ids, seed).items()}
+
+
+def fleet_devices(device_cfg: Any, node_ids: Sequence[int], seed: int) -> dict[int, DeviceProfile | TracedDevice]:
+    """Per node its traced device (``device.trace``: speed, links, online intervals) or its
+    speed-spread profile (``device.mix``, ``device.speed_sigma``); empty for ``device=none``."""
+    trace = str(device_cfg.get("trace") or "")
+    if trace:
+        return dict(trace_devices(trace, node_ids))
     if not device_cfg.mix:
         return {}
     mix = {str(k): float(v) for k, v in device_cfg.mix.items()}
-    return assign_profiles(build_profiles(device_cfg.profiles), mix, node_ids, seed)
+    profiles = assign_profiles(build_profiles(device_cfg.profiles), mix, node_ids, seed)
+    return dict(spread_speeds(profiles, float(device_cfg.get("speed_sigma", 0.0)), seed))
 
 
 def device_simulator(cfg: Any, profiles: Mapping[int, DeviceProfile]) -> DeviceSimulator | None:
