@@ -170,6 +170,10 @@ class AsyncGrpcGrid(GrpcGrid):
         wire.uplink_grpc_bytes += dispatch.outgoing.uplink_wire_bytes
         wire.downlink_grpc_bytes += dispatch.outgoing.downlink_wire_bytes
 
+    def open_message_ids(self) -> list[str]:
+        """Message ids of the tasks open now."""
+        return list(self._open)
+
     def cancel(self, message_ids: Iterable[str]) -> None:
         """Withdraw open tasks (no reply will be handed out for them; a late push is refused as expired)."""
         for message_id in message_ids:

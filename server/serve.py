@@ -11,6 +11,12 @@ every round::
     fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20 rounds=50
     fedge-server --resume server.certs=certs ...     # after a crash: continue where it stopped
     fedge-server --insecure server.address=127.0.0.1:8443   # loopback development only
+    fedge-server mode=async mode.buffer_size=3 mode.concurrency=20 rounds=200 ...  # FedBuff
+
+With ``mode=async`` (:mod:`fedge.server.async_grpc_run`) there are no rounds: every free
+device gets the newest model, every ``mode.buffer_size`` accepted pushes make one
+aggregation step (``rounds`` counts steps), and checkpoints keep the buffer, the model
+version and the tasks in flight.
 
 ``--resume`` and ``--insecure`` are shorthands for ``server.resume=true`` and
 ``server.insecure=true``.
@@ -36,6 +42,8 @@ from fedge.conf.build import (
     train_defaults,
 )
 from fedge.protos.codecs.compression_setup import required_codecs
+from fedge.server.async_grpc_grid import AsyncGrpcGrid
+from fedge.server.async_grpc_run import async_mode, run_async_grpc
 from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
@@ -68,6 +76,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             "profiles); real devices get the real deadline server.round_timeout_s"
         )
     train_cfg = train_defaults(cfg)
+    mode = async_mode(cfg)
     try:
         if settings.insecure:
             check_insecure(settings.address)
@@ -90,22 +99,31 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     server = FederationServer(
         settings, credentials, required_codecs=required_codecs(strategy.uplink, strategy.downlink), max_update_bytes=strategy.max_update_bytes
     ).start()
-    grid = GrpcGrid(server)
+    grid = GrpcGrid(server) if mode is None else AsyncGrpcGrid(server)
     print(f"fedge-server: listening on {server.address} ({'mTLS' if server.secure else 'INSECURE'}); "
           f"waiting for {cfg.num_clients} devices", flush=True)
+    sections: dict = {}
     try:
         grid.wait_for_nodes(cfg.num_clients)
-        result = run_resumable(
-            strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-            experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
-            train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
-        )
+        if isinstance(grid, AsyncGrpcGrid) and mode is not None:
+            run = run_async_grpc(
+                mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
+                experiment_fingerprint(cfg), checkpoint, on_step=_report,
+            )
+            result: FederationResult = run.result
+            sections["async"] = run.section
+        else:
+            result = run_resumable(
+                strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+                experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
+                train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
+            )
         grid.close()
         _farewell(server)
     finally:
         server.stop()
     if out_dir is not None:
-        write_results(out_dir, cfg, result, strategy.log, grid.transport_report())
+        write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections=sections)
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result
 
