@@ -59,6 +59,7 @@ class AsyncHistory:
     steps: list[AsyncStepRecord] = field(default_factory=list)
     open_tasks: list[OpenTask] = field(default_factory=list)
     saves: int = 0  # checkpoints written so far (the file number)
+    resumed: dict[str, Any] = field(default_factory=dict)  # what the last resume restored (empty: never resumed)
 
 
 class AsyncCheckpointer:
@@ -168,8 +169,14 @@ def restore_async(
     # a dispatch with no kept task can never be answered, so it is recorded as lost now
     inflight = set(aggregator.state.inflight)
     history.open_tasks = [t for t in history.open_tasks if _dispatch_of(t) in inflight]
-    for dispatch in sorted(inflight - {_dispatch_of(t) for t in history.open_tasks}):
+    reoffered = sorted(_dispatch_of(t) for t in history.open_tasks)
+    for dispatch in sorted(inflight - set(reoffered)):
         aggregator.receive(dispatch, None, "its task was not kept over the server restart", aggregator.state.clock_s)
+    state = aggregator.state
+    history.resumed = {
+        "checkpoint": checkpoint.round, "version": state.version, "buffered": len(state.buffer),
+        "steps": len(aggregator.log.steps), "reoffered_dispatches": reoffered,
+    }
     return aggregator, history
 
 

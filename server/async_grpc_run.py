@@ -125,6 +125,10 @@ def run_async_grpc(
     )
     section = result.async_report(aggregator)
     section["updates_by_node"] = updates_by_node(aggregator)
+    if history.resumed:  # the restart: what it restored, and which re-offered tasks were answered after it
+        reoffered = set(history.resumed["reoffered_dispatches"])
+        kept = [a.dispatch for a in aggregator.log.arrivals if a.kept and a.dispatch in reoffered]
+        section["resumed"] = {**history.resumed, "reoffered_accepted": kept}
     section["checkpoints_written"] = history.saves
     section["failed_checkpoints"] = list(checkpointer.failed_saves)
     return AsyncGrpcRun(result, aggregator, section)
