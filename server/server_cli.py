@@ -59,7 +59,7 @@ APP = HydraApp(
         "fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20",
         "fedge-server --resume server.certs=certs num_clients=20    # after a crash",
         "fedge-server --insecure server.address=127.0.0.1:8443     # loopback only",
-        "fedge-server mode=async mode.buffer_size=3 mode.concurrency=10 rounds=100 server.certs=certs num_clients=20",
+        "fedge-server mode=async mode.buffer_size=3 rounds=100 num_clients=20",
     ],
     writes="results.json and final_model.npz (checkpoints: server.checkpoint_dir)",
     hidden_groups=["partition", "backend", "device"],  # fedge-sim's: data splits, workers, simulated devices
