@@ -118,3 +118,77 @@ def test_the_fastest_device_is_handed_the_most_work(certs):
             runtime.stop()
             thread.join(timeout=30)
         server.stop()
+
+
+def test_a_resume_offers_the_kept_tasks_again_and_records_dispatches_it_lost(certs, tmp_path):
+    """Checkpoint: one dispatch on the grid, one launched after the save (lost in a crash)."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedge.server.async_grpc_checkpoint import AsyncCheckpointer, AsyncHistory, describe, restore_async
+    from fedge.server.checkpoint import load_checkpoint
+    from fedge.strategies import CompressedStrategy
+    from fedge.strategies.fedbuff import FedBuffAggregator
+    from fedge.strategies.fedbuff_config import FedBuffConfig
+
+    def strategy() -> CompressedStrategy:
+        return CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1))
+
+    config = FedBuffConfig(buffer_size=2, concurrency=2)
+    train = ConfigRecord(TrainConfig(local_steps=1).to_config())
+    torch.manual_seed(0)
+    initial = ArrayRecord(DIGITS.build_model().state_dict())
+    server = start_server(certs)
+    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    try:
+        node = conn.join("1000", {}, ["fp32"], timeout_s=10).node_id
+        grid = AsyncGrpcGrid(server)
+        aggregator = FedBuffAggregator(strategy(), config, initial, train, [node, 1001])
+        kept_id = grid.submit(aggregator.instruction(node))
+        history = AsyncHistory()
+        AsyncCheckpointer(tmp_path, "fp", aggregator, grid, history, keep=2).save()
+        aggregator.instruction(1001)  # launched after the save: the crash loses it
+    finally:
+        conn.close()
+        server.stop()
+
+    checkpoint = load_checkpoint(tmp_path, "fp")
+    assert describe(checkpoint) == {"version": 0, "buffered": 0, "in_flight": 1, "open_tasks": 1, "steps": 0}
+    restored, history = restore_async(checkpoint, strategy(), config, train, [node, 1001])
+    assert [t.task_id for t in history.open_tasks] == [kept_id] and history.resumed["reoffered_dispatches"] == [1]
+    assert list(restored.state.inflight) == [1] and restored.state.next_dispatch == 2
+
+    server = start_server(certs)  # the restarted server
+    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    try:
+        grid = AsyncGrpcGrid(server)
+        grid.repost(history.open_tasks)  # before the device is back: the task waits for it
+        assert grid.busy_node_ids() == {node}
+        conn.join("1000", {}, ["fp32"], timeout_s=10)
+        pulled = conn.pull(wait_s=5, max_task_bytes=1 << 24, transfer_timeout_s=10)
+        assert pulled.header.task_id == kept_id and pulled.payload == history.open_tasks[0].payload
+        update = task_pb2.Update(task_id=kept_id, node_id=node, error="trained elsewhere")
+        reply, _ = conn.push(kept_id, update.SerializeToString(), 1 << 20, timeout_s=10)
+        assert reply.accepted
+        got = grid.next_completion(timeout_s=10)
+        assert got is not None and got.metadata.group_id == "1" and got.metadata.reply_to_message_id == kept_id
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_fedge_server_refuses_a_strategy_fedbuff_cannot_use_before_writing_anything(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = str(Path(sys.executable).parent / "fedge-server")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    for args, needle in (
+        (["strategy=fedmedian"], "coordinate-wise median"),
+        (["mode.concurrency=11"], "mode.concurrency=11 exceeds num_clients=10"),
+    ):
+        proc = subprocess.run([server, "mode=async", "--insecure", "server.address=127.0.0.1:0", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert list(tmp_path.iterdir()) == []
