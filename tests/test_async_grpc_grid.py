@@ -192,3 +192,47 @@ def test_fedge_server_refuses_a_strategy_fedbuff_cannot_use_before_writing_anyth
                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+def test_fedbuff_over_grpc_with_downlink_deltas_against_what_each_device_holds(certs):
+    """The async driver over GrpcFleet; the broadcast is the q8 change from the model each
+    device holds (per-device server-side error feedback), which the unchanged device decodes."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedge.protos.codecs import CodecSpec
+    from fedge.protos.codecs.compression_setup import required_codecs
+    from fedge.server.async_driver import run_async_federation
+    from fedge.server.async_grpc_fleet import GrpcFleet
+    from fedge.server.evaluation import CentralEvaluator
+    from fedge.strategies import CompressedStrategy
+    from fedge.strategies.fedbuff import FedBuffAggregator
+    from fedge.strategies.fedbuff_config import FedBuffConfig
+
+    compressed = CompressedStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1), downlink=CodecSpec("uniform", {"bits": 8}), downlink_delta=True
+    )
+    server = start_server(certs, codecs=required_codecs(compressed.uplink, compressed.downlink))
+    speeds = {"1000": 1.0, "1001": 3.0, "1002": 6.0}
+    devices = [start_device(server, certs, d, DIGITS, s, slowdown=speeds[d]) for d, s in zip(DEVICES, SHARDS)]
+    try:
+        grid = AsyncGrpcGrid(server)
+        grid.wait_for_nodes(3, timeout_s=30)
+        torch.manual_seed(0)
+        initial = ArrayRecord(DIGITS.build_model().state_dict())
+        train = ConfigRecord(TrainConfig(local_steps=5).to_config())
+        aggregator = FedBuffAggregator(compressed, FedBuffConfig(buffer_size=2, concurrency=3), initial, train, grid.get_node_ids())
+        evaluator = CentralEvaluator(DIGITS, DIGITS.load().test)
+        result = run_async_federation(aggregator, GrpcFleet(grid), evaluator, steps=8, traffic=grid.traffic)
+    finally:
+        for runtime, thread, _ in devices:
+            runtime.stop()
+            thread.join(timeout=30)
+        server.stop()
+    arrivals = aggregator.log.arrivals
+    assert [a.reason for a in arrivals if not a.kept] == []  # every device decoded its delta broadcast
+    assert len(result.steps) == 8 and result.rounds[-1].accuracy > result.rounds[0].accuracy
+    sizes = {}
+    for dispatch, sent in sorted((a.dispatch, a.node_id) for a in arrivals):
+        sizes.setdefault(sent, []).append(grid.traffic.round(dispatch).downlink_bytes)
+    fast = sizes[1000]
+    assert len(fast) >= 3 and max(fast[1:]) < fast[0] / 2  # after its first (full) model: q8 deltas
