@@ -104,6 +104,7 @@ class AsyncCheckpointer:
             "aggregator": description,
             "open_tasks": [{"node_id": t.node_id, "task_id": t.task_id, "message_type": t.message_type} for t in open_tasks],
             "steps": [asdict(s) for s in history.steps],
+            "nodes": list(agg.node_ids),  # the fleet: a resume need not wait for every device to rejoin
         }
         saves = history.saves + 1
         python_random, numpy_random = Checkpoint.random_states()
@@ -140,7 +141,10 @@ def restore_async(
     train_config: ConfigRecord,
     node_ids: list[int],
 ) -> tuple[FedBuffAggregator, AsyncHistory]:
-    """The aggregator and history a checkpoint of an async run holds (:class:`CheckpointError` if it is not one)."""
+    """The aggregator and history a checkpoint of an async run holds (:class:`CheckpointError` if it is not one).
+
+    ``node_ids``: the devices connected now; the fleet is those and the checkpoint's.
+    """
     extra = checkpoint.extra
     if extra.get("mode") != ASYNC_MODE:
         raise CheckpointError("the checkpoint is of a synchronous run; it cannot resume mode=async")
@@ -151,7 +155,8 @@ def restore_async(
             restored.dropped, restored.adjusted, restored.abandoned,
         )
         agg_arrays = {k[len("agg/"):]: v for k, v in checkpoint.extra_arrays.items() if k.startswith("agg/")}
-        aggregator = FedBuffAggregator.restore(compressed, config, train_config, node_ids, extra["aggregator"], agg_arrays)
+        fleet = sorted(set(node_ids) | {int(n) for n in extra["nodes"]})
+        aggregator = FedBuffAggregator.restore(compressed, config, train_config, fleet, extra["aggregator"], agg_arrays)
         open_tasks = [
             OpenTask(int(t["node_id"]), str(t["task_id"]), str(t["message_type"]),
                      checkpoint.extra_arrays[f"task/{t['task_id']}"].tobytes())

@@ -66,6 +66,7 @@ class AsyncGrpcRun:
     result: AsyncFederationResult
     aggregator: FedBuffAggregator
     section: dict[str, Any]
+    unfinished_nodes: set[int]  # devices whose task the end withdrew (still training, or to rejoin)
 
 
 def run_async_grpc(
@@ -118,6 +119,7 @@ def run_async_grpc(
         stop_accuracy=mode.stop_accuracy, on_record=step_recorded,
     )
     checkpointer.save_if_changed()
+    unfinished = grid.busy_node_ids()
     grid.cancel(list(grid.open_message_ids()))
     result = AsyncFederationResult(
         rounds=history.rounds, final_arrays=outcome.final_arrays, flower_result=outcome.flower_result,
@@ -131,7 +133,7 @@ def run_async_grpc(
         section["resumed"] = {**history.resumed, "reoffered_accepted": kept}
     section["checkpoints_written"] = history.saves
     section["failed_checkpoints"] = list(checkpointer.failed_saves)
-    return AsyncGrpcRun(result, aggregator, section)
+    return AsyncGrpcRun(result, aggregator, section, unfinished)
 
 
 def updates_by_node(aggregator: FedBuffAggregator) -> dict[str, dict[str, int]]:

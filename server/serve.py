@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -103,8 +104,11 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     print(f"fedge-server: listening on {server.address} ({'mTLS' if server.secure else 'INSECURE'}); "
           f"waiting for {cfg.num_clients} devices", flush=True)
     sections: dict = {}
+    unfinished: set[int] = set()  # async: devices whose task the end withdrew
     try:
-        grid.wait_for_nodes(cfg.num_clients)
+        # a resumed async run goes on with the first device back: the others rejoin as they
+        # finish what they were doing (their tasks wait for them on the board)
+        grid.wait_for_nodes(1 if mode is not None and checkpoint is not None else cfg.num_clients)
         if isinstance(grid, AsyncGrpcGrid) and mode is not None:
             run = run_async_grpc(
                 mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
@@ -112,6 +116,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             )
             result: FederationResult = run.result
             sections["async"] = run.section
+            unfinished = run.unfinished_nodes
         else:
             result = run_resumable(
                 strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
@@ -119,7 +124,9 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
                 train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
             )
         grid.close()
-        _farewell(server)
+        # async: devices may still be training on tasks the end withdrew (or not be back
+        # since a restart); they hear the federation is over when they come back
+        _farewell(server, max(FAREWELL_S, settings.round_timeout_s) if unfinished else FAREWELL_S, unfinished)
     finally:
         server.stop()
     if out_dir is not None:
@@ -136,8 +143,14 @@ def _report(record: RoundRecord) -> None:
     )
 
 
-def _farewell(server: FederationServer) -> None:
-    """Give devices a moment to pull FINISHED and leave."""
-    deadline = time.monotonic() + FAREWELL_S
-    while server.registry.live_node_ids() and time.monotonic() < deadline:
+def _farewell(server: FederationServer, wait_s: float = FAREWELL_S, expected: Collection[int] = ()) -> None:
+    """Give devices up to ``wait_s`` seconds to pull FINISHED and leave; also wait for the
+    ``expected`` ones (still working when the run ended) to come back and leave."""
+    registry = server.registry
+    deadline = time.monotonic() + wait_s
+
+    def waiting() -> bool:
+        return bool(registry.live_node_ids()) or any(not registry.knows(n) or registry.is_alive(n) for n in expected)
+
+    while waiting() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -2,7 +2,7 @@
 
 The devices are one machine's processes made slower by ``fedge-client --slowdown``
 (each task takes FACTOR times as long as it took: the same work, then a wait before
-the push), factors 1, 4 and 12. The server is killed with SIGKILL mid-run, while its
+the push), factors 1, 3 and 8. The server is killed with SIGKILL mid-run, while its
 newest checkpoint holds a non-empty buffer, and restarted with ``--resume``.
 Every loop here is bounded (subprocess timeouts, polling deadlines).
 """
@@ -12,21 +12,17 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from grpc_helpers import wait_until
+from grpc_helpers import Processes, digits_shard_file, fedge_client_args, fedge_server_args, wait_until
 
 from fedge.server.async_grpc_checkpoint import describe
 from fedge.server.certs import CertDir, create_federation, issue_devices
 from fedge.server.checkpoint import CheckpointError, checkpoint_files, load_checkpoint
 from fedge.tasks.digits import DigitsTask
 
-BIN = Path(sys.executable).parent
-SLOWDOWN = {"1000": 1.0, "1001": 4.0, "1002": 12.0}
+SLOWDOWN = {"1000": 1.0, "1001": 3.0, "1002": 8.0}
 STEPS, K = 24, 2
 
 
@@ -53,31 +49,19 @@ def test_async_server_killed_mid_run_resumes_with_its_buffer_and_the_fastest_dev
     train = DigitsTask().load().train
     port = _free_port()
     checkpoint_dir = tmp_path / "checkpoint"
-    server_args = [
-        str(BIN / "fedge-server"), f"server.address=127.0.0.1:{port}", f"server.certs={certs.root}",
-        f"server.checkpoint_dir={checkpoint_dir}", "server.heartbeat_s=1", "server.join_timeout_s=120",
-        "server.round_timeout_s=60", "num_clients=3", f"rounds={STEPS}", "progress=false", "client.local_epochs=2",
+    server_args = fedge_server_args(
+        port, certs, checkpoint_dir, f"rounds={STEPS}", "client.local_epochs=2",
         "mode=async", f"mode.buffer_size={K}", "mode.concurrency=3", "mode.max_staleness=50",
-    ]
-    logs = {}
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        logs[name] = open(tmp_path / f"{name}.log", "wb")
-        return subprocess.Popen(args, stdout=logs[name], stderr=subprocess.STDOUT)
-
-    first = start("server1", [*server_args, f"hydra.run.dir={tmp_path}/run1"])
-    clients = []
-    for i, (device, factor) in enumerate(SLOWDOWN.items()):
-        data = tmp_path / f"{device}.npz"
-        shard = train.subset(np.arange(i, len(train), 3))
-        np.savez(data, x=shard.x.reshape(len(shard), -1), y=shard.y)
-        clients.append(start(device, [
-            str(BIN / "fedge-client"), "--server", f"127.0.0.1:{port}", "--task", "digits", "--data", str(data),
-            "--ca", str(certs.ca), "--cert", str(certs.device(device)), "--key", str(certs.device_key(device)),
-            "--backoff-max", "1", "--pull-wait", "5", "--slowdown", str(factor),
-        ]))
-    second = None
+    )
+    procs = Processes(tmp_path)
     try:
+        first = procs.start("server1", [*server_args, f"hydra.run.dir={tmp_path}/run1"])
+        clients = [
+            procs.start(device, fedge_client_args(
+                port, certs, device, digits_shard_file(tmp_path / f"{device}.npz", train, i, 3), "--slowdown", str(factor)
+            ))
+            for i, (device, factor) in enumerate(SLOWDOWN.items())
+        ]
         # mid-run: a few model versions applied and an update waiting in the buffer
         wait_until(lambda: (s := _saved(checkpoint_dir)) is not None and s["version"] >= 4 and s["buffered"] >= 1,
                    240, "a checkpoint at version >= 4 with a buffered update")
@@ -88,18 +72,13 @@ def test_async_server_killed_mid_run_resumes_with_its_buffer_and_the_fastest_dev
         assert 4 <= saved["version"] < STEPS and saved["buffered"] >= 1, saved
         buffered = [(b["node_id"], b["staleness"]) for b in checkpoint.extra["aggregator"]["state"]["buffer"]]
 
-        second = start("server2", [*server_args, "--resume", f"hydra.run.dir={tmp_path}/run2"])
-        assert second.wait(timeout=300) == 0, (tmp_path / "server2.log").read_text()[-3000:]
-        assert [c.wait(timeout=60) for c in clients] == [0, 0, 0]  # they reconnected, finished and left
+        second = procs.start("server2", [*server_args, "--resume", f"hydra.run.dir={tmp_path}/run2"])
+        assert second.wait(timeout=300) == 0, procs.log("server2")[-3000:]
+        assert [c.wait(timeout=180) for c in clients] == [0, 0, 0]  # they reconnected, finished and left
     finally:
-        for proc in [first, *clients, second]:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for f in logs.values():
-            f.close()
+        procs.close()
 
-    log2 = (tmp_path / "server2.log").read_text()
+    log2 = procs.log("server2")
     version = saved["version"]
     assert f"resuming async run at model version {version}: {saved['buffered']} buffered updates" in log2
     results = json.loads((tmp_path / "run2" / "results.json").read_text())
@@ -128,5 +107,5 @@ def test_async_server_killed_mid_run_resumes_with_its_buffer_and_the_fastest_dev
     assert sum(by_node[n]["applied"] for n in by_node) == K * len(applied)
     assert section["applied"] == K * len(applied) and section["discarded_stale"] == 0
     assert results["final"]["accuracy"] > 0.8
-    client_log = (tmp_path / "1000.log").read_text()
+    client_log = procs.log("1000")
     assert "connection lost" in client_log and client_log.count("joined 127.0.0.1") >= 2
