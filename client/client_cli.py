@@ -71,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
                    help="this device's training-memory budget, MB; the server's client.memory_mb can only "
                         "tighten it (default 0: no limit)")
     p.add_argument("--slowdown", type=float, default=1.0, metavar="FACTOR",
-                   help="emulate slower hardware: every task takes FACTOR times as long as it took here (the device "
-                        "waits (FACTOR-1) x the measured time before pushing; same work, same update). Default 1")
+                   help="emulate slower hardware: every task costs FACTOR times the CPU time it took here (the device "
+                        "waits (FACTOR-1) x the task's CPU seconds before pushing; same work, same update). Default 1")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return p
 

@@ -95,9 +95,10 @@ class RuntimeSettings:
     max_task_bytes: int = 1 << 30
     chunk_bytes: int = 1 << 20  # until the server says otherwise
     profile: Mapping[str, float] = field(default_factory=dict)
-    # Emulated slower hardware: each task takes ``slowdown`` times as long as it took here
-    # (the device waits (slowdown - 1) x the measured time after the work, before
-    # pushing; the work and the update are the same). 1 = as fast as this machine.
+    # Emulated slower hardware: each task costs ``slowdown`` times the CPU time it took
+    # here (the device waits (slowdown - 1) x the task's CPU seconds after the work,
+    # before pushing; the work and the update are the same). CPU time, not wall time,
+    # so a busy machine does not stretch the wait too. 1 = as fast as this machine.
     slowdown: float = 1.0
 
 
@@ -281,9 +282,9 @@ class DeviceRuntime:
             update = task_pb2.Update(task_id=task_id, node_id=self.node_id or 0, error=reason)
         else:
             self._working_on = task_id
-            started = time.perf_counter()
+            started = time.thread_time()  # the training runs in this thread (fedge-client: --threads 1)
             update = self.client.handle(task)
-            self._slow_down(time.perf_counter() - started)
+            self._slow_down(time.thread_time() - started)
             self._working_on = ""
             self.stats.tasks += 1
         data = update.SerializeToString()
@@ -293,7 +294,7 @@ class DeviceRuntime:
         return task_id, data
 
     def _slow_down(self, took_s: float) -> None:
-        """Stretch a task that took ``took_s`` seconds to ``slowdown`` times that (a stop cuts it short)."""
+        """Stretch a task that took ``took_s`` CPU seconds by ``(slowdown - 1) x took_s`` (a stop cuts it short)."""
         if self.settings.slowdown > 1.0:
             self._stop.wait((self.settings.slowdown - 1.0) * took_s)
 

@@ -236,3 +236,59 @@ def test_fedbuff_over_grpc_with_downlink_deltas_against_what_each_device_holds(c
         sizes.setdefault(sent, []).append(grid.traffic.round(dispatch).downlink_bytes)
     fast = sizes[1000]
     assert len(fast) >= 3 and max(fast[1:]) < fast[0] / 2  # after its first (full) model: q8 deltas
+
+
+def test_hostile_pushes_over_grpc_are_dropped_with_reasons_and_never_move_the_model(certs):
+    """Real pushes through the async path: a non-finite delta, a delta claiming another base,
+    and an honest one; only the honest one reaches the buffer, the model is unchanged until a step."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedge.protos.codecs import encode_update
+    from fedge.protos.v1 import tensor_pb2
+    from fedge.server.async_driver import Completion
+    from fedge.server.async_grpc_fleet import GrpcFleet
+    from fedge.strategies import CompressedStrategy
+    from fedge.strategies.fedbuff import FedBuffAggregator
+    from fedge.strategies.fedbuff_config import FedBuffConfig
+
+    torch.manual_seed(0)
+    initial = ArrayRecord(DIGITS.build_model().state_dict())
+    model = {k: v.numpy() for k, v in initial.items()}
+    server = start_server(certs)
+    conns = {d: Connection(server.address, d, device_credentials(certs, d)) for d in DEVICES}
+    try:
+        nodes = {d: c.join(d, {}, ["fp32"], timeout_s=10).node_id for d, c in conns.items()}
+        grid = AsyncGrpcGrid(server)
+        compressed = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1))
+        train = ConfigRecord(TrainConfig(local_steps=1).to_config())
+        aggregator = FedBuffAggregator(compressed, FedBuffConfig(buffer_size=3, concurrency=3), initial, train, sorted(nodes.values()))
+        fleet = GrpcFleet(grid)
+        fleet.launch([aggregator.instruction(n) for n in sorted(nodes.values())])
+        deltas = {
+            "1000": ({k: np.full_like(v, np.nan) for k, v in model.items()}, None),  # non-finite
+            "1001": ({k: np.zeros_like(v) for k, v in model.items()}, 7),  # claims a base it was not sent
+            "1002": ({k: np.full_like(v, 1e-3) for k, v in model.items()}, None),  # honest
+        }
+        for d, conn in conns.items():
+            pulled = conn.pull(wait_s=5, max_task_bytes=1 << 24, transfer_timeout_s=10)
+            dispatch = task_pb2.Task.FromString(pulled.payload).server_round
+            delta, base = deltas[d]
+            encoded = encode_update(delta, "fp32", tensor_pb2.UPDATE_KIND_DELTA, base_round=dispatch - 1 if base is None else base)
+            update = task_pb2.Update(task_id=pulled.header.task_id, node_id=nodes[d], update=encoded, metrics={"num-examples": 10.0})
+            reply, _ = conn.push(pulled.header.task_id, update.SerializeToString(), 1 << 20, timeout_s=10)
+            assert reply.accepted  # the transport takes well-formed bytes; the decoder judges them
+        for _ in DEVICES:
+            done = fleet.next_completion()
+            assert isinstance(done, Completion)
+            aggregator.receive(done.dispatch, done.reply, done.reason, done.time_s)
+    finally:
+        for c in conns.values():
+            c.close()
+        server.stop()
+    reasons = {a.node_id: a.reason for a in aggregator.log.arrivals}
+    assert "not finite" in reasons[nodes["1000"]] or "finite" in reasons[nodes["1000"]], reasons
+    assert "relative to round 7" in reasons[nodes["1001"]], reasons
+    assert reasons[nodes["1002"]] == ""
+    assert [b.node_id for b in aggregator.state.buffer] == [nodes["1002"]] and aggregator.version == 0
+    assert all(np.array_equal(aggregator.state.model[k], v) for k, v in model.items())
+    assert {d.node_id for d in compressed.log.dropped} == {nodes["1000"], nodes["1001"]}

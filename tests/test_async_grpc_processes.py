@@ -1,8 +1,8 @@
 """fedge-server mode=async with three fedge-client processes over mTLS on 127.0.0.1 (issue 13, must-show 4).
 
 The devices are one machine's processes made slower by ``fedge-client --slowdown``
-(each task takes FACTOR times as long as it took: the same work, then a wait before
-the push), factors 1, 3 and 8. The server is killed with SIGKILL mid-run, while its
+(each task costs FACTOR times the CPU time it took: the same work, then a wait of
+(FACTOR - 1) x its CPU seconds before the push), factors 1, 3 and 8. The server is killed with SIGKILL mid-run, while its
 newest checkpoint holds a non-empty buffer, and restarted with ``--resume``.
 Every loop here is bounded (subprocess timeouts, polling deadlines).
 """
