@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Result
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.traffic import TrafficLog
-from fedge.strategies.fedbuff import FedBuffAggregator
+from fedge.strategies.fedbuff import Arrival, FedBuffAggregator
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class AsyncFederationResult(FederationResult):
     """A synchronous-looking result (rounds = steps) plus the async records."""
 
     steps: list[AsyncStepRecord] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)  # every completion, in arrival order
     stopped: str = ""  # why the run ended before its steps, if it did
     in_flight_at_end: int = 0  # dispatches still training when the run ended (unfinished work)
 
@@ -121,7 +122,7 @@ class AsyncFederationResult(FederationResult):
             "applied": len(staleness),
             "discarded_stale": aggregator.log.discarded_stale,
             "lost": sum(1 for a in arrivals if a.reason.startswith("lost")),
-            "refused": sum(1 for a in arrivals if a.reason.startswith("refused")),
+            "refused": sum(1 for a in arrivals if a.reason.startswith("refused")) + sum(s.refused for s in aggregator.log.steps),
             "in_flight_at_end": self.in_flight_at_end,
             "stopped": self.stopped,
             "time_s": self.steps[-1].time_s if self.steps else 0.0,
@@ -195,7 +196,7 @@ def run_async_federation(
             nodes=step.nodes, staleness=step.staleness, weights=step.weights, arrivals=len(arrivals),
             discarded_stale=sum(1 for a in arrivals if a.reason.startswith("stale")),
             lost=sum(1 for a in arrivals if a.reason.startswith("lost")),
-            refused=sum(1 for a in arrivals if a.reason.startswith("refused")),
+            refused=sum(1 for a in arrivals if a.reason.startswith("refused")) + step.refused,
             abandoned=step.abandoned,
         )
         records.append(record)
@@ -225,6 +226,7 @@ def run_async_federation(
     result = Result(arrays=final, train_metrics_clientapp=train_metrics)
     return AsyncFederationResult(
         rounds=rounds, final_arrays=final, flower_result=result, steps=records, stopped=stopped,
+        arrivals=list(aggregator.log.arrivals),
         in_flight_at_end=len(aggregator.state.inflight),
     )
 

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
-from fedge.simulations.async_checks import mode_settings
+from fedge.conf.modes import mode_settings
 from fedge.server.async_driver import AsyncFederationResult, run_async_federation
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import RoundRecord

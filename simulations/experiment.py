@@ -37,10 +37,11 @@ from fedge.server.results import final_weights, write_results
 from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.experiment_checks import check_experiment
-from fedge.simulations.async_checks import is_async
+from fedge.conf.modes import is_async
 from fedge.simulations.async_run import AsyncRun, run_async
 from fedge.simulations.devices.fleet import device_simulator, fleet_devices, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceTotals
+from fedge.simulations.devices.trace import TracedDevice
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.simulations.secagg_setup import secagg_settings
@@ -102,7 +103,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     try:
         fleet = fleet_devices(cfg.device, list(node_parts), cfg.seed)
         profiles = fleet_profiles(cfg.device, list(node_parts), cfg.seed)
-        devices = None if is_async(cfg) else device_simulator(cfg, profiles)
+        traced = {node: d for node, d in fleet.items() if isinstance(d, TracedDevice)}
+        devices = None if is_async(cfg) else device_simulator(cfg, profiles, traced)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}

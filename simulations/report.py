@@ -11,6 +11,9 @@ report compares all runs given:
   training seconds each client reported (measured compute on this machine);
 - ``accuracy_vs_sim_time.png`` (runs with device profiles, ``device=...``): accuracy
   against cumulative simulated round time (time to accuracy on the simulated fleet);
+- ``staleness.png`` (async runs, ``mode=async``): applied updates by staleness
+  (:mod:`fedge.simulations.async_report`); an async run's rounds are its aggregation
+  steps, so the simulated-time plot shows sync and async runs on one axis;
 - ``report.md``: a summary table of all runs, the plots, and per run a table of its
   rounds and one of its clients (with simulated seconds, joules, stragglers and
   offline devices when the run had device profiles).
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.simulations.async_report import STALENESS_PLOT, STALENESS_TITLE, async_section, plot_staleness, step_table
+
 MB = 1e6
 KB = 1e3
 #: Config keys that never tell runs apart.
@@ -39,6 +44,7 @@ PLOTS = {
     "accuracy_vs_uplink": "accuracy vs cumulative uplink MB",
     "clients": "per-client bytes and compute seconds",
     "accuracy_vs_sim_time": "accuracy vs cumulative simulated round time",
+    STALENESS_PLOT: STALENESS_TITLE,
 }
 
 
@@ -151,6 +157,8 @@ def describe(config: dict[str, Any]) -> str:
     device = _group_name(config, "device")
     if device and device != "none":
         parts.append(f"dev={device}")
+    if _group_name(config, "mode") == "async":
+        parts.append(f"async K={(config.get('mode') or {}).get('buffer_size')}")
     return " ".join(p for p in parts if p)
 
 
@@ -357,6 +365,7 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
             parts.append(
                 _table(header, (_client_row(n, c, profiled) for n, c in sorted(clients.items(), key=lambda item: int(item[0]))))
             )
+        parts += step_table(run.results)
         parts.append("")
     return "\n".join(parts)
 
@@ -381,6 +390,8 @@ def make_report(paths: Iterable[Path | str], out_dir: Path | str | None = None) 
     }
     if any(run.simulated for run in runs):
         images["accuracy_vs_sim_time"] = plot_accuracy_vs_sim_time(runs, out_dir / "accuracy_vs_sim_time.png")
+    if any(async_section(run.results) for run in runs):
+        images[STALENESS_PLOT] = plot_staleness(runs, out_dir / "staleness.png")
     report = out_dir / "report.md"
     report.write_text(markdown(runs, images, out_dir))
     return report

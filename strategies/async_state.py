@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-MetricValue = int | float
+from fedge.strategies.reply_validation import MetricValue
+
 
 
 @dataclass
@@ -59,6 +60,7 @@ class AsyncState:
     held: dict[int, int] = field(default_factory=dict)  # node -> dispatch whose model it holds (downlink deltas)
     buffer: list[BufferedUpdate] = field(default_factory=list)
     clock_s: float = 0.0  # the fleet's clock at the last step (resume continues from it)
+    latest_norms: dict[int, float] = field(default_factory=dict)  # node -> L2 norm of its last applied update
 
     def prune_references(self) -> None:
         """Forget the decoded models no in-flight dispatch or holding device needs."""
@@ -86,6 +88,7 @@ class AsyncState:
             "references": {key: sorted(ref) for key, ref in self.references.items()},
             "held": {str(n): d for n, d in self.held.items()},
             "buffer": buffer,
+            "latest_norms": {str(n): v for n, v in self.latest_norms.items()},
         }
         return description, arrays
 
@@ -109,4 +112,5 @@ class AsyncState:
             held={int(n): int(d) for n, d in description["held"].items()},
             buffer=buffer,
             clock_s=float(description["clock_s"]),
+            latest_norms={int(n): float(v) for n, v in description.get("latest_norms", {}).items()},
         )

@@ -17,7 +17,9 @@ transport or clock (the loop that keeps ``concurrency`` devices busy is
   that device decoded (:func:`~fedge.strategies.reply_decoding.decode_train_reply`),
   validates its metrics, computes its staleness (model versions applied since its
   base) and drops it, with the reason recorded, past ``max_staleness``;
-* :meth:`FedBuffAggregator.aggregate` hands the K buffered updates to the inner Flower
+* :meth:`FedBuffAggregator.aggregate` checks the buffer's update norms against the
+  validator's bound, its median taken over the fleet (each device's latest applied
+  norm) rather than over a buffer that fast devices dominate, then hands the K buffered updates to the inner Flower
   strategy as one round's replies, each ArrayRecord being ``x_t + w(s_i) * delta_i``
   (``w``: :class:`~fedge.strategies.staleness.StalenessRule`; frozen tensors stay
   ``x_t``). FedAvg then applies ``x_t + sum_i n_i w_i delta_i / sum_i n_i`` (FedBuff's
@@ -118,6 +120,7 @@ class AggregationStep:
     weights: list[float]  # per applied update
     abandoned: str | None = None  # why the model was kept, if it was
     metrics: dict[str, Any] = field(default_factory=dict)  # the inner strategy's aggregated train metrics
+    refused: int = 0  # buffered updates the step's checks dropped (norm bound), recorded in the CompressionLog
 
 
 @dataclass
@@ -352,16 +355,28 @@ class FedBuffAggregator:
         step = state.version + 1
         buffer, state.buffer = state.buffer, []
         candidates = [Candidate(b.node_id, b.metrics, b.norm, list(b.notes)) for b in buffer]
-        screened = self.compressed.validator.screen(candidates, model_norm=update_norm(state.model))
-        for node, reason in screened.dropped:
-            self._drop(node, reason)
+        # The norm bound's median is taken over the fleet (each device's latest accepted
+        # norm, the buffer's own included), not over the buffer: fast devices fill the
+        # buffer, and their small late-training updates would make a slow device's honest
+        # update look like an outlier.
+        fleet = {**state.latest_norms, **{b.node_id: b.norm for b in buffer}}
+        bound = self.compressed.validator.norm_bound(list(fleet.values()), update_norm(state.model))
+        within = []
+        for candidate in candidates:
+            if candidate.norm <= bound:
+                within.append(candidate)
+            else:
+                self._drop(candidate.node_id, f"update norm {candidate.norm:.4g} exceeds the step's bound {bound:.4g}")
+        screened = self.compressed.validator.screen(within)  # one metric key set for the step
         kept_ids = {id(c) for c in screened.kept}
         kept = [(b, c) for b, c in zip(buffer, candidates) if id(c) in kept_ids]
+        state.latest_norms.update({b.node_id: b.norm for b, _ in kept})
         for b, c in kept:
             for note in c.notes:
                 self.compressed.log.adjusted.append(AdjustedReply(step, b.node_id, note))
         record = AggregationStep(step, state.version, [b.node_id for b, _ in kept], [b.dispatch for b, _ in kept],
-                                 [b.staleness for b, _ in kept], [b.weight for b, _ in kept])
+                                 [b.staleness for b, _ in kept], [b.weight for b, _ in kept],
+                                 refused=len(buffer) - len(kept))
         if not kept:
             record.abandoned = "no update in the buffer passed the step's checks"
         else:

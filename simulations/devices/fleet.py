@@ -96,8 +96,11 @@ def fleet_devices(device_cfg: Any, node_ids: Sequence[int], seed: int) -> dict[i
     return dict(spread_speeds(profiles, float(device_cfg.get("speed_sigma", 0.0)), seed))
 
 
-def device_simulator(cfg: Any, profiles: Mapping[int, DeviceProfile]) -> DeviceSimulator | None:
-    """The simulator for a run (``None`` without profiles); needs ``cfg.server.round_deadline_s``."""
+def device_simulator(
+    cfg: Any, profiles: Mapping[int, DeviceProfile], traced: Mapping[int, TracedDevice] | None = None
+) -> DeviceSimulator | None:
+    """The simulator for a run (``None`` without profiles); needs ``cfg.server.round_deadline_s``;
+    ``traced`` nodes are online per their trace's intervals."""
     deadline = float(cfg.server.round_deadline_s)
     if deadline < 0:
         raise ValueError(f"server.round_deadline_s must be >= 0 (0 = no deadline), got {deadline}")
@@ -115,6 +118,7 @@ def device_simulator(cfg: Any, profiles: Mapping[int, DeviceProfile]) -> DeviceS
             deadline_s=deadline,
             start_hour=float(cfg.device.start_hour),
             round_interval_s=float(cfg.device.round_interval_s),
+            traced=traced,
         )
     except ValueError as exc:
         raise ValueError(f"device: {exc}") from None

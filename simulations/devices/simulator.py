@@ -32,6 +32,7 @@ import numpy as np
 
 from fedge.server.delivery_observer import DeliveryObserver, RoundCosts, TrainingDelivery
 from fedge.simulations.devices.profile import DeviceProfile
+from fedge.simulations.devices.trace import TracedDevice
 
 #: Separates the availability random stream from the clients' training streams.
 AVAILABILITY_STREAM = 0xA7A11AB1E
@@ -77,6 +78,9 @@ class DeviceSimulator(DeliveryObserver):
         Simulated hour of day (0-24) at which round 1 starts.
     round_interval_s:
         Simulated seconds from one round's start to the next, at least.
+    traced:
+        Nodes whose availability is a trace's online intervals
+        (:mod:`fedge.simulations.devices.trace`): online iff the round starts inside one.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class DeviceSimulator(DeliveryObserver):
         deadline_s: float = 0.0,
         start_hour: float = 0.0,
         round_interval_s: float = 0.0,
+        traced: Mapping[int, TracedDevice] | None = None,
     ) -> None:
         if deadline_s < 0:
             raise ValueError(f"deadline_s must be >= 0 (0 = none), got {deadline_s}")
@@ -98,6 +103,7 @@ class DeviceSimulator(DeliveryObserver):
         self.deadline_s = deadline_s
         self.start_hour = start_hour
         self.round_interval_s = round_interval_s
+        self.traced = dict(traced or {})
         self.rounds: dict[int, DeviceRound] = {}
         self.totals = {n: DeviceTotals(p.name) for n, p in sorted(self.profiles.items())}
         self._clock_s = 0.0  # simulated end of the last finished round
@@ -116,6 +122,8 @@ class DeviceSimulator(DeliveryObserver):
     def is_available(self, node_id: int, server_round: int) -> bool:
         """Is ``node_id`` online in ``server_round``? Deterministic in (seed, node, round)."""
         profile = self._profile(node_id)
+        if node_id in self.traced:
+            return self.traced[node_id].online_at(self.round(server_round).start_s)
         draw = np.random.default_rng([self.seed, node_id, server_round, AVAILABILITY_STREAM]).random()
         return profile.online_at(self.hour_of(server_round)) and draw < profile.availability
 

@@ -1,9 +1,10 @@
 """Device traces: per-device speed, bandwidth and online intervals from a CSV file.
 
 A trace replaces the synthetic profiles (``device.trace=path/to/trace.csv``): each
-client gets the speed and links of its row, and in ``mode=async`` it is online only
-within its intervals (a task still running when its interval ends is lost: unfinished
-work, counted as ``lost``). The format, one device per row::
+client gets the speed and links of its row and is online only within its intervals:
+in ``mode=async`` a task still running when its interval ends is lost (unfinished
+work, counted as ``lost``); in synchronous rounds a device is sampled-and-reachable
+iff the round starts inside one of its intervals. The format, one device per row::
 
     # fedge device trace v1; lines starting with '#' are comments
     client,profile,samples_per_s,downlink_mbps,uplink_mbps,online
@@ -133,7 +134,12 @@ def _device(path: Path, number: int, row: dict[str, str]) -> TracedDevice:
             raise TraceError(f"{path}:{number}: field {name!r}: {text!r} must be {'> 0' if name in POSITIVE else '>= 0'}")
         values[name] = value
     label = row["profile"] or "trace"
-    profile = DeviceProfile(name=label, availability=1.0, **values)
+    profile = DeviceProfile(
+        name=label, availability=1.0, samples_per_s=values["samples_per_s"], downlink_mbps=values["downlink_mbps"],
+        uplink_mbps=values["uplink_mbps"], joules_per_sample=values.get("joules_per_sample", 0.0),
+        joules_per_byte_down=values.get("joules_per_byte_down", 0.0), joules_per_byte_up=values.get("joules_per_byte_up", 0.0),
+        memory_mb=values.get("memory_mb", 0.0),
+    )
     return TracedDevice(profile, _intervals(path, number, row["online"]))
 
 

@@ -1,0 +1,33 @@
+"""The ``mode`` group (``mode=sync`` / ``mode=async``) read and checked, for fedge-sim and fedge-server."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedge.conf.build import ConfigError
+from fedge.conf.schema import ModeConfig
+
+#: ``mode.name`` values.
+MODES = ("sync", "async")
+
+
+def is_async(cfg: DictConfig) -> bool:
+    return cfg.get("mode") is not None and cfg.mode.name == "async"
+
+
+def mode_settings(cfg: DictConfig) -> ModeConfig:
+    """The ``mode`` node as a checked :class:`ModeConfig` (ConfigError names the key)."""
+    settings = OmegaConf.to_object(cfg.mode)
+    if not isinstance(settings, ModeConfig):
+        raise ConfigError(f"mode: expected the ModeConfig schema, got {type(settings).__name__}")
+    if settings.name not in MODES:
+        raise ConfigError(f"mode.name must be one of {MODES}, got {settings.name!r}")
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not settings.availability_slot_s > 0:
+        raise ConfigError(f"mode.availability_slot_s must be > 0, got {settings.availability_slot_s}")
+    if not 0 <= settings.stop_accuracy <= 1:
+        raise ConfigError(f"mode.stop_accuracy must be in [0, 1] (0 = off), got {settings.stop_accuracy}")
+    return settings
