@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
+from fedge.conf.modes import is_async, mode_settings
 from fedge.conf.schema import ModeConfig, ServerConfig
 from fedge.server.async_driver import AsyncFederationResult, AsyncStepRecord, run_async_federation
 from fedge.server.async_grpc_checkpoint import AsyncCheckpointer, AsyncHistory, restore_async
@@ -45,15 +46,9 @@ log = logging.getLogger(__name__)
 
 def async_mode(cfg: DictConfig) -> ModeConfig | None:
     """The checked ``mode`` settings when ``mode=async``, else ``None`` (ConfigError names the key)."""
-    if cfg.get("mode") is None or cfg.mode.name != "async":
+    if not is_async(cfg):
         return None
-    settings = OmegaConf.to_object(cfg.mode)
-    if not isinstance(settings, ModeConfig):
-        raise ConfigError(f"mode: expected the ModeConfig schema, got {type(settings).__name__}")
-    try:
-        settings.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    settings = mode_settings(cfg)
     if settings.concurrency > cfg.num_clients:
         raise ConfigError(f"mode.concurrency={settings.concurrency} exceeds num_clients={cfg.num_clients}")
     return settings
@@ -123,7 +118,8 @@ def run_async_grpc(
     grid.cancel(list(grid.open_message_ids()))
     result = AsyncFederationResult(
         rounds=history.rounds, final_arrays=outcome.final_arrays, flower_result=outcome.flower_result,
-        steps=history.steps, stopped=outcome.stopped, in_flight_at_end=outcome.in_flight_at_end,
+        steps=history.steps, arrivals=list(aggregator.log.arrivals), stopped=outcome.stopped,
+        in_flight_at_end=outcome.in_flight_at_end,
     )
     section = result.async_report(aggregator)
     section["updates_by_node"] = updates_by_node(aggregator)
