@@ -108,6 +108,7 @@ class AsyncFederationResult(FederationResult):
     arrivals: list[Arrival] = field(default_factory=list)  # every completion, in arrival order
     stopped: str = ""  # why the run ended before its steps, if it did
     in_flight_at_end: int = 0  # dispatches still training when the run ended (unfinished work)
+    buffered_at_end: int = 0  # accepted updates waiting in the buffer when the run ended
 
     def async_report(self, aggregator: FedBuffAggregator) -> dict[str, Any]:
         """The ``async`` section of results.json."""
@@ -124,6 +125,7 @@ class AsyncFederationResult(FederationResult):
             "lost": sum(1 for a in arrivals if a.reason.startswith("lost")),
             "refused": sum(1 for a in arrivals if a.reason.startswith("refused")) + sum(s.refused for s in aggregator.log.steps),
             "in_flight_at_end": self.in_flight_at_end,
+            "buffered_at_end": self.buffered_at_end,
             "stopped": self.stopped,
             "time_s": self.steps[-1].time_s if self.steps else 0.0,
         }
@@ -227,7 +229,7 @@ def run_async_federation(
     return AsyncFederationResult(
         rounds=rounds, final_arrays=final, flower_result=result, steps=records, stopped=stopped,
         arrivals=list(aggregator.log.arrivals),
-        in_flight_at_end=len(aggregator.state.inflight),
+        in_flight_at_end=len(aggregator.state.inflight), buffered_at_end=len(aggregator.state.buffer),
     )
 
 

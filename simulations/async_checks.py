@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
 from fedge.conf.modes import mode_settings
+from fedge.strategies.fedbuff_config import LINEAR_STRATEGY_NAMES, linear_refusal
 
 def check_async(cfg: DictConfig) -> None:
     """Refuse settings an async simulation cannot use (cheap: no torch, no Flower strategy)."""
@@ -20,6 +21,10 @@ def check_async(cfg: DictConfig) -> None:
         return
     if settings.concurrency > cfg.num_clients:
         raise ConfigError(f"mode.concurrency={settings.concurrency} exceeds num_clients={cfg.num_clients}")
+    target = str(cfg.strategy.get("_target_", ""))
+    name = target.rsplit(".", 1)[-1]
+    if target.startswith("flwr.serverapp.strategy.") and name not in LINEAR_STRATEGY_NAMES:
+        raise ConfigError(linear_refusal(name))  # early; any other class is checked once built
     if cfg.secagg.enabled:
         raise ConfigError("mode=async cannot use secagg=on: secure aggregation masks a synchronous round's sum, "
                           "and a FedBuff buffer mixes updates from different model versions")

@@ -53,9 +53,18 @@ def run_async(
         fleet = SimulatedFleet(grid, devices, int(cfg.seed), settings.availability_slot_s, float(cfg.device.start_hour))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    spent = [0.0]
+
+    def step_done(record: RoundRecord) -> None:
+        """Give each step the joules of the work launched since the previous one."""
+        if record.round > 0:
+            record.energy_j, spent[0] = fleet.energy_j - spent[0], fleet.energy_j
+        if on_step is not None:
+            on_step(record)
+
     result = run_async_federation(
         aggregator, fleet, evaluator, int(cfg.rounds), seed=int(cfg.seed), traffic=grid.traffic,
-        on_step=on_step, stop_accuracy=settings.stop_accuracy,
+        on_step=step_done, stop_accuracy=settings.stop_accuracy,
     )
     section = result.async_report(aggregator)
     section["energy_j"] = fleet.energy_j

@@ -56,7 +56,7 @@ from fedge.strategies.compressed import AdjustedReply, CompressedStrategy, Dropp
 from fedge.strategies.guard import guarded_aggregate
 from fedge.strategies.reply_decoding import decode_train_reply
 from fedge.strategies.reply_validation import Candidate, ReplyRejected, update_norm
-from fedge.strategies.fedbuff_config import FedBuffConfig
+from fedge.strategies.fedbuff_config import FedBuffConfig, linear_refusal
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +66,10 @@ ROUND_KEY = "server-round"
 #: Strategies whose aggregate is a weighted sum of the replies (exact classes).
 LINEAR_STRATEGIES: tuple[type[Strategy], ...] = (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad)
 
-#: Why the known non-linear Flower strategies cannot aggregate a buffer of stale deltas.
-NONLINEAR_REASONS = {
-    "FedMedian": "takes a coordinate-wise median, so a staleness weight would not scale an update's effect",
-    "FedTrimmedAvg": "trims the extreme values of each coordinate, so down-weighted stale deltas would be trimmed as outliers",
-    "Krum": "selects replies by their distances to each other; scaled stale deltas distort those distances",
-    "MultiKrum": "selects replies by their distances to each other; scaled stale deltas distort those distances",
-    "Bulyan": "selects and trims replies by distance; scaled stale deltas distort both",
-    "QFedAvg": "reweights replies by each device's loss on the current model, which a stale device never saw",
-}
-
-
 def check_linear(strategy: Strategy) -> None:
     """Raise ``ValueError`` saying why ``strategy`` cannot be FedBuff's aggregator."""
-    if type(strategy) in LINEAR_STRATEGIES:
-        return
-    name = type(strategy).__name__
-    allowed = ", ".join(s.__name__ for s in LINEAR_STRATEGIES)
-    why = NONLINEAR_REASONS.get(name)
-    if why is None and "DifferentialPrivacy" in name:
-        why = "clips and noises a round of sampled clients; its privacy accounting assumes synchronous rounds"
-    if why is None:
-        why = "is not known to aggregate linearly (a weighted sum of the replies)"
-    raise ValueError(
-        f"mode=async needs a strategy whose aggregate is a weighted sum of the replies ({allowed}): "
-        f"only then does a staleness-weighted delta enter the step in proportion to its weight; {name} {why}"
-    )
+    if type(strategy) not in LINEAR_STRATEGIES:
+        raise ValueError(linear_refusal(type(strategy).__name__))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""FedBuff's settings, apart from the aggregator so the config schema imports no Flower."""
+"""FedBuff's settings and which strategies can aggregate its buffer, apart from the
+aggregator so the config schema and the config checks import no Flower."""
 
 from __future__ import annotations
 
@@ -41,3 +42,30 @@ class FedBuffConfig:
 
     def rule(self) -> StalenessRule:
         return StalenessRule(self.staleness, self.staleness_exponent)
+
+
+#: Flower strategies whose aggregate is a weighted sum of the replies (class names).
+LINEAR_STRATEGY_NAMES = ("FedAvg", "FedAvgM", "FedProx", "FedAdam", "FedYogi", "FedAdagrad")
+
+#: Why the known non-linear Flower strategies cannot aggregate a buffer of stale deltas.
+NONLINEAR_REASONS = {
+    "FedMedian": "takes a coordinate-wise median, so a staleness weight would not scale an update's effect",
+    "FedTrimmedAvg": "trims the extreme values of each coordinate, so down-weighted stale deltas would be trimmed as outliers",
+    "Krum": "selects replies by their distances to each other; scaled stale deltas distort those distances",
+    "MultiKrum": "selects replies by their distances to each other; scaled stale deltas distort those distances",
+    "Bulyan": "selects and trims replies by distance; scaled stale deltas distort both",
+    "QFedAvg": "reweights replies by each device's loss on the current model, which a stale device never saw",
+}
+
+
+def linear_refusal(name: str) -> str:
+    """Why the strategy class ``name`` cannot be FedBuff's aggregator (the refusal's text)."""
+    why = NONLINEAR_REASONS.get(name)
+    if why is None and "DifferentialPrivacy" in name:
+        why = "clips and noises a round of sampled clients; its privacy accounting assumes synchronous rounds"
+    if why is None:
+        why = "is not known to aggregate linearly (a weighted sum of the replies)"
+    return (
+        f"mode=async needs a strategy whose aggregate is a weighted sum of the replies ({', '.join(LINEAR_STRATEGY_NAMES)}): "
+        f"only then does a staleness-weighted delta enter the step in proportion to its weight; {name} {why}"
+    )

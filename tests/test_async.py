@@ -52,6 +52,13 @@ def test_nonlinear_strategies_are_refused_with_the_reason(strategy, why):
         check_linear(strategy)
 
 
+def test_the_flwr_free_list_of_linear_strategies_is_the_checked_one():
+    from fedge.strategies.fedbuff import LINEAR_STRATEGIES
+    from fedge.strategies.fedbuff_config import LINEAR_STRATEGY_NAMES
+
+    assert tuple(cls.__name__ for cls in LINEAR_STRATEGIES) == LINEAR_STRATEGY_NAMES
+
+
 def test_nonlinear_strategy_refused_by_fedge_sim(make_cfg):
     with pytest.raises(ConfigError, match="FedMedian takes a coordinate-wise median"):
         run_experiment(make_cfg([*ASYNC, "strategy=fedmedian", "rounds=1"]))
@@ -224,3 +231,30 @@ def test_fedadam_gets_the_current_model_and_state_round_trips_a_checkpoint():
     assert np.array_equal(restored.buffer[0].delta["w"], agg.state.buffer[0].delta["w"])
     assert np.array_equal(restored.model["w"], agg.state.model["w"])
     assert set(restored.references) == set(agg.state.references)
+
+
+def test_results_and_report_show_steps_staleness_and_sync_and_async_on_one_time_axis(make_cfg, tmp_path):
+    """results.json: per step simulated time, version, staleness, accuracy and a histogram;
+    fedge-report: staleness.png, per-step tables, one accuracy-vs-simulated-time plot."""
+    import json
+
+    from fedge.simulations.report import load_runs, make_report
+    from test_report import assert_real_png
+
+    run_experiment(make_cfg([*ASYNC, "rounds=4", "backend.num_workers=0"]), out_dir=tmp_path / "async")
+    run_experiment(make_cfg([*ASYNC[1:], "rounds=2", "backend.num_workers=0"]), out_dir=tmp_path / "sync")
+    section = json.loads((tmp_path / "async" / "results.json").read_text())["async"]
+    steps = section["steps"]
+    assert [s["version"] for s in steps] == [1, 2, 3, 4]
+    assert all(s["time_s"] > 0 and len(s["staleness"]) == 2 and 0 <= s["accuracy"] <= 1 for s in steps)
+    assert [s["time_s"] for s in steps] == sorted(s["time_s"] for s in steps)
+    assert sum(section["staleness_histogram"]) == section["applied"] == 8
+    report = make_report([tmp_path / "async", tmp_path / "sync"], tmp_path / "report")
+    text = report.read_text()
+    assert "Async (FedBuff): K=2, concurrency 3" in text and "| step | sim s | version |" in text
+    assert_real_png(tmp_path / "report" / "staleness.png")
+    assert_real_png(tmp_path / "report" / "accuracy_vs_sim_time.png")
+    runs = load_runs([tmp_path / "async", tmp_path / "sync"])
+    assert all(run.simulated for run in runs)
+    async_run = next(run for run in runs if "async" in run.label)
+    assert async_run.cumulative_sim_s()[-1] == pytest.approx(steps[-1]["time_s"])
