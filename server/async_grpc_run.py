@@ -119,7 +119,7 @@ def run_async_grpc(
     result = AsyncFederationResult(
         rounds=history.rounds, final_arrays=outcome.final_arrays, flower_result=outcome.flower_result,
         steps=history.steps, arrivals=list(aggregator.log.arrivals), stopped=outcome.stopped,
-        in_flight_at_end=outcome.in_flight_at_end,
+        in_flight_at_end=outcome.in_flight_at_end, buffered_at_end=outcome.buffered_at_end,
     )
     section = result.async_report(aggregator)
     section["updates_by_node"] = updates_by_node(aggregator)
