@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=float, default=0.0,
                    help="this device's training-memory budget, MB; the server's client.memory_mb can only "
                         "tighten it (default 0: no limit)")
+    p.add_argument("--slowdown", type=float, default=1.0, metavar="FACTOR",
+                   help="emulate slower hardware: every task costs FACTOR times the CPU time it took here (the device "
+                        "waits (FACTOR-1) x the task's CPU seconds before pushing; same work, same update). Default 1")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return p
 
@@ -135,7 +138,10 @@ def build_runtime(args: argparse.Namespace) -> DeviceRuntime:
         max_retries=args.max_retries,
         backoff_max_s=args.backoff_max,
         profile=_profile(),
+        slowdown=args.slowdown,
     )
+    if not args.slowdown >= 1.0:
+        raise ValueError(f"--slowdown must be >= 1 (1 = this machine's speed), got {args.slowdown}")
     if args.memory_mb < 0:
         raise ValueError(f"--memory-mb must be >= 0 (0 = no limit), got {args.memory_mb}")
     defaults = TrainConfig(memory_mb=args.memory_mb) if args.memory_mb > 0 else None

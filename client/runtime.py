@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ class RuntimeSettings:
     max_task_bytes: int = 1 << 30
     chunk_bytes: int = 1 << 20  # until the server says otherwise
     profile: Mapping[str, float] = field(default_factory=dict)
+    # Emulated slower hardware: each task costs ``slowdown`` times the CPU time it took
+    # here (the device waits (slowdown - 1) x the task's CPU seconds after the work,
+    # before pushing; the work and the update are the same). CPU time, not wall time,
+    # so a busy machine does not stretch the wait too. 1 = as fast as this machine.
+    slowdown: float = 1.0
 
 
 @dataclass
@@ -276,7 +282,9 @@ class DeviceRuntime:
             update = task_pb2.Update(task_id=task_id, node_id=self.node_id or 0, error=reason)
         else:
             self._working_on = task_id
+            started = time.thread_time()  # the training runs in this thread (fedge-client: --threads 1)
             update = self.client.handle(task)
+            self._slow_down(time.thread_time() - started)
             self._working_on = ""
             self.stats.tasks += 1
         data = update.SerializeToString()
@@ -284,6 +292,11 @@ class DeviceRuntime:
         while len(self._answers) > CACHED_ANSWERS:
             self._answers.popitem(last=False)
         return task_id, data
+
+    def _slow_down(self, took_s: float) -> None:
+        """Stretch a task that took ``took_s`` CPU seconds by ``(slowdown - 1) x took_s`` (a stop cuts it short)."""
+        if self.settings.slowdown > 1.0:
+            self._stop.wait((self.settings.slowdown - 1.0) * took_s)
 
     def _check(self, pulled: Pulled) -> task_pb2.Task:
         """The Task, once its signature, id and destination check out."""

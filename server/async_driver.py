@@ -148,11 +148,15 @@ def run_async_federation(
     traffic: TrafficLog | None = None,
     on_step: Callable[[RoundRecord], None] | None = None,
     stop_accuracy: float = 0.0,
+    on_record: Callable[[AsyncStepRecord], None] | None = None,
 ) -> AsyncFederationResult:
     """Run ``steps`` aggregation steps (fewer if ``stop_accuracy`` > 0 is reached first or
     the fleet is exhausted); evaluate the model after each applied step.
 
     ``traffic`` (the Grid's TrafficLog, keyed by dispatch id) gives each step its bytes.
+    ``on_record`` receives each step's :class:`AsyncStepRecord` as it is made (a
+    checkpointing caller keeps them). A restored ``aggregator`` (resume) continues its
+    step count; its arrivals before its last step are not counted again.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -164,7 +168,7 @@ def run_async_federation(
         on_step(rounds[0])
     records: list[AsyncStepRecord] = []
     train_metrics: dict[int, MetricRecord] = {}
-    stopped, seen, last_time = "", 0, aggregator.state.clock_s
+    stopped, seen, last_time = "", _arrivals_applied(aggregator), aggregator.state.clock_s
     concurrency = aggregator.config.concurrency
     while len(aggregator.log.steps) < steps:
         busy = {d.node_id for d in aggregator.state.inflight.values()}
@@ -198,6 +202,8 @@ def run_async_federation(
             abandoned=step.abandoned,
         )
         records.append(record)
+        if on_record is not None:
+            on_record(record)
         up = down = 0
         if traffic is not None:
             for arrival in arrivals:
@@ -225,6 +231,19 @@ def run_async_federation(
         arrivals=list(aggregator.log.arrivals),
         in_flight_at_end=len(aggregator.state.inflight), buffered_at_end=len(aggregator.state.buffer),
     )
+
+
+def _arrivals_applied(aggregator: FedBuffAggregator) -> int:
+    """Arrivals up to the one that completed the last step (0 before any step): a resumed
+    run's first step counts only the arrivals after it."""
+    log_ = aggregator.log
+    if not log_.steps:
+        return 0
+    last = set(log_.steps[-1].dispatches)
+    for i in range(len(log_.arrivals) - 1, -1, -1):
+        if log_.arrivals[i].dispatch in last:
+            return i + 1
+    return 0
 
 
 def _float(value: object) -> float | None:

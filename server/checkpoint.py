@@ -4,7 +4,9 @@ A checkpoint (``checkpoint-<round>.npz``) holds the global model, the strategy's
 (see :mod:`fedge.server.strategy_state`), the last finished round, every round's metrics
 (fedge's RoundRecords and Flower's Result dictionaries), the wrapper's log of refused,
 adjusted and abandoned replies and rounds, the random generators the strategies sample
-clients with, and a fingerprint of the experiment's configuration. It is written to a
+clients with, what an asynchronous run keeps besides (``extra``: its buffer, model
+version and tasks in flight; ``<round>`` then counts saves), and a fingerprint of the
+experiment's configuration. It is written to a
 temporary file in the same directory, flushed to disk and moved into place with
 ``os.replace``, so a crash at any moment leaves the previous checkpoints and either
 the new one or nothing, never a torn file; then all but the newest ``keep`` are removed.
@@ -68,6 +70,11 @@ class Checkpoint:
     python_random: Any = None  # random.getstate()
     numpy_random: Any = None  # np.random.get_state()
     config_fingerprint: str = ""
+    # What a driver other than Flower's round loop keeps (the asynchronous driver: its
+    # buffer, model version, dispatches in flight; :mod:`fedge.server.async_grpc_checkpoint`):
+    # JSON, and arrays stored like the model's. Empty for synchronous runs.
+    extra: dict[str, Any] = field(default_factory=dict)
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @staticmethod
     def random_states() -> tuple[Any, Any]:
@@ -114,6 +121,7 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint, keep: int = D
     target = directory / CHECKPOINT_PATTERN.format(checkpoint.round)
     arrays: dict[str, np.ndarray] = {f"model/{k}": v for k, v in checkpoint.model.items()}
     arrays.update({f"strategy/{k}": v for k, v in checkpoint.strategy_arrays.items()})
+    arrays.update({f"extra/{k}": v for k, v in checkpoint.extra_arrays.items()})
     numpy_meta = None
     if checkpoint.numpy_random is not None:
         name, keys, pos, has_gauss, cached = checkpoint.numpy_random
@@ -129,6 +137,7 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint, keep: int = D
         "python_random": checkpoint.python_random,
         "numpy_random": numpy_meta,
         "config_fingerprint": checkpoint.config_fingerprint,
+        "extra": checkpoint.extra,
     }
     meta_bytes = json.dumps(meta).encode()
     arrays["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
@@ -173,6 +182,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{path}: checkpoint format {meta.get('format')}, this fedge reads {FORMAT_VERSION}")
         model = {k[len("model/") :]: v for k, v in contents.items() if k.startswith("model/")}
         strategy_arrays = {k[len("strategy/") :]: v for k, v in contents.items() if k.startswith("strategy/")}
+        extra_arrays = {k[len("extra/") :]: v for k, v in contents.items() if k.startswith("extra/")}
         numpy_random = None
         if meta["numpy_random"] is not None:
             name, pos, has_gauss, cached = meta["numpy_random"]
@@ -188,6 +198,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             python_random=meta["python_random"],
             numpy_random=numpy_random,
             config_fingerprint=meta["config_fingerprint"],
+            extra=meta.get("extra", {}),
+            extra_arrays=extra_arrays,
         )
     except CheckpointError:
         raise

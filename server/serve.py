@@ -11,6 +11,12 @@ every round::
     fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20 rounds=50
     fedge-server --resume server.certs=certs ...     # after a crash: continue where it stopped
     fedge-server --insecure server.address=127.0.0.1:8443   # loopback development only
+    fedge-server mode=async mode.buffer_size=3 mode.concurrency=20 rounds=200 ...  # FedBuff
+
+With ``mode=async`` (:mod:`fedge.server.async_grpc_run`) there are no rounds: every free
+device gets the newest model, every ``mode.buffer_size`` accepted pushes make one
+aggregation step (``rounds`` counts steps), and checkpoints keep the buffer, the model
+version and the tasks in flight.
 
 ``--resume`` and ``--insecure`` are shorthands for ``server.resume=true`` and
 ``server.insecure=true``.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -37,6 +44,8 @@ from fedge.conf.build import (
 )
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
 from fedge.protos.codecs.compression_setup import required_codecs
+from fedge.server.async_grpc_grid import AsyncGrpcGrid
+from fedge.server.async_grpc_run import async_mode, run_async_grpc
 from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
@@ -69,6 +78,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             "profiles); real devices get the real deadline server.round_timeout_s"
         )
     train_cfg = train_defaults(cfg)
+    mode = async_mode(cfg)
     try:
         if settings.insecure:
             check_insecure(settings.address)
@@ -90,22 +100,37 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     server = FederationServer(
         settings, credentials, required_codecs=required_codecs(strategy.uplink, strategy.downlink), max_update_bytes=strategy.max_update_bytes
     ).start()
-    grid = GrpcGrid(server)
+    grid = GrpcGrid(server) if mode is None else AsyncGrpcGrid(server)
     print(f"fedge-server: listening on {server.address} ({'mTLS' if server.secure else 'INSECURE'}); "
           f"waiting for {cfg.num_clients} devices", flush=True)
+    sections: dict = {}
+    unfinished: set[int] = set()  # async: devices whose task the end withdrew
     try:
-        grid.wait_for_nodes(cfg.num_clients)
-        result = run_resumable(
-            secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-            experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
-            train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
-        )
+        # a resumed async run goes on with the first device back: the others rejoin as they
+        # finish what they were doing (their tasks wait for them on the board)
+        grid.wait_for_nodes(1 if mode is not None and checkpoint is not None else cfg.num_clients)
+        if isinstance(grid, AsyncGrpcGrid) and mode is not None:
+            run = run_async_grpc(
+                mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
+                experiment_fingerprint(cfg), checkpoint, on_step=_report,
+            )
+            result: FederationResult = run.result
+            sections["async"] = run.section
+            unfinished = run.unfinished_nodes
+        else:
+            result = run_resumable(
+                secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+                experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
+                train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
+            )
         grid.close()
-        _farewell(server)
+        # async: devices may still be training on tasks the end withdrew (or not be back
+        # since a restart); they hear the federation is over when they come back
+        _farewell(server, max(FAREWELL_S, settings.round_timeout_s) if unfinished else FAREWELL_S, unfinished)
     finally:
         server.stop()
     if out_dir is not None:
-        write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections=secagg_sections(secure))
+        write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections={**secagg_sections(secure), **sections})
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result
 
@@ -118,8 +143,14 @@ def _report(record: RoundRecord) -> None:
     )
 
 
-def _farewell(server: FederationServer) -> None:
-    """Give devices a moment to pull FINISHED and leave."""
-    deadline = time.monotonic() + FAREWELL_S
-    while server.registry.live_node_ids() and time.monotonic() < deadline:
+def _farewell(server: FederationServer, wait_s: float = FAREWELL_S, expected: Collection[int] = ()) -> None:
+    """Give devices up to ``wait_s`` seconds to pull FINISHED and leave; also wait for the
+    ``expected`` ones (still working when the run ended) to come back and leave."""
+    registry = server.registry
+    deadline = time.monotonic() + wait_s
+
+    def waiting() -> bool:
+        return bool(registry.live_node_ids()) or any(not registry.knows(n) or registry.is_alive(n) for n in expected)
+
+    while waiting() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -19,7 +19,9 @@ from fedge.conf.checks import check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
+from fedge.server.async_grpc_run import async_mode
 from fedge.server.serve import serve
+from fedge.strategies.fedbuff import check_linear
 
 FLAGS = {"--resume": "server.resume=true", "--insecure": "server.insecure=true"}
 
@@ -39,7 +41,12 @@ def _job(cfg: DictConfig) -> float:
 def _check(cfg: DictConfig) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_strategy(cfg)
-    build_strategy(cfg)
+    strategy = build_strategy(cfg)
+    if async_mode(cfg) is not None:  # FedBuff needs a linear inner strategy; say why not before anything runs
+        try:
+            check_linear(strategy.strategy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 APP = HydraApp(
@@ -52,6 +59,7 @@ APP = HydraApp(
         "fedge-server server.certs=certs server.address=0.0.0.0:8443 num_clients=20",
         "fedge-server --resume server.certs=certs num_clients=20    # after a crash",
         "fedge-server --insecure server.address=127.0.0.1:8443     # loopback only",
+        "fedge-server mode=async mode.buffer_size=3 rounds=100 num_clients=20",
     ],
     writes="results.json and final_model.npz (checkpoints: server.checkpoint_dir)",
     hidden_groups=["partition", "backend", "device"],  # fedge-sim's: data splits, workers, simulated devices

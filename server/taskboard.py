@@ -40,6 +40,7 @@ class Outgoing:
     downlink_wire_bytes: int = 0  # gRPC message bytes sent for this task (all attempts)
     uplink_wire_bytes: int = 0  # gRPC message bytes received for this task (all attempts)
     max_update_bytes: int | None = None  # largest Update accepted for it (None: the server's limit)
+    arrival: int = 0  # 1, 2, ...: the order answers reached this board in (0: not answered)
 
 
 class AnswerStatus(Enum):
@@ -71,6 +72,7 @@ class TaskBoard:
         self._finished = False
         self._cond = threading.Condition()
         self._waiters: dict[int, set[asyncio.Future[None]]] = {}  # node id -> long polls waiting
+        self._arrivals = 0  # answers accepted so far (numbers them: Outgoing.arrival)
 
     def post(self, tasks: Sequence[Outgoing]) -> None:
         with self._cond:
@@ -133,6 +135,8 @@ class TaskBoard:
                 return AnswerStatus.WRONG_NODE
             task.answer = update
             task.uplink_wire_bytes += wire_bytes
+            self._arrivals += 1
+            task.arrival = self._arrivals
             self._remove(task)
             self._done[task_id] = node_id
             self._cond.notify_all()
@@ -164,6 +168,28 @@ class TaskBoard:
                     quorum = None  # the grace period starts once
                 left = deadline - now
                 if not open_tasks or left <= 0:
+                    return
+                self._cond.wait(min(left, tick_s))
+
+    def wait_any(
+        self,
+        tasks: Sequence[Outgoing],
+        deadline: float,
+        given_up: Callable[[Outgoing], bool] = lambda t: False,
+        tick_s: float = 0.5,
+    ) -> None:
+        """Block until one of ``tasks`` is answered or given up on, or ``deadline`` (monotonic).
+
+        The asynchronous grid's wait (:mod:`fedge.server.async_grpc_grid`): it hands out
+        each answer as it comes instead of waiting for a round. ``given_up`` is checked
+        every ``tick_s`` seconds (a device going silent wakes nobody).
+        """
+        with self._cond:
+            while True:
+                if any(t.answer is not None or given_up(t) for t in tasks):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return
                 self._cond.wait(min(left, tick_s))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -70,3 +73,57 @@ def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.02)
+
+
+BIN = Path(sys.executable).parent
+
+
+def fedge_server_args(port: int, certs: CertDir, checkpoint_dir: Path, *extra: str) -> list[str]:
+    """``fedge-server`` on 127.0.0.1:``port`` with mTLS, quick heartbeats, 3 devices."""
+    return [
+        str(BIN / "fedge-server"), f"server.address=127.0.0.1:{port}", f"server.certs={certs.root}",
+        f"server.checkpoint_dir={checkpoint_dir}", "server.heartbeat_s=1", "server.join_timeout_s=120",
+        "server.round_timeout_s=60", "num_clients=3", "progress=false", *extra,
+    ]
+
+
+def fedge_client_args(port: int, certs: CertDir, device: str, data: Path, *extra: str) -> list[str]:
+    """``fedge-client`` for ``device`` (its certificate) with quick reconnects."""
+    return [
+        str(BIN / "fedge-client"), "--server", f"127.0.0.1:{port}", "--task", "digits", "--data", str(data),
+        "--ca", str(certs.ca), "--cert", str(certs.device(device)), "--key", str(certs.device_key(device)),
+        "--backoff-max", "1", "--pull-wait", "5", *extra,
+    ]
+
+
+def digits_shard_file(path: Path, data: Split, index: int, parts: int) -> Path:
+    """Every ``parts``-th example from ``index`` as an .npz of flat rows (the client reshapes)."""
+    shard = data.subset(np.arange(index, len(data), parts))
+    np.savez(path, x=shard.x.reshape(len(shard), -1), y=shard.y)
+    return path
+
+
+class Processes:
+    """Processes started with their output in ``root/<name>.log``; :meth:`close` kills what still runs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._logs: dict[str, IO[bytes]] = {}
+        self._procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self._logs[name] = open(self.root / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, stdout=self._logs[name], stderr=subprocess.STDOUT)
+        self._procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in self._logs.values():
+            f.close()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
-from grpc_helpers import wait_until
+from grpc_helpers import Processes, digits_shard_file, fedge_client_args, fedge_server_args, wait_until
 
 from fedge.client import TrainConfig
 from fedge.protos.codecs import encode_update
@@ -122,28 +122,13 @@ def test_server_killed_after_round_two_resumes_and_devices_reconnect(tmp_path):
     port = _free_port()
     checkpoint_dir = tmp_path / "checkpoint"
     rounds = 6
-    server_args = [
-        str(BIN / "fedge-server"), f"server.address=127.0.0.1:{port}", f"server.certs={certs.root}",
-        f"server.checkpoint_dir={checkpoint_dir}", "server.heartbeat_s=1", "server.join_timeout_s=120",
-        "server.round_timeout_s=60", "num_clients=3", f"rounds={rounds}", "progress=false", "client.local_epochs=4",
+    server_args = fedge_server_args(port, certs, checkpoint_dir, f"rounds={rounds}", "client.local_epochs=4")
+    procs = Processes(tmp_path)
+    first = procs.start("server1", [*server_args, f"hydra.run.dir={tmp_path}/run1"])
+    clients = [
+        procs.start(device, fedge_client_args(port, certs, device, digits_shard_file(tmp_path / f"{device}.npz", train, i, 3)))
+        for i, device in enumerate(devices)
     ]
-    logs = {}
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        logs[name] = open(tmp_path / f"{name}.log", "wb")
-        return subprocess.Popen(args, stdout=logs[name], stderr=subprocess.STDOUT)
-
-    first = start("server1", [*server_args, f"hydra.run.dir={tmp_path}/run1"])
-    clients = []
-    for i, device in enumerate(devices):
-        data = tmp_path / f"{device}.npz"
-        shard = train.subset(np.arange(i, len(train), 3))
-        np.savez(data, x=shard.x.reshape(len(shard), -1), y=shard.y)  # flat rows: the client reshapes to the task's input
-        clients.append(start(device, [
-            str(BIN / "fedge-client"), "--server", f"127.0.0.1:{port}", "--task", "digits", "--data", str(data),
-            "--ca", str(certs.ca), "--cert", str(certs.device(device)), "--key", str(certs.device_key(device)),
-            "--backoff-max", "1", "--pull-wait", "5",
-        ]))
     try:
         wait_until(lambda: checkpoint_files(checkpoint_dir) and load_checkpoint(checkpoint_dir).round >= 2, 180, "round 2's checkpoint")
         first.send_signal(signal.SIGKILL)
@@ -151,24 +136,19 @@ def test_server_killed_after_round_two_resumes_and_devices_reconnect(tmp_path):
         saved = load_checkpoint(checkpoint_dir)
         assert 2 <= saved.round < rounds, "the run ended before the kill"
 
-        second = start("server2", [*server_args, "--resume", f"hydra.run.dir={tmp_path}/run2"])
-        assert second.wait(timeout=240) == 0, (tmp_path / "server2.log").read_text()[-3000:]
+        second = procs.start("server2", [*server_args, "--resume", f"hydra.run.dir={tmp_path}/run2"])
+        assert second.wait(timeout=240) == 0, procs.log("server2")[-3000:]
         assert [c.wait(timeout=60) for c in clients] == [0, 0, 0]  # they reconnected, finished and left
     finally:
-        for proc in [first, *clients, *(locals().get("second", None),)]:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for f in logs.values():
-            f.close()
+        procs.close()
     results = json.loads((tmp_path / "run2" / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == list(range(rounds + 1))  # none lost, none twice
     assert results["rounds"][: saved.round + 1] == saved.records  # rounds 1..k come from before the crash
-    log2 = (tmp_path / "server2.log").read_text()
+    log2 = procs.log("server2")
     assert f"resuming after round {saved.round}" in log2
     assert "round 1: accuracy" not in log2 and f"round {saved.round + 1}: accuracy" in log2  # not repeated
     assert results["final"]["accuracy"] > 0.8
-    client_log = (tmp_path / "1000.log").read_text()
+    client_log = procs.log("1000")
     assert "connection lost" in client_log and client_log.count("joined 127.0.0.1") >= 2
 
 
