@@ -31,3 +31,24 @@ def mode_settings(cfg: DictConfig) -> ModeConfig:
     if not 0 <= settings.stop_accuracy <= 1:
         raise ConfigError(f"mode.stop_accuracy must be in [0, 1] (0 = off), got {settings.stop_accuracy}")
     return settings
+
+
+def check_async_settings(cfg: DictConfig) -> ModeConfig | None:
+    """Refuse what no async run can use, in fedge-sim and fedge-server alike (cheap: no
+    torch, no Flower strategy); the checked ``mode`` settings, or None for a sync run."""
+    if cfg.get("mode") is None:
+        return None
+    settings = mode_settings(cfg)
+    if settings.name != "async":
+        return None
+    if settings.concurrency > cfg.num_clients:
+        raise ConfigError(f"mode.concurrency={settings.concurrency} exceeds num_clients={cfg.num_clients}")
+    if cfg.secagg.enabled:
+        raise ConfigError("mode=async cannot use secagg=on: secure aggregation masks a synchronous round's sum, "
+                          "and a FedBuff buffer mixes updates from different model versions")
+    if cfg.server.round_deadline_s:
+        raise ConfigError("mode=async has no rounds to time out: server.round_deadline_s must be 0 "
+                          "(use mode.max_staleness to bound how old an update may be)")
+    if cfg.get("shape") is not None and float(cfg.shape.prune.sparsity) > 0:
+        raise ConfigError("mode=async cannot use shape.prune: its schedule is per synchronous round")
+    return settings

@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
-from fedge.conf.modes import is_async, mode_settings
+from fedge.conf.modes import check_async_settings
 from fedge.conf.schema import ModeConfig, ServerConfig
 from fedge.server.async_driver import AsyncFederationResult, AsyncStepRecord, run_async_federation
 from fedge.server.async_grpc_checkpoint import AsyncCheckpointer, AsyncHistory, restore_async
@@ -45,13 +45,9 @@ log = logging.getLogger(__name__)
 
 
 def async_mode(cfg: DictConfig) -> ModeConfig | None:
-    """The checked ``mode`` settings when ``mode=async``, else ``None`` (ConfigError names the key)."""
-    if not is_async(cfg):
-        return None
-    settings = mode_settings(cfg)
-    if settings.concurrency > cfg.num_clients:
-        raise ConfigError(f"mode.concurrency={settings.concurrency} exceeds num_clients={cfg.num_clients}")
-    return settings
+    """The checked ``mode`` settings when ``mode=async``, else ``None`` (ConfigError names
+    the key; what no async run can use, secure aggregation for one, is refused here)."""
+    return check_async_settings(cfg)
 
 
 @dataclass

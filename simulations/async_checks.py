@@ -9,32 +9,19 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
-from fedge.conf.modes import mode_settings
+from fedge.conf.modes import check_async_settings
 from fedge.strategies.fedbuff_config import LINEAR_STRATEGY_NAMES, linear_refusal
 
 def check_async(cfg: DictConfig) -> None:
     """Refuse settings an async simulation cannot use (cheap: no torch, no Flower strategy)."""
-    if cfg.get("mode") is None:
+    if check_async_settings(cfg) is None:
         return
-    settings = mode_settings(cfg)
-    if settings.name != "async":
-        return
-    if settings.concurrency > cfg.num_clients:
-        raise ConfigError(f"mode.concurrency={settings.concurrency} exceeds num_clients={cfg.num_clients}")
     target = str(cfg.strategy.get("_target_", ""))
     name = target.rsplit(".", 1)[-1]
     if target.startswith("flwr.serverapp.strategy.") and name not in LINEAR_STRATEGY_NAMES:
         raise ConfigError(linear_refusal(name))  # early; any other class is checked once built
-    if cfg.secagg.enabled:
-        raise ConfigError("mode=async cannot use secagg=on: secure aggregation masks a synchronous round's sum, "
-                          "and a FedBuff buffer mixes updates from different model versions")
-    if cfg.server.round_deadline_s:
-        raise ConfigError("mode=async has no rounds to time out: server.round_deadline_s must be 0 "
-                          "(use mode.max_staleness to bound how old an update may be)")
     if cfg.backend.name == "grpc":
         raise ConfigError("fedge-sim mode=async runs on backend=local or backend=ray (over gRPC: fedge-server mode=async)")
     if not cfg.device.mix and not cfg.device.get("trace"):
         raise ConfigError("mode=async simulates time from device profiles: choose device=mix_wearable_phone_gateway "
                           "(or another device group) or device.trace=FILE")
-    if cfg.get("shape") is not None and float(cfg.shape.prune.sparsity) > 0:
-        raise ConfigError("mode=async cannot use shape.prune: its schedule is per synchronous round")

@@ -187,6 +187,7 @@ def test_fedge_server_refuses_a_strategy_fedbuff_cannot_use_before_writing_anyth
     for args, needle in (
         (["strategy=fedmedian"], "coordinate-wise median"),
         (["mode.concurrency=11"], "mode.concurrency=11 exceeds num_clients=10"),
+        (["secagg=on"], "mode=async cannot use secagg=on"),  # the same refusal as fedge-sim's
     ):
         proc = subprocess.run([server, "mode=async", "--insecure", "server.address=127.0.0.1:0", *args],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
