@@ -37,6 +37,7 @@ from fedge.conf.build import (
 )
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.checkpoint import fingerprint, load_checkpoint
+from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
@@ -47,7 +48,7 @@ from fedge.server.transport import FederationServer, ServerCredentials, check_in
 log = logging.getLogger("fedge.server")
 
 #: Keys that may change between a run and its resume (they do not change the experiment).
-RUN_ONLY_KEYS = ("server", "progress", "verbose")
+RUN_ONLY_KEYS = ("server", "progress", "verbose", "logger")
 #: Seconds to wait, after the last round, for devices to hear that the federation is over.
 FAREWELL_S = 10.0
 
@@ -95,11 +96,13 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
           f"waiting for {cfg.num_clients} devices", flush=True)
     try:
         grid.wait_for_nodes(cfg.num_clients)
-        result = run_resumable(
-            strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-            experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
-            train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
-        )
+        with open_dashboards(cfg, out_dir) as dashboards:  # logger=tensorboard / mlflow; none: nothing
+            result = run_resumable(
+                strategy, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+                experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
+                train_config=round_config(train_cfg), on_round=also(_report, dashboards), dropped_log=strategy.log,
+            )
+            dashboards.finish(result)
         grid.close()
         _farewell(server)
     finally:

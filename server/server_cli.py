@@ -18,6 +18,7 @@ from fedge.conf.build import ConfigError, build_strategy
 from fedge.conf.checks import check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
+from fedge.conf.logger_settings import check_logger
 from fedge.conf.schema import register_configs
 from fedge.server.serve import serve
 
@@ -40,6 +41,7 @@ def _check(cfg: DictConfig) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_strategy(cfg)
     build_strategy(cfg)
+    check_logger(cfg)
 
 
 APP = HydraApp(

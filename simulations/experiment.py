@@ -29,6 +29,7 @@ from fedge.conf.build import (
     seed_everything,
     train_defaults,
 )
+from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
@@ -118,12 +119,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
     grid.observe_deliveries(devices)
-    with grid:
+    with grid, open_dashboards(cfg, out_dir) as dashboards:  # logger=tensorboard / mlflow; none: nothing
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             result = run_federation(
-                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress,
+                strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=also(progress, dashboards),
                 dropped_log=compressed.log, privacy=ledger,
             )
+        dashboards.finish(result)
     weights = final_weights(result)
 
     results_path = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
+from fedge.conf.logger_settings import check_logger
 from fedge.simulations.backends import BACKENDS
 
 
@@ -20,6 +21,7 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
+    check_logger(cfg)  # logger=tensorboard / mlflow: their packages installed
     if cfg.get("shape") is not None and cfg.shape.name != "none":  # shaping needs torch: only when asked
         from fedge.conf.shaping import check_shaping
 
