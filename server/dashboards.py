@@ -1,8 +1,9 @@
 """Dashboards of a run: TensorBoard event files and MLflow runs (the ``logger`` group).
 
 Off by default: nothing is logged, written or sent beyond ``results.json``, and neither
-package is imported (``fedge-sim --help`` and the config checks import neither). An
-override switches each on, for ``fedge-sim`` and ``fedge-server`` alike::
+package is imported (the settings are read and checked by
+:mod:`fedge.conf.logger_settings`, which imports neither). An override switches each
+on, for ``fedge-sim`` and ``fedge-server`` alike::
 
     fedge-sim logger=tensorboard                 # <output dir>/tensorboard/events.out.tfevents.*
     fedge-sim logger=mlflow                      # MLflow's file store in <output dir>/mlruns
@@ -188,8 +189,9 @@ def open_dashboards(cfg: DictConfig, out_dir: Path | None) -> Dashboards:
     check_logger(cfg)
     logger = cfg.logger
     out_dir = out_dir if out_dir is not None else Path.cwd()
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    container: dict[str, Any] = {str(k): v for k, v in resolved.items()}
     config_yaml = OmegaConf.to_yaml(OmegaConf.create(container))
     opened: list[Dashboard] = []
     if "tensorboard" in names:
