@@ -143,9 +143,6 @@ class Dashboards:
     def __init__(self, dashboards: list[Dashboard]) -> None:
         self.dashboards = dashboards
 
-    def __bool__(self) -> bool:
-        return bool(self.dashboards)
-
     def __call__(self, record: RoundRecord) -> None:
         metrics = round_metrics(record)
         for dashboard in self.dashboards:
