@@ -22,7 +22,7 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, Result
 from flwr.simulation import run_simulation
@@ -154,10 +154,10 @@ def test_fedadam_gets_back_its_own_float64_model_and_devices_get_float32(make_cf
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_broadcast_is_cast_to_the_first_broadcasts_dtypes(dtype):
+def test_as_model_dtypes_casts_only_the_named_tensors(dtype):
     from fedge.strategies.compressed import as_model_dtypes
 
-    arrays = ArrayRecord({"w": np.arange(3, dtype=dtype), "n": np.arange(2, dtype=np.int64)})
+    arrays = ArrayRecord({"w": Array(np.arange(3, dtype=dtype)), "n": Array(np.arange(2, dtype=np.int64))})
     cast = as_model_dtypes(arrays, {"w": np.dtype(np.float32)})
     assert cast["w"].dtype == "float32" and cast["n"].dtype == "int64"
     assert (as_model_dtypes(arrays, {"w": np.dtype(dtype)}) is arrays)
