@@ -13,7 +13,7 @@ it holds the user's strategy and
 * the global model stays the inner strategy's own: the FedOpt family keeps a float64
   model of a float32 network, and Flower's loop hands it back unchanged, as Flower's own
   runtime does. Only what crosses to devices is cast to the model's dtypes (those of
-  the first broadcast: what devices build), so replies are decoded against, and deltas
+  the first broadcast: what devices build; a resumed run's come with the checkpoint), so replies are decoded against, and deltas
   taken from, exactly the weights devices hold;
 * ``aggregate_train``: decodes every reply's ``fedge.update`` against the global model
   it was computed from (safe decoder: names, shapes, dtypes, finite values, size),
@@ -160,7 +160,6 @@ class CompressedStrategy(Strategy):
         self._held: dict[str, np.ndarray] | None = None  # what devices of the last round hold
         self._held_round = 0
         self._holders: set[int] = set()  # nodes that hold it
-        self.model_dtypes: dict[str, np.dtype] = {}  # the devices' dtypes: those of the first broadcast
 
     # -- configure: encode the broadcast ------------------------------------------
     def configure_train(
@@ -184,13 +183,17 @@ class CompressedStrategy(Strategy):
     def _as_sent(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
         """The inner strategy's model as devices get it: in the model's dtypes.
 
-        The first broadcast fixes them (the initial model: what devices build); later
-        ones may be float64 (the FedOpt family computes in float64) and are cast here,
-        never in the strategy's own model.
+        The first broadcast of a fresh run (the initial model: what devices build) fixes
+        them; later ones may be float64 (the FedOpt family computes in float64) and are
+        cast here, never in the strategy's own model.
         """
-        if not self.model_dtypes:
-            self.model_dtypes = {k: np.dtype(v.dtype) for k, v in arrays.items()}
-        return _numpy(as_model_dtypes(arrays, self.model_dtypes))
+        return _numpy(as_model_dtypes(arrays, self.model_dtypes) if self._held is not None else arrays)
+
+    @property
+    def model_dtypes(self) -> dict[str, np.dtype]:
+        """The dtypes devices build and decode: those of what they hold (the last
+        broadcast; restored with a checkpoint); empty before the first broadcast."""
+        return {} if self._held is None else {k: v.dtype for k, v in self._held.items()}
 
     def _broadcast(
         self, server_round: int, weights: dict[str, np.ndarray]
