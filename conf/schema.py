@@ -300,6 +300,32 @@ class ShapeConfig:
 
 
 @dataclass
+class TensorBoardSchema:
+    """``logger.tensorboard`` (``logger=tensorboard``; :mod:`fedge.server.dashboards`)."""
+
+    enabled: bool = False
+    dir: str = "tensorboard"  # event files, relative to the run's output directory
+
+
+@dataclass
+class MlflowSchema:
+    """``logger.mlflow`` (``logger=mlflow``; :mod:`fedge.server.dashboards`)."""
+
+    enabled: bool = False
+    tracking_uri: str = ""  # "" = MLflow's file store in <output dir>/mlruns; a path = a file store there; else a URI
+    experiment: str = "fedge"  # the MLflow experiment (created if missing)
+    run_name: str = ""  # "" = the output directory's name
+
+
+@dataclass
+class LoggerConfig:
+    """Dashboards (``conf/logger/*.yaml``): none by default; ``logger=[tensorboard,mlflow]`` for both."""
+
+    tensorboard: TensorBoardSchema = field(default_factory=TensorBoardSchema)
+    mlflow: MlflowSchema = field(default_factory=MlflowSchema)
+
+
+@dataclass
 class FedgeConfig:
     """The whole experiment."""
 
@@ -314,6 +340,7 @@ class FedgeConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)  # secure aggregation (secagg=on)
     shape: ShapeConfig = field(default_factory=ShapeConfig)  # model shaping: init, lowrank, prune, distill
     mode: ModeConfig = field(default_factory=ModeConfig)  # sync rounds or async buffered aggregation (mode=async)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # dashboards: TensorBoard, MLflow (logger=...)
     dp_delta: float = 1e-5  # delta at which DP runs report epsilon each round
     num_clients: int = 10
     rounds: int = 20

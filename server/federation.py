@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import cast
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.grid import FedgeGrid
-from fedge.strategies.compressed import CompressedStrategy, CompressionLog
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog, as_model_dtypes
 from fedge.strategies.privacy import PrivacyLedger
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class FederationResult:
     """Everything a run produced."""
 
     rounds: list[RoundRecord]
-    final_arrays: ArrayRecord
-    flower_result: Result = field(repr=False)
+    final_arrays: ArrayRecord  # the final global model in the network's own dtypes (final_model.npz)
+    flower_result: Result = field(repr=False)  # Flower's own; its arrays as the strategy keeps them (FedOpt: float64)
 
     @property
     def final(self) -> RoundRecord:
@@ -132,7 +133,13 @@ def run_federation(
     attach_client_metrics(rounds, result)
     # Flower's Result starts with an empty ArrayRecord: no round aggregated (all abandoned) = the initial model
     final_arrays = result.arrays if result.arrays is not None and len(result.arrays) else initial_arrays
+    final_arrays = as_model_dtypes(final_arrays, model_dtypes(initial_arrays))  # FedOpt keeps float64
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
+
+
+def model_dtypes(arrays: ArrayRecord) -> dict[str, np.dtype]:
+    """Each tensor's dtype in ``arrays`` (the initial model: what devices build)."""
+    return {k: np.dtype(v.dtype) for k, v in arrays.items()}
 
 
 def attach_client_metrics(rounds: list[RoundRecord], result: Result) -> None:

@@ -35,9 +35,9 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedge.server import strategy_state
 from fedge.server.checkpoint import DEFAULT_KEEP, Checkpoint, checkpoint_files, load_checkpoint, save_checkpoint
 from fedge.server.evaluation import CentralEvaluator
-from fedge.server.federation import FederationResult, RoundRecord, attach_client_metrics, run_federation
+from fedge.server.federation import FederationResult, RoundRecord, attach_client_metrics, model_dtypes, run_federation
 from fedge.server.grid import FedgeGrid
-from fedge.strategies.compressed import CompressedStrategy, CompressionLog
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog, as_model_dtypes
 
 log = logging.getLogger(__name__)
 
@@ -253,5 +253,5 @@ def run_resumable(
     )
     final_arrays = outcome.final_arrays
     if checkpoint is not None and not outcome.flower_result.arrays:
-        final_arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()})
+        final_arrays = as_model_dtypes(ArrayRecord({k: Array(v) for k, v in checkpoint.model.items()}), model_dtypes(initial_arrays))
     return FederationResult(rounds=restored + outcome.rounds, final_arrays=final_arrays, flower_result=outcome.flower_result)

@@ -47,6 +47,7 @@ from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.async_grpc_grid import AsyncGrpcGrid
 from fedge.server.async_grpc_run import async_mode, run_async_grpc
 from fedge.server.checkpoint import fingerprint, load_checkpoint
+from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
@@ -57,7 +58,7 @@ from fedge.server.transport import FederationServer, ServerCredentials, check_in
 log = logging.getLogger("fedge.server")
 
 #: Keys that may change between a run and its resume (they do not change the experiment).
-RUN_ONLY_KEYS = ("server", "progress", "verbose")
+RUN_ONLY_KEYS = ("server", "progress", "verbose", "logger")
 #: Seconds to wait, after the last round, for devices to hear that the federation is over.
 FAREWELL_S = 10.0
 
@@ -109,20 +110,22 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         # a resumed async run goes on with the first device back: the others rejoin as they
         # finish what they were doing (their tasks wait for them on the board)
         grid.wait_for_nodes(1 if mode is not None and checkpoint is not None else cfg.num_clients)
-        if isinstance(grid, AsyncGrpcGrid) and mode is not None:
-            run = run_async_grpc(
-                mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
-                experiment_fingerprint(cfg), checkpoint, on_step=_report,
-            )
-            result: FederationResult = run.result
-            sections["async"] = run.section
-            unfinished = run.unfinished_nodes
-        else:
-            result = run_resumable(
-                secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-                experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
-                train_config=round_config(train_cfg), on_round=_report, dropped_log=strategy.log,
-            )
+        with open_dashboards(cfg, out_dir) as dashboards:  # logger=tensorboard / mlflow; none: nothing
+            if isinstance(grid, AsyncGrpcGrid) and mode is not None:
+                run = run_async_grpc(
+                    mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
+                    experiment_fingerprint(cfg), checkpoint, on_step=also(_report, dashboards),
+                )
+                result: FederationResult = run.result
+                sections["async"] = run.section
+                unfinished = run.unfinished_nodes
+            else:
+                result = run_resumable(
+                    secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+                    experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
+                    train_config=round_config(train_cfg), on_round=also(_report, dashboards), dropped_log=strategy.log,
+                )
+            dashboards.finish(result)
         grid.close()
         # async: devices may still be training on tasks the end withdrew (or not be back
         # since a restart); they hear the federation is over when they come back

@@ -18,6 +18,7 @@ from fedge.conf.build import ConfigError, build_strategy
 from fedge.conf.checks import check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
+from fedge.conf.logger_settings import check_logger
 from fedge.conf.schema import register_configs
 from fedge.server.async_grpc_run import async_mode
 from fedge.server.serve import serve
@@ -47,6 +48,7 @@ def _check(cfg: DictConfig) -> None:
             check_linear(strategy.strategy)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    check_logger(cfg)
 
 
 APP = HydraApp(

@@ -31,6 +31,7 @@ from fedge.conf.build import (
     seed_everything,
     train_defaults,
 )
+from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
@@ -112,16 +113,19 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(f"backend: {exc}") from None
     grid.observe_deliveries(devices)
     async_run: AsyncRun | None = None
-    with grid:
+    with grid, open_dashboards(cfg, out_dir) as dashboards:  # logger=tensorboard / mlflow; none: nothing
         with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
             if is_async(cfg):  # FedBuff on the simulated fleet (fedge.simulations.async_run)
-                async_run = run_async(cfg, compressed, grid, fleet, initial, evaluator, train_config, on_step=progress)
+                async_run = run_async(
+                    cfg, compressed, grid, fleet, initial, evaluator, train_config, on_step=also(progress, dashboards)
+                )
                 result: FederationResult = async_run.result
             else:
                 result = run_federation(
-                    strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=progress,
+                    strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=also(progress, dashboards),
                     dropped_log=compressed.log, privacy=ledger,
                 )
+        dashboards.finish(result)
     weights = final_weights(result)
 
     results_path = None

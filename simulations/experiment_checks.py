@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
 from fedge.simulations.async_checks import check_async
+from fedge.conf.logger_settings import check_logger
 from fedge.simulations.backends import BACKENDS
 
 
@@ -22,6 +23,7 @@ def check_experiment(cfg: DictConfig) -> None:
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
     check_async(cfg)  # mode=async: what FedBuff cannot do
+    check_logger(cfg)  # logger=tensorboard / mlflow: their packages installed
     if cfg.get("shape") is not None and cfg.shape.name != "none":  # shaping needs torch: only when asked
         from fedge.conf.shaping import check_shaping
 

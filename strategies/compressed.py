@@ -10,6 +10,11 @@ it holds the user's strategy and
   holds, with server-side error feedback (the next change is taken against what devices
   actually hold, so the broadcast's compression error is carried, not lost). The server
   remembers exactly what devices reconstruct and aggregates relative to that;
+* the global model stays the inner strategy's own: the FedOpt family keeps a float64
+  model of a float32 network, and Flower's loop hands it back unchanged, as Flower's own
+  runtime does. Only what crosses to devices is cast to the model's dtypes (those of
+  the first broadcast: what devices build; a resumed run's come with the checkpoint), so replies are decoded against, and deltas
+  taken from, exactly the weights devices hold;
 * ``aggregate_train``: decodes every reply's ``fedge.update`` against the global model
   it was computed from (safe decoder: names, shapes, dtypes, finite values, size),
   validates every other field the device chose (:mod:`fedge.strategies.reply_validation`:
@@ -27,7 +32,7 @@ So FedAvg, FedProx, FedAdam, Krum, ... aggregate dense arrays unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
@@ -165,7 +170,7 @@ class CompressedStrategy(Strategy):
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
-        weights = _numpy(_single_array_record(messages, self.strategy))
+        weights = self._as_sent(_single_array_record(messages, self.strategy))
         self._frozen = frozen_names(weights, self.freeze, self.trainable)
         full, delta, received = self._broadcast(server_round, weights)
         self._reference = {server_round: received}
@@ -175,6 +180,21 @@ class CompressedStrategy(Strategy):
         self._held, self._held_round = received, server_round
         self._holders = set()
         return messages
+
+    def _as_sent(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """The inner strategy's model as devices get it: in the model's dtypes.
+
+        The first broadcast of a fresh run (the initial model: what devices build) fixes
+        them; later ones may be float64 (the FedOpt family computes in float64) and are
+        cast here, never in the strategy's own model.
+        """
+        return _numpy(as_model_dtypes(arrays, self.model_dtypes) if self._held is not None else arrays)
+
+    @property
+    def model_dtypes(self) -> dict[str, np.dtype]:
+        """The dtypes devices build and decode: those of what they hold (the last
+        broadcast; restored with a checkpoint); empty before the first broadcast."""
+        return {} if self._held is None else {k: v.dtype for k, v in self._held.items()}
 
     def _broadcast(
         self, server_round: int, weights: dict[str, np.ndarray]
@@ -196,7 +216,7 @@ class CompressedStrategy(Strategy):
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
         if messages:
-            weights = _numpy(_single_array_record(messages, self.strategy))
+            weights = self._as_sent(_single_array_record(messages, self.strategy))
             codec = "fp32" if self.downlink_delta else self.downlink
             payload = encode_update(weights, codec, tensor_pb2.UPDATE_KIND_WEIGHTS, server_round).SerializeToString()
             for message in messages:
@@ -236,8 +256,7 @@ class CompressedStrategy(Strategy):
             log.warning("round %d abandoned, the global model is kept: %s", server_round, abandoned)
             self.log.abandoned.append(AbandonedRound(server_round, abandoned))
             return None, None
-        if arrays is not None:
-            arrays = _as_model_dtypes(arrays, reference)
+        if arrays is not None:  # kept in the inner strategy's dtypes: cast only when sent (_as_sent)
             for name in self._frozen:  # bit-identical, whatever the inner strategy's arithmetic
                 arrays[name] = Array(reference[name])
         return arrays, metrics
@@ -320,16 +339,16 @@ def _set_model(message: Message, payload: bytes) -> None:
     message.content = new
 
 
-def _as_model_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:
-    """The aggregate in the model's own dtypes.
+def as_model_dtypes(arrays: ArrayRecord, dtypes: Mapping[str, np.dtype]) -> ArrayRecord:
+    """``arrays`` with each tensor named in ``dtypes`` cast to that dtype (others as they are).
 
-    Some Flower strategies (the FedOpt family) return float64 aggregates of float32
-    models; the global model keeps the dtype devices were built with.
+    The FedOpt strategies keep float64 models of float32 networks; what devices receive
+    and what a run's ``final_model.npz`` holds is in the network's own dtypes.
     """
-    if all(arrays[k].dtype == str(reference[k].dtype) for k in arrays.keys() if k in reference):
+    if all(np.dtype(arrays[k].dtype) == dtypes[k] for k in arrays.keys() if k in dtypes):
         return arrays
     return ArrayRecord(
-        {k: Array(v.numpy().astype(reference[k].dtype, copy=False)) if k in reference else v for k, v in arrays.items()}
+        {k: Array(v.numpy().astype(dtypes[k], copy=False)) if k in dtypes else v for k, v in arrays.items()}
     )
 
 

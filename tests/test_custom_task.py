@@ -64,6 +64,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
 
 
+def test_docs_template_is_the_task_readme_runs():
+    """``docs/my_task.py``, the skeleton to copy, is README's task: the runs below run it."""
+    assert (REPO / "docs" / "my_task.py").read_text() == readme_task()
+
+
 def test_readme_commands_are_plain_overrides():
     commands = readme_commands()
     assert [argv[0] for argv in commands] == ["fedge-sim", "fedge-sim"]
