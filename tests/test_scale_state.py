@@ -22,6 +22,7 @@ from fedge.conf.build import build_strategy
 from fedge.protos import records
 from fedge.server import run_federation
 from fedge.server.evaluation import CentralEvaluator
+from fedge.server.identity import DEFAULT_RUN_ID, ensure_task_identity
 from fedge.server.message_translation import message_to_task, model_payload, task_header, with_message_id
 from fedge.simulations.broadcast import SplitTask
 from fedge.simulations.clients import ClientRecipe, node_id_of
@@ -120,9 +121,9 @@ def test_downlink_deltas_keep_the_model_and_train_under_qat_keeps_a_runtime_per_
 
 
 def test_split_task_counts_the_real_serialised_size():
-    weights = {k: v.numpy() for k, v in DigitsTask().build_model().state_dict().items()}
+    ensure_task_identity(DEFAULT_RUN_ID)  # what a Grid does before Messages are made
     config = ConfigRecord({"client.lr": 0.1, "note": "x" * 300})
-    message = Message(RecordDict({"arrays": ArrayRecord({k: v for k, v in weights.items()}), records.CONFIG_RECORD: config}),
+    message = Message(RecordDict({"arrays": ArrayRecord(DigitsTask().build_model().state_dict()), records.CONFIG_RECORD: config}),
                       dst_node_id=1234, message_type="train")
     message = with_message_id(message, "m1")
     whole = message_to_task(message).SerializeToString()
