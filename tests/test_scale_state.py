@@ -10,10 +10,7 @@ A shared broadcast's task counts its real serialised bytes.
 from __future__ import annotations
 
 import random
-from typing import Any
-
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
@@ -29,54 +26,11 @@ from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
 from fedge.tasks.digits import DigitsTask
+from bench.client_state import state_bytes
 from fedge.client import TrainConfig
 from fedge.client.train_config import QATConfig
 
 CLIENTS = 30
-#: Not client state: what every client shares by construction, and its local examples.
-NOT_STATE = ("task", "data", "defaults")
-
-
-def _buffers(root: Any, seen: set[int], found: dict[tuple[str, int], int]) -> None:
-    """Add every array/tensor buffer reachable from ``root`` to ``found`` (key -> bytes)."""
-    if id(root) in seen:
-        return
-    seen.add(id(root))
-    if isinstance(root, np.ndarray):
-        base = root
-        while isinstance(base.base, np.ndarray):
-            base = base.base
-        found[("numpy", id(base))] = base.nbytes
-        return
-    if isinstance(root, torch.Tensor):
-        storage = root.untyped_storage()
-        found[("torch", storage.data_ptr())] = storage.nbytes()
-        if root.grad is not None:
-            _buffers(root.grad, seen, found)
-        return
-    if isinstance(root, torch.nn.Module):
-        for tensor in root.state_dict(keep_vars=True).values():
-            _buffers(tensor, seen, found)
-        return
-    if isinstance(root, dict):
-        for value in root.values():
-            _buffers(value, seen, found)
-    elif isinstance(root, (list, tuple, set, frozenset)):
-        for value in root:
-            _buffers(value, seen, found)
-    elif hasattr(root, "__dict__") and not isinstance(root, type):
-        for key, value in vars(root).items():
-            _buffers(value, seen, found)
-
-
-def _state_bytes(clients: list) -> int:
-    seen: set[int] = set()
-    found: dict[tuple[str, int], int] = {}
-    for client in clients:
-        for key, value in vars(client).items():
-            if key not in NOT_STATE:
-                _buffers(value, seen, found)
-    return sum(found.values())
 
 
 def test_per_client_state_under_topk_with_error_feedback_is_at_most_1_5x_the_model(make_cfg):
@@ -96,7 +50,7 @@ def test_per_client_state_under_topk_with_error_feedback_is_at_most_1_5x_the_mod
     assert all(c.uplink.residual for c in clients)  # error feedback is on: each keeps its residual
     assert len({id(c.trainer) for c in clients}) == 1  # one model for the process
     assert all(c._held is None for c in clients)  # no downlink deltas: no copy of the model kept
-    per_client = _state_bytes(clients) / CLIENTS
+    per_client = state_bytes(clients) / CLIENTS
     assert 0.9 * model_bytes < per_client <= 1.5 * model_bytes
 
 
