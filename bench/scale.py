@@ -86,10 +86,10 @@ class TreeMemory(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.period_s = pid, period_s
         self.peak_rss = self.peak_pss = self.peak_processes = 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.period_s):
+        while not self._done.wait(self.period_s):
             pids = _tree(self.pid)
             sizes = [_memory(p) for p in pids]
             self.peak_rss = max(self.peak_rss, sum(r for r, _ in sizes))
@@ -97,7 +97,7 @@ class TreeMemory(threading.Thread):
             self.peak_processes = max(self.peak_processes, len(pids))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
