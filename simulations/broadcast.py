@@ -116,9 +116,11 @@ class BroadcastBoard:
         payloads, task_slots = distinct_payloads(tasks)
         total = sum(len(p) for p in payloads)
         segment = self._room(max(total, 1))
+        buf = segment.buf
+        assert buf is not None  # an open segment has its buffer
         slots, offset = [], 0
         for payload in payloads:
-            segment.buf[offset : offset + len(payload)] = payload
+            buf[offset : offset + len(payload)] = payload
             slots.append((offset, len(payload)))
             offset += len(payload)
         return segment.name, tuple(slots), task_slots
@@ -151,6 +153,7 @@ class BroadcastReader:
             # so mapping the segment here neither leaks it nor unlinks it at exit.
             self._segment = shared_memory.SharedMemory(name=job.segment)
         buf = self._segment.buf
+        assert buf is not None  # an open segment has its buffer
         return [tensor_pb2.CompressedUpdate.FromString(buf[offset : offset + length]) for offset, length in job.slots]
 
     def close(self) -> None:

@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 WORKER_MODULES = ("__main__", "torch", "torch._dynamo", "fedge.simulations.worker", "fedge.client.torch_trainer")
 
 
-def worker_context() -> mp.context.BaseContext:
+def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
     """The start method of worker processes: the fork server where there is one, else spawn."""
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if "forkserver" in mp.get_all_start_methods():
+        return mp.get_context("forkserver")
+    return mp.get_context("spawn")
 
 
 def start_fork_server(modules: Iterable[str] = ()) -> None:
