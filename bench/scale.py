@@ -213,7 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     load_start = os.getloadavg()
     sizes = [int(n) for n in args.sizes.split(",")]
-    runs: list[dict[str, object]] = []
+    result: dict[str, object] = {
+        "settings": {"sizes": sizes, "rounds": args.rounds, "all_rounds": args.all_rounds, "copies": args.copies,
+                     "baseline": args.baseline,
+                     "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])},
+        "state": per_client_state(),
+        "runs": [],
+    }
+    runs: list[dict[str, object]] = result["runs"]  # type: ignore[assignment]
     with tempfile.TemporaryDirectory(prefix="fedge-scale-") as tmp_dir:
         tmp = Path(tmp_dir)
         old = _baseline_tree(args.baseline, tmp) if args.baseline else None
@@ -226,17 +233,8 @@ def main(argv: list[str] | None = None) -> None:
                     run = run_one(n, sampled, rounds, args.copies, tmp / f"{name}-{n}-{sampled}", tree)
                     run["tree"] = name
                     runs.append(run)
-                    print(json.dumps(run), flush=True)
-    result = {
-        "settings": {"sizes": sizes, "rounds": args.rounds, "all_rounds": args.all_rounds, "copies": args.copies,
-                     "baseline": args.baseline,
-                     "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])},
-        "runs": runs,
-        "state": per_client_state(),
-    }
-    result["machine"] = results_files.machine(load_start)
-    results_files.write("scale", result, markdown(result))
-
+                    result["machine"] = results_files.machine(load_start)
+                    results_files.write("scale", result, markdown(result))  # after every run: partial results survive
 
 if __name__ == "__main__":
     main()
