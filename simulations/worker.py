@@ -51,7 +51,7 @@ def limit_thread_pools(threads: int) -> None:
     machine spin-waits against the others (on a loaded 2-core machine, ``np.dot`` of 38k
     values took 4 ms with 2 BLAS threads and 0.17 ms with 1)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
     except ImportError:  # scikit-learn's dependency; without it the pools stay as they are
         return
     threadpool_limits(limits=threads)
