@@ -27,7 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,ray]"
-	$(BIN)/python -m bench.runner
+	$(BIN)/python -m bench.runner --clients 100 --local-steps 1 --rounds 5 --partition iid --fedge-workers 2 0 --flower-cpus-per-client 1
+	$(BIN)/python -m bench.runner --clients 1000 --local-steps 1 --rounds 4 --partition iid --fedge-workers 2 0 --flower-cpus-per-client 1 --out bench/results/runner_1000.json
+	$(BIN)/python -m bench.runner --task image-lr --clients 1000 --clients-per-round 10 --rounds 100 --local-epochs 1 --partition iid --fedge-workers 2 --flower-cpus-per-client 1 --out bench/results/runner_flute.json
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.codec_speed
 	$(BIN)/python -m bench.scale_outputs

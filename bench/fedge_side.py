@@ -51,7 +51,7 @@ def run_fedge(settings: BenchSettings, num_workers: int, threads_per_worker: int
             on_round=lambda record: timeline.round_done(record.round, record.accuracy),
         )
     timeline.finish()
-    failed = fedavg.failed_rounds(settings.num_clients)
+    failed = fedavg.failed_rounds(settings.sampled)
     if failed:
         raise RuntimeError(f"fedge local backend: rounds with failed clients (round: replies) {failed}")
     threads = threads_per_worker if num_workers else torch.get_num_threads()

@@ -147,7 +147,7 @@ def run_flower(settings: BenchSettings, cpus_per_client: float, total_cpus: int)
     timeline.finish()
     if not results or results[0].arrays is None or len(timeline.round_ends) != settings.rounds + 1:
         raise RuntimeError("Flower's simulation ended without finishing every round (see its log above)")
-    failed = strategy.failed_rounds(settings.num_clients)
+    failed = strategy.failed_rounds(settings.sampled)
     if failed:
         raise RuntimeError(f"Flower simulation: rounds with failed clients (round: replies) {failed}")
     last = results[0].train_metrics_clientapp.get(settings.rounds)

@@ -42,6 +42,7 @@ from bench.instrumented import RunOutcome
 from bench.settings import (
     DIRICHLET_MIN_PARTITION_SIZE,
     PARTITIONS,
+    TASKS,
     BenchSettings,
     fedavg_options,
     fedge_sim_client_defaults,
@@ -70,6 +71,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--local-epochs", type=int, default=defaults.train.local_epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.train.batch_size)
+    parser.add_argument("--local-steps", type=int, default=defaults.train.local_steps,
+                        help="optimiser steps per client-round (0: --local-epochs); 1 measures the runtime's overhead")
+    parser.add_argument("--clients-per-round", type=int, default=0, help="clients sampled per round (0: all)")
+    parser.add_argument("--task", choices=TASKS, default=defaults.task_name,
+                        help="digits (CNN) or image-lr (FLUTE's protocol: logistic regression on the MNIST sample)")
     parser.add_argument("--fedge-workers", type=int, nargs="+", default=[2, 0], help="LocalGrid num_workers to try")
     parser.add_argument(
         "--flower-cpus-per-client", type=float, nargs="+", default=[1.0, 0.5], help="Ray num_cpus per actor, each tried"
@@ -81,10 +87,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _figures(outcome: RunOutcome, settings: BenchSettings) -> dict[str, object]:
-    figures = outcome.timeline.breakdown(settings.num_clients)
+    figures = outcome.timeline.breakdown(settings.sampled)
     steady_aggregate = [outcome.aggregate_s[r] for r in range(2, settings.rounds + 1)]
     figures["fedavg_aggregate_s_steady"] = statistics.fmean(steady_aggregate)
-    figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.num_clients
+    figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.sampled
     figures["client_torch_threads"] = outcome.client_torch_threads
     return figures
 
@@ -165,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
             partition=args.partition,
             alpha=args.alpha,
             seed=args.seed,
-            train=replace(fedge_sim_client_defaults(), local_epochs=args.local_epochs, batch_size=args.batch_size),
+            train=replace(fedge_sim_client_defaults(), local_epochs=args.local_epochs, batch_size=args.batch_size,
+                          local_steps=args.local_steps),
+            clients_per_round=args.clients_per_round,
+            task_name=args.task,
         )
     except ValueError as exc:
         print(f"bench.runner: {exc}", file=sys.stderr)
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k != "train"},
             "train": asdict(settings.train),
-            "task": "fedge.tasks.digits.DigitsTask (sklearn digits, SmallCNN)",
+            "task": f"{type(settings.task()).__module__}.{type(settings.task()).__name__} ({settings.task_name})",
             "partitioner": type(make_partitioner(settings)).__name__
             + (f" (min_partition_size={DIRICHLET_MIN_PARTITION_SIZE})" if settings.partition == "dirichlet" else ""),
             "strategy": {"name": "flwr.serverapp.strategy.FedAvg", **fedavg_options(settings)},

@@ -25,6 +25,7 @@ from fedge.simulations.partition import partition_indices
 from fedge.tasks.digits import DigitsTask
 
 PARTITIONS = ("iid", "dirichlet")
+TASKS = ("digits", "image-lr")
 #: Smallest Dirichlet partition accepted (100 clients share 1,437 training examples).
 DIRICHLET_MIN_PARTITION_SIZE = 2
 
@@ -45,6 +46,8 @@ class BenchSettings:
     alpha: float = 0.5  # Dirichlet concentration (partition="dirichlet" only)
     seed: int = 0
     train: TrainConfig = field(default_factory=fedge_sim_client_defaults)
+    clients_per_round: int = 0  # clients sampled per round; 0 = every client
+    task_name: str = "digits"  # one of TASKS: digits (CNN) or image-lr (FLUTE's LR on the MNIST sample)
 
     def __post_init__(self) -> None:
         if self.num_clients < 2:
@@ -55,9 +58,22 @@ class BenchSettings:
             raise ValueError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.clients_per_round <= self.num_clients:
+            raise ValueError(f"clients_per_round must be in [0, num_clients], got {self.clients_per_round}")
+        if self.task_name not in TASKS:
+            raise ValueError(f"task_name must be one of {TASKS}, got {self.task_name!r}")
+
+    @property
+    def sampled(self) -> int:
+        """Clients that train each round."""
+        return self.clients_per_round or self.num_clients
 
     def task(self) -> DigitsTask:
         """The learning task (a fresh object; it loads its data on demand)."""
+        if self.task_name == "image-lr":
+            from bench.scale_tasks import ImageLogReg
+
+            return ImageLogReg(seed=self.seed)
         return DigitsTask(seed=self.seed)
 
 
@@ -81,11 +97,11 @@ def client_partitions(settings: BenchSettings, labels: np.ndarray) -> list[np.nd
 
 
 def fedavg_options(settings: BenchSettings) -> dict[str, float | int]:
-    """Flower FedAvg's arguments: every client trains each round, no federated evaluation."""
+    """Flower FedAvg's arguments: ``settings.sampled`` clients train each round, no federated evaluation."""
     return {
-        "fraction_train": 1.0,
+        "fraction_train": settings.sampled / settings.num_clients,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": settings.num_clients,
+        "min_train_nodes": settings.sampled,
         "min_available_nodes": settings.num_clients,
     }
 

@@ -7,8 +7,15 @@ and returns it with metrics. It never raises for a bad task: the error goes back
 ``Update.error`` so the server can log it and carry on.
 
 The broadcast may be full weights or, with downlink delta compression, a compressed
-change to the model this device received last; the client keeps that model to rebuild
-exactly what the server meant it to have.
+change to the model this device received last; when the round's config says the server
+sends such deltas (``fedge.downlink-delta``), the client keeps that model to rebuild
+exactly what the server meant it to have, and otherwise keeps no copy of it.
+
+What a client keeps between rounds is only its own state: its data, error-feedback
+residuals (:class:`~fedge.client.uplink.UplinkEncoder`), the model held for downlink
+deltas, LSQ steps. The model it trains may be a runtime shared with other clients of
+the same process (a simulation passes ``trainer``): every round loads the broadcast
+into it first, so sharing changes no number.
 
 The model lives in a runtime (:mod:`fedge.client.trainer`): ``torch`` (default) or
 ``numpy`` (no torch imported); everything else here is plain numpy and protobuf.
@@ -25,10 +32,11 @@ import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.train_config import TrainConfig
-from fedge.client.trainer import make_trainer
+from fedge.client.trainer import Trainer, make_trainer
 from fedge.protos.frozen_tensors import frozen_names
 from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config_values
+from fedge.protos.records import DOWNLINK_DELTA_KEY
 from fedge.protos.codecs import decode_update
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
@@ -64,6 +72,10 @@ class EdgeClient:
     runtime:
         ``"torch"`` or ``"numpy"`` (:mod:`fedge.client.trainer`; default: ``defaults.runtime``);
         the numpy runtime refuses a model it cannot run here, naming the layer.
+    trainer:
+        A runtime to train in, shared with other clients of this process (a simulation
+        worker's one model and optimiser); default: this client's own. Not for QAT, whose
+        LSQ steps live in the runtime.
     """
 
     def __init__(
@@ -74,17 +86,18 @@ class EdgeClient:
         defaults: TrainConfig | None = None,
         seed: int = 0,
         runtime: str | None = None,
+        trainer: Trainer | None = None,
     ) -> None:
         self.task = task
         self.data = data
         self.node_id = node_id
         self.defaults = defaults or TrainConfig()
         self.seed = seed
-        self.trainer = make_trainer(runtime or self.defaults.runtime, task, seed)
-        self._reference = self.trainer.arrays()
+        self.trainer = trainer if trainer is not None else make_trainer(runtime or self.defaults.runtime, task, seed)
+        self._reference = shape_reference(self.trainer.arrays())
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
-        self._held: dict[str, np.ndarray] | None = None
+        self._held: dict[str, np.ndarray] | None = None  # kept only under downlink deltas
         self.secagg: SecAggDevice | None = None  # secure-aggregation state, made on first use
 
     @property
@@ -117,21 +130,21 @@ class EdgeClient:
             log.warning("node %d: task %s failed: %s", self.node_id, task.task_id, exc)
             return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, error=f"{type(exc).__name__}: {exc}")
 
-    def _load_global(self, task: task_pb2.Task) -> dict[str, np.ndarray]:
+    def _load_global(self, task: task_pb2.Task, keep: bool = False) -> dict[str, np.ndarray]:
+        """The broadcast's weights, loaded into the model; ``keep``: hold them as the base
+        of the next downlink delta."""
         model = task.model
         if model.kind == tensor_pb2.UPDATE_KIND_DELTA:
             if self._held is None or self.held_round != model.base_round:
-                raise ValueError(
-                    f"broadcast is a delta from round {model.base_round}, "
-                    f"this device holds round {self.held_round}"
-                )
+                kept = "kept no model" if self._held is None else f"holds round {self.held_round}"
+                raise ValueError(f"broadcast is a delta from round {model.base_round}, this device {kept}")
             delta = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
             weights = {k: self._held[k] + delta[k] for k in self._held}
         else:
             weights = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
         self.trainer.load(weights)
         if task.kind == TRAIN:
-            self._held, self.held_round = weights, task.server_round
+            self._held, self.held_round = (weights if keep else None), task.server_round
         return weights
 
     def _train(self, task: task_pb2.Task) -> task_pb2.Update:
@@ -139,7 +152,10 @@ class EdgeClient:
         config = config_values.from_wire(task.config)
         cfg = self._within_device_memory(self.defaults.updated_from(config))
         plan = UplinkPlan.from_config(config)
-        global_weights = self._load_global(task)
+        keep = config.get(DOWNLINK_DELTA_KEY, False)
+        if not isinstance(keep, bool):
+            raise ValueError(f"{DOWNLINK_DELTA_KEY} must be a bool, got {keep!r}")
+        global_weights = self._load_global(task, keep)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
@@ -195,6 +211,12 @@ class EdgeClient:
         loss, accuracy = self.trainer.evaluate(self.data)
         metrics = {"num-examples": float(len(self.data)), "loss": loss, "accuracy": accuracy}
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, metrics=metrics)
+
+
+def shape_reference(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays with the names, shapes and dtypes of ``arrays`` and no memory of their own
+    (read-only zero-stride views of one element): what checking a broadcast needs."""
+    return {k: np.broadcast_to(np.zeros((), dtype=v.dtype), v.shape) for k, v in arrays.items()}
 
 
 def _secagg_request(payload: object) -> secagg_pb2.SecAggRequest:

@@ -12,3 +12,8 @@ PAYLOAD = "payload"
 METRICS_RECORD = "metrics"
 CONFIG_RECORD = "config"
 SECAGG_RECORD = "fedge.secagg"
+
+#: Round-config key (bool) with which a server that sends downlink deltas tells devices to
+#: keep the model they receive (the base of the next delta); absent or false, a device
+#: keeps no copy of it.
+DOWNLINK_DELTA_KEY = "fedge.downlink-delta"

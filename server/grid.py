@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any
 from uuid import uuid4
 
 from flwr.app import Message, RecordDict
@@ -83,7 +84,7 @@ class FedgeGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver each message to its node now; replies wait for :meth:`pull_messages`."""
-        batch: list[tuple[Message, task_pb2.Task, bytes]] = []
+        batch: list[tuple[Message, task_pb2.Task, Sized]] = []
         ids: list[str] = []
         train_rounds: set[int] = set()
         for message in messages:
@@ -92,7 +93,7 @@ class FedgeGrid(Grid):
                 raise ValueError(f"message for unknown node {node}")
             message = with_message_id(message, uuid4().hex)
             ids.append(message.metadata.message_id)
-            task = message_to_task(message)
+            task, payload = self._encode(message)
             if task.kind == "train":
                 train_rounds.add(task.server_round)
             offline = (
@@ -104,7 +105,6 @@ class FedgeGrid(Grid):
                 self.traffic.received(task.server_round, 0, ok=False, node_id=node)
                 self._replies[message.metadata.message_id] = failure_reply(message, offline)
                 continue
-            payload = task.SerializeToString()
             self.traffic.sent(task.server_round, len(payload), node)
             batch.append((message, task, payload))
         answers = self._deliver([(m.metadata.dst_node_id, p) for m, _, p in batch]) if batch else []
@@ -129,9 +129,18 @@ class FedgeGrid(Grid):
         """May a message be addressed to ``node_id``? (Grids with dynamic nodes override.)"""
         return node_id in self._node_ids
 
+    def _encode(self, message: Message) -> tuple[task_pb2.Task, Sized]:
+        """The Task of ``message`` (the Grid reads its kind and round) and what
+        :meth:`_deliver` is given for it, whose ``len()`` is the serialised Task's size in
+        bytes. Here: the serialised Task. (A backend that shares one broadcast between
+        many tasks returns a lighter object of the same length.)"""
+        task = message_to_task(message)
+        return task, task.SerializeToString()
+
     @abstractmethod
-    def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
-        """Send each ``(node_id, Task bytes)``; return Update bytes per task, in order.
+    def _deliver(self, tasks: Sequence[tuple[int, Any]]) -> list[bytes | None]:
+        """Send each ``(node_id, Task bytes)`` (or what :meth:`_encode` made for the
+        task); return Update bytes per task, in order.
 
         ``None`` means the node never answered (lost, timed out).
         """
@@ -159,7 +168,7 @@ class FedgeGrid(Grid):
 
     def _settle_devices(
         self,
-        batch: Sequence[tuple[Message, task_pb2.Task, bytes]],
+        batch: Sequence[tuple[Message, task_pb2.Task, Sized]],
         answers: Sequence[bytes | None],
         updates: Sequence[task_pb2.Update | Exception | None],
         train_rounds: set[int],

@@ -51,6 +51,19 @@ def message_to_task(message: Message) -> task_pb2.Task:
     The model comes from the ``fedge.model`` record that CompressedStrategy wrote;
     a message from an unwrapped strategy (one ArrayRecord) is sent losslessly.
     """
+    task = task_header(message)
+    task.model.ParseFromString(model_payload(message))
+    return task
+
+
+def task_header(message: Message) -> task_pb2.Task:
+    """The Task of ``message`` without its model (field 5).
+
+    ``task_header(m).SerializeToString()`` followed by the model field (tag, length,
+    :func:`model_payload`) is a valid serialised Task that parses to
+    ``message_to_task(m)`` and has exactly its size: a simulation can send the model
+    once for many tasks and still count each task's real bytes.
+    """
     content = message.content
     task = task_pb2.Task(
         task_id=message.metadata.message_id,
@@ -59,21 +72,28 @@ def message_to_task(message: Message) -> task_pb2.Task:
         node_id=message.metadata.dst_node_id,
         protocol_version=PROTOCOL_VERSION,
     )
-    if records.MODEL_RECORD in content.config_records:
-        task.model.ParseFromString(content.config_records[records.MODEL_RECORD][records.PAYLOAD])
-    elif len(content.array_records) == 1:
-        arrays = next(iter(content.array_records.values()))
-        task.model.CopyFrom(
-            encode_update(
-                {k: v.numpy() for k, v in arrays.items()}, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS
-            )
-        )
-    else:
-        raise ValueError("message carries no model: expected a fedge.model record or one ArrayRecord")
     config = content.config_records.get(records.CONFIG_RECORD)
     if config is not None:
         config_values.to_wire(dict(config), task.config)
     return task
+
+
+def model_payload(message: Message) -> bytes:
+    """The serialised CompressedUpdate ``message`` carries: the ``fedge.model`` record's
+    bytes as they are (one object shared by every message of a broadcast), or the one
+    ArrayRecord of an unwrapped strategy encoded losslessly (fp32)."""
+    content = message.content
+    if records.MODEL_RECORD in content.config_records:
+        payload = content.config_records[records.MODEL_RECORD][records.PAYLOAD]
+        if not isinstance(payload, bytes):
+            raise ValueError(f"{records.MODEL_RECORD} must hold bytes")
+        return payload
+    if len(content.array_records) == 1:
+        arrays = next(iter(content.array_records.values()))
+        return encode_update(
+            {k: v.numpy() for k, v in arrays.items()}, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS
+        ).SerializeToString()
+    raise ValueError("message carries no model: expected a fedge.model record or one ArrayRecord")
 
 
 def update_to_reply(update: task_pb2.Update, instruction: Message) -> Message:

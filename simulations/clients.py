@@ -1,4 +1,11 @@
-"""A picklable recipe for the simulated devices, built once per worker process."""
+"""A picklable recipe for the simulated devices, built once per worker process.
+
+The clients of one process share one training runtime per runtime kind (one model and
+its gradients, whatever the number of clients: every round loads the broadcast into it
+before training, so sharing changes no number). A client keeps only its own state
+across rounds (data, error-feedback residuals, the model held for downlink deltas);
+with QAT on, each client keeps its own runtime, which carries its LSQ steps.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
+from fedge.client.trainer import Trainer, make_trainer
 from fedge.tasks.base import FederatedTask, TaskData
 from fedge.tasks.custom import data_digest, describe_task
 
@@ -46,6 +54,7 @@ class ClientRecipe:
     data_digest: str = ""  # fedge.tasks.custom.data_digest of the main process's load(); "" = unchecked
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _trainers: dict[str, Trainer] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def use_data(self, data: TaskData) -> None:
         """Use ``data`` (the result of ``task.load()``, loaded by the caller) instead of
@@ -57,8 +66,21 @@ class ClientRecipe:
         data = self._data
         if data is not None and sum(a.nbytes for a in (data.train.x, data.train.y, data.test.x, data.test.y)) > SHIP_DATA_BYTES:
             data = None
-        state["_data"], state["_clients"] = data, {}
+        state["_data"], state["_clients"], state["_trainers"] = data, {}, {}
         return state
+
+    def needs_torch(self) -> bool:
+        """Whether some client trains on the torch runtime."""
+        return any(self.runtimes.get(node, self.defaults.runtime) == "torch" for node in self.partitions)
+
+    def shared_trainer(self, runtime: str) -> Trainer | None:
+        """This process's one runtime of kind ``runtime`` for every client, or None under
+        QAT (whose learned steps are per client and live in the runtime)."""
+        if self.defaults.qat.bits:
+            return None
+        if runtime not in self._trainers:
+            self._trainers[runtime] = make_trainer(runtime, self.task, self.seed)
+        return self._trainers[runtime]
 
     def client(self, node_id: int) -> EdgeClient:
         """The (cached) client of ``node_id``."""
@@ -77,7 +99,9 @@ class ClientRecipe:
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
                 defaults = replace(defaults, memory_mb=self.memory_mb[node_id])
             runtime = self.runtimes.get(node_id, defaults.runtime)
-            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed, runtime=runtime)
+            self._clients[node_id] = EdgeClient(
+                self.task, data, node_id, defaults, self.seed, runtime=runtime, trainer=self.shared_trainer(runtime)
+            )
         return self._clients[node_id]
 
 

@@ -63,6 +63,10 @@ class SimulationOutcome:
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     check_experiment(cfg)
+    if cfg.backend.name == "local" and cfg.backend.num_workers > 0:  # workers import while data loads
+        from fedge.simulations.local_grid import start_fork_server
+
+        start_fork_server([str(cfg.task._target_).rpartition(".")[0]])
     base_task, data, digest = build_task(cfg)  # refuses a load() that is not deterministic
     # model shaping (shape=...): checkpoint, factorisation, pruning schedule, teacher
     shaping = shape_experiment(cfg, base_task)

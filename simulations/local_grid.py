@@ -3,8 +3,17 @@
 Clients are pinned to workers (node ``k``-th in id order lives in worker
 ``k % num_workers``), so the state a client keeps across rounds (error-feedback
 residuals, ...) stays in one process for the whole run. Tasks and updates cross the
-process boundary as the same serialised protos a device would receive, so byte
-counts are real. ``num_workers=0`` runs every client in this process.
+process boundary as the protos a device would receive; the round's model crosses
+once per round for all workers, through shared memory (:mod:`fedge.simulations.broadcast`),
+and each task's byte count is its real serialised size. ``num_workers=0`` runs every
+client in this process.
+
+Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
+(else spawned): the fork server imports what every worker needs (torch, the worker's
+modules, the task's module) once, so a worker starts with them imported instead of
+importing them again; :func:`start_fork_server` starts it early, while the server
+process loads data. (Forking the server process itself is unsafe once torch's threads
+run.)
 
 Written by hand (rather than on ``multiprocessing.Pool`` or ``concurrent.futures``)
 because neither pins a piece of work to a chosen process.
@@ -14,14 +23,42 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 
+from flwr.app import Message
+
+from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.server.grid import FedgeGrid
+from fedge.server.message_translation import model_payload, task_header
+from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
-from fedge.simulations.worker import run_tasks, warm_up_torch, worker_main
+from fedge.simulations.worker import run_split_tasks, warm_up_torch, worker_main
 
 log = logging.getLogger(__name__)
+
+#: What every worker imports: torch (with ``torch._dynamo``, which the first optimiser
+#: step imports otherwise) and the worker's own modules; ``__main__`` as spawn would.
+WORKER_MODULES = ("__main__", "torch", "torch._dynamo", "fedge.simulations.worker", "fedge.client.torch_trainer")
+
+
+def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
+    """The start method of worker processes: the fork server where there is one, else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        return mp.get_context("forkserver")
+    return mp.get_context("spawn")
+
+
+def start_fork_server(modules: Iterable[str] = ()) -> None:
+    """Start the fork server now (it imports :data:`WORKER_MODULES` and ``modules``, e.g.
+    the task's module, in the background); no-op where there is none or once it runs.
+    A module that fails to import is skipped (the worker imports it itself)."""
+    if worker_context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    mp.set_forkserver_preload([*WORKER_MODULES, *modules])
+    forkserver.ensure_running()
 
 
 class LocalGrid(FedgeGrid):
@@ -45,28 +82,37 @@ class LocalGrid(FedgeGrid):
         self.num_workers = min(num_workers, len(self._node_ids))
         self._worker_of = {n: i % max(self.num_workers, 1) for i, n in enumerate(self._node_ids)}
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = []
+        self._board = BroadcastBoard()
         if self.num_workers:
-            ctx = mp.get_context("spawn")  # fork after torch threads start is unsafe
+            ctx = worker_context()  # not fork: forking after torch threads start is unsafe
             for _ in range(self.num_workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=worker_main, args=(child, recipe, threads_per_worker), daemon=True)
                 proc.start()
                 child.close()
                 self._workers.append((proc, parent))
-        else:
+        elif recipe.needs_torch():
             warm_up_torch()  # this process's thread count stays the caller's
 
-    def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
+    def _encode(self, message: Message) -> tuple[task_pb2.Task, SplitTask]:
+        header = task_header(message)
+        return header, SplitTask(header.SerializeToString(), model_payload(message))
+
+    def _deliver(self, tasks: Sequence[tuple[int, SplitTask]]) -> list[bytes | None]:
         if not self._workers:
-            return list(run_tasks(self.recipe, tasks))
+            payloads, slot_of = distinct_payloads(tasks)
+            models = [tensor_pb2.CompressedUpdate.FromString(p) for p in payloads]  # parsed once each
+            return list(run_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
+        segment, slots, slot_of = self._board.post(tasks)
         jobs: list[list[int]] = [[] for _ in self._workers]
         for position, (node_id, _) in enumerate(tasks):
             jobs[self._worker_of[node_id]].append(position)
         sent = [False] * len(self._workers)
         for w, ((proc, conn), positions) in enumerate(zip(self._workers, jobs)):
             if positions:
+                job = Job(segment, slots, tuple((tasks[p][0], tasks[p][1].header, slot_of[p]) for p in positions))
                 try:
-                    conn.send([tasks[p] for p in positions])
+                    conn.send(job)
                     sent[w] = True
                 except (BrokenPipeError, OSError):
                     self._log_dead(proc)
@@ -99,7 +145,8 @@ class LocalGrid(FedgeGrid):
                 proc.terminate()
             conn.close()
         self._workers = []
+        self._board.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_workers", None):
+        if getattr(self, "_workers", None) or getattr(self, "_board", None) is not None:
             self.close()

@@ -167,6 +167,8 @@ class CompressedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config.update(cast(dict[str, Any], self.uplink.to_config()))
+        if self.downlink_delta:  # devices keep the model they receive: the next delta's base
+            config[records.DOWNLINK_DELTA_KEY] = True
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages

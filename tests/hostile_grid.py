@@ -19,6 +19,7 @@ from fedge.protos.codecs import decode_update, encode_update
 from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.server.evaluation import CentralEvaluator
 from fedge.simulations.clients import ClientRecipe, node_id_of
+from fedge.simulations.broadcast import SplitTask
 from fedge.simulations.local_grid import LocalGrid
 from fedge.tasks.digits import DigitsTask
 
@@ -39,10 +40,10 @@ class HostileGrid(LocalGrid):
         self.start_round = start_round
         self.kind = kind
 
-    def _deliver(self, tasks: Sequence[tuple[int, bytes]]) -> list[bytes | None]:
+    def _deliver(self, tasks: Sequence[tuple[int, SplitTask]]) -> list[bytes | None]:
         answers = super()._deliver(tasks)
         for position, (node, payload) in enumerate(tasks):
-            task = task_pb2.Task.FromString(payload)
+            task = payload.task()  # a SplitTask (fedge.simulations.broadcast)
             attack = self.attacks.get(node)
             if attack is None or task.kind != self.kind or task.server_round < self.start_round or answers[position] is None:
                 continue

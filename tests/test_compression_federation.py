@@ -105,7 +105,7 @@ def test_downlink_delta_devices_hold_exactly_what_the_server_meant(small_federat
                 client = recipe.client(node_id)
                 from fedge.protos.v1 import task_pb2
 
-                kind = task_pb2.Task.FromString(payload).model.kind
+                kind = task_pb2.Task.FromString(payload.serialised()).model.kind
                 seen_delta.append((kind, len(payload)))
                 assert client.held_round == server_round
                 for name in meant:

@@ -67,7 +67,7 @@ class _LosingGrid(LocalGrid):
     def _deliver(self, tasks):
         answers = super()._deliver(tasks)
         for i, (node, payload) in enumerate(tasks):
-            task = task_pb2.Task.FromString(payload)
+            task = payload.task()  # a SplitTask (fedge.simulations.broadcast)
             if REQUEST_KEY in task.config and task.kind == "query" and node in self.lost:
                 if b"\x22" == task.config[REQUEST_KEY].bytes_value[:1]:  # field 4 (unmask) of SecAggRequest
                     answers[i] = None
