@@ -224,8 +224,10 @@ class FedBuffAggregator:
         if not messages:
             raise ValueError(f"{type(self.strategy).__name__}.configure_train sampled no node (fraction_train = 0?)")
         configs = messages[0].content.config_records
-        chosen = configs.get(records.CONFIG_RECORD) or next(iter(configs.values()), ConfigRecord())
-        return ConfigRecord(dict(chosen))
+        chosen = ConfigRecord(dict(configs.get(records.CONFIG_RECORD) or next(iter(configs.values()), ConfigRecord())))
+        if self.compressed.downlink_delta:  # devices keep the model they receive: the next delta's base
+            chosen[records.DOWNLINK_DELTA_KEY] = True
+        return chosen
 
     # -- dispatch ----------------------------------------------------------------
     def instruction(self, node_id: int, now_s: float = 0.0) -> Message:
