@@ -108,7 +108,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     )
     recipe.use_data(data)  # small data travels to the workers: they do not load it again
     initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed) in shaping
-    evaluator = CentralEvaluator(task, data.test, cfg.seed)
+    evaluator = CentralEvaluator(task, data.test, cfg.seed, rebuild=shaping.rebuild)
     train_config = round_config(train_cfg)
 
     ledger = privacy_ledger(secure, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
