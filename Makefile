@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.devices
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.device --install
+	nice -n 10 $(BIN)/python -m bench.optimize
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

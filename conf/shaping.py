@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.conf.build import ConfigError, instantiate_node
+from fedge.conf.shape_settings import shaping_requested
 from fedge.strategies.magnitude_pruning import MagnitudePruning, PruningSchedule
 from fedge.strategies.structured_pruning import Reshaped, StructuredPruning
 from fedge.tasks.base import FederatedTask
@@ -151,6 +152,10 @@ def _channels(cfg: DictConfig, task: FederatedTask) -> ChannelPruner | None:
     node = cfg.shape.structured
     if not (node.ratio or node.layers):
         return None
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        raise ValueError("shape.structured needs torch-pruning: pip install 'fedge[shape]'") from None
     spec = task.model_spec()
     if spec is None:
         raise ValueError(f"shape.structured: task {task.name!r} declares no model_spec(); channel pruning needs a layer-spec model")
@@ -183,19 +188,12 @@ def shape_experiment(cfg: DictConfig, task: FederatedTask) -> Shaping:
 
 
 def check_shaping(cfg: DictConfig) -> None:
-    """Refuse ``cfg.shape`` settings that cannot work, before the run starts (builds the model, loads no data)."""
-    if cfg.get("shape") is None or cfg.shape.name == "none" and not _any(cfg):
+    """Refuse ``cfg.shape`` settings that cannot work for the task's model, before the run starts
+    (builds the model, loads no data); the torch-free checks are :mod:`fedge.conf.shape_settings`."""
+    if not shaping_requested(cfg):
         return
     task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
     shape_experiment(cfg, task)
-
-
-def _any(cfg: DictConfig) -> bool:
-    s = cfg.shape
-    return bool(
-        s.init.path or s.lowrank.rank or s.lowrank.energy or s.lowrank.budget or s.prune.sparsity or s.distill.teacher_path
-        or s.structured.ratio or s.structured.layers
-    )
 
 
 def as_arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

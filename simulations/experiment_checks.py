@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
+from fedge.conf.shape_settings import check_shape_settings, shaping_requested
 from fedge.simulations.backends import BACKENDS
 
 
@@ -20,7 +21,8 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
-    if cfg.get("shape") is not None and cfg.shape.name != "none":  # shaping needs torch: only when asked
+    check_shape_settings(cfg)  # no torch: ranges, files (shape=none included)
+    if shaping_requested(cfg):  # the model-dependent checks need torch: only when shaping is asked for
         from fedge.conf.shaping import check_shaping
 
         check_shaping(cfg)

@@ -7,6 +7,7 @@ Real digits federations on a small configuration (in-process clients, few rounds
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from fedge.tasks.shaping.keep_zeros import keep_zeros
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
 
 FAST = ["progress=false", "backend.num_workers=0", "partition=iid", "num_clients=4"]
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +175,28 @@ def test_a_teacher_of_other_classes_is_refused(make_cfg, tmp_path, trained):
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(ConfigError, match="shape.distill.teacher_path does not fit"):
         check_experiment(make_cfg(["shape=distill", f"shape.distill.teacher_path={tmp_path / 't.npz'}", "shape.distill.teacher_task={}"]))
+
+
+# -- refused before Hydra starts, without torch -------------------------------------------------
+def test_a_checkpoint_path_with_shape_none_is_refused_before_the_run_without_torch(tmp_path):
+    """``shape.init.path`` set with ``shape=none`` is refused by the CLI's check (no job, no torch import)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fedge.conf.build import ConfigError\n"
+        "from fedge.conf.schema import register_configs\n"
+        "from fedge.simulations.experiment_checks import check_experiment\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "register_configs()\n"
+        f"with initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'):\n"
+        "    cfg = compose(config_name='config', overrides=['shape.init.path=/nope.npz'])\n"
+        "try:\n"
+        "    check_experiment(cfg)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.splitlines() == ["shape.init.path='/nope.npz': no such file", "False"], out.stderr
