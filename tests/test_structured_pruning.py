@@ -170,12 +170,27 @@ def test_structured_pruning_federation_on_both_runtimes_with_error_feedback(make
     assert export["fp32"]["max_abs_diff"] < 1e-4 and export["accuracy_drop_pp"] <= 1.0
 
 
+def test_fedge_client_processes_rebuild_the_pruned_model_over_grpc(make_cfg, tmp_path):
+    """The architecture crosses the real wire (signed Task, mTLS) to fedge-client processes, which rebuild it."""
+    cfg = make_cfg(
+        ["backend=grpc", "shape=structured", "shape.structured.ratio=0.5", "shape.structured.rounds=[2]", "rounds=3",
+         "client.local_steps=5", "progress=false", "partition=iid", "num_clients=2"]
+    )
+    outcome = run_experiment(cfg, tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dropped_replies"] == [] and [r["replies"] for r in results["rounds"][1:]] == [2, 2, 2]
+    spec = from_json(results["shape"]["structured"]["architecture"])
+    assert {k: v.shape for k, v in outcome.final_weights.items()} == {k: v.shape for k, v in _weights(spec).items()}
+    assert results["rounds"][3]["accuracy"] > results["rounds"][0]["accuracy"]
+
+
 # -- bad input, refused before the run starts, naming the key --------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["shape.structured.ratio=0.97"], r"shape.structured.ratio=0.97 prunes layer 'features.0' \(16 channels\) to zero channels"),
-        (["+shape.structured.layers={features.2: 1.0}"], r"shape.structured.layers.features.2=1.0 prunes layer 'features.2'"),
+        (["+shape.structured.layers={features.2: 0.99}"], r"shape.structured.layers.features.2=0.99 prunes layer 'features.2' \(32 channels\) to zero"),
+        (["+shape.structured.layers={features.2: 1.0}"], r"shape.structured.layers.features.2=1.0 must be in \[0, 1\)"),
         (["+shape.structured.layers={classifier.3: 0.5}"], r"shape.structured.layers.classifier.3: no prunable layer"),
         (["shape.structured.rounds=[3,30]"], r"shape.structured.rounds must be increasing rounds in \[1, rounds=20\]"),
         (["shape.structured.importance=taylor"], r"shape.structured.importance must be one of"),
