@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 
 from fedge.conf.build import ConfigError
 from fedge.deploy.export_cli import export_run
@@ -235,7 +236,9 @@ def test_a_student_of_other_classes_is_refused_naming_the_key(make_cfg, tmp_path
     np.savez(tmp_path / "teacher.npz", **{"0.weight": np.zeros((4, 5), np.float32), "0.bias": np.zeros(4, np.float32)})
     cfg = make_cfg(
         ["task=custom", f"task.path={tmp_path / 'wrong.py'}", "shape=distill", f"shape.distill.teacher_path={tmp_path / 'teacher.npz'}",
-         "shape.distill.teacher_task={args: {out: 4}}"]
+         "shape.distill.teacher_task={}"]
     )
+    with open_dict(cfg):
+        cfg.shape.distill.teacher_task = {"args": {"out": 4}}  # the teacher: the same task class with 4 outputs
     with pytest.raises(ConfigError, match=r"shape.distill: the student \(task\) model outputs 3 classes, the task has 4"):
         check_experiment(cfg)
