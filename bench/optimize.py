@@ -32,6 +32,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -43,17 +44,18 @@ from fedge.deploy.export_cli import export_run
 from fedge.simulations.experiment import run_experiment
 from fedge.strategies.magnitude_pruning import model_sparsity
 
+Emit = Callable[[dict], None]  # merges a part's results so far into optimize.json
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SEEDS = (0, 1, 2)
-FED = ("progress=false", "backend.num_workers=0", "partition=iid", "num_clients=4", "client.local_steps=15")
-IMAGE = ("task=image", "rounds=8", *FED)
-STRUCTURED = ("shape=structured", "shape.structured.ratio=0.35", "shape.structured.rounds=[2,4]")
-DIGITS = ("task=digits", "rounds=10", *FED)
-SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=6",
-          "shape.prune.every=2", "compression.codec=nonzero", "compression.downlink=nonzero")
+FED = ("progress=false", "backend.num_workers=0", "partition=iid", "num_clients=3", "client.local_steps=10")
+IMAGE = ("task=image", "rounds=6", *FED)
+STRUCTURED = ("shape=structured", "shape.structured.ratio=0.35", "shape.structured.rounds=[2,3]")
+DIGITS = ("task=digits", "rounds=8", *FED)
+SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=5",
+          "shape.prune.every=1", "compression.codec=nonzero", "compression.downlink=nonzero")
 TEACHER, STUDENT = "task.width=32", "task.width=4"
-LAST_PRUNE = 6  # the sparse runs' shape.prune.end_round
-FINE_TUNE = ("rounds=4", "shape=lowrank", "shape.lowrank.budget=0.4")
+LAST_PRUNE = 5  # the sparse runs' shape.prune.end_round
+FINE_TUNE = ("rounds=3", "shape=lowrank", "shape.lowrank.budget=0.4")
 
 
 def run(overrides: tuple[str, ...], seed: int, out: Path) -> dict:
@@ -94,12 +96,20 @@ def exported(run_dir: Path) -> dict:
             "int8_latency_ms": report["int8"]["latency_ms"], "fp32_latency_ms": report["fp32"]["latency_ms"]}
 
 
-def structured_part(tmp: Path) -> dict:
-    """Channel pruning of the image CNN against the unpruned run, 3 seeds, alternating."""
-    base, pruned = [], []
+def structured_part(tmp: Path, emit: Emit) -> None:
+    """Channel pruning of the image CNN against the unpruned run, 3 seeds, alternating; emitted after each seed."""
+    base: list[dict] = []
+    pruned: list[dict] = []
+    export: dict[str, dict] = {}
     for seed in SEEDS:
         base.append(run(IMAGE, seed, tmp / f"image{seed}"))
         pruned.append(run((*IMAGE, *STRUCTURED), seed, tmp / f"structured{seed}"))
+        if not export:
+            export = {"image": exported(base[0]["dir"]), "structured": exported(pruned[0]["dir"])}
+        emit(_structured_section(base, pruned, export))
+
+
+def _structured_section(base: list[dict], pruned: list[dict], export: dict) -> dict:
     report = pruned[0]["shape"]["structured"]
     return {
         "structured": {
@@ -110,13 +120,14 @@ def structured_part(tmp: Path) -> dict:
             "steps": report["steps"], "accuracy": gap_pp(pruned, base),
             "wall_s": {"baseline": summary([r["wall_s"] for r in base]), "pruned": summary([r["wall_s"] for r in pruned])},
         },
-        "export": {"image": exported(base[0]["dir"]), "structured": exported(pruned[0]["dir"])},
+        "export": export,
     }
 
 
-def digits_part(tmp: Path) -> dict:
+def digits_part(tmp: Path, emit: Emit) -> None:
     """Magnitude pruning, distillation and SVD on digits against their baselines, 3 seeds, alternating."""
     runs: dict[str, list[dict]] = {k: [] for k in ("dense", "sparse", "teacher", "student", "scratch", "lowrank")}
+    export: dict[str, dict] = {}
     for seed in SEEDS:
         runs["dense"].append(run(DIGITS, seed, tmp / f"dense{seed}"))
         runs["sparse"].append(run((*DIGITS, *SPARSE), seed, tmp / f"sparse{seed}"))
@@ -128,7 +139,12 @@ def digits_part(tmp: Path) -> dict:
              "shape.distill.teacher_task={width: 32}"), seed, tmp / f"student{seed}"))
         dense = runs["dense"][-1]["dir"] / "final_model.npz"
         runs["lowrank"].append(run((*[o for o in DIGITS if not o.startswith("rounds=")], *FINE_TUNE, f"shape.init.path={dense}"), seed, tmp / f"lowrank{seed}"))
+        if not export:
+            export = {name: exported(runs[name][0]["dir"]) for name in ("dense", "sparse", "student", "lowrank")}
+        emit(_digits_section(runs, export))
 
+
+def _digits_section(runs: dict[str, list[dict]], export: dict) -> dict:
     def after(r: dict, key: str) -> float:
         return statistics.mean(x[key] for x in r["rounds"] if x["round"] > LAST_PRUNE)
 
@@ -158,12 +174,12 @@ def digits_part(tmp: Path) -> dict:
             "accuracy_after_factorising": [r["rounds"][0]["accuracy"] for r in runs["lowrank"]],
             "accuracy": gap_pp(runs["lowrank"], runs["dense"]),
         },
-        "export": {name: exported(runs[name][0]["dir"]) for name in ("dense", "sparse", "student", "lowrank")},
+        "export": export,
         "wall_s": {name: summary([r["wall_s"] for r in rs]) for name, rs in runs.items()},
     }
 
 
-PARTS = {"structured": structured_part, "digits": digits_part}
+PARTS: dict[str, Callable[[Path, Emit], None]] = {"structured": structured_part, "digits": digits_part}
 
 
 def main() -> None:
@@ -172,19 +188,20 @@ def main() -> None:
                         help="run one part and merge it into optimize.json (the parts can run in parallel)")
     args = parser.parse_args()
     register_configs()
-    load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="fedge-optimize-"))
-    sections: dict = {}
     for name in PARTS if args.part == "all" else [args.part]:
-        sections[name] = json.loads(json.dumps(PARTS[name](tmp), default=str))
-    path = RESULTS / "optimize.json"
-    result = json.loads(path.read_text()) if path.is_file() and args.part != "all" else {}
-    result.setdefault("parts", {}).update(sections)
-    for name in sections:
-        result.setdefault("machine", {})[name] = machine(load)
-    result["seeds"] = list(SEEDS)
-    result["note"] = NOTE
-    write("optimize", result, markdown(result))
+        load = os.getloadavg()
+
+        def emit(section: dict, name: str = name, load: tuple[float, float, float] = load) -> None:
+            """Merge this part's results so far into optimize.json (after every seed: a cut-short run keeps them)."""
+            path = RESULTS / "optimize.json"
+            result = json.loads(path.read_text()) if path.is_file() else {}
+            result.setdefault("parts", {})[name] = json.loads(json.dumps(section, default=str))
+            result.setdefault("machine", {})[name] = machine(load)
+            result["seeds"], result["note"] = list(SEEDS), NOTE
+            write("optimize", result, markdown(result))
+
+        PARTS[name](tmp, emit)
 
 
 NOTE = ("2 CPU cores shared by ~8 agents' jobs (load averages per part below): wall seconds are not comparable; "

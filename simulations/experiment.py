@@ -114,7 +114,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     ledger = privacy_ledger(secure, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
     console = console or Console()
     try:
-        grid = make_grid(cfg, recipe, strategy)
+        grid = make_grid(cfg, recipe, compressed)  # the gRPC server needs the codecs, whatever wraps them
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
     grid.observe_deliveries(devices)
