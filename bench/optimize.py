@@ -186,7 +186,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=[*PARTS, "all"], default="all",
                         help="run one part and merge it into optimize.json (the parts can run in parallel)")
+    parser.add_argument("--markdown", action="store_true", help="only rewrite optimize.md from optimize.json")
     args = parser.parse_args()
+    if args.markdown:
+        result = json.loads((RESULTS / "optimize.json").read_text())
+        write("optimize", result, markdown(result))
+        return
     register_configs()
     tmp = Path(tempfile.mkdtemp(prefix="fedge-optimize-"))
     for name in PARTS if args.part == "all" else [args.part]:
@@ -210,7 +215,8 @@ NOTE = ("2 CPU cores shared by ~8 agents' jobs (load averages per part below): w
 
 def _acc(g: dict) -> str:
     per_seed = ", ".join(f"{x:+.1f}" for x in g["per_seed_gap_pp"])
-    return f"{g['shaped_mean']:.4f} vs {g['baseline_mean']:.4f} (gap {g['gap_pp']:+.2f} pp; per seed {per_seed})"
+    seeds = len(g["per_seed_gap_pp"])
+    return f"{g['shaped_mean']:.4f} vs {g['baseline_mean']:.4f} (gap {g['gap_pp']:+.2f} pp over {seeds} seed(s): {per_seed})"
 
 
 def markdown(r: dict) -> str:
