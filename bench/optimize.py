@@ -224,9 +224,11 @@ def markdown(r: dict) -> str:
     lines = ["# Shaping the model to the device (bench.optimize)", ""]
     for name, m in r["machine"].items():
         lines += [f"Part `{name}`: " + " ".join(load_note(m))]
+    if r.get("run_note"):
+        lines += ["", f"**This run:** {r['run_note']}"]
     lines += ["", f"Seeds {r['seeds']}; each comparison alternates its sides seed by seed. Gap = baseline mean - shaped "
               "mean (positive: the shaped model is worse). " + r["note"], "",
-              "| technique | size | accuracy: shaped vs baseline (3 seeds) | other |", "|---|---|---|---|"]
+              "| technique | size | accuracy: shaped vs baseline (mean over the seeds run) | other |", "|---|---|---|---|"]
     commands = []
     if "structured" in parts:
         s = parts["structured"]["structured"]
