@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.device --install
 	nice -n 10 $(BIN)/python -m bench.secagg
 	$(BIN)/python -m bench.async
+	nice -n 10 $(BIN)/python -m bench.optimize
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

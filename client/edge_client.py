@@ -39,9 +39,11 @@ from fedge.protos import config_values
 from fedge.protos.records import DOWNLINK_DELTA_KEY
 from fedge.protos.codecs import decode_update
 from fedge.protos.codecs.plan import UplinkPlan
+from fedge.protos.model_architecture import ARCHITECTURE_KEY, RESET_METRIC
 from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.tasks.base import FederatedTask, Split
+from fedge.tasks.shaping.architecture import digest, from_json, with_architecture
 
 if TYPE_CHECKING:
     from fedge.client.secagg import SecAggDevice
@@ -99,6 +101,7 @@ class EdgeClient:
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None  # kept only under downlink deltas
         self.secagg: SecAggDevice | None = None  # secure-aggregation state, made on first use
+        self._spec = task.model_spec()  # the model's architecture (None: a torch-only task's own)
 
     @property
     def runtime(self) -> str:
@@ -130,9 +133,32 @@ class EdgeClient:
             log.warning("node %d: task %s failed: %s", self.node_id, task.task_id, exc)
             return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, error=f"{type(exc).__name__}: {exc}")
 
+    def _adopt_architecture(self, task: task_pb2.Task) -> None:
+        """Rebuild the model if the task carries another architecture (structured pruning).
+
+        The old model's state does not fit the new shapes: the error-feedback residual and
+        codec state are dropped (:meth:`UplinkEncoder.reset`, reason recorded), as are the
+        downlink-delta base and QAT steps; the reply of the round says so (``RESET_METRIC``).
+        """
+        if ARCHITECTURE_KEY not in task.config:
+            return
+        value = task.config[ARCHITECTURE_KEY]
+        if value.WhichOneof("value") != "string_value":
+            raise ValueError(f"config {ARCHITECTURE_KEY} must be a string (the model's layer spec as JSON)")
+        spec = from_json(value.string_value)
+        if spec == self._spec:
+            return
+        old = digest(self._spec) if self._spec is not None else "the task's own"
+        self.trainer = make_trainer(self.runtime, with_architecture(self.task, spec), self.seed)
+        self._spec, self._reference = spec, shape_reference(self.trainer.arrays())
+        self._held, self.held_round = None, None
+        self.uplink.reset(f"round {task.server_round}: model architecture changed ({old} -> {digest(spec)})")
+        log.info("node %d: rebuilt the model for architecture %s", self.node_id, digest(spec))
+
     def _load_global(self, task: task_pb2.Task, keep: bool = False) -> dict[str, np.ndarray]:
         """The broadcast's weights, loaded into the model; ``keep``: hold them as the base
         of the next downlink delta."""
+        self._adopt_architecture(task)
         model = task.model
         if model.kind == tensor_pb2.UPDATE_KIND_DELTA:
             if self._held is None or self.held_round != model.base_round:
@@ -155,6 +181,7 @@ class EdgeClient:
         keep = config.get(DOWNLINK_DELTA_KEY, False)
         if not isinstance(keep, bool):
             raise ValueError(f"{DOWNLINK_DELTA_KEY} must be a bool, got {keep!r}")
+        resets_before = len(self.uplink.resets)
         global_weights = self._load_global(task, keep)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
@@ -188,6 +215,8 @@ class EdgeClient:
                 "checkpointing": float(cfg.checkpointing),
             }
         )
+        if len(self.uplink.resets) > resets_before:
+            metrics[RESET_METRIC] = 1.0  # this round's uplink state was dropped (reasons: self.uplink.resets)
         metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
 

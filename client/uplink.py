@@ -5,10 +5,15 @@ biased codec (top-k, sign, PowerSGD) did not transmit is kept as a residual and 
 to the next round's delta, so nothing is lost, only delayed. The residual and the
 codecs' per-tensor state (PowerSGD's warm-start factors) live here, one instance per
 client, for the whole federation (and across reconnects of a device runtime).
+
+State that no longer fits the model (structured pruning changed its architecture, or a
+residual's shape differs from the delta's) is never applied: it is dropped with a reason
+kept in :attr:`UplinkEncoder.resets` and logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +22,8 @@ from fedge.protos.codecs import encode_update, subtract_decoded
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 
+log = logging.getLogger(__name__)
+
 
 class UplinkEncoder:
     """Encodes a client's deltas under an :class:`UplinkPlan`, keeping residuals."""
@@ -24,9 +31,22 @@ class UplinkEncoder:
     def __init__(self) -> None:
         self.residual: dict[str, np.ndarray] = {}
         self.codec_state: dict[str, dict] = {}
+        self.resets: list[str] = []  # why the residual and codec state were dropped, oldest first
+
+    def reset(self, reason: str) -> None:
+        """Drop the residual and codec state (they describe another model); keep ``reason``."""
+        if self.residual:
+            reason += f"; dropped the error-feedback residual of {len(self.residual)} tensors"
+        self.residual, self.codec_state = {}, {}
+        self.resets.append(reason)
+        log.info("uplink state reset: %s", reason)
 
     def encode(self, delta: Mapping[str, np.ndarray], plan: UplinkPlan, base_round: int) -> tensor_pb2.CompressedUpdate:
         """The encoded update for ``delta`` (``local - global`` by tensor name)."""
+        stale = sorted(k for k, r in self.residual.items() if k in delta and r.shape != delta[k].shape)
+        if stale:
+            shapes = ", ".join(f"{k}: {self.residual[k].shape} -> {delta[k].shape}" for k in stale[:3])
+            self.reset(f"round {base_round + 1}: error-feedback residual does not fit the update ({shapes})")
         corrected = dict(delta)
         reused: set[str] = set()  # tensors whose residual buffer now holds the corrected delta
         if plan.error_feedback:

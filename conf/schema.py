@@ -289,6 +289,17 @@ class DistillSchema:
 
 
 @dataclass
+class StructuredSchema:
+    """``shape.structured``: channel pruning at rounds (:mod:`fedge.tasks.shaping.channel_pruning`); ratio 0 = off."""
+
+    ratio: float = 0.0  # share of each prunable layer's channels removed by the last pruning round, e.g. 0.35
+    rounds: list[int] = field(default_factory=list)  # rounds to prune at (gradually), e.g. [3, 6]
+    importance: str = "l2"  # l1 | l2: norm of each channel's coupled weights, computed by the server
+    layers: dict[str, float] = field(default_factory=dict)  # per-layer ratio, by module name (e.g. features.0: 0.5)
+    ignore: list[str] = field(default_factory=list)  # module-name patterns never pruned (the last layer never is)
+
+
+@dataclass
 class ShapeConfig:
     """Model shaping (``conf/shape/*.yaml``; :mod:`fedge.conf.shaping`)."""
 
@@ -297,6 +308,7 @@ class ShapeConfig:
     lowrank: LowRankSchema = field(default_factory=LowRankSchema)
     prune: PruneSchema = field(default_factory=PruneSchema)
     distill: DistillSchema = field(default_factory=DistillSchema)
+    structured: StructuredSchema = field(default_factory=StructuredSchema)
 
 
 @dataclass

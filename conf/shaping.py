@@ -11,6 +11,7 @@ by :class:`~fedge.strategies.magnitude_pruning.MagnitudePruning` during the run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,8 +20,12 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from fedge.conf.build import ConfigError, instantiate_node
+from fedge.conf.shape_settings import shaping_requested
 from fedge.strategies.magnitude_pruning import MagnitudePruning, PruningSchedule
+from fedge.strategies.structured_pruning import Reshaped, StructuredPruning
 from fedge.tasks.base import FederatedTask
+from fedge.tasks.shaping.architecture import to_json
+from fedge.tasks.shaping.channel_pruning import ChannelPruner, ChannelPruningConfig
 from fedge.tasks.shaping.checkpoint import load_checkpoint, transfer
 from fedge.tasks.shaping.distillation import Teacher
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
@@ -36,10 +41,23 @@ class Shaping:
     trainable: list[str] = field(default_factory=list)
     schedule: PruningSchedule | None = None
     report: dict[str, object] = field(default_factory=dict)
+    channels: ChannelPruner | None = None  # structured pruning, if configured
 
     def wrap(self, strategy: Strategy) -> Strategy:
-        """``strategy`` pruning on the schedule, if one is configured."""
+        """``strategy`` pruning on the schedule or by channels, if configured."""
+        if self.channels is not None:
+            return StructuredPruning(strategy, self._reshape)
         return MagnitudePruning(strategy, self.schedule) if self.schedule is not None else strategy
+
+    def _reshape(self, server_round: int, arrays: Mapping[str, np.ndarray]) -> Reshaped | None:
+        assert self.channels is not None
+        pruned = self.channels(server_round, arrays)
+        return None if pruned is None else Reshaped(pruned.arrays, to_json(pruned.spec))
+
+    @property
+    def rebuild(self) -> Callable[[], torch.nn.Module] | None:
+        """A fresh model of the current architecture (the central evaluator's, after structured pruning)."""
+        return self.channels.model if self.channels is not None else None
 
 
 def _lowrank(cfg: DictConfig) -> LowRankConfig | None:
@@ -109,6 +127,9 @@ def _shape(cfg: DictConfig, task: FederatedTask) -> Shaping:
         p = cfg.shape.prune
         schedule = PruningSchedule(p.sparsity, p.start_round, p.end_round, p.every)
         report["prune"] = asdict(schedule)
+    channels = _channels(cfg, task)
+    if channels is not None:
+        report["structured"] = channels.report
     teacher = _teacher(cfg, task)
     if teacher is not None:
         student_classes = _classes(model, task)
@@ -120,7 +141,42 @@ def _shape(cfg: DictConfig, task: FederatedTask) -> Shaping:
     shaped: FederatedTask = task  # nothing changes the model's structure or loss: the task as it is
     if ranks or schedule is not None or teacher is not None:
         shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha)
-    return Shaping(shaped, model.state_dict(), trainable, schedule, report)
+    return Shaping(shaped, model.state_dict(), trainable, schedule, report, channels)
+
+
+#: Strategies whose server state is shaped like the model (momentum, moments): a pruned model would not fit it.
+STATEFUL_STRATEGIES = ("FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+
+
+def _channels(cfg: DictConfig, task: FederatedTask) -> ChannelPruner | None:
+    node = cfg.shape.structured
+    if not (node.ratio or node.layers):
+        return None
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        raise ValueError("shape.structured needs torch-pruning: pip install 'fedge[shape]'") from None
+    spec = task.model_spec()
+    if spec is None:
+        raise ValueError(f"shape.structured: task {task.name!r} declares no model_spec(); channel pruning needs a layer-spec model")
+    for key, on in (("shape.lowrank", _lowrank_set(cfg)), ("shape.prune.sparsity", bool(cfg.shape.prune.sparsity)),
+                    ("secagg", bool(cfg.secagg.enabled))):
+        if on:
+            raise ValueError(f"shape.structured with {key}: not supported together (one reshaping of the model per run)")
+    target = str(cfg.strategy.get("_target_", "")).rsplit(".", 1)[-1]
+    if target in STATEFUL_STRATEGIES:
+        raise ValueError(f"shape.structured with strategy {target}: its server state is shaped like the model; use fedavg, fedprox or a robust aggregator")
+    pruning = ChannelPruningConfig(
+        float(node.ratio), [int(r) for r in node.rounds], str(node.importance),
+        {str(k): float(v) for k, v in node.layers.items()}, [str(p) for p in node.ignore],
+    )
+    pruning.check(spec, int(cfg.rounds))
+    return ChannelPruner(spec, pruning, task.input_shape)
+
+
+def _lowrank_set(cfg: DictConfig) -> bool:
+    node = cfg.shape.lowrank
+    return bool(node.rank or node.energy or node.budget)
 
 
 def shape_experiment(cfg: DictConfig, task: FederatedTask) -> Shaping:
@@ -132,16 +188,12 @@ def shape_experiment(cfg: DictConfig, task: FederatedTask) -> Shaping:
 
 
 def check_shaping(cfg: DictConfig) -> None:
-    """Refuse ``cfg.shape`` settings that cannot work, before the run starts (builds the model, loads no data)."""
-    if cfg.get("shape") is None or cfg.shape.name == "none" and not _any(cfg):
+    """Refuse ``cfg.shape`` settings that cannot work for the task's model, before the run starts
+    (builds the model, loads no data); the torch-free checks are :mod:`fedge.conf.shape_settings`."""
+    if not shaping_requested(cfg):
         return
     task: FederatedTask = instantiate_node("task", cfg.task)  # type: ignore[assignment]
     shape_experiment(cfg, task)
-
-
-def _any(cfg: DictConfig) -> bool:
-    s = cfg.shape
-    return bool(s.init.path or s.lowrank.rank or s.lowrank.energy or s.lowrank.budget or s.prune.sparsity or s.distill.teacher_path)
 
 
 def as_arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

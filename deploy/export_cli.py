@@ -29,6 +29,7 @@ from fedge.client.model_io import load_arrays
 from fedge.client.qat import LSQModel
 from fedge.tasks.base import FederatedTask
 from fedge.tasks.registry import resolve_task
+from fedge.tasks.shaping.architecture import from_json, with_architecture
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise, ranks_of
 
 METHODS = ("auto", "qat", "static")
@@ -65,6 +66,12 @@ def load_run(run_dir: Path) -> Run:
         task = resolve_task(config["task"]["_target_"])(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{results_path}: cannot build task {config['task']}: {exc}") from None
+    structured = (results.get("shape") or {}).get("structured") or {}
+    if structured.get("architecture"):  # a channel-pruned run (shape.structured): the final architecture
+        try:
+            task = with_architecture(task, from_json(structured["architecture"]))
+        except ValueError as exc:
+            raise ExportError(f"{results_path}: shape.structured.architecture: {exc}") from None
     torch.manual_seed(0)
     model = task.build_model()
     ranks = ranks_of(results.get("shape"))
@@ -125,6 +132,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, method: str = "auto",
         "run_dir": str(run_dir),
         "task": run.config["task"],
         "params": sum(p.numel() for p in run.model.parameters()),
+        "macs": _macs(run.model, tuple(test.x.shape[1:])),
         "test_examples": len(test),
         "torch_accuracy": float((float_logits.argmax(1) == test.y).mean()),
         "int8_method": int8_method,
@@ -140,11 +148,22 @@ def export_run(run_dir: Path, out_dir: Path | None = None, method: str = "auto",
     return report
 
 
+def _macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """Multiply-accumulates of one example's forward pass (FLOPs ~ 2x), by ``torch-pruning``; None without it."""
+    from fedge.tasks.shaping.channel_pruning import count_macs
+
+    try:
+        return count_macs(model, input_shape)[0]
+    except ImportError:  # torch-pruning (the shape extra) not installed
+        return None
+
+
 def table(report: dict):
     """A rich table of the report."""
     from rich.table import Table
 
-    t = Table(title=f"fedge-export: {report['params']:,} params, {report['test_examples']} test examples, "
+    macs = f", {report['macs']:,} MACs" if report.get("macs") is not None else ""
+    t = Table(title=f"fedge-export: {report['params']:,} params{macs}, {report['test_examples']} test examples, "
                     f"int8 {report['int8_method']}")
     for column in ("file", "KB", "test accuracy", "max |Δ| vs torch", "argmax = torch", "ms/sample"):
         t.add_column(column, justify="left" if column == "file" else "right")

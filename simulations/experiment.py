@@ -106,13 +106,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     )
     recipe.use_data(data)  # small data travels to the workers: they do not load it again
     initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed) in shaping
-    evaluator = CentralEvaluator(task, data.test, cfg.seed)
+    evaluator = CentralEvaluator(task, data.test, cfg.seed, rebuild=shaping.rebuild)
     train_config = round_config(train_cfg)
 
     ledger = privacy_ledger(secure, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
     console = console or Console()
     try:
-        grid = make_grid(cfg, recipe, strategy)
+        grid = make_grid(cfg, recipe, compressed)  # the gRPC server needs the codecs, whatever wraps them
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"backend: {exc}") from None
     grid.observe_deliveries(devices)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
-from fedge.simulations.async_checks import check_async
 from fedge.conf.logger_settings import check_logger
+from fedge.conf.shape_settings import check_shape_settings, shaping_requested
+from fedge.simulations.async_checks import check_async
 from fedge.simulations.backends import BACKENDS
 
 
@@ -24,7 +25,8 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
     check_async(cfg)  # mode=async: what FedBuff cannot do
     check_logger(cfg)  # logger=tensorboard / mlflow: their packages installed
-    if cfg.get("shape") is not None and cfg.shape.name != "none":  # shaping needs torch: only when asked
+    check_shape_settings(cfg)  # no torch: ranges, files (shape=none included)
+    if shaping_requested(cfg):  # the model-dependent checks need torch: only when shaping is asked for
         from fedge.conf.shaping import check_shaping
 
         check_shaping(cfg)

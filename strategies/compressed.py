@@ -202,11 +202,13 @@ class CompressedStrategy(Strategy):
         self, server_round: int, weights: dict[str, np.ndarray]
     ) -> tuple[bytes, bytes | None, dict[str, np.ndarray]]:
         """``(full-weights payload, delta payload or None, weights devices end up with)``."""
-        if self.downlink_delta and self._held is not None and self._holders:
-            change = {k: weights[k] - self._held[k] for k in weights}
+        held = self._held
+        same_layout = held is not None and held.keys() == weights.keys() and all(held[k].shape == weights[k].shape for k in weights)
+        if self.downlink_delta and held is not None and self._holders and same_layout:  # else full weights (e.g. pruned)
+            change = {k: weights[k] - held[k] for k in weights}
             encoded = encode_update(change, self.downlink, tensor_pb2.UPDATE_KIND_DELTA, base_round=self._held_round)
             sent = decode_update(encoded)
-            received = {k: self._held[k] + sent[k] for k in self._held}
+            received = {k: held[k] + sent[k] for k in held}
             full = encode_update(received, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS, base_round=server_round - 1)
             return full.SerializeToString(), encoded.SerializeToString(), received
         codec = "fp32" if self.downlink_delta else self.downlink

@@ -7,10 +7,12 @@ Real digits federations on a small configuration (in-process clients, few rounds
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 
 from fedge.conf.build import ConfigError
 from fedge.deploy.export_cli import export_run
@@ -23,6 +25,7 @@ from fedge.tasks.shaping.keep_zeros import keep_zeros
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
 
 FAST = ["progress=false", "backend.num_workers=0", "partition=iid", "num_clients=4"]
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +137,17 @@ def test_nonzero_codec_is_lossless_and_small():
     assert len(dense) >= 3 * len(sparse.SerializeToString())
 
 
-def test_pruning_to_80pc_keeps_accuracy_and_cuts_downlink(make_cfg):
+def test_pruning_to_80pc_keeps_accuracy_and_cuts_downlink(make_cfg, tmp_path):
     common = ["rounds=8", "client.local_steps=20", "compression.downlink=nonzero", *FAST]
     dense = run_experiment(make_cfg(common))
-    pruned = run_experiment(make_cfg(["shape=prune", "shape.prune.end_round=4", *common]))
+    pruned = run_experiment(make_cfg(["shape=prune", "shape.prune.end_round=4", *common]), tmp_path)
     assert model_sparsity(pruned.final_weights) >= 0.79
     assert pruned.result.final.accuracy >= dense.result.final.accuracy - 0.03
     before = dense.result.rounds[-1].downlink_bytes
     after = pruned.result.rounds[-1].downlink_bytes
     assert before >= 3 * after, (before, after)
+    report = export_run(tmp_path, latency_samples=10, calibration=64)  # must-show 6: the sparse model exports
+    assert report["fp32"]["max_abs_diff"] < 1e-4 and report["accuracy_drop_pp"] <= 1.0
 
 
 # -- distillation ------------------------------------------------------------------------
@@ -157,6 +162,8 @@ def test_distillation_student_4x_smaller_learns_from_the_teacher(make_cfg, tmp_p
     info = json.loads((tmp_path / "student" / "results.json").read_text())["shape"]["distill"]
     assert info["teacher_params"] >= 4 * info["student_params"]
     assert outcome.result.final.accuracy > 0.3  # chance: 0.1
+    report = export_run(tmp_path / "student", latency_samples=10, calibration=64)  # must-show 6: the student exports
+    assert report["params"] == info["student_params"] and report["accuracy_drop_pp"] <= 1.0
     with pytest.raises(ConfigError, match="shape.distill.teacher_to_devices must be true"):
         check_experiment(make_cfg([*cfg_overrides(cfg), "shape.distill.teacher_to_devices=false"]))
 
@@ -173,3 +180,65 @@ def test_a_teacher_of_other_classes_is_refused(make_cfg, tmp_path, trained):
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(ConfigError, match="shape.distill.teacher_path does not fit"):
         check_experiment(make_cfg(["shape=distill", f"shape.distill.teacher_path={tmp_path / 't.npz'}", "shape.distill.teacher_task={}"]))
+
+
+# -- refused before Hydra starts, without torch -------------------------------------------------
+def test_a_checkpoint_path_with_shape_none_is_refused_before_the_run_without_torch(tmp_path):
+    """``shape.init.path`` set with ``shape=none`` is refused by the CLI's check (no job, no torch import)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fedge.conf.build import ConfigError\n"
+        "from fedge.conf.schema import register_configs\n"
+        "from fedge.simulations.experiment_checks import check_experiment\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "register_configs()\n"
+        f"with initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'):\n"
+        "    cfg = compose(config_name='config', overrides=['shape.init.path=/nope.npz'])\n"
+        "try:\n"
+        "    check_experiment(cfg)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.splitlines() == ["shape.init.path='/nope.npz': no such file", "False"], out.stderr
+
+
+STUDENT_TASK = '''
+import numpy as np
+from torch import nn
+from fedge.tasks.base import FederatedTask, Split, TaskData
+
+
+class Wrong(FederatedTask):
+    name = "wrong"
+    num_classes = 4
+    input_shape = (5,)
+
+    def __init__(self, out: int = 3) -> None:
+        self.out = out  # the model's outputs: 3 is not the task's 4 classes
+
+    def load(self) -> TaskData:
+        x = np.zeros((8, 5), np.float32)
+        y = np.arange(8, dtype=np.int64) % 4
+        return TaskData(Split(x, y), Split(x, y))
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(5, self.out))
+'''
+
+
+def test_a_student_of_other_classes_is_refused_naming_the_key(make_cfg, tmp_path):
+    (tmp_path / "wrong.py").write_text(STUDENT_TASK)
+    np.savez(tmp_path / "teacher.npz", **{"0.weight": np.zeros((4, 5), np.float32), "0.bias": np.zeros(4, np.float32)})
+    cfg = make_cfg(
+        ["task=custom", f"task.path={tmp_path / 'wrong.py'}", "shape=distill", f"shape.distill.teacher_path={tmp_path / 'teacher.npz'}",
+         "shape.distill.teacher_task={}"]
+    )
+    with open_dict(cfg):
+        cfg.shape.distill.teacher_task = {"args": {"out": 4}}  # the teacher: the same task class with 4 outputs
+    with pytest.raises(ConfigError, match=r"shape.distill: the student \(task\) model outputs 3 classes, the task has 4"):
+        check_experiment(cfg)

@@ -1,0 +1,265 @@
+"""Shaping the model to the device (issue 15): every technique against its baseline, 3 seeds.
+
+Each comparison runs both sides on the same seeds, alternating (baseline seed 0, shaped
+seed 0, baseline seed 1, ...), as real federations (in-process clients, IID partitions):
+
+* **structured**: channel pruning of the ``image`` CNN during the federation
+  (``shape=structured``) against the unpruned run: MACs, parameters, final accuracy;
+* **unstructured**: magnitude pruning to 80% sparsity (``shape=prune``) with the model
+  travelling as sparse tensors both ways (``compression.codec=nonzero``,
+  ``compression.downlink=nonzero``) against the dense fp32 run: accuracy, downlink and
+  uplink bytes per round after the last pruning round;
+* **distillation**: a width-4 student distilled from a width-32 teacher (the teacher
+  trained federatedly first, same seed) against the teacher and the same student
+  trained federatedly from scratch;
+* **lowrank**: the dense run's final model factorised by truncated SVD (``budget`` 0.4)
+  and fine-tuned federatedly, against the model it came from;
+* **export**: every shaped model of seed 0 through ``fedge-export`` (ONNX fp32 and int8
+  in ONNX Runtime): parameters, MACs, int8 size, accuracy, latency::
+
+    nice -n 10 python -m bench.optimize            # bench/results/optimize.{json,md}
+
+Accuracies are central test accuracy of the final global model (``image``: 1,000 test
+examples, 0.1 pp each; ``digits``: 360, 0.28 pp each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+
+from bench.results_files import RESULTS, load_note, machine, write
+from fedge.conf.schema import register_configs
+from fedge.deploy.export_cli import export_run
+from fedge.simulations.experiment import run_experiment
+from fedge.strategies.magnitude_pruning import model_sparsity
+
+Emit = Callable[[dict], None]  # merges a part's results so far into optimize.json
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SEEDS = (0, 1, 2)
+FED = ("progress=false", "backend.num_workers=0", "partition=iid", "num_clients=3", "client.local_steps=10")
+IMAGE = ("task=image", "rounds=6", *FED)
+STRUCTURED = ("shape=structured", "shape.structured.ratio=0.35", "shape.structured.rounds=[2,3]")
+DIGITS = ("task=digits", "rounds=8", *FED)
+SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=5",
+          "shape.prune.every=1", "compression.codec=nonzero", "compression.downlink=nonzero")
+TEACHER, STUDENT = "task.width=32", "task.width=4"
+LAST_PRUNE = 5  # the sparse runs' shape.prune.end_round
+FINE_TUNE = ("rounds=3", "shape=lowrank", "shape.lowrank.budget=0.4")
+
+
+def run(overrides: tuple[str, ...], seed: int, out: Path) -> dict:
+    """One federation; its results.json plus the final weights' sparsity and the wall seconds."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, f"seed={seed}"])
+    start = time.perf_counter()
+    outcome = run_experiment(cfg, out, console=Console(file=io.StringIO()))
+    results = json.loads((out / "results.json").read_text())
+    return {
+        "command": "fedge-sim " + " ".join(o for o in overrides if o not in FED[:2]) + f" seed={seed}",
+        "accuracy": outcome.result.final.accuracy,
+        "rounds": results["rounds"],
+        "shape": results.get("shape", {}),
+        "sparsity": model_sparsity(outcome.final_weights),
+        "params": int(sum(v.size for v in outcome.final_weights.values())),
+        "wall_s": time.perf_counter() - start,
+        "dir": out,
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def gap_pp(shaped: list[dict], base: list[dict]) -> dict[str, object]:
+    """Accuracy of both sides per seed and the shaped side's mean shortfall in percentage points."""
+    a, b = [r["accuracy"] for r in shaped], [r["accuracy"] for r in base]
+    return {"shaped": a, "baseline": b, "shaped_mean": statistics.mean(a), "baseline_mean": statistics.mean(b),
+            "gap_pp": 100 * (statistics.mean(b) - statistics.mean(a)), "per_seed_gap_pp": [100 * (y - x) for x, y in zip(a, b)]}
+
+
+def exported(run_dir: Path) -> dict:
+    report = export_run(run_dir, run_dir / "export", latency_samples=100, calibration=256)
+    return {"params": report["params"], "macs": report["macs"], "fp32_bytes": report["fp32"]["size_bytes"],
+            "int8_bytes": report["int8"]["size_bytes"], "fp32_accuracy": report["fp32"]["accuracy"],
+            "int8_accuracy": report["int8"]["accuracy"], "int8_drop_pp": report["accuracy_drop_pp"],
+            "int8_latency_ms": report["int8"]["latency_ms"], "fp32_latency_ms": report["fp32"]["latency_ms"]}
+
+
+def structured_part(tmp: Path, emit: Emit) -> None:
+    """Channel pruning of the image CNN against the unpruned run, 3 seeds, alternating; emitted after each seed."""
+    base: list[dict] = []
+    pruned: list[dict] = []
+    export: dict[str, dict] = {}
+    for seed in SEEDS:
+        base.append(run(IMAGE, seed, tmp / f"image{seed}"))
+        pruned.append(run((*IMAGE, *STRUCTURED), seed, tmp / f"structured{seed}"))
+        if not export:
+            export = {"image": exported(base[0]["dir"]), "structured": exported(pruned[0]["dir"])}
+        emit(_structured_section(base, pruned, export))
+
+
+def _structured_section(base: list[dict], pruned: list[dict], export: dict) -> dict:
+    report = pruned[0]["shape"]["structured"]
+    return {
+        "structured": {
+            "command": pruned[0]["command"], "baseline_command": base[0]["command"],
+            "macs_before": report["macs_before"], "macs_after": report["macs_after"],
+            "macs_ratio": report["macs_after"] / report["macs_before"],
+            "params_before": report["params_before"], "params_after": report["params_after"],
+            "steps": report["steps"], "accuracy": gap_pp(pruned, base),
+            "wall_s": {"baseline": summary([r["wall_s"] for r in base]), "pruned": summary([r["wall_s"] for r in pruned])},
+        },
+        "export": export,
+    }
+
+
+def digits_part(tmp: Path, emit: Emit) -> None:
+    """Magnitude pruning, distillation and SVD on digits against their baselines, 3 seeds, alternating."""
+    runs: dict[str, list[dict]] = {k: [] for k in ("dense", "sparse", "teacher", "student", "scratch", "lowrank")}
+    export: dict[str, dict] = {}
+    for seed in SEEDS:
+        runs["dense"].append(run(DIGITS, seed, tmp / f"dense{seed}"))
+        runs["sparse"].append(run((*DIGITS, *SPARSE), seed, tmp / f"sparse{seed}"))
+        teacher = run((*DIGITS, TEACHER), seed, tmp / f"teacher{seed}")
+        runs["teacher"].append(teacher)
+        runs["scratch"].append(run((*DIGITS, STUDENT), seed, tmp / f"scratch{seed}"))
+        runs["student"].append(run(
+            (*DIGITS, STUDENT, "shape=distill", f"shape.distill.teacher_path={teacher['dir'] / 'final_model.npz'}",
+             "shape.distill.teacher_task={width: 32}"), seed, tmp / f"student{seed}"))
+        dense = runs["dense"][-1]["dir"] / "final_model.npz"
+        runs["lowrank"].append(run((*[o for o in DIGITS if not o.startswith("rounds=")], *FINE_TUNE, f"shape.init.path={dense}"), seed, tmp / f"lowrank{seed}"))
+        if not export:
+            export = {name: exported(runs[name][0]["dir"]) for name in ("dense", "sparse", "student", "lowrank")}
+        emit(_digits_section(runs, export))
+
+
+def _digits_section(runs: dict[str, list[dict]], export: dict) -> dict:
+    def after(r: dict, key: str) -> float:
+        return statistics.mean(x[key] for x in r["rounds"] if x["round"] > LAST_PRUNE)
+
+    down_dense, down_sparse = [after(r, "downlink_bytes") for r in runs["dense"]], [after(r, "downlink_bytes") for r in runs["sparse"]]
+    up_dense, up_sparse = [after(r, "uplink_bytes") for r in runs["dense"]], [after(r, "uplink_bytes") for r in runs["sparse"]]
+    layers = runs["lowrank"][0]["shape"]["lowrank"]
+    distill = runs["student"][0]["shape"]["distill"]
+    return {
+        "unstructured": {
+            "command": runs["sparse"][0]["command"], "baseline_command": runs["dense"][0]["command"],
+            "sparsity": [r["sparsity"] for r in runs["sparse"]], "accuracy": gap_pp(runs["sparse"], runs["dense"]),
+            "downlink_bytes_per_round_after_pruning": {"dense": down_dense, "sparse": down_sparse,
+                                                       "ratio": [d / s for d, s in zip(down_dense, down_sparse)]},
+            "uplink_bytes_per_round_after_pruning": {"dense": up_dense, "sparse": up_sparse,
+                                                     "ratio": [d / s for d, s in zip(up_dense, up_sparse)]},
+        },
+        "distillation": {
+            "command": runs["student"][0]["command"], "teacher_params": distill["teacher_params"],
+            "student_params": distill["student_params"], "params_ratio": distill["teacher_params"] / distill["student_params"],
+            "vs_teacher": gap_pp(runs["student"], runs["teacher"]), "vs_scratch": gap_pp(runs["student"], runs["scratch"]),
+        },
+        "lowrank": {
+            "command": runs["lowrank"][0]["command"], "layers": layers,
+            "factorised_params_before": sum(l["params_before"] for l in layers),
+            "factorised_params_after": sum(l["params_after"] for l in layers),
+            "params_ratio": sum(l["params_before"] for l in layers) / sum(l["params_after"] for l in layers),
+            "accuracy_after_factorising": [r["rounds"][0]["accuracy"] for r in runs["lowrank"]],
+            "accuracy": gap_pp(runs["lowrank"], runs["dense"]),
+        },
+        "export": export,
+        "wall_s": {name: summary([r["wall_s"] for r in rs]) for name, rs in runs.items()},
+    }
+
+
+PARTS: dict[str, Callable[[Path, Emit], None]] = {"structured": structured_part, "digits": digits_part}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all",
+                        help="run one part and merge it into optimize.json (the parts can run in parallel)")
+    parser.add_argument("--markdown", action="store_true", help="only rewrite optimize.md from optimize.json")
+    args = parser.parse_args()
+    if args.markdown:
+        result = json.loads((RESULTS / "optimize.json").read_text())
+        write("optimize", result, markdown(result))
+        return
+    register_configs()
+    tmp = Path(tempfile.mkdtemp(prefix="fedge-optimize-"))
+    for name in PARTS if args.part == "all" else [args.part]:
+        load = os.getloadavg()
+
+        def emit(section: dict, name: str = name, load: tuple[float, float, float] = load) -> None:
+            """Merge this part's results so far into optimize.json (after every seed: a cut-short run keeps them)."""
+            path = RESULTS / "optimize.json"
+            result = json.loads(path.read_text()) if path.is_file() else {}
+            result.setdefault("parts", {})[name] = json.loads(json.dumps(section, default=str))
+            result.setdefault("machine", {})[name] = machine(load)
+            result["seeds"], result["note"] = list(SEEDS), NOTE
+            write("optimize", result, markdown(result))
+
+        PARTS[name](tmp, emit)
+
+
+NOTE = ("2 CPU cores shared by ~8 agents' jobs (load averages per part below): wall seconds are not comparable; "
+        "accuracies, bytes, parameter and MAC counts are.")
+
+
+def _acc(g: dict) -> str:
+    per_seed = ", ".join(f"{x:+.1f}" for x in g["per_seed_gap_pp"])
+    seeds = len(g["per_seed_gap_pp"])
+    return f"{g['shaped_mean']:.4f} vs {g['baseline_mean']:.4f} (gap {g['gap_pp']:+.2f} pp over {seeds} seed(s): {per_seed})"
+
+
+def markdown(r: dict) -> str:
+    parts = r["parts"]
+    lines = ["# Shaping the model to the device (bench.optimize)", ""]
+    for name, m in r["machine"].items():
+        lines += [f"Part `{name}`: " + " ".join(load_note(m))]
+    if r.get("run_note"):
+        lines += ["", f"**This run:** {r['run_note']}"]
+    lines += ["", f"Seeds {r['seeds']}; each comparison alternates its sides seed by seed. Gap = baseline mean - shaped "
+              "mean (positive: the shaped model is worse). " + r["note"], "",
+              "| technique | size | accuracy: shaped vs baseline (mean over the seeds run) | other |", "|---|---|---|---|"]
+    commands = []
+    if "structured" in parts:
+        s = parts["structured"]["structured"]
+        rounds = ", ".join(str(x["round"]) for x in s["steps"])
+        lines.append(f"| structured (image CNN, channels, rounds {rounds}) | MACs {s['macs_before']:,} -> {s['macs_after']:,} "
+                     f"({100 * s['macs_ratio']:.1f}%), params {s['params_before']:,} -> {s['params_after']:,} | {_acc(s['accuracy'])} | |")
+        commands += [s["command"], s["baseline_command"]]
+    if "digits" in parts:
+        u, d, lr = parts["digits"]["unstructured"], parts["digits"]["distillation"], parts["digits"]["lowrank"]
+        down, up = u["downlink_bytes_per_round_after_pruning"], u["uplink_bytes_per_round_after_pruning"]
+        lines += [
+            f"| unstructured 80% (digits) | sparsity {min(u['sparsity']):.3f} (min) | {_acc(u['accuracy'])} | downlink/round after "
+            f"pruning {statistics.mean(down['dense']):,.0f} -> {statistics.mean(down['sparse']):,.0f} B ({min(down['ratio']):.2f}x min); "
+            f"uplink {min(up['ratio']):.2f}x min |",
+            f"| distillation (digits, width 32 -> 4) | params {d['teacher_params']:,} -> {d['student_params']:,} "
+            f"({d['params_ratio']:.1f}x) | vs teacher: {_acc(d['vs_teacher'])} | vs scratch student: {_acc(d['vs_scratch'])} |",
+            f"| low-rank SVD (digits, budget 0.4) | factorised layers {lr['factorised_params_before']:,} -> "
+            f"{lr['factorised_params_after']:,} ({lr['params_ratio']:.2f}x) | {_acc(lr['accuracy'])} | right after factorising: "
+            f"{', '.join(f'{x:.4f}' for x in lr['accuracy_after_factorising'])} |",
+        ]
+        commands += [u["command"], u["baseline_command"], d["command"], lr["command"]]
+    lines += ["", "## fedge-export of each model (seed 0, ONNX Runtime)", "",
+              "| model | params | MACs | fp32 KB | int8 KB | fp32 acc | int8 acc | int8 drop (pp) | int8 ms/sample |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for part in parts.values():
+        for name, e in part["export"].items():
+            lines.append(f"| {name} | {e['params']:,} | {e['macs']:,} | {e['fp32_bytes'] / 1e3:.1f} | {e['int8_bytes'] / 1e3:.1f} | "
+                         f"{e['fp32_accuracy']:.4f} | {e['int8_accuracy']:.4f} | {e['int8_drop_pp']:+.2f} | {e['int8_latency_ms']:.3f} |")
+    lines += ["", "Commands (seed 0):", "", *[f"- `{c}`" for c in commands]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
