@@ -23,6 +23,7 @@ import torch
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
 from fedge.client.budget import fit_to_budget
+from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
 from fedge.client.freezing import freeze_parameters
 from fedge.protos.frozen_tensors import frozen_names
@@ -63,6 +64,8 @@ class EdgeClient:
     seed:
         Base seed; round ``r`` shuffles with ``(seed, node_id, r)``, so results do
         not depend on which process or machine runs the client.
+    tamper:
+        Simulation only: an adversary's hook (:mod:`fedge.client.tamper`); None = honest.
     """
 
     def __init__(
@@ -72,12 +75,14 @@ class EdgeClient:
         node_id: int,
         defaults: TrainConfig | None = None,
         seed: int = 0,
+        tamper: UpdateTamper | None = None,
     ) -> None:
         self.task = task
         self.data = data
         self.node_id = node_id
         self.defaults = defaults or TrainConfig()
         self.seed = seed
+        self.tamper = tamper
         torch.manual_seed(seed)
         self.model = task.build_model()
         self._reference = model_arrays(self.model)
@@ -132,11 +137,14 @@ class EdgeClient:
         if cfg.qat.bits and task.server_round >= cfg.qat.start_round and self.qat is None:
             self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
         qat = self.qat if cfg.qat.bits and task.server_round >= cfg.qat.start_round else None
-        cfg = fit_to_budget(self.model, self.task, self.data, cfg)
-        stats = train(self.model, self.task, self.data, cfg, rng, qat)
+        data = self.data if self.tamper is None else self.tamper.training_data(self.data, task.server_round)
+        cfg = fit_to_budget(self.model, self.task, data, cfg)
+        stats = train(self.model, self.task, data, cfg, rng, qat)
         local = model_arrays(self.model)
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
+        if self.tamper is not None:
+            delta = self.tamper.update(delta, task.server_round)
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))  # type: ignore[arg-type]
@@ -163,6 +171,8 @@ class EdgeClient:
         )
         if qat is not None:  # the learned steps, so the server can export an int8 model with them
             metrics.update(step_metrics(qat))
+        if self.tamper is not None:
+            metrics = self.tamper.metrics(metrics, task.server_round)
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
 
     def _secagg(self) -> SecAggDevice:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
+from fedge.conf.schema import AttackConfig
+from fedge.simulations.attacks import Attack, Coalition
 from fedge.tasks.base import FederatedTask, TaskData
 
 #: Node id of partition ``i`` is ``NODE_ID_BASE + i`` (Flower reserves small ids).
@@ -33,12 +35,15 @@ class ClientRecipe:
     defaults: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    attackers: frozenset[int] = frozenset()  # node ids built with an Attack (fedge.simulations.attacks)
+    _coalition: Coalition = field(default_factory=Coalition, init=False, repr=False, compare=False)
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_data"], state["_clients"] = None, {}
+        state["_data"], state["_clients"], state["_coalition"] = None, {}, Coalition()
         return state
 
     def client(self, node_id: int) -> EdgeClient:
@@ -52,5 +57,9 @@ class ClientRecipe:
             defaults = self.defaults
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
                 defaults = replace(defaults, memory_mb=self.memory_mb[node_id])
-            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed)
+            tamper = None
+            if node_id in self.attackers:
+                brightest = float(self._data.train.x.max())
+                tamper = Attack(self.attack, node_id, self.task.num_classes, self._coalition, brightest)
+            self._clients[node_id] = EdgeClient(self.task, data, node_id, defaults, self.seed, tamper)
         return self._clients[node_id]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr_datasets.partitioner import Partitioner
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fedge.conf.build import (
@@ -28,10 +28,12 @@ from fedge.conf.build import (
     seed_everything,
     train_defaults,
 )
+from fedge.conf.schema import AttackConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
 from fedge.server.results import final_weights, write_results
+from fedge.simulations.attacks import BackdoorEvaluator, choose_attackers
 from fedge.simulations.backends import BACKENDS, make_grid
 from fedge.simulations.clients import ClientRecipe, node_id_of
 from fedge.simulations.devices.fleet import device_simulator, fleet_profiles
@@ -40,6 +42,7 @@ from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.simulations.secagg_setup import secagg_settings
 from fedge.strategies import CompressedStrategy
+from fedge.strategies.delta_aggregation import DeltaAggregation
 from fedge.strategies.privacy import privacy_ledger
 from fedge.strategies.secagg.strategy import SecAggStrategy
 from fedge.tasks.base import FederatedTask
@@ -64,6 +67,7 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
+    attack_settings(cfg)
 
 
 def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
@@ -106,10 +110,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
-    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory)
+    attack = attack_settings(cfg)
+    attackers = choose_attackers(list(node_parts), attack, cfg.seed)
+    recipe = ClientRecipe(task, node_parts, train_cfg, cfg.seed, memory_mb=memory, attack=attack, attackers=frozenset(attackers))
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())
-    evaluator = CentralEvaluator(task, data.test, cfg.seed)
+    evaluator: CentralEvaluator
+    if attack.name == "backdoor":
+        evaluator = BackdoorEvaluator(task, data.test, attack, float(data.train.x.max()), cfg.seed)
+    else:
+        evaluator = CentralEvaluator(task, data.test, cfg.seed)
     train_config = round_config(train_cfg)
 
     ledger = privacy_ledger(strategy, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
@@ -134,6 +144,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             sections["secagg"] = [asdict(r) for r in strategy.rounds]
         if ledger is not None:
             sections["privacy"] = ledger.report(cfg.rounds)
+        sections.update(robustness_sections(attack, attackers, evaluator, compressed))
         results_path = write_results(
             out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, devices), sections
         )
@@ -141,6 +152,32 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         console.print(summary_table(f"{cfg.task._target_.rsplit('.', 1)[-1]} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
     print_outcome(console, result.final.accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
+
+
+def attack_settings(cfg: DictConfig) -> AttackConfig:
+    """The ``attack`` node as checked :class:`AttackConfig`."""
+    settings: AttackConfig = OmegaConf.to_object(cfg.attack)  # type: ignore[assignment]
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings
+
+
+def robustness_sections(
+    attack: AttackConfig, attackers: list[int], evaluator: CentralEvaluator, compressed: CompressedStrategy
+) -> dict[str, object]:
+    """results.json's ``attack`` (who attacked; backdoor success per round) and ``robust``
+    (each device's update clipped or excluded by a robust rule, per round, and why)."""
+    sections: dict[str, object] = {}
+    if attack.active:
+        entry: dict[str, object] = {**asdict(attack), "attackers": attackers}
+        if isinstance(evaluator, BackdoorEvaluator):
+            entry["backdoor_success"] = evaluator.success_rates  # per evaluation, round 0 first
+        sections["attack"] = entry
+    if isinstance(compressed.strategy, DeltaAggregation):
+        sections["robust"] = [asdict(d) for d in compressed.strategy.decisions]
+    return sections
 
 
 def _client_totals(grid: FedgeGrid, devices: DeviceSimulator | None) -> dict[str, dict]:
