@@ -67,7 +67,8 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
-    attack_settings(cfg)
+    if attack_settings(cfg).active and cfg.backend.name == "grpc":
+        raise ConfigError("attack: simulated attackers run on backend=local or backend=ray (grpc devices are real fedge-client processes)")
 
 
 def secure_strategy(cfg: DictConfig, compressed: CompressedStrategy) -> CompressedStrategy | SecAggStrategy:
