@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ceiling
 	$(BIN)/python -m bench.client_install
 	$(BIN)/python -m bench.devices
+	$(BIN)/python -m bench.robustness
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate
