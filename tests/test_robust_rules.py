@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app import ConfigRecord
-from flwr.common import Metadata
 
+from fedge.server.identity import ensure_task_identity
 from fedge.strategies.delta_aggregation import sparse_median, sparse_trimmed_mean
 from fedge.strategies.norm_bounded import NormBoundedFedAvg
 from fedge.strategies.sparse_median import SparseMedian
@@ -33,10 +33,9 @@ def test_sparse_columns_use_only_their_senders_scaled_by_their_share() -> None:
 
 def _reply(node: int, weights: np.ndarray, examples: int) -> Message:
     content = RecordDict({"arrays": ArrayRecord({"w": Array(weights.astype(np.float32))}), "metrics": MetricRecord({"num-examples": examples})})
-    message = Message(content, dst_node_id=0, message_type="train")
-    metadata: Metadata = message.metadata
-    metadata.src_node_id = node  # a reply's sender, as the Grid sets it
-    return message
+    ensure_task_identity()
+    instruction = Message(RecordDict(), node, "train")
+    return Message(content, reply_to=instruction)  # from ``node``, as a Grid's reply
 
 
 def _aggregate(strategy: NormBoundedFedAvg | SparseMedian, replies: list[Message], start: np.ndarray) -> np.ndarray:
