@@ -123,7 +123,7 @@ class DeltaAggregation(FedAvg):
         base = np.concatenate([self._global[k].astype(np.float64).ravel() for k in names])
         nodes = [m.metadata.src_node_id for m in valid]
         deltas = np.stack([_flat(m, names) - base for m in valid])
-        weights = np.array([float(m.content[_metric_key(m)][self.weighted_by_key]) for m in valid])  # type: ignore[index]
+        weights = np.array([_weight(m, self.weighted_by_key) for m in valid])
         deltas = self._bound(server_round, nodes, deltas)
         keep = self._screen(server_round, nodes, deltas)
         update = self.combine(deltas[keep], weights[keep])
@@ -195,8 +195,10 @@ def sparse_trimmed_mean(deltas: np.ndarray, beta: float) -> np.ndarray:
     return mean * (count / len(deltas))
 
 
-def _metric_key(message: Message) -> str:
-    return next(iter(message.content.metric_records.keys()))
+def _weight(message: Message, key: str) -> float:
+    """The reply's weighting metric (validated upstream: a positive integer)."""
+    value = next(iter(message.content.metric_records.values()))[key]
+    return float(value) if isinstance(value, (int, float)) else 1.0
 
 
 def _flat(message: Message, names: list[str]) -> np.ndarray:

@@ -20,7 +20,7 @@ class SparseTrimmedAvg(DeltaAggregation):
     """
 
     def __init__(self, *args: object, beta: float = 0.2, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if not 0.0 <= beta < 0.5:
             raise ValueError(f"beta must be in [0, 0.5), got {beta}")
         self.beta = beta
