@@ -9,6 +9,7 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,9 +75,16 @@ def round_config(train: TrainConfig) -> ConfigRecord:
 
 def server_settings(cfg: DictConfig) -> ServerConfig:
     """The ``server`` node as checked :class:`ServerConfig`."""
-    settings: ServerConfig = OmegaConf.to_object(cfg.server)  # type: ignore[assignment]
+    settings: ServerConfig = checked_settings(cfg.server)
+    return settings
+
+
+def checked_settings(node: DictConfig) -> Any:
+    """A structured node as its schema dataclass, after the dataclass's ``check()``
+    (its ``ValueError`` becomes a :class:`ConfigError`)."""
+    settings = OmegaConf.to_object(node)
     try:
-        settings.check()
+        settings.check()  # type: ignore[union-attr]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return settings

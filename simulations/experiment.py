@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr_datasets.partitioner import Partitioner
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
+    checked_settings,
     instantiate_node,
     round_config,
     seed_everything,
@@ -157,11 +158,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
 
 def attack_settings(cfg: DictConfig) -> AttackConfig:
     """The ``attack`` node as checked :class:`AttackConfig`."""
-    settings: AttackConfig = OmegaConf.to_object(cfg.attack)  # type: ignore[assignment]
-    try:
-        settings.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    settings: AttackConfig = checked_settings(cfg.attack)
     return settings
 
 
