@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.devices
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.device --install
+	$(BIN)/python -m bench.robustness
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

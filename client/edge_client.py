@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
 from fedge.client.trainer import make_trainer
 from fedge.protos.frozen_tensors import frozen_names
@@ -64,6 +65,8 @@ class EdgeClient:
     runtime:
         ``"torch"`` or ``"numpy"`` (:mod:`fedge.client.trainer`; default: ``defaults.runtime``);
         the numpy runtime refuses a model it cannot run here, naming the layer.
+    tamper:
+        Simulation only: an adversary's hook (:mod:`fedge.client.tamper`); None = honest.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class EdgeClient:
         defaults: TrainConfig | None = None,
         seed: int = 0,
         runtime: str | None = None,
+        tamper: UpdateTamper | None = None,
     ) -> None:
         self.task = task
         self.data = data
@@ -82,6 +86,7 @@ class EdgeClient:
         self.seed = seed
         self.trainer = make_trainer(runtime or self.defaults.runtime, task, seed)
         self._reference = self.trainer.arrays()
+        self.tamper = tamper
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None
@@ -143,11 +148,14 @@ class EdgeClient:
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
-        result = self.trainer.train(self.data, cfg, rng, task.server_round, frozen, round_seed)
+        data = self.data if self.tamper is None else self.tamper.training_data(self.data, task.server_round)
+        result = self.trainer.train(data, cfg, rng, task.server_round, frozen, round_seed)
         stats, cfg = result.stats, result.cfg
         local = self.trainer.arrays()
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
+        if self.tamper is not None:
+            delta = self.tamper.update(delta, task.server_round)
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))
@@ -173,6 +181,8 @@ class EdgeClient:
             }
         )
         metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
+        if self.tamper is not None:
+            metrics = self.tamper.metrics(metrics, task.server_round)
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
 
     def _secagg(self) -> SecAggDevice:

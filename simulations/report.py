@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.simulations.robust_report import robust_markdown
+
 MB = 1e6
 KB = 1e3
 #: Config keys that never tell runs apart.
@@ -347,6 +349,7 @@ def markdown(runs: Sequence[Run], images: dict[str, Path], out_dir: Path) -> str
                 ),
             )
         )
+        parts += robust_markdown(run.results)  # attacks and robust-rule decisions, if any
         clients = run.results.get("clients", {})
         if clients:
             profiled = any("profile" in c for c in clients.values())

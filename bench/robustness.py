@@ -1,0 +1,222 @@
+"""Robustness scorecard (``python -m bench.robustness``): defences x attacks x compression.
+
+Every cell is a ``fedge-sim`` run (digits, 10 devices, Dirichlet 0.5, in-process clients)
+with ``attack.fraction`` = 0.2 (2 attackers, drawn by seed) from round 1, over several
+seeds. Strategies: Flower's FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan and
+fedge's NormBoundedFedAvg (FedAvg + adaptive norm bound), SparseMedian and
+SparseTrimmedAvg (:mod:`fedge.strategies.delta_aggregation`: robust rules over each
+coordinate's senders, meaningful on top-k updates). Attacks: none, sign-flip, scaling,
+ALIE, IPM, label flip, backdoor (:mod:`fedge.simulations.attacks`). Compression: none,
+q8, topk.
+
+Per cell: final central accuracy (mean and min over seeds), its gap to clean FedAvg at
+the same compression (percentage points, mean over seeds, paired by seed), and for the
+backdoor the final success rate. Writes ``bench/results/robustness.{json,md}`` and
+``robustness.png`` (heat-map of the gap). The markdown names, for must-show 1 and 2 of
+issue 12, the rows that hold and the rows that fail.
+
+``--jobs`` runs cells in parallel processes (one torch thread each; default 2 = the
+2-core budget). ``--quick`` runs a reduced grid (topk only, 1 seed) for a smoke check.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CONF_DIR = REPO / "conf"
+
+STRATEGIES: dict[str, list[str]] = {
+    "FedAvg": ["strategy=fedavg"],
+    "FedAvg+norm bound": ["strategy=norm_bounded"],
+    "FedMedian": ["strategy=fedmedian"],
+    "FedTrimmedAvg": ["strategy=fedtrimmedavg"],
+    "Krum": ["strategy=krum"],
+    "MultiKrum": ["strategy=multikrum"],
+    "Bulyan": ["strategy=bulyan"],
+    "SparseMedian": ["strategy=sparse_median"],
+    "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
+    "Screened FedAvg": ["strategy=screened_fedavg"],
+}
+ATTACKS = ["none", "signflip", "scaling", "alie", "ipm", "labelflip", "backdoor"]
+COMPRESSIONS = ["none", "q8", "topk"]
+#: Settings shared by every cell (a small, fast federation).
+BASE = ["progress=false", "backend.num_workers=0", "num_clients=10", "client.local_epochs=1", "attack.fraction=0.2"]
+MARGIN_PP = 2.0
+
+
+def run_cell(job: tuple[str, str, str, int, int]) -> dict[str, Any]:
+    """One run; returns its final accuracy and backdoor success (a worker process)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from rich.console import Console
+
+    from fedge.conf.schema import register_configs
+    from fedge.simulations.experiment import run_experiment
+
+    torch.set_num_threads(1)
+    strategy, attack, compression, seed, rounds = job
+    register_configs()
+    overrides = [*BASE, *STRATEGIES[strategy], f"attack={attack}", f"compression={compression}", f"seed={seed}", f"rounds={rounds}"]
+    if attack == "none":
+        overrides.remove("attack.fraction=0.2")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        outcome = run_experiment(cfg, Path(out), console=Console(quiet=True))
+        assert outcome.results_path is not None
+        results = json.loads(outcome.results_path.read_text())
+    success = results.get("attack", {}).get("backdoor_success")
+    return {
+        "strategy": strategy, "attack": attack, "compression": compression, "seed": seed,
+        "accuracy": outcome.result.final.accuracy, "seconds": time.perf_counter() - start,
+        "backdoor_success": success[-1] if success else None,
+        "robust_decisions": len(results.get("robust", [])),
+        "dropped_replies": len(results.get("dropped_replies", [])),
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (strategy, attack, compression): accuracy, gap to clean FedAvg, backdoor."""
+    clean = {(r["compression"], r["seed"]): r["accuracy"] for r in runs if r["strategy"] == "FedAvg" and r["attack"] == "none"}
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["strategy"], run["attack"], run["compression"]), []).append(run)
+    rows = []
+    for (strategy, attack, compression), group in cells.items():
+        accuracies = [r["accuracy"] for r in group]
+        gaps = [100 * (clean[(compression, r["seed"])] - r["accuracy"]) for r in group if (compression, r["seed"]) in clean]
+        success = [r["backdoor_success"] for r in group if r["backdoor_success"] is not None]
+        rows.append({
+            "strategy": strategy, "attack": attack, "compression": compression, "seeds": len(group),
+            "accuracy_mean": statistics.fmean(accuracies), "accuracy_min": min(accuracies),
+            "gap_pp_mean": statistics.fmean(gaps) if gaps else None, "gap_pp_max": max(gaps) if gaps else None,
+            "backdoor_success_mean": statistics.fmean(success) if success else None,
+        })
+    return rows
+
+
+def verdicts(rows: list[dict[str, Any]], compression: str = "topk") -> dict[str, Any]:
+    """Issue 12's must-show 1 (per attack: the best defence within MARGIN_PP of clean FedAvg,
+    worst seed) and 2 (no attack: every robust rule within MARGIN_PP of FedAvg) at ``compression``."""
+    at = [r for r in rows if r["compression"] == compression and r["gap_pp_max"] is not None]
+    per_attack = {}
+    for attack in ATTACKS:
+        candidates = [r for r in at if r["attack"] == attack and r["strategy"] != "FedAvg"]
+        if candidates:
+            best = min(candidates, key=lambda r: r["gap_pp_max"])
+            per_attack[attack] = {"best": best["strategy"], "gap_pp_max": best["gap_pp_max"], "holds": best["gap_pp_max"] <= MARGIN_PP}
+    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
+    return {"compression": compression, "margin_pp": MARGIN_PP, "attacks": per_attack, "no_attack": clean_rules}
+
+
+def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
+    """Gap to clean FedAvg (pp, mean over seeds): strategies x (attack, compression)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in rows)]
+    columns = [(a, c) for c in COMPRESSIONS for a in ATTACKS if any(r["attack"] == a and r["compression"] == c for r in rows)]
+    grid = np.full((len(strategies), len(columns)), np.nan)
+    for r in rows:
+        if r["gap_pp_mean"] is not None and (r["attack"], r["compression"]) in columns:
+            grid[strategies.index(r["strategy"]), columns.index((r["attack"], r["compression"]))] = r["gap_pp_mean"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(columns), 1.2 + 0.45 * len(strategies)))
+    image = ax.imshow(np.clip(grid, 0, 50), cmap="RdYlGn_r", vmin=0, vmax=50, aspect="auto")
+    ax.set_xticks(range(len(columns)), [f"{a}\n{c}" for a, c in columns], fontsize=7, rotation=90)
+    ax.set_yticks(range(len(strategies)), strategies, fontsize=8)
+    for i in range(len(strategies)):
+        for j in range(len(columns)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="accuracy gap to clean FedAvg, pp (clipped at 50)")
+    ax.set_title("fedge robustness scorecard: 20% attackers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = [
+        "# Robustness scorecard (`python -m bench.robustness`)",
+        "",
+        f"Grid: {payload['grid']}. Host: {payload['host']}; {payload['wall_s']:.0f} s wall with {payload['jobs']} jobs.",
+        "Gap = clean FedAvg accuracy (same compression, same seed) - this cell, percentage points; mean / worst seed.",
+        "",
+        "| strategy | attack | compression | accuracy mean | accuracy min | gap pp mean | gap pp worst | backdoor success |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in sorted(payload["rows"], key=lambda r: (COMPRESSIONS.index(r["compression"]), ATTACKS.index(r["attack"]), list(STRATEGIES).index(r["strategy"]))):
+        lines.append(
+            f"| {r['strategy']} | {r['attack']} | {r['compression']} | {r['accuracy_mean']:.3f} | {r['accuracy_min']:.3f} | "
+            f"{fmt(r['gap_pp_mean'], '.1f')} | {fmt(r['gap_pp_max'], '.1f')} | {fmt(r['backdoor_success_mean'], '.2f')} |"
+        )
+    v = payload["verdicts"]
+    lines += ["", f"## Must-show 1 ({v['compression']}): best defence per attack, worst seed within {v['margin_pp']} pp?", ""]
+    lines += [f"- {a}: {e['best']} {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
+    lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
+    lines += [f"- {s}: {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="topk only, 1 seed (smoke run)")
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
+    parser.add_argument("--attacks", nargs="*", default=ATTACKS)
+    parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
+    args = parser.parse_args()
+    compressions = ["topk"] if args.quick else args.compressions
+    seeds = 1 if args.quick else args.seeds
+    strategies = sorted(set(args.strategies) | {"FedAvg"}, key=list(STRATEGIES).index)
+    attacks = sorted(set(args.attacks) | {"none"}, key=ATTACKS.index)
+    jobs = [(s, a, c, seed, args.rounds) for seed in range(seeds) for c in compressions for a in attacks for s in strategies]
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=20) as pool:
+        runs = []
+        for i, run in enumerate(pool.imap_unordered(run_cell, jobs), 1):
+            runs.append(run)
+            print(f"[{i}/{len(jobs)}] {run['strategy']:<18} {run['attack']:<10} {run['compression']:<5} seed {run['seed']}: "
+                  f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s)", flush=True)
+    rows = summarise(runs)
+    payload = {
+        "grid": f"{len(strategies)} strategies x {len(attacks)} attacks x {len(compressions)} compressions x {seeds} seeds, "
+                f"{args.rounds} rounds, digits, 10 devices, 20% attackers",
+        "host": f"{platform.node()} {os.cpu_count()} CPUs, load {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after",
+        "jobs": args.jobs, "wall_s": time.perf_counter() - start,
+        "verdicts": verdicts(rows) if "topk" in compressions else {},
+        "rows": rows, "runs": runs,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "robustness.json").write_text(json.dumps(payload, indent=2))
+    if payload["verdicts"]:
+        (RESULTS / "robustness.md").write_text(markdown(payload))
+    heatmap(rows, RESULTS / "robustness.png")
+    print(f"wrote {RESULTS / 'robustness.md'} in {payload['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
