@@ -76,17 +76,21 @@ def run_cell(job: tuple[str, str, str, int, int]) -> dict[str, Any]:
         overrides.remove("attack.fraction=0.2")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as out:
         outcome = run_experiment(cfg, Path(out), console=Console(quiet=True))
         assert outcome.results_path is not None
         results = json.loads(outcome.results_path.read_text())
     success = results.get("attack", {}).get("backdoor_success")
+    attackers = set(results.get("attack", {}).get("attackers", []))
     return {
         "strategy": strategy, "attack": attack, "compression": compression, "seed": seed,
         "accuracy": outcome.result.final.accuracy, "seconds": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,  # this process's CPU time (clients run in-process)
         "backdoor_success": success[-1] if success else None,
-        "robust_decisions": len(results.get("robust", [])),
+        "robust_decisions": sum(d["action"] != "kept" for d in results.get("robust", [])),
+        "excluded_attackers": sum(d["action"] == "excluded" and d["node_id"] in attackers for d in results.get("robust", [])),
+        "excluded_honest": sum(d["action"] == "excluded" and d["node_id"] not in attackers for d in results.get("robust", [])),
         "dropped_replies": len(results.get("dropped_replies", [])),
     }
 
@@ -107,6 +111,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "accuracy_mean": statistics.fmean(accuracies), "accuracy_min": min(accuracies),
             "gap_pp_mean": statistics.fmean(gaps) if gaps else None, "gap_pp_max": max(gaps) if gaps else None,
             "backdoor_success_mean": statistics.fmean(success) if success else None,
+            # screened rules: (device, round) pairs excluded, mean over seeds
+            "excluded_attackers_mean": statistics.fmean(r.get("excluded_attackers", 0) for r in group),
+            "excluded_honest_mean": statistics.fmean(r.get("excluded_honest", 0) for r in group),
         })
     return rows
 
@@ -158,63 +165,113 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Robustness scorecard (`python -m bench.robustness`)",
         "",
-        f"Grid: {payload['grid']}. Host: {payload['host']}; {payload['wall_s']:.0f} s wall with {payload['jobs']} jobs.",
+        f"Grid: {payload['grid']}; {payload['done']}.",
+        "",
+        f"Host: {payload['host']}: load average {payload['loadavg_before'][0]:.1f} before, "
+        f"{payload['loadavg_after'][0]:.1f} after. {payload['wall_s']:.0f} s wall with {payload['jobs']} worker processes; "
+        f"{payload['cpu_s_total']:.0f} CPU seconds in all, i.e. about {payload['idle_2core_wall_s_estimate'] / 60:.0f} min "
+        "on two otherwise idle cores.",
+        "",
+        "Every FedAvg row runs behind fedge's reply validator (strategies/reply_validation.py, as fedge-server): "
+        "updates above 10x the round's median norm are dropped before any rule sees them.",
         "Gap = clean FedAvg accuracy (same compression, same seed) - this cell, percentage points; mean / worst seed.",
         "",
-        "| strategy | attack | compression | accuracy mean | accuracy min | gap pp mean | gap pp worst | backdoor success |",
-        "|---|---|---|---|---|---|---|---|",
+        "Excluded: (device, round) updates a screened rule left out, attackers / honest devices, mean over seeds.",
+        "",
+        "| strategy | attack | compression | accuracy mean | accuracy min | gap pp mean | gap pp worst | backdoor success | excluded att / honest |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in sorted(payload["rows"], key=lambda r: (COMPRESSIONS.index(r["compression"]), ATTACKS.index(r["attack"]), list(STRATEGIES).index(r["strategy"]))):
         lines.append(
             f"| {r['strategy']} | {r['attack']} | {r['compression']} | {r['accuracy_mean']:.3f} | {r['accuracy_min']:.3f} | "
-            f"{fmt(r['gap_pp_mean'], '.1f')} | {fmt(r['gap_pp_max'], '.1f')} | {fmt(r['backdoor_success_mean'], '.2f')} |"
+            f"{fmt(r['gap_pp_mean'], '.1f')} | {fmt(r['gap_pp_max'], '.1f')} | {fmt(r['backdoor_success_mean'], '.2f')} | "
+            f"{r['excluded_attackers_mean']:.1f} / {r['excluded_honest_mean']:.1f} |"
         )
     v = payload["verdicts"]
     lines += ["", f"## Must-show 1 ({v['compression']}): best defence per attack, worst seed within {v['margin_pp']} pp?", ""]
     lines += [f"- {a}: {e['best']} {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
     lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
     lines += [f"- {s}: {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
+    backdoor = [r for r in payload["rows"] if r["attack"] == "backdoor" and r["backdoor_success_mean"] is not None]
+    lines += ["", "## Must-show 4: backdoor success rate (triggered test inputs of other classes read as the target)", ""]
+    lines += [f"- {r['strategy']} ({r['compression']}): {r['backdoor_success_mean']:.2f}, accuracy {r['accuracy_mean']:.3f}" for r in backdoor]
     return "\n".join(lines) + "\n"
+
+
+#: ``--preset must-shows``: the cells issue 12's must-shows 1, 2 and 4 need at top-k, most
+#: telling first (a run stopped early still answers them): every rule without attack, then
+#: every attack against FedAvg and the screened FedAvg defence.
+MUST_SHOW_RULES = ["FedAvg", "Screened FedAvg", "SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound"]
+MUST_SHOW_DEFENCES = ["FedAvg", "Screened FedAvg"]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]:
+    """The cells to run, in order: ``(strategy, attack, compression, seed, rounds)``."""
+    seeds = range(1 if args.quick else args.seeds)
+    if args.preset == "must-shows":
+        first = [(s, "none") for s in MUST_SHOW_RULES]
+        attacked = [(s, a) for a in ATTACKS if a != "none" for s in MUST_SHOW_DEFENCES]
+        rest = [(s, "none") for s in STRATEGIES if s not in MUST_SHOW_RULES]
+        return [(s, a, "topk", seed, args.rounds) for s, a in [*first, *attacked, *rest] for seed in seeds]
+    compressions = ["topk"] if args.quick else args.compressions
+    strategies = sorted(set(args.strategies) | {"FedAvg"}, key=list(STRATEGIES).index)
+    attacks = sorted(set(args.attacks) | {"none"}, key=ATTACKS.index)
+    return [(s, a, c, seed, args.rounds) for seed in seeds for c in compressions for a in attacks for s in strategies]
+
+
+def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, int]], args: argparse.Namespace,
+               started: float, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """results.json's content for the runs so far (written after every run)."""
+    rows = summarise(runs)
+    cpu = sum(r["cpu_s"] for r in runs)
+    return {
+        "grid": f"{len(jobs)} cells ({args.preset or 'grid'}: {len({j[0] for j in jobs})} strategies, "
+                f"{len({j[1] for j in jobs})} attacks, {len({j[2] for j in jobs})} compressions, "
+                f"{len({j[3] for j in jobs})} seeds), {args.rounds} rounds, digits, 10 devices (Dirichlet 0.5), "
+                f"1 local epoch, 20% attackers from round 1",
+        "done": f"{len(runs)} of {len(jobs)} cells",
+        "host": f"{platform.node()} {os.cpu_count()} CPUs shared with other jobs",
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "jobs": args.jobs, "wall_s": time.perf_counter() - started,
+        "cpu_s_total": cpu,
+        "idle_2core_wall_s_estimate": cpu / 2,  # what the same cells take on two otherwise idle cores
+        "verdicts": verdicts(rows) if any(r["compression"] == "topk" for r in rows) else {},
+        "rows": rows, "runs": runs,
+    }
+
+
+def write(payload: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "robustness.json").write_text(json.dumps(payload, indent=2))
+    if payload["verdicts"]:
+        (RESULTS / "robustness.md").write_text(markdown(payload))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="topk only, 1 seed (smoke run)")
+    parser.add_argument("--preset", choices=["must-shows"], default=None,
+                        help="must-shows: only the top-k cells issue 12's must-shows 1, 2 and 4 need")
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
     parser.add_argument("--attacks", nargs="*", default=ATTACKS)
     parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
     args = parser.parse_args()
-    compressions = ["topk"] if args.quick else args.compressions
-    seeds = 1 if args.quick else args.seeds
-    strategies = sorted(set(args.strategies) | {"FedAvg"}, key=list(STRATEGIES).index)
-    attacks = sorted(set(args.attacks) | {"none"}, key=ATTACKS.index)
-    jobs = [(s, a, c, seed, args.rounds) for seed in range(seeds) for c in compressions for a in attacks for s in strategies]
-    start = time.perf_counter()
-    load_before = os.getloadavg()
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=20) as pool:
-        runs = []
-        for i, run in enumerate(pool.imap_unordered(run_cell, jobs), 1):
+    jobs = plan(args)
+    started, load_before = time.perf_counter(), os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    with mp.get_context("spawn").Pool(args.jobs) as pool:  # workers live for the whole grid: imports paid once
+        for i, run in enumerate(pool.imap(run_cell, jobs), 1):  # in plan order: a stopped run keeps the first cells
             runs.append(run)
             print(f"[{i}/{len(jobs)}] {run['strategy']:<18} {run['attack']:<10} {run['compression']:<5} seed {run['seed']}: "
-                  f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s)", flush=True)
-    rows = summarise(runs)
-    payload = {
-        "grid": f"{len(strategies)} strategies x {len(attacks)} attacks x {len(compressions)} compressions x {seeds} seeds, "
-                f"{args.rounds} rounds, digits, 10 devices, 20% attackers",
-        "host": f"{platform.node()} {os.cpu_count()} CPUs, load {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after",
-        "jobs": args.jobs, "wall_s": time.perf_counter() - start,
-        "verdicts": verdicts(rows) if "topk" in compressions else {},
-        "rows": rows, "runs": runs,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "robustness.json").write_text(json.dumps(payload, indent=2))
-    if payload["verdicts"]:
-        (RESULTS / "robustness.md").write_text(markdown(payload))
-    heatmap(rows, RESULTS / "robustness.png")
+                  f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s wall, {run['cpu_s']:.1f} s cpu)", flush=True)
+            write(payload_of(runs, jobs, args, started, load_before))
+    payload = payload_of(runs, jobs, args, started, load_before)
+    write(payload)
+    heatmap(payload["rows"], RESULTS / "robustness.png")
     print(f"wrote {RESULTS / 'robustness.md'} in {payload['wall_s']:.0f} s")
 
 
