@@ -105,3 +105,40 @@ def test_sparse_aware_rules_with_topk_end_close_to_fedavg(make_cfg, tmp_path):
 def test_attack_settings_are_checked(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
         run_experiment(make_cfg([*SMALL, "attack=signflip", override]))
+
+
+@pytest.mark.parametrize("runtime", ["torch", "numpy"])
+def test_the_tamper_hook_wraps_training_on_both_runtimes(runtime):
+    """An attacker is an EdgeClient of either runtime with a tamper: it trains on its
+    poisoned data, lies in its delta before the codec and in its metrics after training."""
+    from fedge.client import EdgeClient, TrainConfig
+    from fedge.conf.schema import AttackConfig
+    from fedge.protos import config_values
+    from fedge.protos.codecs import decode_update, encode_update
+    from fedge.protos.v1 import task_pb2, tensor_pb2
+    from fedge.simulations.attacks import Attack, Coalition
+    from fedge.tasks.digits import DigitsTask
+
+    task = DigitsTask()
+    local = task.load().train.subset(np.arange(96))
+    defaults = TrainConfig(lr=0.05, local_epochs=1, batch_size=32)
+
+    def deltas(settings: AttackConfig | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        tamper = None if settings is None else Attack(settings, 1, task.num_classes, Coalition(), float(local.x.max()))
+        client = EdgeClient(task, local, node_id=1, defaults=defaults, seed=3, runtime=runtime, tamper=tamper)
+        weights = client.trainer.arrays()
+        message = task_pb2.Task(task_id="t1", kind="train", server_round=1, node_id=1)
+        message.model.CopyFrom(encode_update(weights, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS, base_round=0))
+        config_values.to_wire({}, message.config)
+        update = client.handle(message)
+        assert not update.error, update.error
+        return decode_update(update.update, weights), dict(update.metrics)
+
+    honest, honest_metrics = deltas(None)
+    flipped, _ = deltas(AttackConfig(name="signflip", fraction=0.2, scale=4.0))
+    for name, value in honest.items():
+        np.testing.assert_allclose(flipped[name], -4.0 * value, rtol=1e-5, atol=1e-7)
+    poisoned, _ = deltas(AttackConfig(name="labelflip", fraction=0.2))
+    assert any(not np.allclose(poisoned[k], honest[k]) for k in honest)  # other labels, other step
+    _, lying = deltas(AttackConfig(name="metadata", fraction=0.2, num_examples=1e12))
+    assert (honest_metrics["num-examples"], lying["num-examples"]) == (96.0, 1e12)
