@@ -199,21 +199,25 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: ``--preset must-shows``: the cells issue 12's must-shows 1, 2 and 4 need at top-k, most
-#: telling first (a run stopped early still answers them): every rule without attack, then
-#: every attack against FedAvg and the screened FedAvg defence.
-MUST_SHOW_RULES = ["FedAvg", "Screened FedAvg", "SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound"]
-MUST_SHOW_DEFENCES = ["FedAvg", "Screened FedAvg"]
+#: ``--preset must-shows``: the top-k cells issue 12's must-shows 1, 2 and 4 need, most
+#: telling first (a run stopped early still answers them): clean FedAvg and the screened
+#: defence, the defence under every attack, FedAvg under the backdoor, fedge's other rules
+#: without attack, FedAvg under the other attacks, then Flower's rules without attack.
+MUST_SHOW_ORDER = [
+    *[(s, "none") for s in ("FedAvg", "Screened FedAvg")],
+    *[("Screened FedAvg", a) for a in ATTACKS if a != "none"],
+    ("FedAvg", "backdoor"),
+    *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound")],
+    *[("FedAvg", a) for a in ATTACKS if a not in ("none", "backdoor")],
+    *[(s, "none") for s in ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")],
+]
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]:
     """The cells to run, in order: ``(strategy, attack, compression, seed, rounds)``."""
     seeds = range(1 if args.quick else args.seeds)
     if args.preset == "must-shows":
-        first = [(s, "none") for s in MUST_SHOW_RULES]
-        attacked = [(s, a) for a in ATTACKS if a != "none" for s in MUST_SHOW_DEFENCES]
-        rest = [(s, "none") for s in STRATEGIES if s not in MUST_SHOW_RULES]
-        return [(s, a, "topk", seed, args.rounds) for s, a in [*first, *attacked, *rest] for seed in seeds]
+        return [(s, a, "topk", seed, args.rounds) for s, a in MUST_SHOW_ORDER for seed in seeds]
     compressions = ["topk"] if args.quick else args.compressions
     strategies = sorted(set(args.strategies) | {"FedAvg"}, key=list(STRATEGIES).index)
     attacks = sorted(set(args.attacks) | {"none"}, key=ATTACKS.index)
