@@ -268,7 +268,7 @@ def main() -> None:
     started, load_before = time.perf_counter(), os.getloadavg()
     runs: list[dict[str, Any]] = []
     with mp.get_context("spawn").Pool(args.jobs) as pool:  # workers live for the whole grid: imports paid once
-        for i, run in enumerate(pool.imap(run_cell, jobs), 1):  # in plan order: a stopped run keeps the first cells
+        for i, run in enumerate(pool.imap_unordered(run_cell, jobs), 1):  # dispatched in plan order: a stopped run has the first cells
             runs.append(run)
             print(f"[{i}/{len(jobs)}] {run['strategy']:<18} {run['attack']:<10} {run['compression']:<5} seed {run['seed']}: "
                   f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s wall, {run['cpu_s']:.1f} s cpu)", flush=True)
