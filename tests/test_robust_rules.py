@@ -75,3 +75,20 @@ def test_settings_are_checked() -> None:
         SparseMedian(clip="sometimes")
     with pytest.raises(ValueError, match="min_cosine"):
         SparseMedian(min_cosine=2.0)
+
+
+def test_the_report_names_attackers_and_every_decision() -> None:
+    from fedge.simulations.robust_report import robust_markdown
+
+    results = {
+        "attack": {"name": "signflip", "start_round": 1, "attackers": [1003], "backdoor_success": None},
+        "robust": [
+            {"server_round": 1, "node_id": 1003, "action": "excluded", "reason": "cosine to the median update -0.412 < 0.0"},
+            {"server_round": 1, "node_id": 1004, "action": "kept", "reason": "cosine to the median update 0.215 >= 0.0"},
+        ],
+    }
+    text = "\n".join(robust_markdown(results))
+    assert "`signflip` from round 1, attackers [1003]" in text
+    assert "| 1 | 1003 | yes | excluded | cosine to the median update -0.412 < 0.0 |" in text
+    assert "| 1 | 1004 |  | kept |" in text
+    assert robust_markdown({"rounds": []}) == []  # a run without attack or robust rule adds nothing

@@ -21,6 +21,7 @@ STRATEGIES = [
     "norm_bounded",  # fedge's compression-aware robust rules (fedge.strategies.delta_aggregation)
     "sparse_median",
     "sparse_trimmed_avg",
+    "screened_fedavg",
 ]
 
 
