@@ -263,7 +263,14 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
     parser.add_argument("--attacks", nargs="*", default=ATTACKS)
     parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
+    parser.add_argument("--replot", action="store_true",
+                        help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
+    if args.replot:
+        payload = json.loads((RESULTS / "robustness.json").read_text())
+        write(payload)
+        heatmap(payload["rows"], RESULTS / "robustness.png")
+        return
     jobs = plan(args)
     started, load_before = time.perf_counter(), os.getloadavg()
     runs: list[dict[str, Any]] = []
