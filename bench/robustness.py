@@ -127,8 +127,10 @@ def verdicts(rows: list[dict[str, Any]], compression: str = "topk") -> dict[str,
         candidates = [r for r in at if r["attack"] == attack and r["strategy"] != "FedAvg"]
         if candidates:
             best = min(candidates, key=lambda r: r["gap_pp_max"])
-            per_attack[attack] = {"best": best["strategy"], "gap_pp_max": best["gap_pp_max"], "holds": best["gap_pp_max"] <= MARGIN_PP}
-    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
+            per_attack[attack] = {"best": best["strategy"], "gap_pp_max": best["gap_pp_max"], "gap_pp_mean": best["gap_pp_mean"],
+                                  "seeds": best["seeds"], "holds": best["gap_pp_max"] <= MARGIN_PP}
+    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "gap_pp_mean": r["gap_pp_mean"], "seeds": r["seeds"],
+                                   "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
     return {"compression": compression, "margin_pp": MARGIN_PP, "attacks": per_attack, "no_attack": clean_rules}
 
 
@@ -190,9 +192,12 @@ def markdown(payload: dict[str, Any]) -> str:
         )
     v = payload["verdicts"]
     lines += ["", f"## Must-show 1 ({v['compression']}): best defence per attack, worst seed within {v['margin_pp']} pp?", ""]
-    lines += [f"- {a}: {e['best']} {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
+    lines += ["A cell holds when its worst seed is within the margin; the mean over seeds is given too.", ""]
+    lines += [f"- {a}: {e['best']} worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+              f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
     lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
-    lines += [f"- {s}: {e['gap_pp_max']:.1f} pp -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
+    lines += [f"- {s}: worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+              f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
     backdoor = [r for r in payload["rows"] if r["attack"] == "backdoor" and r["backdoor_success_mean"] is not None]
     lines += ["", "## Must-show 4: backdoor success rate (triggered test inputs of other classes read as the target)", ""]
     lines += [f"- {r['strategy']} ({r['compression']}): {r['backdoor_success_mean']:.2f}, accuracy {r['accuracy_mean']:.3f}" for r in backdoor]
