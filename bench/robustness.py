@@ -273,6 +273,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         payload = json.loads((RESULTS / "robustness.json").read_text())
+        payload["verdicts"] = verdicts(payload["rows"])
         write(payload)
         heatmap(payload["rows"], RESULTS / "robustness.png")
         return
