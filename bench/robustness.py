@@ -16,7 +16,11 @@ backdoor the final success rate. Writes ``bench/results/robustness.{json,md}`` a
 issue 12, the rows that hold and the rows that fail.
 
 ``--jobs`` runs cells in parallel processes (one torch thread each; default 2 = the
-2-core budget). ``--quick`` runs a reduced grid (topk only, 1 seed) for a smoke check.
+2-core budget). ``--quick`` runs a reduced grid (topk only, 1 seed) for a smoke check;
+``--preset must-shows`` only the top-k cells of issue 12's must-shows 1, 2 and 4 (66
+cells, ~13 CPU-minutes at 30 rounds; the full grid is ~150 CPU-minutes, Bulyan and Krum
+being the costly rules); ``--replot`` rewrites the markdown and the heat-map from
+``robustness.json`` (the json is rewritten after every finished cell).
 """
 
 from __future__ import annotations
