@@ -44,6 +44,7 @@ bench: $(STAMP)
 	nice -n 10 $(BIN)/python -m bench.secagg
 	$(BIN)/python -m bench.async
 	nice -n 10 $(BIN)/python -m bench.optimize
+	$(BIN)/python -m bench.robustness
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protos.generate

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
 from fedge.client.trainer import Trainer, make_trainer
 from fedge.protos.frozen_tensors import frozen_names
@@ -78,6 +79,8 @@ class EdgeClient:
         A runtime to train in, shared with other clients of this process (a simulation
         worker's one model and optimiser); default: this client's own. Not for QAT, whose
         LSQ steps live in the runtime.
+    tamper:
+        Simulation only: an adversary's hook (:mod:`fedge.client.tamper`); None = honest.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class EdgeClient:
         seed: int = 0,
         runtime: str | None = None,
         trainer: Trainer | None = None,
+        tamper: UpdateTamper | None = None,
     ) -> None:
         self.task = task
         self.data = data
@@ -97,6 +101,7 @@ class EdgeClient:
         self.seed = seed
         self.trainer = trainer if trainer is not None else make_trainer(runtime or self.defaults.runtime, task, seed)
         self._reference = shape_reference(self.trainer.arrays())
+        self.tamper = tamper
         self.uplink = UplinkEncoder()
         self.held_round: int | None = None  # round of the last training broadcast received
         self._held: dict[str, np.ndarray] | None = None  # kept only under downlink deltas
@@ -186,11 +191,14 @@ class EdgeClient:
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
-        result = self.trainer.train(self.data, cfg, rng, task.server_round, frozen, round_seed)
+        data = self.data if self.tamper is None else self.tamper.training_data(self.data, task.server_round)
+        result = self.trainer.train(data, cfg, rng, task.server_round, frozen, round_seed)
         stats, cfg = result.stats, result.cfg
         local = self.trainer.arrays()
         # Partial update: frozen tensors are not sent (the server keeps them as they are).
         delta = {k: local[k] - global_weights[k] for k in local if k not in frozen}
+        if self.tamper is not None:
+            delta = self.tamper.update(delta, task.server_round)
         metrics: dict[str, float] = {}
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))
@@ -218,6 +226,8 @@ class EdgeClient:
         if len(self.uplink.resets) > resets_before:
             metrics[RESET_METRIC] = 1.0  # this round's uplink state was dropped (reasons: self.uplink.resets)
         metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
+        if self.tamper is not None:
+            metrics = self.tamper.metrics(metrics, task.server_round)
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
 
     def _secagg(self) -> SecAggDevice:

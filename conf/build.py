@@ -9,7 +9,7 @@ raises :class:`ConfigError` naming the key, never a library's traceback.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from hydra.utils import instantiate
@@ -122,11 +122,26 @@ def round_config(train: TrainConfig) -> ConfigRecord:
     return ConfigRecord({key: value for key, value in train.to_config().items()})
 
 
+class Checkable(Protocol):
+    """A schema dataclass that refuses bad values in ``check()`` (``ValueError``)."""
+
+    def check(self) -> None: ...
+
+
+Settings = TypeVar("Settings", bound=Checkable)
+
+
 def server_settings(cfg: DictConfig) -> ServerConfig:
     """The ``server`` node as checked :class:`ServerConfig`."""
-    settings = OmegaConf.to_object(cfg.server)
-    if not isinstance(settings, ServerConfig):  # a node not typed by the schema (a hand-built config)
-        raise ConfigError(f"server: expected the ServerConfig schema, got {type(settings).__name__}")
+    return checked_settings(cfg.server, "server", ServerConfig)
+
+
+def checked_settings(node: DictConfig, name: str, schema: type[Settings]) -> Settings:
+    """The structured node ``name`` as its ``schema`` dataclass, after the dataclass's
+    ``check()`` (its ``ValueError`` becomes a :class:`ConfigError`)."""
+    settings = OmegaConf.to_object(node)
+    if not isinstance(settings, schema):  # a node not typed by the schema (a hand-built config)
+        raise ConfigError(f"{name}: expected the {schema.__name__} schema, got {type(settings).__name__}")
     try:
         settings.check()
     except ValueError as exc:

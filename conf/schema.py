@@ -248,6 +248,43 @@ class SecAggConfig:
     max_examples: float = 400.0  # weight 1 at this many examples; 0 = equal weights
 
 
+MODEL_ATTACKS = ("signflip", "scaling", "noise", "alie", "ipm")
+DATA_ATTACKS = ("labelflip", "backdoor")
+ATTACKS = ("none", *MODEL_ATTACKS, *DATA_ATTACKS, "metadata")
+
+
+@dataclass
+class AttackConfig:
+    """Simulated attackers (``conf/attack/*.yaml``; :mod:`fedge.simulations.attacks`). Units: deltas in model units, pixels of the task's input."""
+
+    name: str = "none"
+    fraction: float = 0.0  # share of devices that attack, [0, 1)
+    start_round: int = 1  # first round they attack (honest before)
+    seed: int = -1  # draws the attackers; -1 = the run's seed
+    scale: float = 10.0  # signflip / scaling factor
+    noise_std: float = 0.1  # noise: std of the added Gaussian per coordinate
+    z: float = 1.0  # alie: how many sigmas from the mean (the paper's z_max, ~1 for 10-50 devices)
+    epsilon: float = 0.5  # ipm: the attacker sends -epsilon x mean (epsilon < 1: small, hard to spot)
+    target_label: int = 0  # backdoor: the label the trigger should produce
+    trigger_size: int = 3  # backdoor: side of the square trigger, pixels
+    poison_fraction: float = 0.5  # backdoor: share of the attacker's examples that carry the trigger
+    num_examples: float = 1e12  # metadata: the num-examples it claims
+
+    def check(self) -> None:
+        if self.name not in ATTACKS:
+            raise ValueError(f"attack.name must be one of {ATTACKS}, got {self.name!r}")
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"attack.fraction must be in [0, 1), got {self.fraction}")
+        if self.start_round < 1:
+            raise ValueError(f"attack.start_round must be >= 1, got {self.start_round}")
+        if self.trigger_size < 1 or not 0.0 < self.poison_fraction <= 1.0:
+            raise ValueError("attack.trigger_size must be >= 1 and attack.poison_fraction in (0, 1]")
+
+    @property
+    def active(self) -> bool:
+        return self.name != "none" and self.fraction > 0
+
+
 @dataclass
 class LowRankSchema:
     """``shape.lowrank``: truncated-SVD factorisation (:mod:`fedge.tasks.shaping.lowrank`); one of rank/energy/budget > 0."""
@@ -353,6 +390,7 @@ class FedgeConfig:
     shape: ShapeConfig = field(default_factory=ShapeConfig)  # model shaping: init, lowrank, prune, distill
     mode: ModeConfig = field(default_factory=ModeConfig)  # sync rounds or async buffered aggregation (mode=async)
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # dashboards: TensorBoard, MLflow (logger=...)
+    attack: AttackConfig = field(default_factory=AttackConfig)  # simulated attackers (attack=signflip, ...)
     dp_delta: float = 1e-5  # delta at which DP runs report epsilon each round
     num_clients: int = 10
     rounds: int = 20

@@ -16,6 +16,8 @@ import numpy as np
 
 from fedge.client import EdgeClient, TrainConfig
 from fedge.client.trainer import Trainer, make_trainer
+from fedge.conf.schema import AttackConfig
+from fedge.simulations.attacks import Attack, Coalition
 from fedge.tasks.base import FederatedTask, TaskData
 from fedge.tasks.custom import data_digest, describe_task
 
@@ -52,6 +54,9 @@ class ClientRecipe:
     memory_mb: Mapping[int, float] = field(default_factory=dict)  # node id -> its device profile's budget
     runtimes: Mapping[int, str] = field(default_factory=dict)  # node id -> training runtime (default: defaults.runtime)
     data_digest: str = ""  # fedge.tasks.custom.data_digest of the main process's load(); "" = unchecked
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    attackers: frozenset[int] = frozenset()  # node ids built with an Attack (fedge.simulations.attacks)
+    _coalition: Coalition = field(default_factory=Coalition, init=False, repr=False, compare=False)
     _data: TaskData | None = field(default=None, init=False, repr=False, compare=False)
     _clients: dict[int, EdgeClient] = field(default_factory=dict, init=False, repr=False, compare=False)
     _trainers: dict[str, Trainer] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -66,7 +71,7 @@ class ClientRecipe:
         data = self._data
         if data is not None and sum(a.nbytes for a in (data.train.x, data.train.y, data.test.x, data.test.y)) > SHIP_DATA_BYTES:
             data = None
-        state["_data"], state["_clients"], state["_trainers"] = data, {}, {}
+        state["_data"], state["_clients"], state["_trainers"], state["_coalition"] = data, {}, {}, Coalition()
         return state
 
     def needs_torch(self) -> bool:
@@ -99,8 +104,13 @@ class ClientRecipe:
             if self.memory_mb.get(node_id, 0.0) > 0:  # the device's own budget (EdgeClient caps with it)
                 defaults = replace(defaults, memory_mb=self.memory_mb[node_id])
             runtime = self.runtimes.get(node_id, defaults.runtime)
+            tamper = None
+            if node_id in self.attackers:
+                brightest = float(self._data.train.x.max())
+                tamper = Attack(self.attack, node_id, self.task.num_classes, self._coalition, brightest)
             self._clients[node_id] = EdgeClient(
-                self.task, data, node_id, defaults, self.seed, runtime=runtime, trainer=self.shared_trainer(runtime)
+                self.task, data, node_id, defaults, self.seed, runtime=runtime, trainer=self.shared_trainer(runtime),
+                tamper=tamper,
             )
         return self._clients[node_id]
 

@@ -32,6 +32,7 @@ from fedge.conf.build import (
     train_defaults,
 )
 from fedge.server.dashboards import also, open_dashboards
+from fedge.conf.schema import AttackConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
@@ -46,6 +47,11 @@ from fedge.simulations.devices.simulator import DeviceTotals
 from fedge.simulations.devices.trace import TracedDevice
 from fedge.simulations.partition import partition_indices
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
+from fedge.simulations.experiment_checks import attack_settings
+from fedge.simulations.attacks import choose_attackers
+from fedge.simulations.backdoor import BackdoorEvaluator
+from fedge.strategies import CompressedStrategy
+from fedge.strategies.delta_aggregation import DeltaAggregation
 from fedge.strategies.privacy import privacy_ledger
 
 log = logging.getLogger("fedge.sim")
@@ -101,12 +107,19 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         raise ConfigError(str(exc)) from None
     memory = {node: p.memory_mb for node, p in profiles.items()}
     runtimes = assign_runtimes(train_cfg, list(node_parts), cfg.seed)
+    attack = attack_settings(cfg)
+    attackers = choose_attackers(list(node_parts), attack, cfg.seed)
     recipe = ClientRecipe(
-        task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest
+        task, node_parts, train_cfg, cfg.seed, memory_mb=memory, runtimes=runtimes, data_digest=digest,
+        attack=attack, attackers=frozenset(attackers),
     )
     recipe.use_data(data)  # small data travels to the workers: they do not load it again
     initial = ArrayRecord(shaping.initial)  # drawn after torch.manual_seed(cfg.seed) in shaping
-    evaluator = CentralEvaluator(task, data.test, cfg.seed, rebuild=shaping.rebuild)
+    evaluator: CentralEvaluator
+    if attack.name == "backdoor":
+        evaluator = BackdoorEvaluator(task, data.test, attack, float(data.train.x.max()), cfg.seed)
+    else:
+        evaluator = CentralEvaluator(task, data.test, cfg.seed, rebuild=shaping.rebuild)
     train_config = round_config(train_cfg)
 
     ledger = privacy_ledger(secure, cfg.num_clients, cfg.dp_delta)  # epsilon per round of a DP run
@@ -142,6 +155,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         if async_run is not None:
             sections["async"] = async_run.section
         totals = async_run.fleet.totals if async_run is not None else devices.totals if devices is not None else None
+        sections.update(robustness_sections(attack, attackers, evaluator, compressed))
         results_path = write_results(
             out_dir, cfg, result, compressed.log, grid.transport_report(), _client_totals(grid, totals), sections
         )
@@ -149,6 +163,22 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         console.print(summary_table(f"{type(task).__name__} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
     print_outcome(console, result.final.accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
+
+
+def robustness_sections(
+    attack: AttackConfig, attackers: list[int], evaluator: CentralEvaluator, compressed: CompressedStrategy
+) -> dict[str, object]:
+    """results.json's ``attack`` (who attacked; backdoor success per round) and ``robust``
+    (each device's update clipped or excluded by a robust rule, per round, and why)."""
+    sections: dict[str, object] = {}
+    if attack.active:
+        entry: dict[str, object] = {**asdict(attack), "attackers": attackers}
+        if isinstance(evaluator, BackdoorEvaluator):
+            entry["backdoor_success"] = evaluator.success_rates  # per evaluation, round 0 first
+        sections["attack"] = entry
+    if isinstance(compressed.strategy, DeltaAggregation):
+        sections["robust"] = [asdict(d) for d in compressed.strategy.decisions]
+    return sections
 
 
 def _client_totals(grid: FedgeGrid, devices: Mapping[int, DeviceTotals] | None) -> dict[str, dict]:

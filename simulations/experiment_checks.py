@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from fedge.conf.build import ConfigError
+from fedge.conf.build import ConfigError, checked_settings
 from fedge.conf.logger_settings import check_logger
 from fedge.conf.shape_settings import check_shape_settings, shaping_requested
 from fedge.simulations.async_checks import check_async
+from fedge.conf.schema import AttackConfig
 from fedge.simulations.backends import BACKENDS
 
 
@@ -30,3 +31,12 @@ def check_experiment(cfg: DictConfig) -> None:
         from fedge.conf.shaping import check_shaping
 
         check_shaping(cfg)
+    if attack_settings(cfg).active and cfg.backend.name == "grpc":
+        raise ConfigError("attack: simulated attackers run on backend=local or backend=ray (grpc devices are real fedge-client processes)")
+
+
+def attack_settings(cfg: DictConfig) -> AttackConfig:
+    """The ``attack`` node as checked :class:`AttackConfig` (none when the config has no such node)."""
+    if cfg.get("attack") is None:
+        return AttackConfig()
+    return checked_settings(cfg.attack, "attack", AttackConfig)

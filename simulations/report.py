@@ -39,6 +39,7 @@ from typing import Any
 from fedge.simulations import report_clients
 from fedge.simulations.report_clients import KB, MAX_CLIENT_BARS, TOP_N
 from fedge.simulations.async_report import STALENESS_PLOT, STALENESS_TITLE, async_section, plot_staleness, step_table
+from fedge.simulations.robust_report import robust_markdown
 
 MB = 1e6
 #: Config keys that never tell runs apart.
@@ -337,6 +338,7 @@ def markdown(
                 ),
             )
         )
+        parts += robust_markdown(run.results)  # attacks and robust-rule decisions, if any
         parts += report_clients.markdown_section(run, large, top_n, csv_name, _table)
         parts += step_table(run.results)
         parts.append("")

@@ -18,6 +18,10 @@ STRATEGIES = [
     "krum",
     "multikrum",
     "bulyan",
+    "norm_bounded",  # fedge's compression-aware robust rules (fedge.strategies.delta_aggregation)
+    "sparse_median",
+    "sparse_trimmed_avg",
+    "screened_fedavg",
 ]
 
 

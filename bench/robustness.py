@@ -1,0 +1,300 @@
+"""Robustness scorecard (``python -m bench.robustness``): defences x attacks x compression.
+
+Every cell is a ``fedge-sim`` run (digits, 10 devices, Dirichlet 0.5, in-process clients)
+with ``attack.fraction`` = 0.2 (2 attackers, drawn by seed) from round 1, over several
+seeds. Strategies: Flower's FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan and
+fedge's NormBoundedFedAvg (FedAvg + adaptive norm bound), SparseMedian and
+SparseTrimmedAvg (:mod:`fedge.strategies.delta_aggregation`: robust rules over each
+coordinate's senders, meaningful on top-k updates). Attacks: none, sign-flip, scaling,
+ALIE, IPM, label flip, backdoor (:mod:`fedge.simulations.attacks`). Compression: none,
+q8, topk.
+
+Per cell: final central accuracy (mean and min over seeds), its gap to clean FedAvg at
+the same compression (percentage points, mean over seeds, paired by seed), and for the
+backdoor the final success rate. Writes ``bench/results/robustness.{json,md}`` and
+``robustness.png`` (heat-map of the gap). The markdown names, for must-show 1 and 2 of
+issue 12, the rows that hold and the rows that fail.
+
+``--jobs`` runs cells in parallel processes (one torch thread each; default 2 = the
+2-core budget). ``--quick`` runs a reduced grid (topk only, 1 seed) for a smoke check;
+``--preset must-shows`` only the top-k cells of issue 12's must-shows 1, 2 and 4 (66
+cells, ~13 CPU-minutes at 30 rounds; the full grid is ~150 CPU-minutes, Bulyan and Krum
+being the costly rules); ``--replot`` rewrites the markdown and the heat-map from
+``robustness.json`` (the json is rewritten after every finished cell).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CONF_DIR = REPO / "conf"
+
+STRATEGIES: dict[str, list[str]] = {
+    "FedAvg": ["strategy=fedavg"],
+    "FedAvg+norm bound": ["strategy=norm_bounded"],
+    "FedMedian": ["strategy=fedmedian"],
+    "FedTrimmedAvg": ["strategy=fedtrimmedavg"],
+    "Krum": ["strategy=krum"],
+    "MultiKrum": ["strategy=multikrum"],
+    "Bulyan": ["strategy=bulyan"],
+    "SparseMedian": ["strategy=sparse_median"],
+    "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
+    "Screened FedAvg": ["strategy=screened_fedavg"],
+}
+ATTACKS = ["none", "signflip", "scaling", "alie", "ipm", "labelflip", "backdoor"]
+COMPRESSIONS = ["none", "q8", "topk"]
+#: Settings shared by every cell (a small, fast federation).
+BASE = ["progress=false", "backend.num_workers=0", "num_clients=10", "client.local_epochs=1", "attack.fraction=0.2"]
+MARGIN_PP = 2.0
+
+
+def run_cell(job: tuple[str, str, str, int, int]) -> dict[str, Any]:
+    """One run; returns its final accuracy and backdoor success (a worker process)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from rich.console import Console
+
+    from fedge.conf.schema import register_configs
+    from fedge.simulations.experiment import run_experiment
+
+    torch.set_num_threads(1)
+    strategy, attack, compression, seed, rounds = job
+    register_configs()
+    overrides = [*BASE, *STRATEGIES[strategy], f"attack={attack}", f"compression={compression}", f"seed={seed}", f"rounds={rounds}"]
+    if attack == "none":
+        overrides.remove("attack.fraction=0.2")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    start, cpu = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory() as out:
+        outcome = run_experiment(cfg, Path(out), console=Console(quiet=True))
+        assert outcome.results_path is not None
+        results = json.loads(outcome.results_path.read_text())
+    success = results.get("attack", {}).get("backdoor_success")
+    attackers = set(results.get("attack", {}).get("attackers", []))
+    return {
+        "strategy": strategy, "attack": attack, "compression": compression, "seed": seed,
+        "accuracy": outcome.result.final.accuracy, "seconds": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,  # this process's CPU time (clients run in-process)
+        "backdoor_success": success[-1] if success else None,
+        "robust_decisions": sum(d["action"] != "kept" for d in results.get("robust", [])),
+        "excluded_attackers": sum(d["action"] == "excluded" and d["node_id"] in attackers for d in results.get("robust", [])),
+        "excluded_honest": sum(d["action"] == "excluded" and d["node_id"] not in attackers for d in results.get("robust", [])),
+        "dropped_replies": len(results.get("dropped_replies", [])),
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (strategy, attack, compression): accuracy, gap to clean FedAvg, backdoor."""
+    clean = {(r["compression"], r["seed"]): r["accuracy"] for r in runs if r["strategy"] == "FedAvg" and r["attack"] == "none"}
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["strategy"], run["attack"], run["compression"]), []).append(run)
+    rows = []
+    for (strategy, attack, compression), group in cells.items():
+        accuracies = [r["accuracy"] for r in group]
+        gaps = [100 * (clean[(compression, r["seed"])] - r["accuracy"]) for r in group if (compression, r["seed"]) in clean]
+        success = [r["backdoor_success"] for r in group if r["backdoor_success"] is not None]
+        rows.append({
+            "strategy": strategy, "attack": attack, "compression": compression, "seeds": len(group),
+            "accuracy_mean": statistics.fmean(accuracies), "accuracy_min": min(accuracies),
+            "gap_pp_mean": statistics.fmean(gaps) if gaps else None, "gap_pp_max": max(gaps) if gaps else None,
+            "backdoor_success_mean": statistics.fmean(success) if success else None,
+            # screened rules: (device, round) pairs excluded, mean over seeds
+            "excluded_attackers_mean": statistics.fmean(r.get("excluded_attackers", 0) for r in group),
+            "excluded_honest_mean": statistics.fmean(r.get("excluded_honest", 0) for r in group),
+        })
+    return rows
+
+
+def verdicts(rows: list[dict[str, Any]], compression: str = "topk") -> dict[str, Any]:
+    """Issue 12's must-show 1 (per attack: the best defence within MARGIN_PP of clean FedAvg,
+    worst seed) and 2 (no attack: every robust rule within MARGIN_PP of FedAvg) at ``compression``."""
+    at = [r for r in rows if r["compression"] == compression and r["gap_pp_max"] is not None]
+    per_attack = {}
+    for attack in ATTACKS:
+        candidates = [r for r in at if r["attack"] == attack and r["strategy"] != "FedAvg"]
+        if candidates:
+            best = min(candidates, key=lambda r: r["gap_pp_max"])
+            per_attack[attack] = {"best": best["strategy"], "gap_pp_max": best["gap_pp_max"], "gap_pp_mean": best["gap_pp_mean"],
+                                  "seeds": best["seeds"], "holds": best["gap_pp_max"] <= MARGIN_PP}
+    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "gap_pp_mean": r["gap_pp_mean"], "seeds": r["seeds"],
+                                   "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
+    return {"compression": compression, "margin_pp": MARGIN_PP, "attacks": per_attack, "no_attack": clean_rules}
+
+
+def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
+    """Gap to clean FedAvg (pp, mean over seeds): strategies x (attack, compression)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in rows)]
+    columns = [(a, c) for c in COMPRESSIONS for a in ATTACKS if any(r["attack"] == a and r["compression"] == c for r in rows)]
+    grid = np.full((len(strategies), len(columns)), np.nan)
+    for r in rows:
+        if r["gap_pp_mean"] is not None and (r["attack"], r["compression"]) in columns:
+            grid[strategies.index(r["strategy"]), columns.index((r["attack"], r["compression"]))] = r["gap_pp_mean"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(columns), 1.2 + 0.45 * len(strategies)))
+    image = ax.imshow(np.clip(grid, 0, 50), cmap="RdYlGn_r", vmin=0, vmax=50, aspect="auto")
+    ax.set_xticks(range(len(columns)), [f"{a}\n{c}" for a, c in columns], fontsize=7, rotation=90)
+    ax.set_yticks(range(len(strategies)), strategies, fontsize=8)
+    for i in range(len(strategies)):
+        for j in range(len(columns)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="accuracy gap to clean FedAvg, pp (clipped at 50)")
+    ax.set_title("fedge robustness scorecard: 20% attackers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = [
+        "# Robustness scorecard (`python -m bench.robustness`)",
+        "",
+        f"Grid: {payload['grid']}; {payload['done']}.",
+        "",
+        f"Host: {payload['host']}: load average {payload['loadavg_before'][0]:.1f} before, "
+        f"{payload['loadavg_after'][0]:.1f} after. {payload['wall_s']:.0f} s wall with {payload['jobs']} worker processes; "
+        f"{payload['cpu_s_total']:.0f} CPU seconds in all, i.e. about {payload['idle_2core_wall_s_estimate'] / 60:.0f} min "
+        "on two otherwise idle cores.",
+        "",
+        "Every FedAvg row runs behind fedge's reply validator (strategies/reply_validation.py, as fedge-server): "
+        "updates above 10x the round's median norm are dropped before any rule sees them.",
+        "Gap = clean FedAvg accuracy (same compression, same seed) - this cell, percentage points; mean / worst seed.",
+        "",
+        "Excluded: (device, round) updates a screened rule left out, attackers / honest devices, mean over seeds.",
+        "",
+        "| strategy | attack | compression | accuracy mean | accuracy min | gap pp mean | gap pp worst | backdoor success | excluded att / honest |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in sorted(payload["rows"], key=lambda r: (COMPRESSIONS.index(r["compression"]), ATTACKS.index(r["attack"]), list(STRATEGIES).index(r["strategy"]))):
+        lines.append(
+            f"| {r['strategy']} | {r['attack']} | {r['compression']} | {r['accuracy_mean']:.3f} | {r['accuracy_min']:.3f} | "
+            f"{fmt(r['gap_pp_mean'], '.1f')} | {fmt(r['gap_pp_max'], '.1f')} | {fmt(r['backdoor_success_mean'], '.2f')} | "
+            f"{r['excluded_attackers_mean']:.1f} / {r['excluded_honest_mean']:.1f} |"
+        )
+    v = payload["verdicts"]
+    lines += ["", f"## Must-show 1 ({v['compression']}): best defence per attack, worst seed within {v['margin_pp']} pp?", ""]
+    lines += ["A cell holds when its worst seed is within the margin; the mean over seeds is given too.", ""]
+    lines += [f"- {a}: {e['best']} worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+              f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
+    lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
+    lines += [f"- {s}: worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+              f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
+    backdoor = [r for r in payload["rows"] if r["attack"] == "backdoor" and r["backdoor_success_mean"] is not None]
+    lines += ["", "## Must-show 4: backdoor success rate (triggered test inputs of other classes read as the target)", ""]
+    lines += [f"- {r['strategy']} ({r['compression']}): {r['backdoor_success_mean']:.2f}, accuracy {r['accuracy_mean']:.3f}" for r in backdoor]
+    return "\n".join(lines) + "\n"
+
+
+#: ``--preset must-shows``: the top-k cells issue 12's must-shows 1, 2 and 4 need, most
+#: telling first (a run stopped early still answers them): clean FedAvg and the screened
+#: defence, the defence under every attack, FedAvg under the backdoor, fedge's other rules
+#: without attack, FedAvg under the other attacks, then Flower's rules without attack.
+MUST_SHOW_ORDER = [
+    *[(s, "none") for s in ("FedAvg", "Screened FedAvg")],
+    *[("Screened FedAvg", a) for a in ATTACKS if a != "none"],
+    ("FedAvg", "backdoor"),
+    *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound")],
+    *[("FedAvg", a) for a in ATTACKS if a not in ("none", "backdoor")],
+    *[(s, "none") for s in ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")],
+]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]:
+    """The cells to run, in order: ``(strategy, attack, compression, seed, rounds)``."""
+    seeds = range(1 if args.quick else args.seeds)
+    if args.preset == "must-shows":
+        return [(s, a, "topk", seed, args.rounds) for s, a in MUST_SHOW_ORDER for seed in seeds]
+    compressions = ["topk"] if args.quick else args.compressions
+    strategies = sorted(set(args.strategies) | {"FedAvg"}, key=list(STRATEGIES).index)
+    attacks = sorted(set(args.attacks) | {"none"}, key=ATTACKS.index)
+    return [(s, a, c, seed, args.rounds) for seed in seeds for c in compressions for a in attacks for s in strategies]
+
+
+def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, int]], args: argparse.Namespace,
+               started: float, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """results.json's content for the runs so far (written after every run)."""
+    rows = summarise(runs)
+    cpu = sum(r["cpu_s"] for r in runs)
+    return {
+        "grid": f"{len(jobs)} cells ({args.preset or 'grid'}: {len({j[0] for j in jobs})} strategies, "
+                f"{len({j[1] for j in jobs})} attacks, {len({j[2] for j in jobs})} compressions, "
+                f"{len({j[3] for j in jobs})} seeds), {args.rounds} rounds, digits, 10 devices (Dirichlet 0.5), "
+                f"1 local epoch, 20% attackers from round 1",
+        "done": f"{len(runs)} of {len(jobs)} cells",
+        "host": f"{platform.node()} {os.cpu_count()} CPUs shared with other jobs",
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "jobs": args.jobs, "wall_s": time.perf_counter() - started,
+        "cpu_s_total": cpu,
+        "idle_2core_wall_s_estimate": cpu / 2,  # what the same cells take on two otherwise idle cores
+        "verdicts": verdicts(rows) if any(r["compression"] == "topk" for r in rows) else {},
+        "rows": rows, "runs": runs,
+    }
+
+
+def write(payload: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "robustness.json").write_text(json.dumps(payload, indent=2))
+    if payload["verdicts"]:
+        (RESULTS / "robustness.md").write_text(markdown(payload))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="topk only, 1 seed (smoke run)")
+    parser.add_argument("--preset", choices=["must-shows"], default=None,
+                        help="must-shows: only the top-k cells issue 12's must-shows 1, 2 and 4 need")
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
+    parser.add_argument("--attacks", nargs="*", default=ATTACKS)
+    parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
+    parser.add_argument("--replot", action="store_true",
+                        help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
+    args = parser.parse_args()
+    if args.replot:
+        payload = json.loads((RESULTS / "robustness.json").read_text())
+        payload["verdicts"] = verdicts(payload["rows"])
+        write(payload)
+        heatmap(payload["rows"], RESULTS / "robustness.png")
+        return
+    jobs = plan(args)
+    started, load_before = time.perf_counter(), os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    with mp.get_context("spawn").Pool(args.jobs) as pool:  # workers live for the whole grid: imports paid once
+        for i, run in enumerate(pool.imap_unordered(run_cell, jobs), 1):  # dispatched in plan order: a stopped run has the first cells
+            runs.append(run)
+            print(f"[{i}/{len(jobs)}] {run['strategy']:<18} {run['attack']:<10} {run['compression']:<5} seed {run['seed']}: "
+                  f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s wall, {run['cpu_s']:.1f} s cpu)", flush=True)
+            write(payload_of(runs, jobs, args, started, load_before))
+    payload = payload_of(runs, jobs, args, started, load_before)
+    write(payload)
+    heatmap(payload["rows"], RESULTS / "robustness.png")
+    print(f"wrote {RESULTS / 'robustness.md'} in {payload['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

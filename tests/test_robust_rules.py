@@ -1,0 +1,94 @@
+"""The sparse-aware robust rules (fedge.strategies.delta_aggregation and its subclasses)
+on hand-made update matrices: sender masks, scaling, trimming, clipping, screening."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord
+
+from fedge.server.identity import ensure_task_identity
+from fedge.strategies.delta_aggregation import sparse_median, sparse_trimmed_mean
+from fedge.strategies.norm_bounded import NormBoundedFedAvg
+from fedge.strategies.sparse_median import SparseMedian
+
+
+def test_dense_columns_give_the_textbook_statistics() -> None:
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(size=(7, 50)) + 0.1
+    assert np.allclose(sparse_median(deltas), np.median(deltas, axis=0))
+    ordered = np.sort(deltas, axis=0)
+    assert np.allclose(sparse_trimmed_mean(deltas, 0.2), ordered[1:-1].mean(axis=0))  # floor(0.2 x 7) = 1 per end
+
+
+def test_sparse_columns_use_only_their_senders_scaled_by_their_share() -> None:
+    # column 0: sent by 3 of 4 devices (1, 2, 30); column 1: by nobody; column 2: by one device
+    deltas = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [30.0, 0.0, 8.0], [0.0, 0.0, 0.0]])
+    assert sparse_median(deltas) == pytest.approx([2.0 * 3 / 4, 0.0, 8.0 / 4])
+    # a plain median of the same matrix is what collapses on top-k updates
+    assert np.median(deltas, axis=0)[2] == 0.0
+    assert sparse_trimmed_mean(deltas, 0.34) == pytest.approx([2.0 * 3 / 4, 0.0, 8.0 / 4])  # trims 1 per end of 3
+
+
+def _reply(node: int, weights: np.ndarray, examples: int) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(weights.astype(np.float32))}), "metrics": MetricRecord({"num-examples": examples})})
+    ensure_task_identity()
+    instruction = Message(RecordDict(), node, "train")
+    return Message(content, reply_to=instruction)  # from ``node``, as a Grid's reply
+
+
+def _aggregate(strategy: NormBoundedFedAvg | SparseMedian, replies: list[Message], start: np.ndarray) -> np.ndarray:
+    class _Grid:
+        def get_node_ids(self) -> list[int]:
+            return [m.metadata.src_node_id for m in replies]
+
+    strategy.configure_train(1, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    return arrays["w"].numpy()
+
+
+def test_adaptive_norm_bound_clips_the_outlier_and_records_it() -> None:
+    start = np.zeros(4)
+    honest = [_reply(10 + i, np.full(4, 0.1 * (1 + i % 2)), 10) for i in range(4)]
+    attacker = _reply(99, np.full(4, -100.0), 10)
+    strategy = NormBoundedFedAvg(min_train_nodes=2, min_available_nodes=2)
+    result = _aggregate(strategy, [*honest, attacker], start)
+    # the attacker is cut to the median norm (0.4): its pull is that of one honest device
+    assert np.all(result > -0.1), result
+    assert [(d.node_id, d.action) for d in strategy.decisions] == [(99, "clipped")]
+
+
+def test_cosine_screening_excludes_updates_pointing_away() -> None:
+    start = np.zeros(4)
+    honest = [_reply(10 + i, np.array([1.0, 1.0, 0.5, 0.2]) * (1 + 0.1 * i), 10) for i in range(4)]
+    attacker = _reply(99, np.array([-1.0, -1.0, -0.5, -0.2]), 10)
+    strategy = SparseMedian(min_train_nodes=2, min_available_nodes=2, min_cosine=0.0)
+    _aggregate(strategy, [*honest, attacker], start)
+    assert [(d.node_id, d.action) for d in strategy.decisions] == [(10, "kept"), (11, "kept"), (12, "kept"), (13, "kept"), (99, "excluded")]
+    assert all("cosine" in d.reason for d in strategy.decisions)  # every device's score, kept or not
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="clip"):
+        SparseMedian(clip="sometimes")
+    with pytest.raises(ValueError, match="min_cosine"):
+        SparseMedian(min_cosine=2.0)
+
+
+def test_the_report_names_attackers_and_every_decision() -> None:
+    from fedge.simulations.robust_report import robust_markdown
+
+    results = {
+        "attack": {"name": "signflip", "start_round": 1, "attackers": [1003], "backdoor_success": None},
+        "robust": [
+            {"server_round": 1, "node_id": 1003, "action": "excluded", "reason": "cosine to the median update -0.412 < 0.0"},
+            {"server_round": 1, "node_id": 1004, "action": "kept", "reason": "cosine to the median update 0.215 >= 0.0"},
+        ],
+    }
+    text = "\n".join(robust_markdown(results))
+    assert "`signflip` from round 1, attackers [1003]" in text
+    assert "| 1 | 1003 | yes | excluded | cosine to the median update -0.412 < 0.0 |" in text
+    assert "| 1 | 1004 |  | kept |" in text
+    assert robust_markdown({"rounds": []}) == []  # a run without attack or robust rule adds nothing
