@@ -161,16 +161,21 @@ def _slow(messages, pause_s: float):
         yield message
 
 
+def _device_with_a_task(server, certs) -> tuple[Connection, int, Outgoing, bytes, grpc.StreamUnaryMultiCallable]:
+    """Device 1000 joined, task ``t-1`` open for it, its answer, and a raw PushUpdate call."""
+    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    node = _join(conn, "1000")
+    task = _post(server, node, "t-1")
+    update = task_pb2.Update(task_id="t-1", node_id=node, metrics={"num-examples": 1.0}).SerializeToString()
+    return conn, node, task, update, conn.channel.stream_unary(SERVICE + "PushUpdate")
+
+
 def test_one_push_in_flight_and_a_stalled_push_is_cut_at_the_idle_deadline(certs):
     from fedge.protos.transfer import chunks
 
     server = start_server(certs, stream_idle_s=1.0)
-    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    conn, node, task, update, push = _device_with_a_task(server, certs)
     try:
-        node = _join(conn, "1000")
-        task = _post(server, node, "t-1")
-        update = task_pb2.Update(task_id="t-1", node_id=node, metrics={"num-examples": 1.0}).SerializeToString()
-        push = conn.channel.stream_unary(SERVICE + "PushUpdate")
         slow = [m.SerializeToString() for m in chunks(update, "t-1", 4)]
         first = push.future(_slow(slow, 0.3), timeout=30)  # ~3 s, every pause within the idle deadline
         time.sleep(0.5)
@@ -194,12 +199,8 @@ def test_a_trickling_push_is_cut_at_the_total_deadline_and_the_server_serves_on(
     from fedge.protos.transfer import chunks
 
     server = start_server(certs, stream_idle_s=2.0, stream_total_s=1.5)
-    conn = Connection(server.address, "1000", device_credentials(certs, "1000"))
+    conn, _, task, update, push = _device_with_a_task(server, certs)
     try:
-        node = _join(conn, "1000")
-        task = _post(server, node, "t-1")
-        update = task_pb2.Update(task_id="t-1", node_id=node, metrics={"num-examples": 1.0}).SerializeToString()
-        push = conn.channel.stream_unary(SERVICE + "PushUpdate")
         trickle = [m.SerializeToString() for m in chunks(update, "t-1", 4)]
         assert len(trickle) >= 6  # ~0.4 s apart: every pause within the idle deadline, the whole past the total
         start = time.monotonic()
