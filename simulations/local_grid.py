@@ -33,7 +33,7 @@ from fedge.server.grid import FedgeGrid
 from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
-from fedge.simulations.worker import run_split_tasks, warm_up_torch, worker_main
+from fedge.simulations.worker import run_split_tasks, warm_up_torch, worker_main, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ class LocalGrid(FedgeGrid):
     recipe:
         Builds each node's EdgeClient (its partition of the task's data).
     num_workers:
-        Worker processes; 0 runs clients in the calling process.
+        Worker processes; 0 runs clients in the calling process (with a worker's thread
+        counts while they train, so the weights are the same bit for bit).
     threads_per_worker:
-        torch intra-op threads in each worker.
+        torch intra-op threads (and BLAS/OpenMP pool size) in each worker.
     """
 
     def __init__(self, recipe: ClientRecipe, num_workers: int = 0, threads_per_worker: int = 1) -> None:
@@ -79,6 +80,7 @@ class LocalGrid(FedgeGrid):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.recipe = recipe
+        self.threads_per_worker = threads_per_worker
         self.num_workers = min(num_workers, len(self._node_ids))
         self._worker_of = {n: i % max(self.num_workers, 1) for i, n in enumerate(self._node_ids)}
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = []
@@ -102,7 +104,8 @@ class LocalGrid(FedgeGrid):
         if not self._workers:
             payloads, slot_of = distinct_payloads(tasks)
             models = [tensor_pb2.CompressedUpdate.FromString(p) for p in payloads]  # parsed once each
-            return list(run_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
+            with worker_threads(self.threads_per_worker, self.recipe.needs_torch()):  # a worker's float sums
+                return list(run_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
         segment, slots, slot_of = self._board.post(tasks)
         jobs: list[list[int]] = [[] for _ in self._workers]
         for position, (node_id, _) in enumerate(tasks):

@@ -9,7 +9,8 @@ no client's ``compute_s``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 from fedge.protos.v1 import task_pb2, tensor_pb2
@@ -55,6 +56,28 @@ def limit_thread_pools(threads: int) -> None:
     except ImportError:  # scikit-learn's dependency; without it the pools stay as they are
         return
     threadpool_limits(limits=threads)
+
+
+@contextmanager
+def worker_threads(threads: int, with_torch: bool) -> Iterator[None]:
+    """Train in the calling process (``num_workers=0``) with a worker's thread counts: torch's
+    intra-op threads (when ``with_torch``) and the BLAS/OpenMP pools at ``threads``, restored
+    after. A float sum's order depends on the thread count, so this is what makes an
+    in-process run's weights equal, bit for bit, to those of worker processes or Ray actors."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    before = None
+    if with_torch:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
 
 
 def worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:

@@ -104,8 +104,13 @@ def test_async_server_killed_mid_run_resumes_with_its_buffer_and_the_fastest_dev
     by_node = section["updates_by_node"]
     accepted = {n: by_node.get(n, {}).get("accepted", 0) for n in SLOWDOWN}
     assert accepted["1000"] > max(accepted["1001"], accepted["1002"]), accepted
-    assert sum(by_node[n]["applied"] for n in by_node) == K * len(applied)
-    assert section["applied"] == K * len(applied) and section["discarded_stale"] == 0
+    # every buffered update was applied, or refused by the step's norm bound with a reason (the
+    # adaptive bound compares a slow device's large, stale update with the fast devices'
+    # late-training ones: on an idle machine a few are refused, see README)
+    assert sum(by_node[n]["applied"] for n in by_node) == section["applied"]
+    assert section["applied"] + section["refused"] == K * len(applied) and section["discarded_stale"] == 0
+    dropped = results["dropped_replies"]
+    assert len(dropped) == section["refused"] and all("exceeds the step's bound" in d["reason"] for d in dropped), dropped
     assert results["final"]["accuracy"] > 0.8
     client_log = procs.log("1000")
     assert "connection lost" in client_log and client_log.count("joined 127.0.0.1") >= 2
