@@ -64,7 +64,7 @@ def worker_threads(threads: int, with_torch: bool) -> Iterator[None]:
     intra-op threads (when ``with_torch``) and the BLAS/OpenMP pools at ``threads``, restored
     after. A float sum's order depends on the thread count, so this is what makes an
     in-process run's weights equal, bit for bit, to those of worker processes or Ray actors."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     before = None
     if with_torch:
