@@ -47,15 +47,15 @@ from fedge.strategies.magnitude_pruning import model_sparsity
 Emit = Callable[[dict], None]  # merges a part's results so far into optimize.json
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SEEDS = (0, 1, 2)
-FED = ("progress=false", "backend.num_workers=0", "partition=iid", "num_clients=3", "client.local_steps=10")
-IMAGE = ("task=image", "rounds=6", *FED)
-STRUCTURED = ("shape=structured", "shape.structured.ratio=0.35", "shape.structured.rounds=[2,3]")
-DIGITS = ("task=digits", "rounds=8", *FED)
-SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=5",
+FED = ("progress=false", "backend.num_workers=0", "partition=iid", "num_clients=3", "client.local_steps=20")
+IMAGE = ("task=image", "rounds=12", *FED)
+STRUCTURED = ("shape=structured", "shape.structured.ratio=0.35", "shape.structured.rounds=[3,5]")
+DIGITS = ("task=digits", "rounds=15", *FED)
+SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=9",
           "shape.prune.every=1", "compression.codec=nonzero", "compression.downlink=nonzero")
 TEACHER, STUDENT = "task.width=32", "task.width=4"
-LAST_PRUNE = 5  # the sparse runs' shape.prune.end_round
-FINE_TUNE = ("rounds=3", "shape=lowrank", "shape.lowrank.budget=0.4")
+LAST_PRUNE = 9  # the sparse runs' shape.prune.end_round (pruning done by 3/5 of the run)
+FINE_TUNE = ("rounds=12", "shape=lowrank", "shape.lowrank.budget=0.4")
 
 
 def run(overrides: tuple[str, ...], seed: int, out: Path) -> dict:
@@ -209,7 +209,7 @@ def main() -> None:
         PARTS[name](tmp, emit)
 
 
-NOTE = ("2 CPU cores shared by ~8 agents' jobs (load averages per part below): wall seconds are not comparable; "
+NOTE = ("The machine is shared (load averages per part above): wall seconds are not comparable across runs; "
         "accuracies, bytes, parameter and MAC counts are.")
 
 
