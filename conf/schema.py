@@ -320,8 +320,8 @@ class DistillSchema:
 
     teacher_path: str = ""  # the teacher's weights (.npz); "" = no distillation
     teacher_task: dict[str, Any] = field(default_factory=dict)  # overrides of `task` that build the teacher (e.g. width: 64)
-    temperature: float = 4.0
-    alpha: float = 0.7  # share of the soft-target term
+    temperature: float = 2.0  # measured: 4.0 with alpha 0.7 left a 9x smaller digits student below its scratch twin
+    alpha: float = 0.5  # share of the soft-target term
     teacher_to_devices: bool = False  # soft targets of the devices' data need the teacher there: must be set
 
 
