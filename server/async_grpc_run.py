@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
-from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError
-from fedge.conf.modes import check_async_settings
 from fedge.conf.schema import ModeConfig, ServerConfig
 from fedge.server.async_driver import AsyncFederationResult, AsyncStepRecord, run_async_federation
 from fedge.server.async_grpc_checkpoint import AsyncCheckpointer, AsyncHistory, restore_async
@@ -42,12 +40,6 @@ from fedge.strategies.compressed import CompressedStrategy
 from fedge.strategies.fedbuff import FedBuffAggregator
 
 log = logging.getLogger(__name__)
-
-
-def async_mode(cfg: DictConfig) -> ModeConfig | None:
-    """The checked ``mode`` settings when ``mode=async``, else ``None`` (ConfigError names
-    the key; what no async run can use, secure aggregation for one, is refused here)."""
-    return check_async_settings(cfg)
 
 
 @dataclass

@@ -42,10 +42,11 @@ from fedge.conf.build import (
     server_settings,
     train_defaults,
 )
+from fedge.conf.modes import check_async_settings
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.async_grpc_grid import AsyncGrpcGrid
-from fedge.server.async_grpc_run import async_mode, run_async_grpc
+from fedge.server.async_grpc_run import run_async_grpc
 from fedge.server.checkpoint import fingerprint, load_checkpoint
 from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
@@ -79,7 +80,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             "profiles); real devices get the real deadline server.round_timeout_s"
         )
     train_cfg = train_defaults(cfg)
-    mode = async_mode(cfg)
+    mode = check_async_settings(cfg)  # None: a synchronous run
     try:
         if settings.insecure:
             check_insecure(settings.address)

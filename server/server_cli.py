@@ -20,7 +20,7 @@ from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.logger_settings import check_logger
 from fedge.conf.schema import register_configs
-from fedge.server.async_grpc_run import async_mode
+from fedge.conf.modes import check_async_settings
 from fedge.server.serve import serve
 from fedge.strategies.fedbuff import check_linear
 
@@ -43,7 +43,7 @@ def _check(cfg: DictConfig) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_strategy(cfg)
     strategy = build_strategy(cfg)
-    if async_mode(cfg) is not None:  # FedBuff needs a linear inner strategy; say why not before anything runs
+    if check_async_settings(cfg) is not None:  # FedBuff needs a linear inner strategy; say why not before anything runs
         try:
             check_linear(strategy.strategy)
         except ValueError as exc:

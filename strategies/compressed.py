@@ -163,12 +163,17 @@ class CompressedStrategy(Strategy):
         self._holders: set[int] = set()  # nodes that hold it
 
     # -- configure: encode the broadcast ------------------------------------------
+    def add_device_instructions(self, config: ConfigRecord) -> None:
+        """What every training instruction tells a device about the wire: the uplink plan,
+        and, under downlink deltas, to keep the model it receives (the next delta's base)."""
+        config.update(cast(dict[str, Any], self.uplink.to_config()))
+        if self.downlink_delta:
+            config[records.DOWNLINK_DELTA_KEY] = True
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config.update(cast(dict[str, Any], self.uplink.to_config()))
-        if self.downlink_delta:  # devices keep the model they receive: the next delta's base
-            config[records.DOWNLINK_DELTA_KEY] = True
+        self.add_device_instructions(config)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages

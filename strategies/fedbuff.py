@@ -218,16 +218,14 @@ class FedBuffAggregator:
         """Run the inner strategy's ``configure_train`` for the next step (it records the
         current model, FedProx adds its mu); the config training instructions carry."""
         config = ConfigRecord(dict(self.train_config))
-        config.update(self.compressed.uplink.to_config())  # type: ignore[arg-type]
+        self.compressed.add_device_instructions(config)
         step = self.state.version + 1
         messages = list(self.strategy.configure_train(step, self.model, config, _NodeList(self.node_ids)))
         if not messages:
             raise ValueError(f"{type(self.strategy).__name__}.configure_train sampled no node (fraction_train = 0?)")
         configs = messages[0].content.config_records
-        chosen = ConfigRecord(dict(configs.get(records.CONFIG_RECORD) or next(iter(configs.values()), ConfigRecord())))
-        if self.compressed.downlink_delta:  # devices keep the model they receive: the next delta's base
-            chosen[records.DOWNLINK_DELTA_KEY] = True
-        return chosen
+        chosen = configs.get(records.CONFIG_RECORD) or next(iter(configs.values()), ConfigRecord())
+        return ConfigRecord(dict(chosen))
 
     # -- dispatch ----------------------------------------------------------------
     def instruction(self, node_id: int, now_s: float = 0.0) -> Message:
