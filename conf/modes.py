@@ -51,4 +51,6 @@ def check_async_settings(cfg: DictConfig) -> ModeConfig | None:
                           "(use mode.max_staleness to bound how old an update may be)")
     if cfg.get("shape") is not None and float(cfg.shape.prune.sparsity) > 0:
         raise ConfigError("mode=async cannot use shape.prune: its schedule is per synchronous round")
+    if cfg.get("shape") is not None and (float(cfg.shape.structured.ratio) > 0 or cfg.shape.structured.layers):
+        raise ConfigError("mode=async cannot use shape.structured: its pruning rounds are synchronous rounds")
     return settings

@@ -56,3 +56,30 @@ def check_shape_settings(cfg: DictConfig) -> None:
             raise ConfigError(f"shape.structured.layers.{name}={ratio} must be in [0, 1) (1 prunes the layer to zero channels)")
     if (node.ratio or node.layers) and not node.rounds:
         raise ConfigError("shape.structured.rounds: give the rounds to prune at, e.g. [3, 6]")
+
+
+def check_served_shape(cfg: DictConfig) -> None:
+    """Refuse, for ``fedge-server`` (real devices over gRPC), the ``shape.*`` settings whose
+    device side exists only in ``fedge-sim``, naming the key (``ConfigError``); no torch.
+
+    Served: ``shape.structured`` (the pruned architecture travels in every Task and
+    ``fedge-client`` rebuilds it) and ``shape.init`` (a starting checkpoint; a frozen
+    backbone's ``client.trainable`` travels in the round's instructions). Simulation-only:
+    ``shape.lowrank`` (a device builds the task's unfactorised model: the factorised
+    architecture does not travel), ``shape.prune`` (the mask does not travel: a device
+    would train the zeros back), ``shape.distill`` (the teacher would have to reach the
+    devices; ``fedge-client`` has none). ``server.resume`` of a structured run is refused
+    too: the checkpoint does not hold the pruner's architecture.
+    """
+    s = cfg.get("shape")
+    if s is None:
+        return
+    why = "is simulation-only (fedge-sim); fedge-server serves shape=structured and shape.init"
+    if s.lowrank.rank or s.lowrank.energy or s.lowrank.budget:
+        raise ConfigError(f"shape.lowrank {why}: fedge-client devices build the task's unfactorised model (the factorised architecture does not travel)")
+    if s.prune.sparsity:
+        raise ConfigError(f"shape.prune.sparsity {why}: the pruning mask does not travel, fedge-client devices would train the zeros back")
+    if s.distill.teacher_path:
+        raise ConfigError(f"shape.distill.teacher_path {why}: the teacher would have to reach the devices, and fedge-client has none")
+    if (s.structured.ratio or s.structured.layers) and cfg.server.resume:
+        raise ConfigError("server.resume with shape.structured: a checkpoint does not hold the pruned architecture; start the run again")

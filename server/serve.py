@@ -29,7 +29,6 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +43,8 @@ from fedge.conf.build import (
 )
 from fedge.conf.modes import check_async_settings
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
+from fedge.conf.shape_settings import check_served_shape
+from fedge.conf.shaping import shape_experiment
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.async_grpc_grid import AsyncGrpcGrid
 from fedge.server.async_grpc_run import run_async_grpc
@@ -79,25 +80,30 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             f"server.round_deadline_s={settings.round_deadline_s:g} is simulated time (fedge-sim with device "
             "profiles); real devices get the real deadline server.round_timeout_s"
         )
-    train_cfg = train_defaults(cfg)
+    check_served_shape(cfg)  # shape.lowrank / prune / distill are fedge-sim's only
     mode = check_async_settings(cfg)  # None: a synchronous run
+    experiment = experiment_fingerprint(cfg)  # before shaping writes client.trainable (a resume computes the same)
     try:
         if settings.insecure:
             check_insecure(settings.address)
         credentials = None if settings.insecure else ServerCredentials.from_dir(settings.certs)
         # Checked now, before any device joins: a corrupt or edited checkpoint is a clear error.
-        checkpoint = load_checkpoint(settings.checkpoint_dir, experiment_fingerprint(cfg)) if settings.resume else None
+        checkpoint = load_checkpoint(settings.checkpoint_dir, experiment) if settings.resume else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     seed_everything(cfg.seed)
     task, data, _ = build_task(cfg)  # the test split for central evaluation
     test = data.test
+    # shape=structured (the architecture travels in every Task) or shape.init (a starting checkpoint)
+    shaping = shape_experiment(cfg, task)  # draws the initial model after torch.manual_seed(cfg.seed)
+    if shaping.trainable:  # a frozen backbone: only the new head trains and travels
+        cfg.client.trainable = shaping.trainable
+    train_cfg = train_defaults(cfg)
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
     secure = secure_strategy(cfg, strategy)  # secagg=on: SecAgg+ stages travel as ordinary tasks
-    torch.manual_seed(cfg.seed)
-    initial = ArrayRecord(task.build_model().state_dict())
-    evaluator = CentralEvaluator(task, test, cfg.seed)
+    initial = ArrayRecord(shaping.initial)
+    evaluator = CentralEvaluator(shaping.task, test, cfg.seed, rebuild=shaping.rebuild)
 
     server = FederationServer(
         settings, credentials, required_codecs=required_codecs(strategy.uplink, strategy.downlink), max_update_bytes=strategy.max_update_bytes
@@ -115,15 +121,15 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             if isinstance(grid, AsyncGrpcGrid) and mode is not None:
                 run = run_async_grpc(
                     mode, strategy, grid, initial, evaluator, round_config(train_cfg), settings, cfg.rounds, cfg.seed,
-                    experiment_fingerprint(cfg), checkpoint, on_step=also(_report, dashboards),
+                    experiment, checkpoint, on_step=also(_report, dashboards),
                 )
                 result: FederationResult = run.result
                 sections["async"] = run.section
                 unfinished = run.unfinished_nodes
             else:
                 result = run_resumable(
-                    secure, grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
-                    experiment_fingerprint(cfg), resume=checkpoint or False, keep=settings.keep_checkpoints,
+                    shaping.wrap(secure), grid, initial, evaluator, cfg.rounds, settings.checkpoint_dir,
+                    experiment, resume=checkpoint or False, keep=settings.keep_checkpoints,
                     train_config=round_config(train_cfg), on_round=also(_report, dashboards), dropped_log=strategy.log,
                 )
             dashboards.finish(result)
@@ -134,6 +140,8 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     finally:
         server.stop()
     if out_dir is not None:
+        if shaping.report:
+            sections["shape"] = shaping.report
         write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections={**secagg_sections(secure), **sections})
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result

@@ -21,6 +21,7 @@ from fedge.conf.cli import run as run_app
 from fedge.conf.logger_settings import check_logger
 from fedge.conf.schema import register_configs
 from fedge.conf.modes import check_async_settings
+from fedge.conf.shape_settings import check_served_shape, check_shape_settings, shaping_requested
 from fedge.server.serve import serve
 from fedge.strategies.fedbuff import check_linear
 
@@ -49,6 +50,12 @@ def _check(cfg: DictConfig) -> None:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     check_logger(cfg)
+    check_shape_settings(cfg)  # ranges and files, no torch
+    check_served_shape(cfg)  # shape.lowrank / prune / distill need fedge-sim's devices
+    if shaping_requested(cfg):  # zero channels and the like: builds the model
+        from fedge.conf.shaping import check_shaping
+
+        check_shaping(cfg)
 
 
 APP = HydraApp(
