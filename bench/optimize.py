@@ -309,6 +309,11 @@ def markdown(r: dict) -> str:
             f"| vs the same student from scratch: {_acc(d['vs_scratch'])} |")
         commands += [d["command"], d["scratch_command"], d["teacher_command"]]
         notes.append(NOTE_DISTILL)
+        cpu = parts["distill"].get("cpu_s", {})
+        if cpu:  # CPU seconds travel across loads where wall seconds do not
+            notes.append("CPU seconds per run (user + system, mean over the seeds): " + ", ".join(
+                f"{name} {c['mean']:.0f}" for name, c in cpu.items()) + "; on an idle 2-core machine a run takes at "
+                "least half its CPU seconds of wall time.")
     lines += [*(f"\n{n}" for n in notes)]
     lines += ["", "## fedge-export of each model (seed 0, ONNX Runtime)", "",
               "| model | params | MACs | fp32 KB | int8 KB | fp32 acc | int8 acc | int8 drop (pp) | int8 ms/sample |",
