@@ -96,3 +96,13 @@ def test_fedge_server_refuses_shaping_it_cannot_serve_before_writing_anything(tm
     assert proc.stderr.startswith("fedge-server: configuration error: ") and needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert list(cwd.iterdir()) == [], "a refused run left files behind"
+
+
+def test_fedge_sim_refuses_structured_pruning_in_async_mode_too(make_cfg):
+    """The check is shared: an async simulation would otherwise run unpruned without a word."""
+    from fedge.conf.build import ConfigError
+    from fedge.simulations.experiment_checks import check_experiment
+
+    cfg = make_cfg(["shape=structured", "shape.structured.ratio=0.5", "shape.structured.rounds=[2]", "mode=async"])
+    with pytest.raises(ConfigError, match="mode=async cannot use shape.structured"):
+        check_experiment(cfg)
