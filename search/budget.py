@@ -65,7 +65,7 @@ class DeviceBudget:
                 "latency_ms": m.latency_ms(self.int8_macs_per_s)}
 
     def constraints(self, m: Measured) -> list[float]:
-        """``need / limit - 1`` per limit, in :data:`LIMITS` order: <= 0 fits (optuna's ``constraints_func``)."""
+        """``need / limit - 1`` per limit, in :data:`LIMITS` order: <= 0 fits (optuna's ``Trial.set_constraint``)."""
         needs = self.needs(m)
         return [needs[key] / getattr(self, key) - 1.0 for key in LIMITS]
 

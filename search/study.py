@@ -2,7 +2,7 @@
 
 Objectives: the final global model's test accuracy (maximised) and the int8 ONNX file's
 size in kB or the device latency estimate in ms (minimised). Constraints: the device
-budget (:mod:`fedge.search.budget`), passed to the sampler as ``constraints_func`` (a
+budget (:mod:`fedge.search.budget`), one ``Trial.set_constraint`` per limit (optuna 5: a
 trial is feasible when every ``need / limit - 1`` is <= 0), so NSGA-II ranks feasible
 trials first and TPE models feasibility; infeasible trials are recorded with their
 reasons and never reported as the answer. The answer is the feasible trial of highest
@@ -10,9 +10,10 @@ accuracy (ties: the smaller second objective); the Pareto front is optuna's
 ``best_trials`` (feasible trials only).
 
 Why optuna directly and not Hydra's Optuna sweeper (``hydra-optuna-sweeper``): its
-newest release (1.3.0) requires ``optuna>=2.10,<3`` (from 2021: no ``constraints_func``
-on the multi-objective samplers, no ``best_trials`` that respects constraints), and a
-sweeper job returns only objective values, so the budget could not reach the sampler.
+newest release (1.3.0) requires ``optuna>=2.10,<3`` (from 2021; it would downgrade our optuna 5 and its
+constraint handling: per-trial constraints, ``best_trials`` that keeps only feasible
+trials), and a sweeper job returns only objective values, so the budget could not reach
+the sampler.
 Each trial here composes the same Hydra config ``fedge-sim`` does (Hydra's Compose API
 on ``conf/config.yaml``), so a trial is reproduced exactly by the ``fedge-sim`` command
 recorded with it.
@@ -101,7 +102,8 @@ def check_federation(settings: SearchSettings, ranges: Mapping[str, KnobRange]) 
                 check_experiment(cfg)
                 instantiate(cfg.task)
             except (HydraException, OmegaConfBaseException, ConfigError, ValueError, TypeError) as exc:
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                cause = exc.__cause__ or exc  # hydra's instantiate wraps the task's own ValueError
+                text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
                 raise SearchConfigError(f"{key}: {text}") from None
 
 
@@ -148,10 +150,12 @@ class Search:
             record.wall_s, record.cpu_s = time.perf_counter() - wall, cpu_seconds() - cpu
             self._save()
         if measured is None:
-            trial.set_user_attr("constraints", FAILED)
+            for key, value in zip(LIMITS, FAILED):
+                trial.set_constraint(key, value)
             self.log(f"trial {trial.number}: failed ({record.reason})")
             raise optuna.TrialPruned(record.reason)
-        trial.set_user_attr("constraints", self.budget.constraints(measured))
+        for key, value in zip(LIMITS, self.budget.constraints(measured)):
+            trial.set_constraint(key, value)  # the samplers rank feasible trials (all <= 0) first
         self.log(f"trial {trial.number}: {knobs} accuracy {record.accuracy:.4f}, int8 {record.int8_kb:.1f} kB, "
                  f"train RAM {record.train_ram_kb:.1f} kB, latency {record.latency_ms:.2f} ms: "
                  f"{'fits' if record.feasible else 'over budget (' + '; '.join(record.violations) + ')'} "
@@ -177,14 +181,11 @@ class Search:
         return m
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-            return list(trial.user_attrs.get("constraints", FAILED))
-
+        """NSGA-II or multi-objective TPE; both read the constraints each trial sets (``Trial.set_constraint``)."""
         s = self.settings
         if s.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed, constraints_func=constraints)
-        return optuna.samplers.TPESampler(n_startup_trials=s.population, seed=s.seed, multivariate=True,
-                                          constraints_func=constraints)
+            return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
+        return optuna.samplers.TPESampler(n_startup_trials=s.population, seed=s.seed, multivariate=True)
 
     def run(self) -> dict[str, Any]:
         """Run every trial; write and return ``search.json``'s content."""
