@@ -107,8 +107,8 @@ def load_settings(config: str | Path, overrides: Sequence[str] = ()) -> SearchSe
     if not path.suffix:
         path = SEARCH_DIR / f"{config}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
-        raise SearchConfigError(f"config: no search config {str(config)!r} (conf/search/: {known})")
+        names = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
+        raise SearchConfigError(f"config: no search config {str(config)!r} (conf/search/: {names})")
     try:
         node = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
         raw = OmegaConf.to_container(node, resolve=True)
@@ -116,10 +116,11 @@ def load_settings(config: str | Path, overrides: Sequence[str] = ()) -> SearchSe
         raise SearchConfigError(f"{path.name}: {exc}") from None
     assert isinstance(raw, dict)
     known = [f.name for f in fields(SearchSettings)]
-    for key in raw:
+    values = {str(k): v for k, v in raw.items()}
+    for key in values:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
+            close = difflib.get_close_matches(key, known, n=1)
             raise SearchConfigError(f"{key}: unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; "
                                     f"keys: {', '.join(known)}")
-    raw.setdefault("name", path.stem)
-    return check(SearchSettings(**{str(k): v for k, v in raw.items()}))
+    values.setdefault("name", path.stem)
+    return check(SearchSettings(**values))

@@ -68,7 +68,7 @@ def markdown(result: dict[str, Any], plot_name: str = PARETO_PNG) -> str:
              f"Objectives: {', '.join(result['objectives'])}. {n['trials']} trials: {n['complete']} complete, "
              f"{n['feasible']} within the budget, {n['failed']} failed.", ""]
     answer, best = trials.get(result.get("answer")), trials.get(result.get("best_unconstrained"))
-    if answer is None:
+    if answer is None or best is None:
         lines += ["**No trial fits the budget.**", ""]
     else:
         lines += [f"**Answer: trial {answer['number']}** ({_knobs(answer['knobs'])}): accuracy {answer['accuracy']:.4f}, "
