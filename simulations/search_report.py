@@ -4,7 +4,9 @@ Reads only ``search.json`` (written by :mod:`fedge.search.study`), so ``fedge-re
 SEARCH_DIR`` redraws it without optuna. The plot: accuracy against the second
 objective (int8 kB or device latency ms) of every completed trial, feasible trials as
 filled dots and infeasible ones as crosses, the feasible Pareto front as a step line,
-the budget of the plotted quantity as a dashed vertical line, the answer ringed.
+the budget of the plotted quantity as a dashed vertical line, the answer ringed; each
+point is labelled with its trial number and the limits it breaks (F flash, R training
+RAM, L latency: a point left of the flash line can still be over budget).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from typing import Any
 SEARCH_JSON = "search.json"
 PARETO_PNG = "pareto.png"
 SEARCH_MD = "search.md"
+SHORT = {"flash_kb": "F", "train_ram_kb": "R", "latency_ms": "L"}
 AXIS = {"int8_kb": ("int8 model (kB, ONNX file)", "flash_kb"), "latency_ms": ("latency per inference (ms, device estimate)", "latency_ms")}
 
 
 def plot_pareto(result: dict[str, Any], path: Path) -> Path:
     """Accuracy vs the second objective, feasible/infeasible marked, the front and the budget drawn."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     objective = result["settings"]["objective"]
     xlabel, limit = AXIS[objective]
@@ -45,8 +49,15 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
     if answer is not None:
         ax.scatter([answer[objective]], [answer["accuracy"]], s=160, facecolors="none", edgecolors="tab:green",
                    linewidths=2, label=f"answer: trial {answer['number']}", zorder=4)
-    ax.set(xlabel=xlabel, ylabel="final test accuracy", title=f"fedge-search {result['name']}: accuracy vs {objective}")
+    for t in done:  # trial number; over budget: which limits it breaks (F flash, R training RAM, L latency)
+        broken = "".join(SHORT[v.split()[0]] for v in t["violations"])
+        ax.annotate(f"{t['number']}{' ' + broken if broken else ''}", (t[objective], t["accuracy"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points", color="dimgray")
+    ax.set(xlabel=xlabel, ylabel="final test accuracy",
+           title=f"fedge-search {result['name']}: accuracy vs {objective} (labels: trial, broken limits F/R/L)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     fig.savefig(path, bbox_inches="tight")
