@@ -22,7 +22,10 @@ from fedge.search.knobs import KNOBS, SearchConfigError
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``fedge-search``)."""
     parser = argparse.ArgumentParser(
-        prog="fedge-search", description=(__doc__ or "").splitlines()[0],
+        prog="fedge-search",
+        description="The hardware-aware search: architecture and training knobs under a device profile's flash, "
+                    "training-RAM and latency budget; every trial a federation, exported to ONNX int8 and measured. "
+                    "Writes search.json, pareto.png, search.md and trials/NNN/.",
         epilog="knobs: " + "; ".join(f"{name}: {knob.what}" for name, knob in KNOBS.items()))
     parser.add_argument("config", nargs="?", default="har_wearable", help="conf/search/<CONFIG>.yaml or a YAML path")
     parser.add_argument("overrides", nargs="*", help="key=value settings over the config's")
