@@ -313,6 +313,8 @@ def search_markdown(s: dict) -> list[str]:
             f"the budget (trial {best['number']}: {best['accuracy']:.4f}, int8 {best['int8_kb']:.1f} kB, training memory "
             f"{best['train_ram_kb']:.1f} kB, latency {best['latency_ms']:.2f} ms"
             f"{', over budget: ' + '; '.join(best['violations']) if best['violations'] else ''}).")
+    if s.get("note"):
+        lines += ["", s["note"]]
     lines += ["", f"Cost of the whole search: **{c['cpu_s']:.0f} CPU s** (user + sys of the process and its children; "
               f"{c['cpu_s_per_2_cores']:.0f} s = {c['cpu_s_per_2_cores'] / 60:.1f} min is the wall time on 2 idle cores at "
               f"best) and {c['wall_s']:.0f} s wall ({c['wall_s'] / 60:.1f} min) on {c['cpus']} CPUs at 1-minute load "
