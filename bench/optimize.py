@@ -18,7 +18,10 @@ seed 0, baseline seed 1, ...), as real federations (in-process clients, IID part
 * **lowrank**: the dense run's final model factorised by truncated SVD (``budget`` 0.4)
   and fine-tuned federatedly, against the model it came from;
 * **export**: every shaped model of seed 0 through ``fedge-export`` (ONNX fp32 and int8
-  in ONNX Runtime): parameters, MACs, int8 size, accuracy, latency::
+  in ONNX Runtime): parameters, MACs, int8 size, accuracy, latency;
+* **search** (``--part search``): the hardware-aware search ``fedge-search har_wearable``
+  (one seed, its own CPU and wall seconds), its Pareto plot in
+  ``bench/results/optimize_search_pareto.png``::
 
     nice -n 10 python -m bench.optimize            # bench/results/optimize.{json,md}
 
@@ -217,7 +220,30 @@ def _distill_section(runs: dict[str, list[dict]], export: dict) -> dict:
     }
 
 
-PARTS: dict[str, Callable[[Path, Emit], None]] = {"structured": structured_part, "digits": digits_part, "distill": distill_part}
+def search_part(tmp: Path, emit: Emit) -> None:
+    """The hardware-aware search (``fedge-search har_wearable``): har under the wearable's budget, one seed.
+
+    The search's own CPU seconds (user + sys of this process and its children) and wall
+    seconds are recorded with the load; its Pareto plot is copied to
+    ``bench/results/optimize_search_pareto.png``.
+    """
+    import shutil
+
+    from fedge.search.settings import load_settings
+    from fedge.search.study import Search
+    from fedge.simulations.search_report import PARETO_PNG, make_search_report
+
+    search = Search(load_settings("har_wearable"), tmp / "search")
+    result = search.run()
+    make_search_report(search.out_dir)
+    shutil.copyfile(search.out_dir / PARETO_PNG, RESULTS / "optimize_search_pareto.png")
+    emit({"search": {**{k: result[k] for k in ("name", "budget", "objectives", "pareto", "answer", "best_unconstrained",
+                                               "answer_gap_pp", "counts", "cost", "versions")},
+                     "command": "fedge-search har_wearable", "settings": result["settings"],
+                     "trials": [{k: v for k, v in t.items() if k != "run_dir"} for t in result["trials"]]}})
+
+
+PARTS: dict[str, Callable[[Path, Emit], None]] = {"structured": structured_part, "digits": digits_part, "distill": distill_part, "search": search_part}
 
 
 def main() -> None:
@@ -321,11 +347,56 @@ def markdown(r: dict) -> str:
               "| model | params | MACs | fp32 KB | int8 KB | fp32 acc | int8 acc | int8 drop (pp) | int8 ms/sample |",
               "|---|---|---|---|---|---|---|---|---|"]
     for part in parts.values():
-        for name, e in part["export"].items():
+        for name, e in part.get("export", {}).items():
             lines.append(f"| {name} | {e['params']:,} | {e['macs']:,} | {e['fp32_bytes'] / 1e3:.1f} | {e['int8_bytes'] / 1e3:.1f} | "
                          f"{e['fp32_accuracy']:.4f} | {e['int8_accuracy']:.4f} | {e['int8_drop_pp']:+.2f} | {e['int8_latency_ms']:.3f} |")
     lines += ["", "Commands (seed 0):", "", *[f"- `{c}`" for c in commands]]
+    if "search" in parts:
+        lines += search_markdown(parts["search"]["search"])
     return "\n".join(lines) + "\n"
+
+
+def search_markdown(s: dict) -> list[str]:
+    """The ``search`` part's section: the budget, the answer against the best trial, the cost, the plot."""
+    b, c, n = s["budget"], s["cost"], s["counts"]
+    trials = {t["number"]: t for t in s["trials"]}
+    lines = ["", "## Hardware-aware search (`search` part: `fedge-search har_wearable`)", "",
+             f"Budget of the `{b['profile']}` profile (conf/device/profile/wearable.yaml, sources there and in the README): "
+             f"int8 model <= {b['flash_kb']:g} kB, peak training memory <= {b['train_ram_kb']:g} kB, latency <= "
+             f"{b['latency_ms']:g} ms per inference (MACs / {b['int8_macs_per_s']:.3g} int8 MAC/s). Objectives: "
+             f"{', '.join(s['objectives'])}. {n['trials']} trials ({s['settings']['sampler']}), each a real "
+             f"{s['settings']['federation']['rounds']}-round har federation of {s['settings']['federation']['num_clients']} "
+             f"clients (one per subject), seed {s['settings']['seed']}: {n['complete']} complete, {n['feasible']} within the "
+             f"budget, {n['failed']} failed.", ""]
+    answer, best = trials.get(s["answer"]), trials.get(s["best_unconstrained"])
+    if answer is None:
+        lines.append("**No trial fits the budget.**")
+    else:
+        knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in answer["knobs"].items())
+        lines.append(
+            f"**Answer: trial {answer['number']}** ({knobs}): accuracy {answer['accuracy']:.4f} (int8 in ONNX Runtime "
+            f"{answer['int8_accuracy']:.4f}), int8 {answer['int8_kb']:.1f} kB, peak training memory {answer['train_ram_kb']:.1f} kB, "
+            f"latency {answer['latency_ms']:.2f} ms: fits; **{s['answer_gap_pp']:.2f} pp** below the best trial regardless of "
+            f"the budget (trial {best['number']}: {best['accuracy']:.4f}, int8 {best['int8_kb']:.1f} kB, training memory "
+            f"{best['train_ram_kb']:.1f} kB, latency {best['latency_ms']:.2f} ms"
+            f"{', over budget: ' + '; '.join(best['violations']) if best['violations'] else ''}).")
+    if s.get("note"):
+        lines += ["", s["note"]]
+    lines += ["", f"Cost of the whole search: **{c['cpu_s']:.0f} CPU s** (user + sys of the process and its children; "
+              f"{c['cpu_s_per_2_cores']:.0f} s = {c['cpu_s_per_2_cores'] / 60:.1f} min is the wall time on 2 idle cores at "
+              f"best) and {c['wall_s']:.0f} s wall ({c['wall_s'] / 60:.1f} min) on {c['cpus']} CPUs at 1-minute load "
+              f"{c['load_avg_at_start'][0]:.1f} -> {c['load_avg_at_end'][0]:.1f} (shared with other jobs: the wall time is "
+              "inflated).", "", "![Pareto front: accuracy vs int8 size](optimize_search_pareto.png)", "",
+              "| trial | knobs | accuracy | int8 kB | train RAM kB | latency ms | fits | why not |", "|---|---|---|---|---|---|---|---|"]
+    for t in s["trials"]:
+        knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["knobs"].items())
+        if t["status"] != "complete":
+            lines.append(f"| {t['number']} | {knobs} | failed | | | | no | {t['reason']} |")
+            continue
+        mark = " (Pareto)" if t["number"] in (s["pareto"] or []) else ""
+        lines.append(f"| {t['number']}{mark} | {knobs} | {t['accuracy']:.4f} | {t['int8_kb']:.1f} | {t['train_ram_kb']:.1f} | "
+                     f"{t['latency_ms']:.2f} | {'yes' if t['feasible'] else 'no'} | {'; '.join(t['violations'])} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -155,6 +155,11 @@ class DeviceProfileConfig:
     availability: float = 1.0  # probability of being online in a round (within online_hours)
     online_hours: list[int] = field(default_factory=list)  # hours of the day (0-23) it can be online; [] = all
     memory_mb: float = 0.0  # training-memory budget (client.memory_mb); 0 = no limit
+    # the deployment budget fedge-search holds a model to (0 = none; see conf/device/profile/wearable.yaml)
+    flash_kb: float = 0.0  # flash for the int8 model file, KB (1,000 bytes)
+    train_ram_kb: float = 0.0  # peak training memory (weights, gradients, momentum, activations), KB
+    latency_ms: float = 0.0  # ms per inference (one example) on the device
+    int8_macs_per_s: float = 0.0  # int8 multiply-accumulates per second of the inference core (latency = MACs / this)
 
 
 @dataclass

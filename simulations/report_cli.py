@@ -1,5 +1,7 @@
 """``fedge-report RUN_DIR...``: plots and a markdown report of fedge-sim runs
-(the report itself is :mod:`fedge.simulations.report`)."""
+(the report itself is :mod:`fedge.simulations.report`); for a ``fedge-search`` directory
+(one holding ``search.json``) also its Pareto plot and ``search.md``
+(:mod:`fedge.simulations.search_report`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from fedge.simulations.report import make_report
 from fedge.simulations.report_clients import MAX_CLIENT_BARS, TOP_N
+from fedge.simulations.search_report import SEARCH_JSON, make_search_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = make_report(args.runs, args.out, max_client_bars=args.max_client_bars, top_n=args.top)
+        for search_dir in [d for d in args.runs if (d / SEARCH_JSON).is_file()]:
+            print(f"search report: {make_search_report(search_dir)}")
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"fedge-report: {exc}", file=sys.stderr)
         return 2

@@ -38,21 +38,42 @@ EXERCISES = ("PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW")
 SAMPLE_RATE_HZ = 50
 
 
-def har_cnn(channels: int = 6, num_classes: int = 7, width: int = 16) -> Sequential:
-    """Three 1-D conv blocks, global average pooling, one linear layer.
+def har_cnn(channels: int = 6, num_classes: int = 7, width: int = 16, depth: int = 3, kernel: int = 5) -> Sequential:
+    """``depth`` 1-D conv blocks, global average pooling, one linear layer.
 
     Input ``(N, channels, T)`` standardised sensor windows; output ``(N, num_classes)``
-    logits. Works for any ``T >= 8``. With ``channels=6, width=16, num_classes=7``:
-    6,423 parameters.
+    logits. Block 1 has ``width`` output channels, later blocks ``2 * width``; every
+    block but the last uses ``kernel`` taps and ends in a max-pool halving time, the
+    last uses 3 taps and global average pooling. Works for any ``T >= 2 ** depth``.
+    The defaults (``width=16, depth=3, kernel=5``, 6 channels, 7 classes): 6,423
+    parameters. Tuning: ``width`` scales parameters ~quadratically and MACs too;
+    ``depth`` adds a ``2 * width``-channel block (~``12 * width**2 * kernel`` parameters);
+    ``kernel`` widens the receptive field linearly in parameters.
     """
+    check_har_shape(width, depth, kernel)
+    blocks: list = []
+    in_channels = channels
+    for block in range(depth):
+        out_channels = width if block == 0 else 2 * width
+        last = block == depth - 1
+        taps = 3 if last else kernel
+        blocks += [Conv1d(in_channels, out_channels, taps, padding=taps // 2), ReLU(),
+                   AdaptiveAvgPool1d(1) if last else MaxPool1d(2)]
+        in_channels = out_channels
     return Sequential.named(
-        features=Sequential.of(
-            Conv1d(channels, width, 5, padding=2), ReLU(), MaxPool1d(2),
-            Conv1d(width, 2 * width, 5, padding=2), ReLU(), MaxPool1d(2),
-            Conv1d(2 * width, 2 * width, 3, padding=1), ReLU(), AdaptiveAvgPool1d(1),
-        ),
-        classifier=Sequential.of(Flatten(), Linear(2 * width, num_classes)),
+        features=Sequential.of(*blocks),
+        classifier=Sequential.of(Flatten(), Linear(in_channels, num_classes)),
     )
+
+
+def check_har_shape(width: int, depth: int, kernel: int) -> None:
+    """Refuse a har CNN shape that cannot be built, naming the key (``task.<key>``)."""
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    if not (isinstance(depth, int) and 2 <= depth <= 6):
+        raise ValueError(f"depth must be an integer in [2, 6] (conv blocks), got {depth!r}")
+    if not (isinstance(kernel, int) and kernel >= 1 and kernel % 2 == 1):
+        raise ValueError(f"kernel must be an odd integer >= 1 (taps, padded to keep the length), got {kernel!r}")
 
 
 def windows(series: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -68,9 +89,11 @@ class HarTask(FederatedTask):
     name = "har"
     num_classes = len(EXERCISES)
 
-    def __init__(self, window: int = 100, stride: int = 50, test_fraction: float = 0.2, width: int = 16) -> None:
-        if window < 8:
-            raise ValueError(f"window must be >= 8 time steps, got {window}")
+    def __init__(self, window: int = 100, stride: int = 50, test_fraction: float = 0.2, width: int = 16,
+                 depth: int = 3, kernel: int = 5) -> None:
+        check_har_shape(width, depth, kernel)
+        if window < max(8, 2 ** depth):
+            raise ValueError(f"window must be >= max(8, 2 ** depth) = {max(8, 2 ** depth)} time steps, got {window}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         check_fraction("test_fraction", test_fraction)
@@ -79,6 +102,8 @@ class HarTask(FederatedTask):
         self.input_shape = (len(CHANNEL_MEAN), window)  # (channels, time steps)
         self.test_fraction = test_fraction
         self.width = width
+        self.depth = depth
+        self.kernel = kernel
 
     def load(self) -> TaskData:
         try:
@@ -105,4 +130,4 @@ class HarTask(FederatedTask):
         return TaskData(train=train, test=test, groups=np.concatenate(train_g))
 
     def model_spec(self) -> Sequential:
-        return har_cnn(len(CHANNEL_MEAN), self.num_classes, self.width)
+        return har_cnn(len(CHANNEL_MEAN), self.num_classes, self.width, self.depth, self.kernel)

@@ -13,7 +13,9 @@ A linear cost model on purpose (compute time per sample plus bytes over bandwidt
 FL system simulators such as FedScale model a client's round): it needs only the
 counts fedge measures, and it is exact to check. Availability is a
 probability per round, optionally within daily ``online_hours``. ``memory_mb`` is the
-device's training-memory budget (:mod:`fedge.client.budget`).
+device's training-memory budget (:mod:`fedge.client.budget`). ``flash_kb``,
+``train_ram_kb``, ``latency_ms`` and ``int8_macs_per_s`` are the deployment budget the
+hardware-aware search (``fedge-search``, :mod:`fedge.search`) holds a model to; 0 = none.
 
 The fields (and their units) are the ``device.profiles.*`` schema,
 :class:`fedge.conf.schema.DeviceProfileConfig`; this class adds their checks and the
@@ -45,7 +47,8 @@ class DeviceProfile(DeviceProfileConfig):
         ]
         problems += [
             f"{key} must be >= 0, got {getattr(self, key)}"
-            for key in ("joules_per_sample", "joules_per_byte_down", "joules_per_byte_up", "memory_mb")
+            for key in ("joules_per_sample", "joules_per_byte_down", "joules_per_byte_up", "memory_mb",
+                        "flash_kb", "train_ram_kb", "latency_ms", "int8_macs_per_s")
             if not getattr(self, key) >= 0
         ]
         if not 0 <= self.availability <= 1:
