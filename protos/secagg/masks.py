@@ -16,16 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedge.protos.secagg import keys, prg, ring
 
 
-def self_mask(seed_secret: int, server_round: int, length: int, modulus_bits: int) -> np.ndarray:
-    return prg.mask(keys.self_mask_seed(seed_secret, server_round), length, modulus_bits)
+def self_mask(seed_secret: int, server_round: int, length: int, modulus: int) -> np.ndarray:
+    return prg.mask(keys.self_mask_seed(seed_secret, server_round), length, modulus)
 
 
 def pairwise_mask(
-    own: X25519PrivateKey, own_id: int, peer_public: bytes, peer_id: int, server_round: int, length: int, modulus_bits: int
+    own: X25519PrivateKey, own_id: int, peer_public: bytes, peer_id: int, server_round: int, length: int, modulus: int
 ) -> np.ndarray:
     """What ``own_id`` adds for ``peer_id`` (already negated when ``own_id > peer_id``)."""
     seed = keys.agree(own, peer_public, "pairwise-mask", server_round)
-    mask = prg.mask(seed, length, modulus_bits)
+    mask = prg.mask(seed, length, modulus)
     if own_id < peer_id:
         return mask
-    return ring.subtract(np.zeros(length, dtype=np.uint32), mask, modulus_bits)
+    return ring.subtract(np.zeros(length, dtype=np.uint64), mask, modulus)
