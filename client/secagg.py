@@ -94,7 +94,6 @@ class SecAggDevice:
         return pb.SecAggReply(
             keys=pb.AdvertiseKeys(
                 server_round=plan.server_round,
-                node_id=self.node_id,
                 cipher_public_key=keys.public_bytes(state.cipher_key),
                 mask_public_key=keys.public_bytes(state.mask_key),
             )
@@ -127,7 +126,6 @@ class SecAggDevice:
         return pb.SecAggReply(
             shares=pb.ShareKeys(
                 server_round=plan.server_round,
-                node_id=self.node_id,
                 seed_commitment=keys.commitment(state.seed_secret, self.node_id, plan.server_round),
                 sealed=b"".join(sealed),
             )
@@ -171,7 +169,7 @@ class SecAggDevice:
         state.masked_with = senders
         state.stage = DeviceStage.MASKED
         return pb.SecAggReply(
-            masked=pb.MaskedInput(server_round=plan.server_round, node_id=self.node_id, data=ring.pack(masked, modulus))
+            masked=pb.MaskedInput(server_round=plan.server_round, data=ring.pack(masked, modulus))
         )
 
     def _open(self, state: _Round, sender: int, sealed: bytes) -> tuple[int, int]:
@@ -190,7 +188,6 @@ class SecAggDevice:
         return pb.SecAggReply(
             revealed=pb.UnmaskShares(
                 server_round=state.plan.server_round,
-                node_id=self.node_id,
                 held=subsets.encode(held, state.masked_with),
                 shares=b"".join(shares),
             )

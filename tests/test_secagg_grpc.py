@@ -212,7 +212,7 @@ def test_the_answer_ceiling_of_a_secagg_train_task_fits_any_masked_vector():
         config_values.to_wire({**UplinkPlan(CodecSpec("uniform", {"bits": 8})).to_config(), **extra}, t.config)
         return t
 
-    masked = pb.SecAggReply(masked=pb.MaskedInput(server_round=1, node_id=1,
+    masked = pb.SecAggReply(masked=pb.MaskedInput(server_round=1,
                                                  data=b"\0" * ring.packed_size(90_301, 1000 * 255 + 1))).ByteSize()
     assert ceiling(task({})) < masked  # the q8 plan alone would refuse it
     assert ceiling(task({REQUEST_KEY: b"bundle-1"})) > masked

@@ -79,50 +79,42 @@ class SecAggRequest(_message.Message):
     def __init__(self, setup: _Optional[_Union[SecAggSetup, _Mapping]] = ..., roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., bundle: _Optional[_Union[ShareBundle, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("server_round", "node_id", "cipher_public_key", "mask_public_key")
+    __slots__ = ("server_round", "cipher_public_key", "mask_public_key")
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     server_round: int
-    node_id: int
     cipher_public_key: bytes
     mask_public_key: bytes
-    def __init__(self, server_round: _Optional[int] = ..., node_id: _Optional[int] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, server_round: _Optional[int] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeys(_message.Message):
-    __slots__ = ("server_round", "node_id", "seed_commitment", "sealed")
+    __slots__ = ("server_round", "seed_commitment", "sealed")
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
     server_round: int
-    node_id: int
     seed_commitment: bytes
     sealed: bytes
-    def __init__(self, server_round: _Optional[int] = ..., node_id: _Optional[int] = ..., seed_commitment: _Optional[bytes] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, server_round: _Optional[int] = ..., seed_commitment: _Optional[bytes] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class MaskedInput(_message.Message):
-    __slots__ = ("server_round", "node_id", "data")
+    __slots__ = ("server_round", "data")
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     server_round: int
-    node_id: int
     data: bytes
-    def __init__(self, server_round: _Optional[int] = ..., node_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, server_round: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskShares(_message.Message):
-    __slots__ = ("server_round", "node_id", "held", "shares")
+    __slots__ = ("server_round", "held", "shares")
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     server_round: int
-    node_id: int
     held: bytes
     shares: bytes
-    def __init__(self, server_round: _Optional[int] = ..., node_id: _Optional[int] = ..., held: _Optional[bytes] = ..., shares: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, server_round: _Optional[int] = ..., held: _Optional[bytes] = ..., shares: _Optional[bytes] = ...) -> None: ...
 
 class SecAggReply(_message.Message):
     __slots__ = ("keys", "shares", "masked", "revealed")

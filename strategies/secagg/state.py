@@ -15,7 +15,8 @@ Stages (each ``receive_*`` checks it is called in order, once):
             its advertised public key), remove those masks;
 ``DONE`` / ``ABANDONED`` (with :attr:`~SecAggServerRound.abandoned` saying why).
 
-Every reply is checked (type, round, sender, sizes, membership); a bad one is dropped
+Every reply is checked (type, round, sizes, membership; who sent it is the transport's
+word, the ``answers`` mapping's key); a bad one is dropped
 with a reason in :attr:`~SecAggServerRound.dropped`, a bad revealed share alone is
 dropped and the rest used. A round goes on while at least ``t`` devices remain and
 every secret it needs can be rebuilt from ``t`` valid shares; otherwise it is abandoned.
@@ -111,7 +112,7 @@ class SecAggServerRound:
         for node, answer in self._answers(answers, self.plan.participants, "keys"):
             keys_msg = answer.keys
             try:
-                self._check_sender(keys_msg.server_round, keys_msg.node_id, node)
+                self._check_round(keys_msg.server_round)
                 keys.parse_public_key(keys_msg.cipher_public_key)
                 keys.parse_public_key(keys_msg.mask_public_key)
             except (SecAggError, ValueError) as exc:
@@ -173,7 +174,7 @@ class SecAggServerRound:
 
     def _check_shares(self, node: int, shares: pb.ShareKeys) -> dict[int, bytes]:
         """``{receiver: sealed share pair}``: one :data:`SEALED_BYTES` record per roster member."""
-        self._check_sender(shares.server_round, shares.node_id, node)
+        self._check_round(shares.server_round)
         if len(shares.seed_commitment) != keys.COMMITMENT_BYTES:
             raise SecAggError(f"seed commitment must be {keys.COMMITMENT_BYTES} bytes")
         roster = self._rosters[node]
@@ -187,7 +188,7 @@ class SecAggServerRound:
         for node, answer in self._answers(answers, self._masked_with, "masked"):
             masked = answer.masked
             try:
-                self._check_sender(masked.server_round, masked.node_id, node)
+                self._check_round(masked.server_round)
                 self._masked[node] = ring.unpack(masked.data, self.plan.length, self.plan.modulus)
             except SecAggError as exc:
                 self._drop(node, "masked", str(exc))
@@ -210,7 +211,7 @@ class SecAggServerRound:
         for node, answer in self._answers(answers, self._asked, "revealed"):
             revealed = answer.revealed
             try:
-                self._check_sender(revealed.server_round, revealed.node_id, node)
+                self._check_round(revealed.server_round)
                 owners = subsets.decode(revealed.held, self._asked[node])
                 records = subsets.split_records(revealed.shares, len(owners), shamir.SHARE_BYTES, "revealed shares")
             except SecAggError as exc:
@@ -317,11 +318,9 @@ class SecAggServerRound:
             else:
                 yield node, answer
 
-    def _check_sender(self, server_round: int, node_id: int, node: int) -> None:
+    def _check_round(self, server_round: int) -> None:
         if server_round != self.round:
             raise SecAggError(f"reply is for round {server_round}, this is round {self.round}")
-        if node_id != node:
-            raise SecAggError(f"reply names node {node_id}, it came from node {node}")
 
     def _drop(self, node: int, stage: str, reason: str) -> None:
         self.dropped.append(DroppedInput(int(node), stage, reason))
