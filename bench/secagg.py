@@ -297,9 +297,9 @@ def markdown(result: dict) -> str:
         lines.append(
             f"- Lower bound, sparse 5% of the digits model at n = 100, k = {r['neighbours']}: {r['masked_vector_bytes']:,} "
             f"bytes of masked vector + {PER_NEIGHBOUR} x {r['neighbours']} bytes of shares + 80 bytes of keys and commitment "
-            f"= {r['floor_bytes']:,} bytes, {floor:.2f}x its {r['plain_wire_bytes']:,} plaintext bytes before any framing: "
-            f"the update is too small to carry {r['neighbours']} neighbours' worth of shares within 2x; it stays within 2x "
-            f"up to k = {r['max_neighbours_within_2x']} (measured framing)."
+            f"= {r['floor_bytes']:,} bytes, {floor:.2f}x its {r['plain_wire_bytes']:,} plaintext bytes before any framing"
+            + (f": no encoding fits {r['neighbours']} neighbours' shares into 2x of this update" if floor > 2 else "")
+            + f". With the measured framing it is within 2x up to k = {r['max_neighbours_within_2x']}."
         )
     lines += ["- Device CPU is dominated by X25519 agreements and one mask expansion (ChaCha20) per neighbour; the "
               "server's by unmasking (Shamir reconstruction per device, a mask expansion per survivor, and per dropped "
@@ -316,7 +316,7 @@ def findings(cost: list[dict], accuracy: dict[str, list[dict]]) -> list[str]:
             before = BEFORE.get((r["n"], r["size"], r["variant"], r["dropout_design"]))
             out.append(f"n=100 {r['size']} {r['variant']} k={r['neighbours']} (dropout {r['dropout_design']}): uplink "
                        f"{r['uplink_wire_ratio']:.3f}x the plaintext 8-bit update on the wire ({verdict}); messages "
-                       f"{r['uplink_ratio']:.3f}x (before: {before:.3f}x), exchange {r['exchange_ratio']:.3f}x "
+                       f"{r['uplink_ratio']:.3f}x (before: {f'{before:.3f}x' if before else 'not measured'}), exchange {r['exchange_ratio']:.3f}x "
                        f"(Bonawitz: 1.73x-1.98x)")
     on = accuracy.get("secagg=on", [])
     off = accuracy.get("secagg=off (fp32)", [])
