@@ -81,9 +81,9 @@ def pack(values: np.ndarray, modulus: int) -> bytes:
     if values.size and int(values.max()) >= modulus:
         raise SecAggError("a value to pack is not below the modulus")
     groups = math.ceil(values.size / g)
-    digits = np.zeros(groups * g, dtype=np.uint64)
-    digits[: values.size] = values
-    digits = digits.reshape(groups, g)
+    padded = np.zeros(groups * g, dtype=np.uint64)
+    padded[: values.size] = values
+    digits = padded.reshape(groups, g)
     limbs = np.zeros((math.ceil(bits / _LIMB), groups), dtype=np.uint64)  # limb 0 least significant
     m = np.uint64(modulus)
     for i in range(g):  # Horner: number = number * M + digit, carried limb by limb
