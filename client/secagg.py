@@ -162,14 +162,15 @@ class SecAggDevice:
             except SecAggError as exc:  # it still masks with the sender: the sender masks with it
                 state.rejected[sender] = str(exc)
                 log.warning("node %d: share from %d not kept: %s", self.node_id, sender, exc)
-        masked = ring.add(vector, masks.self_mask(state.seed_secret, plan.server_round, length, modulus), modulus)
+        masked = masks.MaskSum(vector, modulus)
+        masked.add(masks.self_mask(state.seed_secret, plan.server_round, length, modulus))
         for v in senders:
-            pair = masks.pairwise_mask(state.mask_key, self.node_id, state.peers[v][1], v, plan.server_round, length, modulus)
-            masked = ring.add(masked, pair, modulus)
+            pair = masks.pairwise_mask(state.mask_key, state.peers[v][1], plan.server_round, length, modulus)
+            masked.add(pair, masks.pairwise_sign(self.node_id, v))
         state.masked_with = senders
         state.stage = DeviceStage.MASKED
         return pb.SecAggReply(
-            masked=pb.MaskedInput(server_round=plan.server_round, data=ring.pack(masked, modulus))
+            masked=pb.MaskedInput(server_round=plan.server_round, data=ring.pack(masked.value(), modulus))
         )
 
     def _open(self, state: _Round, sender: int, sealed: bytes) -> tuple[int, int]:

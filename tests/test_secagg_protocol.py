@@ -172,7 +172,9 @@ def test_server_cannot_unmask_a_device_with_t_minus_one_shares():
     assert keys.commitment(guess, victim, 1) != commitments[victim]
     # the guessed self-mask does not strip the victim's masks: what is left is not its input
     m = server.plan.modulus
-    left = ring.subtract(captured[victim], masks.self_mask(guess, 1, server.plan.length, m), m)
+    left = masks.MaskSum(captured[victim], m)
+    left.add(masks.self_mask(guess, 1, server.plan.length, m), -1)
+    left = left.value()
     assert not np.array_equal(left, vectors[victim])
 
 
@@ -394,6 +396,18 @@ def test_masks_are_exactly_uniform_modulo_m_and_the_same_from_the_same_seed():
     words = prg.words(b"k" * 32, 1000)
     kept = words[words < (2**32 // modulus) * modulus]
     np.testing.assert_array_equal(prg.mask(b"k" * 32, len(kept), modulus), kept % modulus)
+
+
+def test_a_mask_sum_reduced_once_equals_reducing_every_step():
+    rng = np.random.default_rng(2)
+    for modulus in (46, 25_501, (1 << 32) - 5, 1 << 32):
+        start = rng.integers(0, modulus, 500, dtype=np.uint64)
+        total, expected = masks.MaskSum(start, modulus), start.astype(object)
+        for i, sign in enumerate([1, -1, -1, 1, -1]):
+            words = prg.mask_words(bytes([i]) * 32, 500, modulus)
+            total.add(words, sign)
+            expected = (expected + sign * words.astype(object)) % modulus
+        np.testing.assert_array_equal(total.value(), expected.astype(np.uint64))
 
 
 def test_subset_bitmaps_name_members_in_list_order_and_refuse_stray_bits():

@@ -27,15 +27,33 @@ def words(seed: bytes, length: int) -> np.ndarray:
     return np.frombuffer(stream, dtype="<u4").astype(np.uint32, copy=False)
 
 
-def mask(seed: bytes, length: int, modulus: int) -> np.ndarray:
-    """``length`` exactly uniform values modulo ``modulus`` (uint64; ``2 <= modulus <= 2**32``)."""
+def rejection_limit(modulus: int) -> int:
+    """The largest multiple of ``modulus`` at most ``2**32``: words below it are kept."""
+    return ((1 << 32) // modulus) * modulus
+
+
+def mask_words(seed: bytes, length: int, modulus: int) -> np.ndarray:
+    """``length`` keystream words below :func:`rejection_limit` (uint32, not yet reduced).
+
+    Reduced modulo ``modulus`` they are exactly uniform; as they are, they can be summed
+    (in uint64) and reduced once (:class:`fedge.protos.secagg.masks.MaskSum`), which
+    saves one division per value per mask. ``2 <= modulus <= 2**32``.
+    """
     if modulus == 1 << 32:
-        return words(seed, length).astype(np.uint64)
-    limit = np.uint32(((1 << 32) // modulus) * modulus)  # words below it reduce without bias
+        return words(seed, length)
+    limit = np.uint32(rejection_limit(modulus))
     drawn = length + 64 + length // 1024  # enough for all but a ~2**-64 share of seeds
     while True:
         stream = words(seed, drawn)  # a longer draw extends the same keystream
-        kept = stream[stream < limit]
+        rejected = np.flatnonzero(stream >= limit)
+        if rejected.size == 0 or rejected[0] >= length:  # the usual case: nothing to skip
+            return stream[:length]
+        kept = np.delete(stream, rejected)
         if kept.size >= length:
-            return kept[:length].astype(np.uint64) % np.uint64(modulus)
+            return kept[:length]
         drawn *= 2
+
+
+def mask(seed: bytes, length: int, modulus: int) -> np.ndarray:
+    """``length`` exactly uniform values modulo ``modulus`` (uint64)."""
+    return mask_words(seed, length, modulus).astype(np.uint64) % np.uint64(modulus)

@@ -1,4 +1,4 @@
-"""Arithmetic modulo ``M`` (any ``2 <= M <= 2**32``) and the masked vector's wire packing.
+"""The ring ``Z_M`` (any ``2 <= M <= 2**32``) of masked values, and their wire packing.
 
 Masked values are uniform modulo ``M``, so their least possible size is ``log2(M)`` bits
 each. With ``M = n * levels + 1`` (:func:`fedge.protos.secagg.quantise.modulus`) that is
@@ -11,6 +11,7 @@ with zero values (at most ``B - 1`` wasted bits).
 
 The group numbers are multi-word integers held in 32-bit limbs (uint64 arrays, one per
 limb, vectorised over groups), so packing costs ``limbs`` numpy passes per value.
+Sums modulo ``M`` are :class:`fedge.protos.secagg.masks.MaskSum`'s.
 Written by hand: numpy has no packing for widths other than 1 bit,
 ``fedge.protos.codecs.bitpack`` stops at 8 bits, and no maintained library packs
 base-``M`` digits.
@@ -36,22 +37,6 @@ _LIMB_MASK = np.uint64((1 << _LIMB) - 1)
 def check_modulus(modulus: int) -> None:
     if not 2 <= modulus <= MAX_MODULUS:
         raise SecAggError(f"modulus must be in 2..2**32, got {modulus}")
-
-
-def reduce(values: np.ndarray, modulus: int) -> np.ndarray:
-    """``values mod modulus`` as uint64."""
-    return np.asarray(values, dtype=np.uint64) % np.uint64(modulus)
-
-
-def add(a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
-    """``(a + b) mod modulus`` for ``a, b`` already below ``modulus`` (uint64)."""
-    return np.add(a, b, dtype=np.uint64) % np.uint64(modulus)
-
-
-def subtract(a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
-    """``(a - b) mod modulus`` for ``a, b`` already below ``modulus`` (uint64)."""
-    m = np.uint64(modulus)
-    return (np.asarray(a, dtype=np.uint64) + (m - np.asarray(b, dtype=np.uint64))) % m
 
 
 @functools.lru_cache(maxsize=64)

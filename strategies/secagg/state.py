@@ -240,20 +240,20 @@ class SecAggServerRound:
 
     def _unmask(self, seed_shares: dict[int, dict[int, int]], key_shares: dict[int, dict[int, int]]) -> np.ndarray:
         length, modulus, r = self.plan.length, self.plan.modulus, self.round
-        total = np.zeros(length, dtype=np.uint64)
+        total = masks.MaskSum(np.zeros(length, dtype=np.uint64), modulus)
         for vector in self._masked.values():
-            total = ring.add(total, vector, modulus)
+            total.add(vector)  # values below M: below the rejection limit too
         for v, shares in seed_shares.items():
             seed = self._rebuild(v, shares, _matches_commitment(self._commitments[v], v, r), "self-mask seed")
-            total = ring.subtract(total, masks.self_mask(seed, r, length, modulus), modulus)
+            total.add(masks.self_mask(seed, r, length, modulus), -1)
         for v, shares in key_shares.items():
             secret = self._rebuild(v, shares, _matches_public_key(bytes(self._keys[v].mask_public_key), r), "mask key")
             private = keys.mask_private_key(secret, r)
             for u in self._masked:
-                if v in self._masked_with[u]:  # u added its mask for v; v's mask for u cancels it
-                    pair = masks.pairwise_mask(private, v, self._keys[u].mask_public_key, u, r, length, modulus)
-                    total = ring.add(total, pair, modulus)
-        return total
+                if v in self._masked_with[u]:  # u added its mask for v; v's side of the pair cancels it
+                    pair = masks.pairwise_mask(private, self._keys[u].mask_public_key, r, length, modulus)
+                    total.add(pair, masks.pairwise_sign(v, u))
+        return total.value()
 
     def _rebuild(self, owner: int, shares: dict[int, int], valid: Callable[[int], bool], what: str) -> int:
         t = self.plan.threshold
