@@ -46,9 +46,13 @@ def mask_words(seed: bytes, length: int, modulus: int) -> np.ndarray:
     while True:
         stream = words(seed, drawn)  # a longer draw extends the same keystream
         rejected = np.flatnonzero(stream >= limit)
-        if rejected.size == 0 or rejected[0] >= length:  # the usual case: nothing to skip
+        if rejected.size == 0 or rejected[0] >= length:  # nothing to skip before `length`
             return stream[:length]
-        kept = np.delete(stream, rejected)
+        if rejected.size <= 256:  # the usual case (a few per million): join the runs between them
+            runs = np.split(stream, rejected)
+            kept = np.concatenate([runs[0], *(run[1:] for run in runs[1:])])
+        else:
+            kept = stream[stream < limit]
         if kept.size >= length:
             return kept[:length]
         drawn *= 2
