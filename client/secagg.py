@@ -5,16 +5,18 @@ same round, and refuses (:class:`~fedge.protos.secagg.SecAggError`) anything els
 
 1. ``setup`` -> :meth:`SecAggDevice.answer` -> ``keys``: check the round's parameters,
    make a cipher key pair and a mask secret (its X25519 key derived by HKDF);
-2. ``roster`` -> ``shares``: the neighbours' public keys; Shamir-share (t-of-k) a fresh
-   self-mask seed and the mask secret among them, each pair of shares encrypted for its
-   neighbour (ChaCha20-Poly1305 under an X25519-agreed key), plus a commitment to the seed;
+2. ``roster`` -> ``shares``: the public keys of the neighbours that advertised (a
+   bitmap over its neighbours, which the setup fixes); Shamir-share (t-of-k) a fresh
+   self-mask seed and the mask secret among them, each pair of shares sealed for its
+   neighbour (ChaCha20-Poly1305 under an X25519-agreed key, 48 bytes), plus a
+   commitment to the seed;
 3. ``bundle`` + the trained delta -> :meth:`SecAggDevice.masked_input` -> ``masked``:
    keep the shares sent to this device, quantise the delta
    (:mod:`fedge.client.secagg_vector`), add the self-mask and one pairwise mask per
-   neighbour in the bundle, send modulo ``2**m``;
-4. ``unmask`` -> ``revealed``: for each neighbour that survived, its seed share; for each
-   that dropped, its mask-key share; never both for one neighbour (the lists must be
-   disjoint), and only for neighbours it masked with.
+   neighbour in the bundle, send modulo ``M`` (:mod:`fedge.protos.secagg.ring`);
+4. ``unmask`` -> ``revealed``: for each neighbour it masked with, its seed share if the
+   request marks it survived, else its mask-key share: never both for one neighbour
+   (one bit per neighbour decides which), and only for neighbours it masked with.
 
 The device's secrets and shares live only for one round.
 """
@@ -30,7 +32,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedge.client.secagg_vector import SecAggEncoder
-from fedge.protos.secagg import aead, keys, masks, ring, shamir
+from fedge.protos.secagg import aead, keys, masks, ring, shamir, subsets
 from fedge.protos.secagg.errors import SecAggError
 from fedge.protos.secagg.params import RoundPlan, check_setup
 from fedge.protos.v1 import secagg_pb2 as pb
@@ -53,7 +55,7 @@ class _Round:
     mask_secret: int
     mask_key: X25519PrivateKey
     stage: DeviceStage = DeviceStage.KEYS
-    peers: dict[int, pb.PeerKeys] = field(default_factory=dict)
+    peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # roster: node -> (cipher, mask) public keys
     seed_secret: int = 0
     held: dict[int, tuple[int, int]] = field(default_factory=dict)  # sender -> (seed share, key share)
     masked_with: tuple[int, ...] = ()
@@ -92,7 +94,6 @@ class SecAggDevice:
         return pb.SecAggReply(
             keys=pb.AdvertiseKeys(
                 server_round=plan.server_round,
-                node_id=self.node_id,
                 cipher_public_key=keys.public_bytes(state.cipher_key),
                 mask_public_key=keys.public_bytes(state.mask_key),
             )
@@ -101,40 +102,34 @@ class SecAggDevice:
     def _share(self, roster: pb.KeyRoster) -> pb.SecAggReply:
         state = self._expect(DeviceStage.KEYS, roster.server_round)
         plan = state.plan
-        mine = set(plan.neighbours[self.node_id])
-        peers: dict[int, pb.PeerKeys] = {}
-        for peer in roster.peers:
-            if peer.node_id not in mine or peer.node_id in peers:
-                raise SecAggError(f"roster lists node {peer.node_id}, not a (single) neighbour of {self.node_id}")
-            keys.parse_public_key(peer.cipher_public_key)
-            keys.parse_public_key(peer.mask_public_key)
-            peers[peer.node_id] = peer
-        if len(peers) < plan.threshold:
-            raise SecAggError(f"only {len(peers)} neighbours advertised keys; the threshold is {plan.threshold}")
+        members = subsets.decode(roster.advertised, plan.neighbours[self.node_id])
+        if len(members) < plan.threshold:
+            raise SecAggError(f"only {len(members)} neighbours advertised keys; the threshold is {plan.threshold}")
+        records = subsets.split_records(roster.public_keys, len(members), 2 * keys.PUBLIC_KEY_BYTES, "roster keys")
+        peers: dict[int, tuple[bytes, bytes]] = {}
+        for v, record in zip(members, records):
+            cipher, mask = record[: keys.PUBLIC_KEY_BYTES], record[keys.PUBLIC_KEY_BYTES :]
+            keys.parse_public_key(cipher)
+            keys.parse_public_key(mask)
+            peers[v] = (cipher, mask)
         state.peers = peers
         state.seed_secret = shamir.random_secret()
-        xs = [plan.x_of(v) for v in peers]
+        xs = [plan.x_of(v) for v in members]
         seed_shares = shamir.split(state.seed_secret, xs, plan.threshold)
         key_shares = shamir.split(state.mask_secret, xs, plan.threshold)
-        reply = pb.ShareKeys(
-            server_round=plan.server_round,
-            node_id=self.node_id,
-            seed_commitment=keys.commitment(state.seed_secret, self.node_id, plan.server_round),
-        )
-        for v, peer in peers.items():
-            x = plan.x_of(v)
-            plaintext = pb.SharePlaintext(
-                server_round=plan.server_round,
-                sender=self.node_id,
-                receiver=v,
-                seed_share=shamir.to_bytes(seed_shares[x]),
-                key_share=shamir.to_bytes(key_shares[x]),
-            ).SerializeToString()
-            key = keys.agree(state.cipher_key, peer.cipher_public_key, "share-cipher", plan.server_round)
-            nonce, ciphertext = aead.seal(key, plaintext, aead.associated_data(plan.server_round, self.node_id, v))
-            reply.shares.add(sender=self.node_id, receiver=v, nonce=nonce, ciphertext=ciphertext)
+        sealed = []
+        for v, x in zip(members, xs):
+            key = keys.agree(state.cipher_key, peers[v][0], "share-cipher", plan.server_round)
+            pair = shamir.to_bytes(seed_shares[x]) + shamir.to_bytes(key_shares[x])
+            sealed.append(aead.seal(key, self.node_id, pair, aead.associated_data(plan.server_round, self.node_id, v)))
         state.stage = DeviceStage.SHARES
-        return pb.SecAggReply(shares=reply)
+        return pb.SecAggReply(
+            shares=pb.ShareKeys(
+                server_round=plan.server_round,
+                seed_commitment=keys.commitment(state.seed_secret, self.node_id, plan.server_round),
+                sealed=b"".join(sealed),
+            )
+        )
 
     # -- stage 3 ----------------------------------------------------------------------
     def masked_input(
@@ -156,73 +151,48 @@ class SecAggDevice:
         bundle = _bundle_of(request)
         state = self._expect(DeviceStage.SHARES, bundle.server_round)
         plan = state.plan
-        length, bits = plan.length, plan.modulus_bits
-        vector = np.asarray(vector, dtype=np.uint32)
+        length, modulus = plan.length, plan.modulus
+        vector = np.asarray(vector, dtype=np.uint64)
         if vector.shape != (length,) or (vector.size and int(vector.max()) >= 1 << plan.quantiser.value_bits):
             raise SecAggError(f"the vector to mask must be {length} integers below 2**{plan.quantiser.value_bits}")
-        senders: list[int] = []
-        for share in bundle.shares:
-            sender = int(share.sender)
-            if sender not in state.peers or sender in senders or share.receiver != self.node_id:
-                raise SecAggError(f"bundle holds a share from {sender} to {share.receiver} this device cannot take")
-            senders.append(sender)
+        senders = subsets.decode(bundle.senders, tuple(state.peers))
+        for sender, sealed in zip(senders, subsets.split_records(bundle.sealed, len(senders), aead.SEALED_BYTES, "bundle")):
             try:
-                state.held[sender] = self._open(state, share)
+                state.held[sender] = self._open(state, sender, sealed)
             except SecAggError as exc:  # it still masks with the sender: the sender masks with it
                 state.rejected[sender] = str(exc)
                 log.warning("node %d: share from %d not kept: %s", self.node_id, sender, exc)
-        masked = ring.add(vector, masks.self_mask(state.seed_secret, plan.server_round, length, bits), bits)
+        masked = masks.MaskSum(vector, modulus)
+        masked.add(masks.self_mask(state.seed_secret, plan.server_round, length, modulus))
         for v in senders:
-            pair = masks.pairwise_mask(
-                state.mask_key, self.node_id, state.peers[v].mask_public_key, v, plan.server_round, length, bits
-            )
-            masked = ring.add(masked, pair, bits)
-        state.masked_with = tuple(senders)
+            pair = masks.pairwise_mask(state.mask_key, state.peers[v][1], plan.server_round, length, modulus)
+            masked.add(pair, masks.pairwise_sign(self.node_id, v))
+        state.masked_with = senders
         state.stage = DeviceStage.MASKED
         return pb.SecAggReply(
-            masked=pb.MaskedInput(
-                server_round=plan.server_round,
-                node_id=self.node_id,
-                length=length,
-                modulus_bits=bits,
-                data=ring.pack(masked, bits),
-            )
+            masked=pb.MaskedInput(server_round=plan.server_round, data=ring.pack(masked.value(), modulus))
         )
 
-    def _open(self, state: _Round, share: pb.EncryptedShare) -> tuple[int, int]:
-        plan, sender = state.plan, int(share.sender)
-        key = keys.agree(state.cipher_key, state.peers[sender].cipher_public_key, "share-cipher", plan.server_round)
-        data = aead.open_sealed(
-            key, share.nonce, share.ciphertext, aead.associated_data(plan.server_round, sender, self.node_id)
-        )
-        plaintext = pb.SharePlaintext()
-        try:
-            plaintext.ParseFromString(data)
-        except Exception as exc:  # protobuf's DecodeError
-            raise SecAggError(f"share plaintext does not parse: {exc}") from None
-        if (plaintext.server_round, plaintext.sender, plaintext.receiver) != (plan.server_round, sender, self.node_id):
-            raise SecAggError("share plaintext names another round, sender or receiver")
-        return shamir.from_bytes(plaintext.seed_share), shamir.from_bytes(plaintext.key_share)
+    def _open(self, state: _Round, sender: int, sealed: bytes) -> tuple[int, int]:
+        plan = state.plan
+        key = keys.agree(state.cipher_key, state.peers[sender][0], "share-cipher", plan.server_round)
+        pair = aead.open_sealed(key, sender, sealed, aead.associated_data(plan.server_round, sender, self.node_id))
+        return shamir.from_bytes(pair[: shamir.SHARE_BYTES]), shamir.from_bytes(pair[shamir.SHARE_BYTES :])
 
     # -- stage 4 ----------------------------------------------------------------------
     def _reveal(self, request: pb.UnmaskRequest) -> pb.SecAggReply:
         state = self._expect(DeviceStage.MASKED, request.server_round)
-        survivors, dropped = [int(v) for v in request.survivors], [int(v) for v in request.dropped]
-        asked = survivors + dropped
-        if len(set(asked)) != len(asked):
-            raise SecAggError("unmask request lists a node twice (or as both survivor and dropped)")
-        strangers = set(asked) - set(state.masked_with)
-        if strangers:
-            raise SecAggError(f"unmask request names nodes {sorted(strangers)} this device did not mask with")
-        reply = pb.UnmaskShares(server_round=state.plan.server_round, node_id=self.node_id)
-        for v in survivors:
-            if v in state.held:
-                reply.shares.add(owner=v, kind=pb.SHARE_KIND_SEED, share=shamir.to_bytes(state.held[v][0]))
-        for v in dropped:
-            if v in state.held:
-                reply.shares.add(owner=v, kind=pb.SHARE_KIND_KEY, share=shamir.to_bytes(state.held[v][1]))
+        survived = set(subsets.decode(request.survived, state.masked_with))
+        held = [v for v in state.masked_with if v in state.held]
+        shares = [shamir.to_bytes(state.held[v][0 if v in survived else 1]) for v in held]
         self._round = None  # a round's secrets are used once
-        return pb.SecAggReply(revealed=reply)
+        return pb.SecAggReply(
+            revealed=pb.UnmaskShares(
+                server_round=state.plan.server_round,
+                held=subsets.encode(held, state.masked_with),
+                shares=b"".join(shares),
+            )
+        )
 
     def _expect(self, stage: DeviceStage, server_round: int) -> _Round:
         state = self._round

@@ -212,8 +212,8 @@ def test_the_answer_ceiling_of_a_secagg_train_task_fits_any_masked_vector():
         config_values.to_wire({**UplinkPlan(CodecSpec("uniform", {"bits": 8})).to_config(), **extra}, t.config)
         return t
 
-    masked = pb.SecAggReply(masked=pb.MaskedInput(server_round=1, node_id=1, length=90_301, modulus_bits=18,
-                                                 data=b"\0" * ring.packed_size(90_301, 18))).ByteSize()
+    masked = pb.SecAggReply(masked=pb.MaskedInput(server_round=1,
+                                                 data=b"\0" * ring.packed_size(90_301, 1000 * 255 + 1))).ByteSize()
     assert ceiling(task({})) < masked  # the q8 plan alone would refuse it
     assert ceiling(task({REQUEST_KEY: b"bundle-1"})) > masked
     assert ceiling(task({REQUEST_KEY: b"bundle-2"})) == ceiling(task({REQUEST_KEY: b"bundle-1"}))

@@ -11,7 +11,7 @@ from scipy import stats
 from fedge.client.secagg import SecAggDevice
 from fedge.client.secagg_vector import SecAggEncoder
 from fedge.protos.secagg.params import float_layout
-from fedge.protos.secagg import keys, masks, ring, shamir
+from fedge.protos.secagg import aead, keys, masks, prg, ring, shamir, subsets
 from fedge.protos.secagg.errors import SecAggError
 from fedge.protos.secagg.params import check_setup, layout_digest, make_setup
 from fedge.protos.v1 import secagg_pb2 as pb
@@ -62,7 +62,7 @@ def test_sum_equals_plaintext_sum_of_the_same_quantised_updates_bit_for_bit(spar
     total = server.receive_unmask({u: devices[u].answer(r) for u, r in requests.items()})
     assert total is not None and server.stage is ServerStage.DONE
     expected = _plain_sum(plain, deltas)
-    assert expected.max() < 1 << setup.modulus_bits  # headroom: the sum never wrapped
+    assert expected.max() < setup.modulus  # headroom: the sum never wrapped
     np.testing.assert_array_equal(total.astype(np.int64), expected)
     # and what it means: the example-weighted mean of the clipped updates, to rounding error
     mean, weight = server.mean_update()
@@ -98,7 +98,7 @@ def test_sparse_variant_sends_only_the_shared_coordinates_and_error_feedback_kee
 # -- privacy of one update -----------------------------------------------------------------
 def test_what_the_server_receives_from_one_device_is_uniform_whatever_its_input():
     """Masked inputs of a device holding all-zero and all-max vectors, over many rounds:
-    both are uniform modulo 2**m (chi-square), and indistinguishable from each other."""
+    both are uniform modulo M (chi-square), and indistinguishable from each other."""
     seen = {0: [], 15: []}
     for r in range(1, 41):
         for value in seen:
@@ -113,8 +113,8 @@ def test_what_the_server_receives_from_one_device_is_uniform_whatever_its_input(
 
             assert run_round(server, devices, vectors, tamper=capture) is not None
             masked = captured["data"]
-            seen[value].append(ring.unpack(masked.data, masked.length, masked.modulus_bits))
-    bins = 1 << server.plan.modulus_bits  # 4 value bits + 2 headroom bits: 64 values
+            seen[value].append(ring.unpack(masked.data, server.plan.length, server.plan.modulus))
+    bins = server.plan.modulus  # 3 devices of 4-bit values: M = 3 * 15 + 1 = 46 values
     counts = {v: np.bincount(np.concatenate(s), minlength=bins) for v, s in seen.items()}
     for value, observed in counts.items():
         assert stats.chisquare(observed).pvalue > 1e-3, f"input {value}: masked values are not uniform"
@@ -148,14 +148,19 @@ def test_server_cannot_unmask_a_device_with_t_minus_one_shares():
     revealed: dict[int, dict[int, int]] = {}
 
     def capture(stage, node, reply):
-        if stage == "revealed":
-            for share in reply.revealed.shares:
-                revealed.setdefault(share.owner, {})[server.plan.x_of(node)] = shamir.from_bytes(share.share)
+        if stage == "revealed":  # complete graph, everyone shared: the shares follow the neighbour list
+            owners = subsets.decode(reply.revealed.held, server.plan.neighbours[node])
+            for i, owner in enumerate(owners):
+                share = reply.revealed.shares[16 * i : 16 * (i + 1)]
+                revealed.setdefault(owner, {})[server.plan.x_of(node)] = shamir.from_bytes(share)
         if stage == "masked":
-            captured[node] = ring.unpack(reply.masked.data, reply.masked.length, reply.masked.modulus_bits)
+            captured[node] = ring.unpack(reply.masked.data, server.plan.length, server.plan.modulus)
+        if stage == "shares":
+            commitments[node] = reply.shares.seed_commitment
         return reply
 
     captured: dict[int, np.ndarray] = {}
+    commitments: dict[int, bytes] = {}
     # t devices mask, one of them (the victim) vanishes before unmasking: the other t - 1
     # reveal their shares of its seed, which is all the server can get
     total = run_round(server, devices, vectors, drop_before_masking=nodes[t:], drop_after_masking=nodes[:1], tamper=capture)
@@ -164,10 +169,12 @@ def test_server_cannot_unmask_a_device_with_t_minus_one_shares():
     victim = nodes[0]
     assert len(revealed[victim]) == t - 1
     guess = shamir.combine(revealed[victim])
-    commitment = bytes(server._shares[victim].seed_commitment)
-    assert keys.commitment(guess, victim, 1) != commitment
+    assert keys.commitment(guess, victim, 1) != commitments[victim]
     # the guessed self-mask does not strip the victim's masks: what is left is not its input
-    left = ring.subtract(captured[victim], masks.self_mask(guess, 1, server.plan.length, server.plan.modulus_bits), server.plan.modulus_bits)
+    m = server.plan.modulus
+    left = masks.MaskSum(captured[victim], m)
+    left.add(masks.self_mask(guess, 1, server.plan.length, m), -1)
+    left = left.value()
     assert not np.array_equal(left, vectors[victim])
 
 
@@ -212,23 +219,27 @@ def _tampered(tamper, n=10, **kwargs):
     return server, nodes, vectors, total
 
 
-def _malformed(share):
-    share.share = b"\x01" * 15
+def _outside_the_field(shares: bytes) -> bytes:  # one share dropped, the rest used
+    return b"\xff" * 16 + shares[16:]
 
 
-def _wrong_valued(share):  # well formed: only the commitment shows it is wrong
-    share.share = shamir.to_bytes((shamir.from_bytes(share.share) + 1) % shamir.PRIME)
+def _cut_short(shares: bytes) -> bytes:  # the device's whole reveal dropped
+    return shares[:-1]
+
+
+def _wrong_valued(shares: bytes) -> bytes:  # well formed: only the commitment shows it is wrong
+    return shamir.to_bytes((shamir.from_bytes(shares[:16]) + 1) % shamir.PRIME) + shares[16:]
 
 
 @pytest.mark.parametrize(
     ("corrupt", "sender", "reason"),
-    [(_malformed, 1003, "16 bytes"), (_wrong_valued, 1004, "wrong share")],
-    ids=["malformed", "wrong-valued"],
+    [(_outside_the_field, 1003, "not a field element"), (_cut_short, 1005, "revealed shares"), (_wrong_valued, 1004, "wrong share")],
+    ids=["outside-the-field", "cut-short", "wrong-valued"],
 )
 def test_a_bad_revealed_share_is_left_out_with_its_reason_and_the_sum_stays_exact(corrupt, sender, reason):
     def tamper(stage, node, reply):
         if stage == "revealed" and node == sender:
-            corrupt(reply.revealed.shares[0])
+            reply.revealed.shares = corrupt(reply.revealed.shares)
         return reply
 
     server, nodes, vectors, total = _tampered(tamper)
@@ -239,12 +250,12 @@ def test_a_bad_revealed_share_is_left_out_with_its_reason_and_the_sum_stays_exac
 def test_a_malformed_encrypted_share_drops_its_sender_before_anyone_masks_with_it():
     def tamper(stage, node, reply):
         if stage == "shares" and node == 1007:
-            reply.shares.shares[2].nonce = b"\x00" * 5
+            reply.shares.sealed = reply.shares.sealed[:-5]
         return reply
 
     server, nodes, vectors, total = _tampered(tamper)
     np.testing.assert_array_equal(total.astype(np.int64), _plain_sum(vectors, [u for u in nodes if u != 1007]))
-    assert any(d.node_id == 1007 and d.stage == "shares" and "malformed share ciphertext" in d.reason for d in server.dropped)
+    assert any(d.node_id == 1007 and d.stage == "shares" and "malformed sealed shares" in d.reason for d in server.dropped)
     assert 1007 not in server.survivors
 
 
@@ -276,10 +287,10 @@ def test_shares_for_another_round_are_dropped_with_a_reason():
     def replay(stage, node, reply):
         if stage == "shares" and node == 1001:
             reply.shares.CopyFrom(old[1001])
-        if stage == "shares" and node == 1005:
-            stale = next(s for s in old[1005].shares if s.receiver == 1006)
-            fresh = next(s for s in reply.shares.shares if s.receiver == 1006)
-            fresh.nonce, fresh.ciphertext = stale.nonce, stale.ciphertext
+        if stage == "shares" and node == 1005:  # complete graph: 1006 is 1005's 6th neighbour in both rounds
+            i, size = server.plan.neighbours[1005].index(1006), aead.SEALED_BYTES
+            sealed = reply.shares.sealed
+            reply.shares.sealed = sealed[: i * size] + old[1005].sealed[i * size : (i + 1) * size] + sealed[(i + 1) * size :]
         return reply
 
     server, devices, _ = _round(10, server_round=2)
@@ -306,7 +317,7 @@ def test_setups_that_break_the_guarantees_are_refused():
     setup = make_setup(1, [1, 2, 3, 4, 5], 10, bytes(32))
     for field, value, match in [
         ("threshold", 2, "more than half"),
-        ("modulus_bits", 9, "modulus_bits"),
+        ("modulus", 5 * 255 + 2, "modulus"),
         ("graph_seed", b"short", "graph_seed"),
     ]:
         bad = pb.SecAggSetup()
@@ -314,7 +325,7 @@ def test_setups_that_break_the_guarantees_are_refused():
         setattr(bad, field, value)
         with pytest.raises(SecAggError, match=match):
             check_setup(bad)
-    with pytest.raises(SecAggError, match="need 35 bits > 32"):
+    with pytest.raises(SecAggError, match=r"need a modulus of 33554430001 > 2\*\*32"):
         make_setup(1, list(range(2000)), 10, bytes(32), value_bits=24)
 
 
@@ -351,8 +362,91 @@ def test_the_default_graph_survives_thirty_percent_dropouts(n):
     assert neighbour_count(10_000) < 1.3 * neighbour_count(1000)  # logarithmic growth
 
 
-def test_ring_packing_round_trips_every_width():
+def test_ring_packing_round_trips_every_modulus_and_refuses_what_is_not_a_packing():
     rng = np.random.default_rng(0)
-    for bits in range(1, 33):
-        values = rng.integers(0, 1 << bits, 77, dtype=np.uint64).astype(np.uint32)
-        np.testing.assert_array_equal(ring.unpack(ring.pack(values, bits), 77, bits), values)
+    for modulus in (2, 3, 255, 256, 257, 2551, 25_501, 255_001, (1 << 31) + 1, (1 << 32) - 1, 1 << 32):
+        for count in (1, 13, 77):
+            values = rng.integers(0, modulus, count, dtype=np.uint64)
+            data = ring.pack(values, modulus)
+            assert len(data) == ring.packed_size(count, modulus)
+            np.testing.assert_array_equal(ring.unpack(data, count, modulus), values)
+    # n = 100 8-bit devices: M = 25,501, 14 values in 205 bits (14.64 bits a value, not 15)
+    assert ring.group_shape(25_501) == (14, 205)
+    assert ring.packed_size(38_284, 25_501) == (2735 * 205 + 7) // 8
+    with pytest.raises(SecAggError, match="bytes"):
+        ring.unpack(b"\0" * 10, 13, 25_501)
+    too_big = bytes([0xFF]) * ring.packed_size(14, 25_501)  # one group of all ones: >= M**14
+    with pytest.raises(SecAggError, match="at or above"):
+        ring.unpack(too_big, 14, 25_501)
+    padded = ring.pack(np.arange(14, dtype=np.uint64), 25_501)  # 13 values + 1 padding value that is not 0
+    with pytest.raises(SecAggError, match="padding"):
+        ring.unpack(padded, 13, 25_501)
+    with pytest.raises(SecAggError, match="below the modulus"):
+        ring.pack(np.array([25_501], dtype=np.uint64), 25_501)
+
+
+def test_masks_are_exactly_uniform_modulo_m_and_the_same_from_the_same_seed():
+    modulus = 3 * 15 + 1
+    values = prg.mask(b"k" * 32, 200_000, modulus)
+    assert values.max() < modulus
+    np.testing.assert_array_equal(values, prg.mask(b"k" * 32, 200_000, modulus))
+    np.testing.assert_array_equal(values[:1000], prg.mask(b"k" * 32, 1000, modulus))  # a prefix of the same stream
+    assert stats.chisquare(np.bincount(values.astype(np.int64), minlength=modulus)).pvalue > 1e-3
+    # rejection sampling: the words a plain "mod M" would bias (the top of the uint32 range) are skipped
+    words = prg.words(b"k" * 32, 1000)
+    kept = words[words < (2**32 // modulus) * modulus]
+    np.testing.assert_array_equal(prg.mask(b"k" * 32, len(kept), modulus), kept % modulus)
+
+
+def test_a_mask_sum_reduced_once_equals_reducing_every_step():
+    rng = np.random.default_rng(2)
+    for modulus in (46, 25_501, (1 << 32) - 5, 1 << 32):
+        start = rng.integers(0, modulus, 500, dtype=np.uint64)
+        total, expected = masks.MaskSum(start, modulus), start.astype(object)
+        for i, sign in enumerate([1, -1, -1, 1, -1]):
+            words = prg.mask_words(bytes([i]) * 32, 500, modulus)
+            total.add(words, sign)
+            expected = (expected + sign * words.astype(object)) % modulus
+        np.testing.assert_array_equal(total.value(), expected.astype(np.uint64))
+
+
+def test_subset_bitmaps_name_members_in_list_order_and_refuse_stray_bits():
+    among = (3, 7, 9, 12, 20, 21, 22, 30, 31)
+    data = subsets.encode([7, 30, 31], among)
+    assert len(data) == 2 and subsets.decode(data, among) == (7, 30, 31)
+    with pytest.raises(SecAggError, match="past its list"):
+        subsets.decode(bytes([0, 0xFF]), among)
+    with pytest.raises(SecAggError, match="bytes"):
+        subsets.decode(b"\0", among)
+    with pytest.raises(SecAggError, match="outside"):
+        subsets.encode([8], among)
+
+
+def test_both_directions_under_one_pair_key_use_different_nonces():
+    """u -> v and v -> u share a key (one X25519 agreement); the derived nonces differ,
+    so no (key, nonce) pair seals two messages; a sealed pair opens only as sent."""
+    key, pair = b"K" * 32, b"P" * aead.PAIR_BYTES
+    to_v = aead.seal(key, 1, pair, aead.associated_data(4, 1, 2))
+    to_u = aead.seal(key, 2, pair, aead.associated_data(4, 2, 1))
+    assert len(to_v) == aead.SEALED_BYTES == 48 and to_v != to_u and aead.nonce(1) != aead.nonce(2)
+    assert aead.open_sealed(key, 1, to_v, aead.associated_data(4, 1, 2)) == pair
+    for sender, associated in [(2, aead.associated_data(4, 1, 2)), (1, aead.associated_data(5, 1, 2)), (1, aead.associated_data(4, 1, 3))]:
+        with pytest.raises(SecAggError, match="authenticate"):
+            aead.open_sealed(key, sender, to_v, associated)
+
+
+def test_a_device_sends_its_masked_vector_plus_64_bytes_a_neighbour_plus_a_fixed_few():
+    """The uplink budget, exactly: per neighbour a 48-byte sealed share pair and a 16-byte
+    revealed share; per device two public keys, a 16-byte commitment and message framing."""
+    from fedge.simulations.secagg_round import ProtocolCost
+
+    for n, neighbours in [(10, 0), (40, 12)]:
+        server, devices, nodes = _round(n, length=1000, neighbours=neighbours)
+        cost = ProtocolCost()
+        assert run_round(server, devices, _vectors(server, nodes), cost=cost) is not None
+        k, plan = server.plan.setup.neighbours, server.plan
+        masked = ring.packed_size(plan.length, plan.modulus)
+        for u in nodes:
+            fixed = cost.uplink_bytes[u] - masked - 64 * k - (k + 7) // 8  # the bitmap of held shares
+            # 4 replies, each with its round, node id, stage tag and field lengths: <= 16 bytes of framing
+            assert 2 * 32 + 16 <= fixed <= 2 * 32 + 16 + 4 * 16, f"n={n}: {fixed} bytes beyond keys, shares and masked vector"

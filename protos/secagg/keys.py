@@ -26,6 +26,11 @@ from fedge.protos.secagg.errors import SecAggError
 
 #: Bytes of an X25519 public key.
 PUBLIC_KEY_BYTES = 32
+#: Bytes of a seed commitment: SHA-256 truncated to 128 bits. Enough: a peer that wants a
+#: wrong share of the seed to pass would need a 128-bit second preimage; the device that
+#: commits could find a collision in 2**64 work, but gains nothing from it (a wrong seed
+#: only spoils the sum, which its own input could do anyway).
+COMMITMENT_BYTES = 16
 _LABEL = b"fedge/secagg/v1/"
 
 
@@ -74,7 +79,7 @@ def self_mask_seed(seed_secret: int, server_round: int) -> bytes:
 
 
 def commitment(seed_secret: int, node_id: int, server_round: int) -> bytes:
-    """SHA-256 commitment to a seed secret: a rebuilt seed is checked against it."""
+    """Commitment (:data:`COMMITMENT_BYTES`) to a seed secret: a rebuilt seed is checked against it."""
     return hashlib.sha256(
         _LABEL + b"seed-commitment" + server_round.to_bytes(8, "big") + node_id.to_bytes(8, "big") + shamir.to_bytes(seed_secret)
-    ).digest()
+    ).digest()[:COMMITMENT_BYTES]

@@ -4,12 +4,13 @@ The server builds the setup with :func:`make_setup`; a device (and the server it
 turns it into a :class:`RoundPlan` with :func:`check_setup`, which refuses anything that
 would break the protocol's guarantees: a threshold of half the neighbours or less (a
 server that lies about who dropped could then collect both secrets of a device), a ring
-too small for the sum of ``n`` devices, seeds of the wrong size, participants that are
+other than the smallest one the sum of ``n`` devices cannot wrap in, seeds of the wrong size, participants that are
 not a strictly ascending list.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -20,7 +21,7 @@ import numpy as np
 
 from fedge.protos.secagg import graph
 from fedge.protos.secagg.errors import SecAggError
-from fedge.protos.secagg.quantise import Quantiser, modulus_bits
+from fedge.protos.secagg.quantise import Quantiser, modulus
 from fedge.protos.v1 import secagg_pb2 as pb
 
 SEED_BYTES = 32
@@ -67,7 +68,7 @@ def make_setup(
         neighbours=k,
         threshold=threshold or default_threshold(k),
         graph_seed=os.urandom(SEED_BYTES),
-        modulus_bits=modulus_bits(value_bits, len(nodes)),
+        modulus=modulus(value_bits, len(nodes)),
         value_bits=value_bits,
         clip=clip,
         vector_length=vector_length,
@@ -98,8 +99,9 @@ class RoundPlan:
         return int(self.setup.threshold)
 
     @property
-    def modulus_bits(self) -> int:
-        return int(self.setup.modulus_bits)
+    def modulus(self) -> int:
+        """The ring's modulus ``M``: masked values are integers modulo ``M``."""
+        return int(self.setup.modulus)
 
     @property
     def sent_coordinates(self) -> int:
@@ -113,7 +115,11 @@ class RoundPlan:
 
     def x_of(self, node: int) -> int:
         """A node's Shamir x-coordinate: its position among the participants, plus one."""
-        return self.participants.index(node) + 1
+        return self._positions[node] + 1
+
+    @functools.cached_property
+    def _positions(self) -> dict[int, int]:
+        return {node: i for i, node in enumerate(self.participants)}
 
 
 def check_setup(setup: pb.SecAggSetup) -> RoundPlan:
@@ -129,9 +135,9 @@ def check_setup(setup: pb.SecAggSetup) -> RoundPlan:
     if len(setup.graph_seed) != SEED_BYTES:
         raise SecAggError(f"graph_seed must be {SEED_BYTES} bytes")
     quantiser = Quantiser(int(setup.value_bits), float(setup.clip))
-    needed = modulus_bits(quantiser.value_bits, n)
-    if setup.modulus_bits != needed:
-        raise SecAggError(f"modulus_bits {setup.modulus_bits} != {needed} ({quantiser.value_bits} bits for {n} devices)")
+    needed = modulus(quantiser.value_bits, n)
+    if setup.modulus != needed:
+        raise SecAggError(f"modulus {setup.modulus} != {needed} ({quantiser.value_bits} bits for {n} devices)")
     if setup.vector_length < 1 or len(setup.layout_digest) != 32:
         raise SecAggError("vector_length must be >= 1 and layout_digest 32 bytes")
     if setup.kept:

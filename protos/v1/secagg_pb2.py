@@ -24,41 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64ge/protos/v1/secagg.proto\x12\x08\x66\x65\x64ge.v1\"\xaf\x02\n\x0bSecAggSetup\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x14\n\x0cparticipants\x18\x02 \x03(\x04\x12\x12\n\nneighbours\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x12\n\ngraph_seed\x18\x05 \x01(\x0c\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\x12\x12\n\nvalue_bits\x18\x07 \x01(\r\x12\x0c\n\x04\x63lip\x18\x08 \x01(\x01\x12\x15\n\rvector_length\x18\t \x01(\x04\x12\x15\n\rlayout_digest\x18\n \x01(\x0c\x12\x0c\n\x04kept\x18\x0b \x01(\x04\x12\x17\n\x0f\x63oordinate_seed\x18\x0c \x01(\x0c\x12\x14\n\x0cmax_examples\x18\r \x01(\x01\x12\x16\n\x0e\x65rror_feedback\x18\x0e \x01(\x08\"O\n\x08PeerKeys\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\"D\n\tKeyRoster\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12!\n\x05peers\x18\x02 \x03(\x0b\x32\x12.fedge.v1.PeerKeys\"U\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\x04\x12\x10\n\x08receiver\x18\x02 \x01(\x04\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"M\n\x0bShareBundle\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12(\n\x06shares\x18\x02 \x03(\x0b\x32\x18.fedge.v1.EncryptedShare\"I\n\rUnmaskRequest\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x11\n\tsurvivors\x18\x02 \x03(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\x04\"\xbb\x01\n\rSecAggRequest\x12&\n\x05setup\x18\x01 \x01(\x0b\x32\x15.fedge.v1.SecAggSetupH\x00\x12%\n\x06roster\x18\x02 \x01(\x0b\x32\x13.fedge.v1.KeyRosterH\x00\x12\'\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x15.fedge.v1.ShareBundleH\x00\x12)\n\x06unmask\x18\x04 \x01(\x0b\x32\x17.fedge.v1.UnmaskRequestH\x00\x42\x07\n\x05stage\"j\n\rAdvertiseKeys\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x19\n\x11\x63ipher_public_key\x18\x03 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x04 \x01(\x0c\"u\n\tShareKeys\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x17\n\x0fseed_commitment\x18\x03 \x01(\x0c\x12(\n\x06shares\x18\x04 \x03(\x0b\x32\x18.fedge.v1.EncryptedShare\"h\n\x0bMaskedInput\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x14\n\x0cmodulus_bits\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"P\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\x04\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.fedge.v1.ShareKind\x12\r\n\x05share\x18\x03 \x01(\x0c\"^\n\x0cUnmaskShares\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.fedge.v1.RevealedShare\"\xbb\x01\n\x0bSecAggReply\x12\'\n\x04keys\x18\x01 \x01(\x0b\x32\x17.fedge.v1.AdvertiseKeysH\x00\x12%\n\x06shares\x18\x02 \x01(\x0b\x32\x13.fedge.v1.ShareKeysH\x00\x12\'\n\x06masked\x18\x03 \x01(\x0b\x32\x15.fedge.v1.MaskedInputH\x00\x12*\n\x08revealed\x18\x04 \x01(\x0b\x32\x16.fedge.v1.UnmaskSharesH\x00\x42\x07\n\x05stage\"o\n\x0eSharePlaintext\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\x04\x12\x10\n\x08receiver\x18\x03 \x01(\x04\x12\x12\n\nseed_share\x18\x04 \x01(\x0c\x12\x11\n\tkey_share\x18\x05 \x01(\x0c*P\n\tShareKind\x12\x1a\n\x16SHARE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fSHARE_KIND_SEED\x10\x01\x12\x12\n\x0eSHARE_KIND_KEY\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64ge/protos/v1/secagg.proto\x12\x08\x66\x65\x64ge.v1\"\xaa\x02\n\x0bSecAggSetup\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x14\n\x0cparticipants\x18\x02 \x03(\x04\x12\x12\n\nneighbours\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x12\n\ngraph_seed\x18\x05 \x01(\x0c\x12\x0f\n\x07modulus\x18\x06 \x01(\x04\x12\x12\n\nvalue_bits\x18\x07 \x01(\r\x12\x0c\n\x04\x63lip\x18\x08 \x01(\x01\x12\x15\n\rvector_length\x18\t \x01(\x04\x12\x15\n\rlayout_digest\x18\n \x01(\x0c\x12\x0c\n\x04kept\x18\x0b \x01(\x04\x12\x17\n\x0f\x63oordinate_seed\x18\x0c \x01(\x0c\x12\x14\n\x0cmax_examples\x18\r \x01(\x01\x12\x16\n\x0e\x65rror_feedback\x18\x0e \x01(\x08\"J\n\tKeyRoster\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x12\n\nadvertised\x18\x02 \x01(\x0c\x12\x13\n\x0bpublic_keys\x18\x03 \x01(\x0c\"D\n\x0bShareBundle\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0f\n\x07senders\x18\x02 \x01(\x0c\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"7\n\rUnmaskRequest\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x10\n\x08survived\x18\x02 \x01(\x0c\"\xbb\x01\n\rSecAggRequest\x12&\n\x05setup\x18\x01 \x01(\x0b\x32\x15.fedge.v1.SecAggSetupH\x00\x12%\n\x06roster\x18\x02 \x01(\x0b\x32\x13.fedge.v1.KeyRosterH\x00\x12\'\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x15.fedge.v1.ShareBundleH\x00\x12)\n\x06unmask\x18\x04 \x01(\x0b\x32\x17.fedge.v1.UnmaskRequestH\x00\x42\x07\n\x05stage\"Y\n\rAdvertiseKeys\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x19\n\x11\x63ipher_public_key\x18\x03 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x04 \x01(\x0c\"J\n\tShareKeys\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x17\n\x0fseed_commitment\x18\x03 \x01(\x0c\x12\x0e\n\x06sealed\x18\x04 \x01(\x0c\"1\n\x0bMaskedInput\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"B\n\x0cUnmaskShares\x12\x14\n\x0cserver_round\x18\x01 \x01(\x04\x12\x0c\n\x04held\x18\x03 \x01(\x0c\x12\x0e\n\x06shares\x18\x04 \x01(\x0c\"\xbb\x01\n\x0bSecAggReply\x12\'\n\x04keys\x18\x01 \x01(\x0b\x32\x17.fedge.v1.AdvertiseKeysH\x00\x12%\n\x06shares\x18\x02 \x01(\x0b\x32\x13.fedge.v1.ShareKeysH\x00\x12\'\n\x06masked\x18\x03 \x01(\x0b\x32\x15.fedge.v1.MaskedInputH\x00\x12*\n\x08revealed\x18\x04 \x01(\x0b\x32\x16.fedge.v1.UnmaskSharesH\x00\x42\x07\n\x05stageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge.protos.v1.secagg_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHAREKIND']._serialized_start=1744
-  _globals['_SHAREKIND']._serialized_end=1824
   _globals['_SECAGGSETUP']._serialized_start=43
-  _globals['_SECAGGSETUP']._serialized_end=346
-  _globals['_PEERKEYS']._serialized_start=348
-  _globals['_PEERKEYS']._serialized_end=427
-  _globals['_KEYROSTER']._serialized_start=429
-  _globals['_KEYROSTER']._serialized_end=497
-  _globals['_ENCRYPTEDSHARE']._serialized_start=499
-  _globals['_ENCRYPTEDSHARE']._serialized_end=584
-  _globals['_SHAREBUNDLE']._serialized_start=586
-  _globals['_SHAREBUNDLE']._serialized_end=663
-  _globals['_UNMASKREQUEST']._serialized_start=665
-  _globals['_UNMASKREQUEST']._serialized_end=738
-  _globals['_SECAGGREQUEST']._serialized_start=741
-  _globals['_SECAGGREQUEST']._serialized_end=928
-  _globals['_ADVERTISEKEYS']._serialized_start=930
-  _globals['_ADVERTISEKEYS']._serialized_end=1036
-  _globals['_SHAREKEYS']._serialized_start=1038
-  _globals['_SHAREKEYS']._serialized_end=1155
-  _globals['_MASKEDINPUT']._serialized_start=1157
-  _globals['_MASKEDINPUT']._serialized_end=1261
-  _globals['_REVEALEDSHARE']._serialized_start=1263
-  _globals['_REVEALEDSHARE']._serialized_end=1343
-  _globals['_UNMASKSHARES']._serialized_start=1345
-  _globals['_UNMASKSHARES']._serialized_end=1439
-  _globals['_SECAGGREPLY']._serialized_start=1442
-  _globals['_SECAGGREPLY']._serialized_end=1629
-  _globals['_SHAREPLAINTEXT']._serialized_start=1631
-  _globals['_SHAREPLAINTEXT']._serialized_end=1742
+  _globals['_SECAGGSETUP']._serialized_end=341
+  _globals['_KEYROSTER']._serialized_start=343
+  _globals['_KEYROSTER']._serialized_end=417
+  _globals['_SHAREBUNDLE']._serialized_start=419
+  _globals['_SHAREBUNDLE']._serialized_end=487
+  _globals['_UNMASKREQUEST']._serialized_start=489
+  _globals['_UNMASKREQUEST']._serialized_end=544
+  _globals['_SECAGGREQUEST']._serialized_start=547
+  _globals['_SECAGGREQUEST']._serialized_end=734
+  _globals['_ADVERTISEKEYS']._serialized_start=736
+  _globals['_ADVERTISEKEYS']._serialized_end=825
+  _globals['_SHAREKEYS']._serialized_start=827
+  _globals['_SHAREKEYS']._serialized_end=901
+  _globals['_MASKEDINPUT']._serialized_start=903
+  _globals['_MASKEDINPUT']._serialized_end=952
+  _globals['_UNMASKSHARES']._serialized_start=954
+  _globals['_UNMASKSHARES']._serialized_end=1020
+  _globals['_SECAGGREPLY']._serialized_start=1023
+  _globals['_SECAGGREPLY']._serialized_end=1210
 # @@protoc_insertion_point(module_scope)

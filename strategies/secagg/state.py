@@ -15,7 +15,8 @@ Stages (each ``receive_*`` checks it is called in order, once):
             its advertised public key), remove those masks;
 ``DONE`` / ``ABANDONED`` (with :attr:`~SecAggServerRound.abandoned` saying why).
 
-Every reply is checked (type, round, sender, sizes, membership); a bad one is dropped
+Every reply is checked (type, round, sizes, membership; who sent it is the transport's
+word, the ``answers`` mapping's key); a bad one is dropped
 with a reason in :attr:`~SecAggServerRound.dropped`, a bad revealed share alone is
 dropped and the rest used. A round goes on while at least ``t`` devices remain and
 every secret it needs can be rebuilt from ``t`` valid shares; otherwise it is abandoned.
@@ -30,15 +31,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedge.protos.secagg import keys, masks, ring, shamir
-from fedge.protos.secagg.aead import NONCE_BYTES, TAG_BYTES
+from fedge.protos.secagg import keys, masks, ring, shamir, subsets
+from fedge.protos.secagg.aead import SEALED_BYTES
 from fedge.protos.secagg.coordinates import kept_coordinates
 from fedge.protos.secagg.errors import SecAggError
 from fedge.protos.secagg.params import RoundPlan, check_setup
 from fedge.protos.v1 import secagg_pb2 as pb
 
-#: Largest share ciphertext accepted (a SharePlaintext is about 60 bytes plus the tag).
-MAX_SHARE_CIPHERTEXT = 256
 #: Most subsets of ``t`` shares tried when some revealed shares are wrong.
 MAX_RECONSTRUCTION_TRIES = 256
 
@@ -90,10 +89,11 @@ class SecAggServerRound:
         self.outcome = RoundOutcome(sampled=len(self.plan.participants))
         self._keys: dict[int, pb.AdvertiseKeys] = {}
         self._rosters: dict[int, tuple[int, ...]] = {}
-        self._shares: dict[int, pb.ShareKeys] = {}
+        self._commitments: dict[int, bytes] = {}  # node -> its seed commitment
+        self._sealed: dict[int, dict[int, bytes]] = {}  # sender -> {receiver: sealed share pair}
         self._masked_with: dict[int, tuple[int, ...]] = {}
         self._masked: dict[int, np.ndarray] = {}
-        self._requests: dict[int, pb.UnmaskRequest] = {}
+        self._asked: dict[int, tuple[int, ...]] = {}  # node -> the neighbours its unmask request names
         self.total: np.ndarray | None = None
 
     @property
@@ -112,7 +112,7 @@ class SecAggServerRound:
         for node, answer in self._answers(answers, self.plan.participants, "keys"):
             keys_msg = answer.keys
             try:
-                self._check_sender(keys_msg.server_round, keys_msg.node_id, node)
+                self._check_round(keys_msg.server_round)
                 keys.parse_public_key(keys_msg.cipher_public_key)
                 keys.parse_public_key(keys_msg.mask_public_key)
             except (SecAggError, ValueError) as exc:
@@ -127,15 +127,14 @@ class SecAggServerRound:
                 self._drop(node, "keys", f"only {len(roster)} of its neighbours advertised keys; t = {self.plan.threshold}")
                 continue
             self._rosters[node] = roster
-            peers = [
-                pb.PeerKeys(
-                    node_id=v,
-                    cipher_public_key=self._keys[v].cipher_public_key,
-                    mask_public_key=self._keys[v].mask_public_key,
+            public_keys = b"".join(self._keys[v].cipher_public_key + self._keys[v].mask_public_key for v in roster)
+            requests[node] = pb.SecAggRequest(
+                roster=pb.KeyRoster(
+                    server_round=self.round,
+                    advertised=subsets.encode(roster, self.plan.neighbours[node]),
+                    public_keys=public_keys,
                 )
-                for v in roster
-            ]
-            requests[node] = pb.SecAggRequest(roster=pb.KeyRoster(server_round=self.round, peers=peers))
+            )
         return self._advance(ServerStage.SHARES, requests, "advertised keys")
 
     # -- stage 2 ----------------------------------------------------------------------
@@ -144,45 +143,43 @@ class SecAggServerRound:
         self._require(ServerStage.SHARES)
         for node, answer in self._answers(answers, self._rosters, "shares"):
             try:
-                self._check_shares(node, answer.shares)
+                self._sealed[node] = self._check_shares(node, answer.shares)
             except (SecAggError, ValueError) as exc:
                 self._drop(node, "shares", str(exc))
                 continue
-            self._shares[node] = answer.shares
+            self._commitments[node] = bytes(answer.shares.seed_commitment)
         # A device whose secrets fewer than t sharing neighbours hold could never be
         # unmasked: leave it out now, before anyone masks with it (repeat to a fixpoint).
         changed = True
         while changed:
             changed = False
-            for node in list(self._shares):
-                holders = [v for v in self._rosters[node] if v in self._shares]
+            for node in list(self._sealed):
+                holders = [v for v in self._rosters[node] if v in self._sealed]
                 if len(holders) < self.plan.threshold:
-                    del self._shares[node]
+                    del self._sealed[node]
                     self._drop(node, "shares", f"only {len(holders)} of its neighbours shared keys; t = {self.plan.threshold}")
                     changed = True
-        self.outcome.shared = len(self._shares)
+        self.outcome.shared = len(self._sealed)
         requests: dict[int, pb.SecAggRequest] = {}
-        for node in self._shares:
-            senders = tuple(v for v in self._rosters[node] if v in self._shares)
+        for node in self._sealed:
+            senders = tuple(v for v in self._rosters[node] if v in self._sealed)
             self._masked_with[node] = senders
-            bundle = pb.ShareBundle(server_round=self.round)
-            for v in senders:
-                bundle.shares.append(next(s for s in self._shares[v].shares if s.receiver == node))
+            bundle = pb.ShareBundle(
+                server_round=self.round,
+                senders=subsets.encode(senders, self._rosters[node]),
+                sealed=b"".join(self._sealed[v][node] for v in senders),
+            )
             requests[node] = pb.SecAggRequest(bundle=bundle)
         return self._advance(ServerStage.MASKED, requests, "shared keys")
 
-    def _check_shares(self, node: int, shares: pb.ShareKeys) -> None:
-        self._check_sender(shares.server_round, shares.node_id, node)
-        if len(shares.seed_commitment) != 32:
-            raise SecAggError("seed commitment must be 32 bytes")
-        receivers = [int(s.receiver) for s in shares.shares]
-        if sorted(receivers) != sorted(self._rosters[node]):
-            raise SecAggError("shares must go to exactly the device's roster, one each")
-        for share in shares.shares:
-            if share.sender != node:
-                raise SecAggError(f"a share names sender {share.sender}")
-            if len(share.nonce) != NONCE_BYTES or not TAG_BYTES < len(share.ciphertext) <= MAX_SHARE_CIPHERTEXT:
-                raise SecAggError(f"malformed share ciphertext for {share.receiver}")
+    def _check_shares(self, node: int, shares: pb.ShareKeys) -> dict[int, bytes]:
+        """``{receiver: sealed share pair}``: one :data:`SEALED_BYTES` record per roster member."""
+        self._check_round(shares.server_round)
+        if len(shares.seed_commitment) != keys.COMMITMENT_BYTES:
+            raise SecAggError(f"seed commitment must be {keys.COMMITMENT_BYTES} bytes")
+        roster = self._rosters[node]
+        records = subsets.split_records(shares.sealed, len(roster), SEALED_BYTES, "malformed sealed shares")
+        return dict(zip(roster, records))
 
     # -- stage 3 ----------------------------------------------------------------------
     def receive_masked(self, answers: Answers) -> dict[int, pb.SecAggRequest]:
@@ -191,60 +188,44 @@ class SecAggServerRound:
         for node, answer in self._answers(answers, self._masked_with, "masked"):
             masked = answer.masked
             try:
-                self._check_sender(masked.server_round, masked.node_id, node)
-                if masked.modulus_bits != self.plan.modulus_bits or masked.length != self.plan.length:
-                    raise SecAggError(
-                        f"masked vector of {masked.length} values of {masked.modulus_bits} bits; "
-                        f"the round expects {self.plan.length} of {self.plan.modulus_bits}"
-                    )
-                self._masked[node] = ring.unpack(masked.data, self.plan.length, self.plan.modulus_bits)
+                self._check_round(masked.server_round)
+                self._masked[node] = ring.unpack(masked.data, self.plan.length, self.plan.modulus)
             except SecAggError as exc:
                 self._drop(node, "masked", str(exc))
         self.outcome.masked = len(self._masked)
         self.outcome.dropped_before_masking = sorted(set(self._masked_with) - set(self._masked))
         requests: dict[int, pb.SecAggRequest] = {}
         for node in self._masked:
-            with_ = self._masked_with[node]
-            request = pb.UnmaskRequest(
-                server_round=self.round,
-                survivors=[v for v in with_ if v in self._masked],
-                dropped=[v for v in with_ if v not in self._masked],
-            )
-            self._requests[node] = request
-            requests[node] = pb.SecAggRequest(unmask=request)
+            with_ = self._asked[node] = self._masked_with[node]
+            survived = subsets.encode([v for v in with_ if v in self._masked], with_)
+            requests[node] = pb.SecAggRequest(unmask=pb.UnmaskRequest(server_round=self.round, survived=survived))
         return self._advance(ServerStage.UNMASK, requests, "sent masked inputs")
 
     # -- stage 4 ----------------------------------------------------------------------
     def receive_unmask(self, answers: Answers) -> np.ndarray | None:
-        """Revealed shares -> the survivors' exact sum (uint32, ``plan.length``), or None if abandoned."""
+        """Revealed shares -> the survivors' exact sum (uint64, ``plan.length``), or None if abandoned."""
         self._require(ServerStage.UNMASK)
         seed_shares: dict[int, dict[int, int]] = {v: {} for v in self._masked}
         key_shares: dict[int, dict[int, int]] = {v: {} for v in set(self._masked_with) - set(self._masked)}
         responders: set[int] = set()
-        for node, answer in self._answers(answers, self._requests, "revealed"):
+        for node, answer in self._answers(answers, self._asked, "revealed"):
             revealed = answer.revealed
             try:
-                self._check_sender(revealed.server_round, revealed.node_id, node)
+                self._check_round(revealed.server_round)
+                owners = subsets.decode(revealed.held, self._asked[node])
+                records = subsets.split_records(revealed.shares, len(owners), shamir.SHARE_BYTES, "revealed shares")
             except SecAggError as exc:
                 self._drop(node, "unmask", str(exc))
                 continue
             responders.add(node)
-            request, x = self._requests[node], self.plan.x_of(node)
-            seen: set[int] = set()
-            for share in revealed.shares:
-                owner = int(share.owner)
+            x = self.plan.x_of(node)
+            for owner, record in zip(owners, records):
                 try:
-                    if owner in seen:
-                        raise SecAggError(f"second share for node {owner}")
-                    if share.kind == pb.SHARE_KIND_SEED and owner in request.survivors:
-                        seed_shares[owner][x] = shamir.from_bytes(share.share)
-                    elif share.kind == pb.SHARE_KIND_KEY and owner in request.dropped:
-                        key_shares[owner][x] = shamir.from_bytes(share.share)
-                    else:
-                        raise SecAggError(f"share of kind {share.kind} for node {owner} was not asked for")
-                    seen.add(owner)
+                    share = shamir.from_bytes(record)
                 except SecAggError as exc:
                     self._drop(node, "unmask", f"share for node {owner} dropped: {exc}")
+                    continue
+                (seed_shares if owner in self._masked else key_shares)[owner][x] = share
         self.outcome.revealed = len(responders)
         self.outcome.dropped_after_masking = sorted(set(self._masked) - responders)
         try:
@@ -258,21 +239,21 @@ class SecAggServerRound:
         return total
 
     def _unmask(self, seed_shares: dict[int, dict[int, int]], key_shares: dict[int, dict[int, int]]) -> np.ndarray:
-        length, bits, r = self.plan.length, self.plan.modulus_bits, self.round
-        total = np.zeros(length, dtype=np.uint32)
+        length, modulus, r = self.plan.length, self.plan.modulus, self.round
+        total = masks.MaskSum(np.zeros(length, dtype=np.uint64), modulus)
         for vector in self._masked.values():
-            total = ring.add(total, vector, bits)
+            total.add(vector)  # values below M: below the rejection limit too
         for v, shares in seed_shares.items():
-            seed = self._rebuild(v, shares, _matches_commitment(bytes(self._shares[v].seed_commitment), v, r), "self-mask seed")
-            total = ring.subtract(total, masks.self_mask(seed, r, length, bits), bits)
+            seed = self._rebuild(v, shares, _matches_commitment(self._commitments[v], v, r), "self-mask seed")
+            total.add(masks.self_mask(seed, r, length, modulus), -1)
         for v, shares in key_shares.items():
             secret = self._rebuild(v, shares, _matches_public_key(bytes(self._keys[v].mask_public_key), r), "mask key")
             private = keys.mask_private_key(secret, r)
             for u in self._masked:
-                if v in self._masked_with[u]:  # u added its mask for v; v's mask for u cancels it
-                    pair = masks.pairwise_mask(private, v, self._keys[u].mask_public_key, u, r, length, bits)
-                    total = ring.add(total, pair, bits)
-        return total
+                if v in self._masked_with[u]:  # u added its mask for v; v's side of the pair cancels it
+                    pair = masks.pairwise_mask(private, self._keys[u].mask_public_key, r, length, modulus)
+                    total.add(pair, masks.pairwise_sign(v, u))
+        return total.value()
 
     def _rebuild(self, owner: int, shares: dict[int, int], valid: Callable[[int], bool], what: str) -> int:
         t = self.plan.threshold
@@ -337,11 +318,9 @@ class SecAggServerRound:
             else:
                 yield node, answer
 
-    def _check_sender(self, server_round: int, node_id: int, node: int) -> None:
+    def _check_round(self, server_round: int) -> None:
         if server_round != self.round:
             raise SecAggError(f"reply is for round {server_round}, this is round {self.round}")
-        if node_id != node:
-            raise SecAggError(f"reply names node {node_id}, it came from node {node}")
 
     def _drop(self, node: int, stage: str, reason: str) -> None:
         self.dropped.append(DroppedInput(int(node), stage, reason))

@@ -101,7 +101,7 @@ class SecAggRoundRecord:
     sampled: int
     neighbours: int
     threshold: int
-    modulus_bits: int
+    modulus: int  # masked values are integers modulo this (participants * levels + 1)
     vector_length: int  # masked coordinates (sent update coordinates + 1 weight)
     outcome: RoundOutcome = field(default_factory=RoundOutcome)  # who took part at each stage
     dropped: list[dict] = field(default_factory=list)  # {node_id, stage, reason}
@@ -178,7 +178,7 @@ class SecAggStrategy(Strategy):
         setup.error_feedback = s.error_feedback
         server = self._server = SecAggServerRound(setup)
         self.rounds.append(
-            SecAggRoundRecord(server_round, len(participants), setup.neighbours, setup.threshold, setup.modulus_bits, server.plan.length)
+            SecAggRoundRecord(server_round, len(participants), setup.neighbours, setup.threshold, setup.modulus, server.plan.length)
         )
         request = server.setup_request()
         rosters = server.receive_keys(self._exchange(server_round, {n: request for n in participants}))
