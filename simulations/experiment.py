@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord
-from flwr_datasets.partitioner import Partitioner
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -26,7 +25,6 @@ from fedge.conf.build import (
     ConfigError,
     build_strategy,
     build_task,
-    instantiate_node,
     round_config,
     seed_everything,
     train_defaults,
@@ -45,7 +43,7 @@ from fedge.simulations.async_run import AsyncRun, run_async
 from fedge.simulations.devices.fleet import device_simulator, fleet_devices, fleet_profiles
 from fedge.simulations.devices.simulator import DeviceTotals
 from fedge.simulations.devices.trace import TracedDevice
-from fedge.simulations.partition import partition_indices
+from fedge.simulations.partition import partition_for
 from fedge.simulations.progress import RoundProgress, print_outcome, summary_table
 from fedge.simulations.experiment_checks import attack_settings
 from fedge.simulations.attacks import choose_attackers
@@ -83,15 +81,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     seed_everything(cfg.seed)  # Flower strategies sample clients with `random`
 
     task = shaping.task
-    partitioner = instantiate_node("partition", cfg.partition)
-    if not isinstance(partitioner, Partitioner):
-        raise ConfigError(f"partition._target_ must be a flwr_datasets Partitioner, got {type(partitioner).__name__}")
     if "num_partitions" in cfg.partition and cfg.partition.num_partitions != cfg.num_clients:
         raise ConfigError(f"partition.num_partitions must equal num_clients ({cfg.num_clients})")
-    try:
-        parts = partition_indices(data.train.y, partitioner, data.groups, cfg.partition.get("partition_by"))
-    except ValueError as exc:
-        raise ConfigError(f"partition: {exc}") from None
+    parts = partition_for(cfg.partition, data.train.y, data.groups)  # IID, Dirichlet: numpy, no flwr-datasets
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
     compressed = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition

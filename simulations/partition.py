@@ -17,6 +17,10 @@ are read back through Arrow (no per-row Python objects), and ``IidPartitioner``
 contiguous=True)``, consecutive runs of indices whose sizes differ by at most one, the
 first ``len % n`` one longer, which is ``np.array_split`` of the index range
 (``tests/test_partition.py`` checks both give the same partitions).
+
+Start-up: :func:`partition_for` takes a config node; IID and Dirichlet nodes are split by
+numpy (:mod:`fedge.simulations.numpy_partitioners`, the same partitions) without
+importing flwr-datasets, which loads only for the other partitioners.
 """
 
 from __future__ import annotations
@@ -25,14 +29,44 @@ import contextlib
 import io
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import IidPartitioner, Partitioner
+from omegaconf import DictConfig
+
+from fedge.conf.build import ConfigError, instantiate_node
+from fedge.simulations.numpy_partitioners import iid_partition, numpy_partition
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
+
+
+def partition_for(node: DictConfig, labels: np.ndarray, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each client's example indices (int64) under the ``partition`` config ``node``.
+
+    ``ConfigError`` for a node that builds no flwr-datasets ``Partitioner`` or that cannot
+    split ``labels`` (shape ``(n,)``; ``groups``: natural ids, shape ``(n,)``, or ``None``).
+    """
+    try:
+        parts = numpy_partition(node, labels)
+        if parts is not None:
+            return _nonempty(parts)
+    except ValueError as exc:
+        raise ConfigError(f"partition: {exc}") from None
+    from flwr_datasets.partitioner import Partitioner
+
+    partitioner = instantiate_node("partition", node)
+    if not isinstance(partitioner, Partitioner):
+        raise ConfigError(f"partition._target_ must be a flwr_datasets Partitioner, got {type(partitioner).__name__}")
+    try:
+        return partition_indices(labels, partitioner, groups, node.get("partition_by"))
+    except ValueError as exc:
+        raise ConfigError(f"partition: {exc}") from None
 
 
 def partition_indices(
     labels: np.ndarray,
-    partitioner: Partitioner,
+    partitioner: "Partitioner",
     groups: np.ndarray | None = None,
     partition_by: str | None = None,
 ) -> list[np.ndarray]:
@@ -54,9 +88,11 @@ def partition_indices(
         )
     if wanted is not None and wanted not in columns:
         raise ValueError(f"{type(partitioner).__name__} splits by {wanted!r}; columns are {sorted(columns)}")
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
     if type(partitioner) is IidPartitioner:
-        parts = np.array_split(np.arange(len(labels), dtype=np.int64), partitioner.num_partitions)
-        return _nonempty(parts)
+        return _nonempty(iid_partition(len(labels), partitioner.num_partitions))
     partitioner.dataset = Dataset.from_dict(columns)
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(io.StringIO()):

@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedge.protos.frozen_tensors import frozen_names
 from fedge.protos import records
@@ -47,8 +47,9 @@ from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_upd
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 from fedge.strategies.guard import guarded_aggregate
-from fedge.strategies.reply_decoding import decode_train_reply
+from fedge.strategies.reply_decoding import decode_delta, decode_train_reply, reply_payload
 from fedge.strategies.reply_validation import Candidate, ReplyPolicy, ReplyRejected, ReplyValidator, update_norm
+from fedge.strategies.streamed_mean import reply_weights, streams_weighted_mean, weighted_mean
 
 log = logging.getLogger(__name__)
 
@@ -243,24 +244,43 @@ class CompressedStrategy(Strategy):
         # A device that answered without error decoded this round's broadcast: it holds it.
         self._holders = {r.metadata.src_node_id for r in replies if not r.has_error()}
         failed = [r for r in replies if r.has_error()]
+        # FedAvg's mean is folded in reply by reply (fedge.strategies.streamed_mean): the
+        # delta decoded here for validation is dropped, and decoded again when folded in.
+        stream = streams_weighted_mean(self.strategy)
         decoded: list[tuple[Message, Candidate, dict[str, np.ndarray]]] = []
         for reply in replies:
             if not reply.has_error():
                 entry = self._decode_reply(server_round, reply, reference)
                 if entry is not None:
-                    decoded.append((reply, *entry))
+                    decoded.append((reply, entry[0], {} if stream else entry[1]))
         screened = self.validator.screen([c for _, c, _ in decoded], model_norm=update_norm(reference))
         self._record(server_round, screened.dropped, screened.kept)
         kept_ids = {id(c) for c in screened.kept}
         kept = list(failed)
+        payloads: list[bytes] = []  # streamed: each kept reply's compressed update, in reply order
         for reply, candidate, delta in decoded:
             if id(candidate) in kept_ids:
-                dense = ArrayRecord(
-                    {name: Array(_apply_delta(reference[name], delta[name]) if name in delta else reference[name]) for name in reference}
-                )
+                if stream:
+                    payloads.append(reply_payload(reply.content))
+                    dense = ArrayRecord()  # FedAvg checks and weighs the replies; the arrays come from weighted_mean
+                else:
+                    dense = ArrayRecord({name: Array(self._dense(reference, delta, name)) for name in reference})
                 reply.content = RecordDict({"arrays": dense, records.METRICS_RECORD: MetricRecord(candidate.metrics)})
                 kept.append(reply)
-        arrays, metrics, abandoned = guarded_aggregate(self.strategy, lambda: self.strategy.aggregate_train(server_round, kept))
+        del decoded
+
+        def aggregate() -> tuple[ArrayRecord | None, MetricRecord | None]:
+            arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+            if stream and arrays is not None:
+                deltas = (
+                    decode_delta(payload, reference, server_round - 1, self._frozen, self.max_update_bytes)
+                    for payload in payloads
+                )
+                dense = ({name: self._dense(reference, delta, name) for name in reference} for delta in deltas)
+                arrays = weighted_mean(dense, reply_weights(kept, cast(FedAvg, self.strategy).weighted_by_key))
+            return arrays, metrics
+
+        arrays, metrics, abandoned = guarded_aggregate(self.strategy, aggregate)
         if abandoned is not None:
             log.warning("round %d abandoned, the global model is kept: %s", server_round, abandoned)
             self.log.abandoned.append(AbandonedRound(server_round, abandoned))
@@ -269,6 +289,11 @@ class CompressedStrategy(Strategy):
             for name in self._frozen:  # bit-identical, whatever the inner strategy's arithmetic
                 arrays[name] = Array(reference[name])
         return arrays, metrics
+
+    @staticmethod
+    def _dense(reference: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+        """Tensor ``name`` of the model a reply describes: reference + delta (frozen tensors: the reference)."""
+        return _apply_delta(reference[name], delta[name]) if name in delta else reference[name]
 
     def _decode_reply(
         self, server_round: int, reply: Message, reference: dict[str, np.ndarray]

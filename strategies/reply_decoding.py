@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fedge.protos import records
 from fedge.protos.codecs import CodecError, decode_update, parse_update
@@ -39,17 +39,36 @@ def decode_train_reply(
     """
     node = reply.metadata.src_node_id
     content = reply.content
+    payload = reply_payload(content)
+    if len(content.metric_records) != 1:
+        raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
+    metrics, notes = validator.check_metrics(next(iter(content.metric_records.values())))
+    delta = decode_delta(payload, reference, expected_base_round, frozen, max_update_bytes)
+    return Candidate(node, metrics, update_norm(delta), notes), delta
+
+
+def reply_payload(content: RecordDict) -> bytes:
+    """The serialised ``Update`` of a training reply's ``fedge.update`` record (``CodecError`` if none)."""
     if records.UPDATE_RECORD not in content.config_records:
         raise CodecError("reply carries no fedge.update record")
     payload = content.config_records[records.UPDATE_RECORD].get(records.PAYLOAD)
     if not isinstance(payload, bytes):
         raise CodecError("fedge.update record holds no payload bytes")
-    if len(content.metric_records) != 1:
-        raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
-    metrics, notes = validator.check_metrics(next(iter(content.metric_records.values())))
+    return payload
+
+
+def decode_delta(
+    payload: bytes,
+    reference: Mapping[str, np.ndarray],
+    expected_base_round: int,
+    frozen: Collection[str],
+    max_update_bytes: int,
+) -> dict[str, np.ndarray]:
+    """The delta a serialised ``Update`` carries (names of ``reference`` minus ``frozen``);
+    the same every time for the same bytes, so a reply accepted once can be decoded again
+    when it is folded into an aggregate (``CodecError`` as :func:`decode_train_reply`)."""
     update = parse_update(payload, max_update_bytes)
     if update.base_round != expected_base_round:
         raise CodecError(f"update is relative to round {update.base_round}, expected {expected_base_round}")
     sent = {k: v for k, v in reference.items() if k not in frozen}
-    delta = decode_update(update, sent, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
-    return Candidate(node, metrics, update_norm(delta), notes), delta
+    return decode_update(update, sent, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)

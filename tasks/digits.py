@@ -4,6 +4,9 @@ Source: ``sklearn.datasets.load_digits`` (ships inside the scikit-learn wheel, B
 1,797 grey images of 8x8 pixels (values 0..16), 10 classes, no writer ids. A seeded,
 stratified ``test_fraction`` is held out for central evaluation. Pixels are scaled to
 [0, 1] and standardised with the dataset's mean and standard deviation.
+
+The file and the split are scikit-learn's, read and drawn by
+:mod:`fedge.tasks.sklearn_free` without importing scikit-learn (start-up).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 from fedge.tasks.base import FederatedTask, Split, TaskData, check_fraction
 from fedge.tasks.layer_spec import Sequential
 from fedge.tasks.models import edge_mobilenet, small_cnn
+from fedge.tasks.sklearn_free import digits_csv, stratified_split
 
 #: Models ``task.model`` may name: the small CNN or the deep MobileNet-style net.
 MODEL_KINDS = ("cnn", "mobilenet")
@@ -44,21 +48,15 @@ class DigitsTask(FederatedTask):
         self.width = width
 
     def load(self) -> TaskData:
-        from sklearn.model_selection import train_test_split
-
         x, y = self.images()
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=self.test_fraction, random_state=self.seed, stratify=y
-        )
-        return TaskData(train=Split(x_train, y_train), test=Split(x_test, y_test))
+        train, test = stratified_split(y, self.test_fraction, self.seed)  # train_test_split(stratify=y)
+        return TaskData(train=Split(x[train], y[train]), test=Split(x[test], y[test]))
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         """All standardised images ``(N, 1, H, W)`` float32 and their labels ``(N,)`` int64."""
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = ((bunch.images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
-        return x, bunch.target.astype(np.int64)
+        images, target = digits_csv()  # load_digits()'s images and target
+        x = ((images.astype(np.float32) / 16.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
+        return x, target.astype(np.int64)
 
     def model_spec(self) -> Sequential:
         if self.model == "mobilenet":

@@ -110,3 +110,96 @@ def test_ten_thousand_iid_clients_cover_every_example_once():
     parts = partition_indices(np.arange(60_000) % 10, IidPartitioner(10_000))
     assert len(parts) == 10_000 and {len(p) for p in parts} == {6}
     assert np.array_equal(np.concatenate(parts), np.arange(60_000))
+
+
+def _dirichlet_both(labels, **kwargs):
+    """flwr-datasets' Dirichlet partitions (or its error) and the numpy ones, with their warnings."""
+    import warnings
+
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    from fedge.simulations.numpy_partitioners import dirichlet_partition
+
+    sides = []
+    for build_parts in (
+        lambda: _flwr_partitions(labels, DirichletPartitioner(partition_by="label", **kwargs)),
+        lambda: dirichlet_partition(labels, kwargs["num_partitions"], kwargs["alpha"], **{
+            k: v for k, v in kwargs.items() if k not in ("num_partitions", "alpha")
+        }),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                parts = build_parts()
+            except ValueError:
+                parts = None
+        sides.append((parts, len(caught)))
+    return sides
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_partitions=10, alpha=0.5, seed=0),  # the default run
+        dict(num_partitions=10, alpha=0.1, seed=3),
+        dict(num_partitions=7, alpha=2.0, seed=1, self_balancing=True),
+        dict(num_partitions=30, alpha=0.3, seed=5, self_balancing=True, min_partition_size=5),
+        dict(num_partitions=10, alpha=1, seed=2, shuffle=False),
+        dict(num_partitions=40, alpha=0.2, seed=4, min_partition_size=20),  # redraws, with warnings
+        dict(num_partitions=100, alpha=0.01, seed=0, min_partition_size=15),  # gives up after 10 redraws
+    ],
+)
+def test_numpy_dirichlet_gives_flwr_datasets_partitions(labels, kwargs):
+    (slow, slow_warnings), (fast, fast_warnings) = _dirichlet_both(labels, **kwargs)
+    assert fast_warnings == slow_warnings
+    if slow is None:
+        assert fast is None
+        return
+    assert len(fast) == len(slow) == kwargs["num_partitions"]
+    assert all(f.dtype == np.int64 and np.array_equal(f, s) for f, s in zip(fast, slow))
+
+
+def test_numpy_dirichlet_matches_on_many_classes_and_partitions():
+    labels = np.random.default_rng(1).integers(0, 100, 20_000)
+    (slow, _), (fast, _) = _dirichlet_both(labels, num_partitions=200, alpha=0.5, seed=9, min_partition_size=0)
+    assert all(np.array_equal(f, s) for f, s in zip(fast, slow))
+
+
+@pytest.mark.parametrize("name", ["iid", "dirichlet"])
+def test_default_partitions_need_no_flwr_datasets(name):
+    """The IID and Dirichlet configs split by numpy: flwr-datasets (HF datasets, pandas) stays unloaded."""
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    code = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from fedge.conf.schema import register_configs
+from fedge.simulations.partition import partition_for
+from fedge.tasks.digits import DigitsTask
+register_configs()
+with initialize_config_dir(config_dir={str(conf)!r}, version_base="1.3"):
+    cfg = compose("config", overrides=["partition={name}"])
+parts = partition_for(cfg.partition, DigitsTask().load().train.y)
+heavy = sorted(m for m in ("flwr_datasets", "datasets", "seaborn") if m in sys.modules)
+print(len(parts), heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["10", "[]"], done.stdout + done.stderr
+
+
+def test_partition_for_takes_flwr_datasets_for_other_partitioners(make_cfg, labels):
+    from fedge.simulations.partition import partition_for
+
+    cfg = make_cfg(["partition=pathological", "num_clients=10"])
+    assert all(np.array_equal(a, b) for a, b in zip(
+        partition_for(cfg.partition, labels), partition_indices(labels, build(make_cfg, ["partition=pathological"]))
+    ))
+    from fedge.simulations.numpy_partitioners import numpy_partition
+
+    listed = make_cfg(["partition=dirichlet", "partition.alpha=[1,1,1,1,1,1,1,1,1,1]"]).partition
+    by_group = make_cfg(["partition=dirichlet", "partition.partition_by=group"]).partition
+    assert numpy_partition(listed, labels) is None and numpy_partition(by_group, labels) is None

@@ -11,9 +11,10 @@ several two float32 ``parts`` (offsets, steps); ``data`` = ``bits``-bit level in
 MSB first.
 
 Deterministic rounding runs fused: each block of ``BLOCK`` elements goes through
-subtract, scale, round and the cast to bytes while it sits in the CPU cache (8-bit
-codes go straight from there into the payload, no full-size code array), and decoding
-scales and offsets the levels block by block the same way, reading the payload in place;
+subtract and scale while it sits in the CPU cache, then ``rint`` stores its uint8 casts
+straight into the code array (no separate cast pass), and decoding casts, scales and
+offsets the levels block by block the same way (the cast inside the multiply), reading
+the payload in place;
 the float32 operations and their order are those of the plain vectorised form, so the
 bytes and the decoded values are identical to it (``tests/test_codec_speed_paths.py``).
 The clip to ``[0, levels]`` of the plain form is skipped when it provably changes
@@ -25,7 +26,7 @@ Written by hand because neither torch nor numpy offers a serialisable sub-byte f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class UniformCodec(Codec):
             codes = q.astype(np.uint8).ravel()
             msg.data = bitpack.pack(codes, self.bits)
         elif self.bits == 8:
-            msg.data = b"".join(block.tobytes() for block in _nearest_level_blocks(rows, lo, hi, inv, levels))
+            msg.data = _nearest_levels(rows, lo, hi, inv, levels).tobytes()
         else:
             msg.data = bitpack.pack(_nearest_levels(rows, lo, hi, inv, levels), self.bits)
         msg.ints.extend([self.bits, channels])
@@ -127,44 +128,36 @@ def _row_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _nearest_levels(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int) -> np.ndarray:
     """``clip(rint((rows - lo) * inv), 0, levels)`` per row (``lo``/``hi``: each row's
-    minimum and maximum), flattened, as uint8."""
-    codes = np.empty(rows.size, dtype=np.uint8)
-    at = 0
-    for block in _nearest_level_blocks(rows, lo, hi, inv, levels):
-        codes[at : at + block.size] = block
-        at += block.size
-    return codes
+    minimum and maximum), flattened, as uint8.
 
-
-def _nearest_level_blocks(
-    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int
-) -> Iterator[np.ndarray]:
-    """The codes of :func:`_nearest_levels` in row-major order, one cached block at a time
-    (short rows, which would cost a Python loop each, in one vectorised pass). Each block
-    is a reused buffer, valid until the next one is asked for."""
+    Long rows go block by block: subtract and scale into a cached float32 buffer, then
+    ``rint`` writes its uint8 casts straight into the codes (one pass fewer than a
+    separate cast, no full-size float temporary). Short rows, which would cost a Python
+    loop each, go in one vectorised pass."""
     width = rows.shape[1]
     if width < BLOCK // 16:
         q = rows - lo[:, None]
         q *= inv[:, None]
         np.rint(q, out=q)
         np.clip(q, 0, levels, out=q)
-        yield q.astype(np.uint8).ravel()
-        return
+        return q.astype(np.uint8).ravel()
+    codes = np.empty(rows.shape, dtype=np.uint8)
     work = np.empty(min(BLOCK, width), dtype=np.float32)
-    codes = np.empty(work.size, dtype=np.uint8)
     for c in range(rows.shape[0]):
-        row, offset, factor = rows[c], lo[c], inv[c]
+        row, out, offset, factor = rows[c], codes[c], lo[c], inv[c]
         clip = not _clip_is_identity(offset, hi[c], factor, levels)
         for start in range(0, width, BLOCK):
-            block = row[start : start + BLOCK]
-            buf, out = work[: block.size], codes[: block.size]
+            block, dst = row[start : start + BLOCK], out[start : start + BLOCK]
+            buf = work[: block.size]
             np.subtract(block, offset, out=buf)
             np.multiply(buf, factor, out=buf)
-            np.rint(buf, out=buf)
             if clip:
+                np.rint(buf, out=buf)
                 np.clip(buf, 0, levels, out=buf)
-            np.copyto(out, buf, casting="unsafe")
-            yield out
+                np.copyto(dst, buf, casting="unsafe")
+            else:
+                np.rint(buf, out=dst, casting="unsafe")  # float32 rint, cast to uint8 as it is stored
+    return codes.ravel()
 
 
 def _clip_is_identity(lo: np.float32, hi: np.float32, inv: np.float32, levels: int) -> bool:
@@ -194,8 +187,8 @@ def _levels_to_values(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> n
     for c in range(codes.shape[0]):
         for start in range(0, codes.shape[1], BLOCK):
             dst = out[c, start : start + BLOCK]
-            np.copyto(dst, codes[c, start : start + BLOCK], casting="unsafe")  # uint8 -> float32, exact
-            np.multiply(dst, scale[c], out=dst)
+            # uint8 -> float32 (exact) inside the float32 multiply: one pass, no cast pass
+            np.multiply(codes[c, start : start + BLOCK], scale[c], out=dst, dtype=np.float32)
             np.add(dst, lo[c], out=dst)
     return out
 
