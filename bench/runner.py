@@ -39,6 +39,7 @@ from rich.table import Table
 from bench.fedge_side import run_fedge
 from bench.flower_side import run_flower
 from bench.instrumented import RunOutcome
+from bench.training_floor import training_cpu_ms
 from bench.settings import (
     DIRICHLET_MIN_PARTITION_SIZE,
     PARTITIONS,
@@ -86,12 +87,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _figures(outcome: RunOutcome, settings: BenchSettings) -> dict[str, object]:
+def _figures(outcome: RunOutcome, settings: BenchSettings, floor_ms: float) -> dict[str, object]:
     figures = outcome.timeline.breakdown(settings.sampled)
     steady_aggregate = [outcome.aggregate_s[r] for r in range(2, settings.rounds + 1)]
     figures["fedavg_aggregate_s_steady"] = statistics.fmean(steady_aggregate)
     figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.sampled
     figures["client_torch_threads"] = outcome.client_torch_threads
+    cpu = figures["cpu_ms_per_client_round_steady"]
+    figures["runtime_overhead_cpu_ms_per_client_round"] = None if cpu is None else cpu - floor_ms
     return figures
 
 
@@ -130,7 +133,8 @@ def _table(runs: dict[str, dict], num_rounds: int) -> Table:
         title=f"{num_rounds} rounds; c-r/s = client-rounds/s; steady = rounds 2..{num_rounds}",
         caption="w = LocalGrid num_workers; cpu = Ray num_cpus per ClientApp actor",
     )
-    for column in ("runtime", "start-up s", "steady s/round", "steady c-r/s", "teardown s", "total s", "total c-r/s", "acc"):
+    for column in ("runtime", "start-up s", "steady s/round", "steady c-r/s", "CPU ms/c-r", "teardown s", "total s",
+                   "total c-r/s", "acc"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     for name, run in runs.items():
         table.add_row(
@@ -138,6 +142,7 @@ def _table(runs: dict[str, dict], num_rounds: int) -> Table:
             f"{run['start_up_s']:.1f}",
             f"{run['steady_round_s']:.2f}",
             f"{run['client_rounds_per_s_steady']:.0f}",
+            f"{run['cpu_ms_per_client_round_steady']:.2f}",
             f"{run['teardown_s']:.1f}",
             f"{run['total_s']:.1f}",
             f"{run['client_rounds_per_s_total']:.1f}",
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     console = Console()
     machine = machine_info()
+    floors = [training_cpu_ms(settings)]  # again after the runs: the floor is the smaller
     runs: dict[str, dict] = {}
     finals: dict[str, ArrayRecord] = {}
     for runtime, option in run_order(args.fedge_workers, args.flower_cpus_per_client):
@@ -203,8 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
             **setup,
             "load_average_1m_before": load_before,
             "load_average_1m_after": os.getloadavg()[0],
-            **_figures(outcome, settings),
+            **_figures(outcome, settings, floors[0]["cpu_ms_per_client_round"]),
         }
+    floors.append(training_cpu_ms(settings))
+    floor_ms = min(f["cpu_ms_per_client_round"] for f in floors)
+    for run in runs.values():  # the overhead over the smaller floor of the two
+        run["runtime_overhead_cpu_ms_per_client_round"] = run["cpu_ms_per_client_round_steady"] - floor_ms
     after_load = os.getloadavg()[0]
 
     steady, total = "client_rounds_per_s_steady", "client_rounds_per_s_total"
@@ -212,6 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
     fedge_total, flower_total = _best(runs, "fedge", total), _best(runs, "flower", total)
     ratio_steady = runs[fedge_steady][steady] / runs[flower_steady][steady]
     ratio_total = runs[fedge_total][total] / runs[flower_total][total]
+    overhead, cpu_key = "runtime_overhead_cpu_ms_per_client_round", "cpu_ms_per_client_round_steady"
+    fedge_overhead = min((k for k, v in runs.items() if v["runtime"] == "fedge"), key=lambda k: runs[k][overhead])
+    flower_overhead = min((k for k, v in runs.items() if v["runtime"] == "flower"), key=lambda k: runs[k][overhead])
+    ratio_overhead = runs[flower_overhead][overhead] / max(runs[fedge_overhead][overhead], 1e-9)
+    ratio_cpu = runs[flower_overhead][cpu_key] / runs[fedge_overhead][cpu_key]
     fastest = "steady_round_s_min"
     ratio_fastest = min(r[fastest] for r in runs.values() if r["runtime"] == "flower") / min(
         r[fastest] for r in runs.values() if r["runtime"] == "fedge"
@@ -241,6 +256,13 @@ def main(argv: list[str] | None = None) -> dict:
             "end_to_end_ratio": ratio_total,
             "end_to_end_met": ratio_total >= TARGET_RATIO,
             "end_to_end_pair": [fedge_total, flower_total],
+            # CPU seconds of each runtime's whole process tree (load-independent), rounds 2..N
+            "training_floor_cpu_ms_per_client_round": floor_ms,
+            "training_floor_measurements": floors,
+            "runtime_overhead_ratio": ratio_overhead,
+            "runtime_overhead_met": ratio_overhead >= TARGET_RATIO,
+            "runtime_overhead_pair": [fedge_overhead, flower_overhead],
+            "cpu_per_client_round_ratio": ratio_cpu,
         },
         "runs": runs,
         "sanity": {
@@ -261,6 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"(fastest rounds {ratio_fastest:.1f}x), "
         f"end to end [bold]{ratio_total:.1f}x[/bold]; target >= {TARGET_RATIO:g}x (steady state): "
         + ("[green]met[/green]" if ratio_steady >= TARGET_RATIO else "[red]not met[/red]")
+    )
+    console.print(
+        f"CPU per client-round (whole process trees, rounds 2..N): fedge {runs[fedge_overhead][cpu_key]:.2f} ms, "
+        f"Flower {runs[flower_overhead][cpu_key]:.2f} ms ({ratio_cpu:.1f}x); training alone {floor_ms:.2f} ms; "
+        f"runtime overhead fedge {runs[fedge_overhead][overhead]:.2f} ms, Flower {runs[flower_overhead][overhead]:.2f} ms: "
+        f"[bold]{ratio_overhead:.1f}x[/bold]"
     )
     console.print(
         f"machine: {machine['usable_cores']} cores, load average {machine['load_average_1m']:.1f} "
