@@ -13,6 +13,7 @@ Written by hand: ``psutil`` would do it but is not a dependency of fedge or its 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -26,9 +27,20 @@ def _stat_fields(pid: str) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()  # fields after the command name: state, ppid, ...
 
 
-def tree_cpu_s(root: int | None = None) -> float:
+def uptime_s() -> float:
+    """Seconds since boot, the clock of a process's start time in ``/proc`` (0.0 without it)."""
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return 0.0
+
+
+def tree_cpu_s(root: int | None = None, started_after_s: float = 0.0) -> float:
     """User + system CPU seconds of ``root`` (default: this process) and every process
-    descending from it; 0.0 where ``/proc`` is missing."""
+    descending from it that started at or after ``started_after_s`` (seconds since boot,
+    :func:`uptime_s`: a run leaves out what an earlier run left behind, e.g. Ray daemons
+    still shutting down, though not the new children of a process kept from an earlier
+    run, e.g. the workers a kept fork server forks); 0.0 where ``/proc`` is missing."""
     root = os.getpid() if root is None else root
     if not Path("/proc").is_dir():
         return 0.0
@@ -42,10 +54,20 @@ def tree_cpu_s(root: int | None = None) -> float:
             continue
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime
+        # started before the run (field 22, starttime)? Not counted; its children may be
+        # (a fork server kept from an earlier run forks this run's workers)
+        if pid == root or int(fields[19]) / _TICKS_PER_S >= started_after_s - 1.0 / _TICKS_PER_S:
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
         total += cpu.get(pid, 0.0)
         todo.extend(children.get(pid, []))
     return total
+
+
+def run_cpu_clock() -> Callable[[], float]:
+    """A clock of this process's tree CPU seconds that counts only the processes started
+    from now on (and this process)."""
+    since = uptime_s()
+    return lambda: tree_cpu_s(started_after_s=since)

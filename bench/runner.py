@@ -18,6 +18,15 @@ per-round and teardown seconds, FedAvg's aggregation seconds and accuracy. The >
 target of issue 2 is judged on the steady-state ratio of the best setting of each side
 (it does not depend on how many rounds amortise the start-up); the end-to-end ratio is
 reported beside it. Writes ``bench/results/runner.json``.
+
+Because wall clock on a shared machine measures the machine's other load as much as
+the runtime (a runtime with more processes gets a larger share of a busy CPU), each run
+also reports the CPU milliseconds per client-round of its whole process tree
+(:mod:`bench.cpu_time`, rounds 2..N), and the training alone is timed as the floor
+both runtimes share (:mod:`bench.training_floor`: the same ``train`` call, clients and
+seeds). ``runtime_overhead_ratio`` = Flower's CPU per client-round minus the floor over
+fedge's: what each runtime adds to the same training. ``--repeat N`` runs the
+alternating sequence N times and reports each ratio's minimum and median over repeats.
 """
 
 from __future__ import annotations
@@ -84,6 +93,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)), help="CPUs Ray may use")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a note to store in the results")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the alternating sequence this many times (min and median over repeats are reported)")
     return parser.parse_args(argv)
 
 
@@ -162,6 +173,24 @@ def run_order(fedge_workers: list[int], flower_cpus: list[float]) -> list[tuple[
     return order
 
 
+def _per_repeat_ratios(runs: dict[str, dict], repeats: int) -> dict[str, dict[str, float]]:
+    """Per ratio, its minimum and median over the repeats (each repeat: the best setting of
+    each side within it) and each repeat's value."""
+    ratios: dict[str, list[float]] = {"steady_state_ratio": [], "runtime_overhead_ratio": [], "cpu_per_client_round_ratio": []}
+    for repeat in range(1, repeats + 1):
+        mine = {k: v for k, v in runs.items() if v["repeat"] == repeat}
+        fedge = [v for v in mine.values() if v["runtime"] == "fedge"]
+        flower = [v for v in mine.values() if v["runtime"] == "flower"]
+        ratios["steady_state_ratio"].append(
+            max(v["client_rounds_per_s_steady"] for v in fedge) / max(v["client_rounds_per_s_steady"] for v in flower)
+        )
+        oh = "runtime_overhead_cpu_ms_per_client_round"
+        ratios["runtime_overhead_ratio"].append(min(v[oh] for v in flower) / max(min(v[oh] for v in fedge), 1e-9))
+        cpu = "cpu_ms_per_client_round_steady"
+        ratios["cpu_per_client_round_ratio"].append(min(v[cpu] for v in flower) / min(v[cpu] for v in fedge))
+    return {k: {"min": min(v), "median": statistics.median(v), "each": v} for k, v in ratios.items()}
+
+
 def _best(runs: dict[str, dict], runtime: str, key: str) -> str:
     return max((k for k, v in runs.items() if v["runtime"] == runtime), key=lambda k: runs[k][key])
 
@@ -193,24 +222,27 @@ def main(argv: list[str] | None = None) -> dict:
     floors = [training_cpu_ms(settings)]  # again after the runs: the floor is the smaller
     runs: dict[str, dict] = {}
     finals: dict[str, ArrayRecord] = {}
-    for runtime, option in run_order(args.fedge_workers, args.flower_cpus_per_client):
-        name = f"fedge local w={option:g}" if runtime == "fedge" else f"Flower Ray {option:g}cpu"
-        console.print(f"[bold]running {name}[/bold]")
-        load_before = os.getloadavg()[0]
-        if runtime == "fedge":
-            outcome = run_fedge(settings, int(option))
-            setup: dict[str, object] = {"num_workers": int(option)}
-        else:
-            outcome = run_flower(settings, option, args.cpus)
-            setup = {"cpus_per_client": option, "ray_num_cpus": args.cpus, "concurrent_actors": int(args.cpus // option)}
-        finals[name] = outcome.final_arrays
-        runs[name] = {
-            "runtime": runtime,
-            **setup,
-            "load_average_1m_before": load_before,
-            "load_average_1m_after": os.getloadavg()[0],
-            **_figures(outcome, settings, floors[0]["cpu_ms_per_client_round"]),
-        }
+    for repeat in range(1, args.repeat + 1):
+        for runtime, option in run_order(args.fedge_workers, args.flower_cpus_per_client):
+            name = f"fedge local w={option:g}" if runtime == "fedge" else f"Flower Ray {option:g}cpu"
+            name += f" #{repeat}" if args.repeat > 1 else ""
+            console.print(f"[bold]running {name}[/bold]")
+            load_before = os.getloadavg()[0]
+            if runtime == "fedge":
+                outcome = run_fedge(settings, int(option))
+                setup: dict[str, object] = {"num_workers": int(option)}
+            else:
+                outcome = run_flower(settings, option, args.cpus)
+                setup = {"cpus_per_client": option, "ray_num_cpus": args.cpus, "concurrent_actors": int(args.cpus // option)}
+            finals[name] = outcome.final_arrays
+            runs[name] = {
+                "runtime": runtime,
+                "repeat": repeat,
+                **setup,
+                "load_average_1m_before": load_before,
+                "load_average_1m_after": os.getloadavg()[0],
+                **_figures(outcome, settings, floors[0]["cpu_ms_per_client_round"]),
+            }
     floors.append(training_cpu_ms(settings))
     floor_ms = min(f["cpu_ms_per_client_round"] for f in floors)
     for run in runs.values():  # the overhead over the smaller floor of the two
@@ -231,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio_fastest = min(r[fastest] for r in runs.values() if r["runtime"] == "flower") / min(
         r[fastest] for r in runs.values() if r["runtime"] == "fedge"
     )
+    per_repeat = _per_repeat_ratios(runs, args.repeat)
     payload = {
         "benchmark": "client-rounds per second: fedge local backend vs Flower simulation runtime (Ray)",
         "command": " ".join(["python -m bench.runner", *(argv if argv is not None else sys.argv[1:])]),
@@ -263,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
             "runtime_overhead_met": ratio_overhead >= TARGET_RATIO,
             "runtime_overhead_pair": [fedge_overhead, flower_overhead],
             "cpu_per_client_round_ratio": ratio_cpu,
+            # each repeat's ratios (best setting of each side within the repeat): min and median
+            "per_repeat": per_repeat,
         },
         "runs": runs,
         "sanity": {

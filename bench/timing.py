@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.cpu_time import tree_cpu_s
+from bench.cpu_time import run_cpu_clock
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Timeline:
     round_ends: list[float] = field(default_factory=list)  # index r = end of round r
     accuracies: list[float] = field(default_factory=list)  # central test accuracy after round r
     finished: float | None = None
-    cpu_clock: Callable[[], float] = tree_cpu_s  # CPU seconds of the runtime's processes
+    cpu_clock: Callable[[], float] = field(default_factory=run_cpu_clock)  # CPU s of this run's processes
     round_cpu_s: list[float] = field(default_factory=list)  # index r = cpu_clock() at the end of round r
 
     def round_done(self, server_round: int, accuracy: float) -> None:
