@@ -38,6 +38,7 @@ import statistics
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -102,10 +103,10 @@ def _figures(outcome: RunOutcome, settings: BenchSettings, floor_ms: float) -> d
     figures = outcome.timeline.breakdown(settings.sampled)
     steady_aggregate = [outcome.aggregate_s[r] for r in range(2, settings.rounds + 1)]
     figures["fedavg_aggregate_s_steady"] = statistics.fmean(steady_aggregate)
-    figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.sampled
+    figures["ms_per_client_round_steady"] = 1000 * cast(float, figures["steady_round_s"]) / settings.sampled
     figures["client_torch_threads"] = outcome.client_torch_threads
     cpu = figures["cpu_ms_per_client_round_steady"]
-    figures["runtime_overhead_cpu_ms_per_client_round"] = None if cpu is None else cpu - floor_ms
+    figures["runtime_overhead_cpu_ms_per_client_round"] = cpu - floor_ms if isinstance(cpu, float) else None
     return figures
 
 
@@ -173,7 +174,7 @@ def run_order(fedge_workers: list[int], flower_cpus: list[float]) -> list[tuple[
     return order
 
 
-def _per_repeat_ratios(runs: dict[str, dict], repeats: int) -> dict[str, dict[str, float]]:
+def _per_repeat_ratios(runs: dict[str, dict], repeats: int) -> dict[str, dict[str, object]]:
     """Per ratio, its minimum and median over the repeats (each repeat: the best setting of
     each side within it) and each repeat's value."""
     ratios: dict[str, list[float]] = {"steady_state_ratio": [], "runtime_overhead_ratio": [], "cpu_per_client_round_ratio": []}
