@@ -25,7 +25,8 @@ also reports the CPU milliseconds per client-round of its whole process tree
 (:mod:`bench.cpu_time`, rounds 2..N), and the training alone is timed as the floor
 both runtimes share (:mod:`bench.training_floor`: the same ``train`` call, clients and
 seeds). ``runtime_overhead_ratio`` = Flower's CPU per client-round minus the floor over
-fedge's: what each runtime adds to the same training. ``--repeat N`` runs the
+fedge's: what each runtime adds to the same training. Every run starts in a freshly
+spawned interpreter (the bench's modules imported, nothing warmed up by an earlier run). ``--repeat N`` runs the
 alternating sequence N times and reports each ratio's minimum and median over repeats.
 """
 
@@ -33,16 +34,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import sys
 from dataclasses import asdict, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from rich.console import Console
 from rich.table import Table
 
@@ -163,6 +166,36 @@ def _table(runs: dict[str, dict], num_rounds: int) -> Table:
     return table
 
 
+def _run_one(conn: Connection, runtime: str, settings: BenchSettings, option: float, cpus: int, floor_ms: float) -> None:
+    """One run in a fresh process: its figures and final weights back through ``conn``."""
+    torch.set_num_threads(1)
+    outcome = run_fedge(settings, int(option)) if runtime == "fedge" else run_flower(settings, option, cpus)
+    conn.send((_figures(outcome, settings, floor_ms), {k: v.numpy() for k, v in outcome.final_arrays.items()}))
+    conn.close()
+
+
+def run_isolated(
+    runtime: str, settings: BenchSettings, option: float, cpus: int, floor_ms: float
+) -> tuple[dict[str, object], ArrayRecord]:
+    """Run one runtime in a freshly spawned interpreter (its figures, its final model).
+
+    Each run starts from the same state: the bench's modules imported, nothing else (no
+    ``torch._dynamo`` that an earlier run or the floor's optimiser imported, no fork server
+    or Ray left from an earlier run), and its CPU clock covers that process's tree only."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_one, args=(child, runtime, settings, option, cpus, floor_ms))
+    proc.start()
+    child.close()
+    try:
+        figures, arrays = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the {runtime} run ({option:g}) died (exit code {proc.exitcode}); see its log above") from None
+    proc.join()
+    return figures, ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
 def run_order(fedge_workers: list[int], flower_cpus: list[float]) -> list[tuple[str, float]]:
     """fedge and Flower settings alternated, so a change in the machine's load during
     the benchmark does not fall on one runtime alone."""
@@ -230,19 +263,17 @@ def main(argv: list[str] | None = None) -> dict:
             console.print(f"[bold]running {name}[/bold]")
             load_before = os.getloadavg()[0]
             if runtime == "fedge":
-                outcome = run_fedge(settings, int(option))
                 setup: dict[str, object] = {"num_workers": int(option)}
             else:
-                outcome = run_flower(settings, option, args.cpus)
                 setup = {"cpus_per_client": option, "ray_num_cpus": args.cpus, "concurrent_actors": int(args.cpus // option)}
-            finals[name] = outcome.final_arrays
+            figures, finals[name] = run_isolated(runtime, settings, option, args.cpus, floors[0]["cpu_ms_per_client_round"])
             runs[name] = {
                 "runtime": runtime,
                 "repeat": repeat,
                 **setup,
                 "load_average_1m_before": load_before,
                 "load_average_1m_after": os.getloadavg()[0],
-                **_figures(outcome, settings, floors[0]["cpu_ms_per_client_round"]),
+                **figures,
             }
     floors.append(training_cpu_ms(settings))
     floor_ms = min(f["cpu_ms_per_client_round"] for f in floors)
