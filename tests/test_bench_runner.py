@@ -173,3 +173,14 @@ def test_training_floor_times_the_training_alone():
     floor = training_cpu_ms(settings, repeats=2)
     assert 0 < floor["cpu_ms_per_client_round"] <= floor["cpu_ms_per_client_round_median"]
     assert floor["wall_ms_per_client_round"] > 0
+
+
+def test_isolated_run_reports_figures_and_the_same_model_as_in_process():
+    from bench.runner import run_isolated
+
+    settings = BenchSettings(num_clients=4, rounds=2, partition="iid", train=TrainConfig(local_steps=1))
+    figures, final = run_isolated("fedge", settings, 0.0, 1, floor_ms=0.0)
+    assert figures["cpu_ms_per_client_round_steady"] is not None and figures["cpu_ms_per_client_round_steady"] >= 0
+    assert len(figures["round_s"]) == 2
+    in_process = run_fedge(settings, num_workers=0).final_arrays
+    assert max_weight_difference(final, in_process) == 0.0  # a fresh interpreter trains the same model
