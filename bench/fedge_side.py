@@ -20,7 +20,7 @@ from bench.timing import Timeline
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
-from fedge.simulations.local_grid import LocalGrid
+from fedge.simulations.local_grid import LocalGrid, start_fork_server
 from fedge.strategies import CompressedStrategy
 
 
@@ -33,9 +33,12 @@ def run_fedge(settings: BenchSettings, num_workers: int, threads_per_worker: int
     """
     timeline = Timeline()
     task = settings.task()
+    if num_workers:  # as fedge-sim does: the fork server imports the workers' modules while data loads
+        start_fork_server([type(task).__module__])
     data = task.load()
     parts = client_partitions(settings, data.train.y)
     recipe = ClientRecipe(task, {node_id_of(i): p for i, p in enumerate(parts)}, settings.train, settings.seed)
+    recipe.use_data(data)  # as fedge-sim: small data travels to the workers, they do not load it again
     fedavg = InstrumentedFedAvg(**fedavg_options(settings))
     strategy = CompressedStrategy(fedavg, uplink="fp32", downlink="fp32")
     evaluator = CentralEvaluator(task, data.test, settings.seed)

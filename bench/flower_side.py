@@ -74,7 +74,7 @@ def train_reply(settings: BenchSettings, msg: Message, context: Context) -> Mess
     cfg = settings.train.updated_from(config)
     actor.model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=True)
     rng = np.random.default_rng([settings.seed, node_id_of(partition), int(config["server-round"])])
-    torch.manual_seed(int(rng.integers(2**31)))
+    torch.default_generator.manual_seed(int(rng.integers(2**31)))  # as fedge's TorchTrainer.train
     stats = train(actor.model, actor.task, data, cfg, rng)
     metrics = MetricRecord(
         {"num-examples": stats.num_examples, "train_loss": stats.mean_loss, "torch_threads": torch.get_num_threads()}

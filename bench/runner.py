@@ -18,27 +18,41 @@ per-round and teardown seconds, FedAvg's aggregation seconds and accuracy. The >
 target of issue 2 is judged on the steady-state ratio of the best setting of each side
 (it does not depend on how many rounds amortise the start-up); the end-to-end ratio is
 reported beside it. Writes ``bench/results/runner.json``.
+
+Because wall clock on a shared machine measures the machine's other load as much as
+the runtime (a runtime with more processes gets a larger share of a busy CPU), each run
+also reports the CPU milliseconds per client-round of its whole process tree
+(:mod:`bench.cpu_time`, rounds 2..N), and the training alone is timed as the floor
+both runtimes share (:mod:`bench.training_floor`: the same ``train`` call, clients and
+seeds). ``runtime_overhead_ratio`` = Flower's CPU per client-round minus the floor over
+fedge's: what each runtime adds to the same training. Every run starts in a freshly
+spawned interpreter (the bench's modules imported, nothing warmed up by an earlier run). ``--repeat N`` runs the
+alternating sequence N times and reports each ratio's minimum and median over repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import sys
 from dataclasses import asdict, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from rich.console import Console
 from rich.table import Table
 
 from bench.fedge_side import run_fedge
 from bench.flower_side import run_flower
 from bench.instrumented import RunOutcome
+from bench.training_floor import training_cpu_ms
 from bench.settings import (
     DIRICHLET_MIN_PARTITION_SIZE,
     PARTITIONS,
@@ -83,15 +97,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)), help="CPUs Ray may use")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a note to store in the results")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the alternating sequence this many times (min and median over repeats are reported)")
     return parser.parse_args(argv)
 
 
-def _figures(outcome: RunOutcome, settings: BenchSettings) -> dict[str, object]:
+def _figures(outcome: RunOutcome, settings: BenchSettings, floor_ms: float) -> dict[str, object]:
     figures = outcome.timeline.breakdown(settings.sampled)
     steady_aggregate = [outcome.aggregate_s[r] for r in range(2, settings.rounds + 1)]
     figures["fedavg_aggregate_s_steady"] = statistics.fmean(steady_aggregate)
-    figures["ms_per_client_round_steady"] = 1000 * figures["steady_round_s"] / settings.sampled
+    figures["ms_per_client_round_steady"] = 1000 * cast(float, figures["steady_round_s"]) / settings.sampled
     figures["client_torch_threads"] = outcome.client_torch_threads
+    cpu = figures["cpu_ms_per_client_round_steady"]
+    figures["runtime_overhead_cpu_ms_per_client_round"] = cpu - floor_ms if isinstance(cpu, float) else None
     return figures
 
 
@@ -130,7 +148,8 @@ def _table(runs: dict[str, dict], num_rounds: int) -> Table:
         title=f"{num_rounds} rounds; c-r/s = client-rounds/s; steady = rounds 2..{num_rounds}",
         caption="w = LocalGrid num_workers; cpu = Ray num_cpus per ClientApp actor",
     )
-    for column in ("runtime", "start-up s", "steady s/round", "steady c-r/s", "teardown s", "total s", "total c-r/s", "acc"):
+    for column in ("runtime", "start-up s", "steady s/round", "steady c-r/s", "CPU ms/c-r", "teardown s", "total s",
+                   "total c-r/s", "acc"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     for name, run in runs.items():
         table.add_row(
@@ -138,12 +157,43 @@ def _table(runs: dict[str, dict], num_rounds: int) -> Table:
             f"{run['start_up_s']:.1f}",
             f"{run['steady_round_s']:.2f}",
             f"{run['client_rounds_per_s_steady']:.0f}",
+            f"{run['cpu_ms_per_client_round_steady']:.2f}",
             f"{run['teardown_s']:.1f}",
             f"{run['total_s']:.1f}",
             f"{run['client_rounds_per_s_total']:.1f}",
             f"{run['final_accuracy']:.3f}",
         )
     return table
+
+
+def _run_one(conn: Connection, runtime: str, settings: BenchSettings, option: float, cpus: int, floor_ms: float) -> None:
+    """One run in a fresh process: its figures and final weights back through ``conn``."""
+    torch.set_num_threads(1)
+    outcome = run_fedge(settings, int(option)) if runtime == "fedge" else run_flower(settings, option, cpus)
+    conn.send((_figures(outcome, settings, floor_ms), {k: v.numpy() for k, v in outcome.final_arrays.items()}))
+    conn.close()
+
+
+def run_isolated(
+    runtime: str, settings: BenchSettings, option: float, cpus: int, floor_ms: float
+) -> tuple[dict[str, object], ArrayRecord]:
+    """Run one runtime in a freshly spawned interpreter (its figures, its final model).
+
+    Each run starts from the same state: the bench's modules imported, nothing else (no
+    ``torch._dynamo`` that an earlier run or the floor's optimiser imported, no fork server
+    or Ray left from an earlier run), and its CPU clock covers that process's tree only."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_one, args=(child, runtime, settings, option, cpus, floor_ms))
+    proc.start()
+    child.close()
+    try:
+        figures, arrays = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the {runtime} run ({option:g}) died (exit code {proc.exitcode}); see its log above") from None
+    proc.join()
+    return figures, ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 def run_order(fedge_workers: list[int], flower_cpus: list[float]) -> list[tuple[str, float]]:
@@ -155,6 +205,24 @@ def run_order(fedge_workers: list[int], flower_cpus: list[float]) -> list[tuple[
     for i in range(max(len(fedge), len(flower))):
         order.extend(pair[i] for pair in (fedge, flower) if i < len(pair))
     return order
+
+
+def _per_repeat_ratios(runs: dict[str, dict], repeats: int) -> dict[str, dict[str, object]]:
+    """Per ratio, its minimum and median over the repeats (each repeat: the best setting of
+    each side within it) and each repeat's value."""
+    ratios: dict[str, list[float]] = {"steady_state_ratio": [], "runtime_overhead_ratio": [], "cpu_per_client_round_ratio": []}
+    for repeat in range(1, repeats + 1):
+        mine = {k: v for k, v in runs.items() if v["repeat"] == repeat}
+        fedge = [v for v in mine.values() if v["runtime"] == "fedge"]
+        flower = [v for v in mine.values() if v["runtime"] == "flower"]
+        ratios["steady_state_ratio"].append(
+            max(v["client_rounds_per_s_steady"] for v in fedge) / max(v["client_rounds_per_s_steady"] for v in flower)
+        )
+        oh = "runtime_overhead_cpu_ms_per_client_round"
+        ratios["runtime_overhead_ratio"].append(min(v[oh] for v in flower) / max(min(v[oh] for v in fedge), 1e-9))
+        cpu = "cpu_ms_per_client_round_steady"
+        ratios["cpu_per_client_round_ratio"].append(min(v[cpu] for v in flower) / min(v[cpu] for v in fedge))
+    return {k: {"min": min(v), "median": statistics.median(v), "each": v} for k, v in ratios.items()}
 
 
 def _best(runs: dict[str, dict], runtime: str, key: str) -> str:
@@ -185,26 +253,32 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     console = Console()
     machine = machine_info()
+    floors = [training_cpu_ms(settings)]  # again after the runs: the floor is the smaller
     runs: dict[str, dict] = {}
     finals: dict[str, ArrayRecord] = {}
-    for runtime, option in run_order(args.fedge_workers, args.flower_cpus_per_client):
-        name = f"fedge local w={option:g}" if runtime == "fedge" else f"Flower Ray {option:g}cpu"
-        console.print(f"[bold]running {name}[/bold]")
-        load_before = os.getloadavg()[0]
-        if runtime == "fedge":
-            outcome = run_fedge(settings, int(option))
-            setup: dict[str, object] = {"num_workers": int(option)}
-        else:
-            outcome = run_flower(settings, option, args.cpus)
-            setup = {"cpus_per_client": option, "ray_num_cpus": args.cpus, "concurrent_actors": int(args.cpus // option)}
-        finals[name] = outcome.final_arrays
-        runs[name] = {
-            "runtime": runtime,
-            **setup,
-            "load_average_1m_before": load_before,
-            "load_average_1m_after": os.getloadavg()[0],
-            **_figures(outcome, settings),
-        }
+    for repeat in range(1, args.repeat + 1):
+        for runtime, option in run_order(args.fedge_workers, args.flower_cpus_per_client):
+            name = f"fedge local w={option:g}" if runtime == "fedge" else f"Flower Ray {option:g}cpu"
+            name += f" #{repeat}" if args.repeat > 1 else ""
+            console.print(f"[bold]running {name}[/bold]")
+            load_before = os.getloadavg()[0]
+            if runtime == "fedge":
+                setup: dict[str, object] = {"num_workers": int(option)}
+            else:
+                setup = {"cpus_per_client": option, "ray_num_cpus": args.cpus, "concurrent_actors": int(args.cpus // option)}
+            figures, finals[name] = run_isolated(runtime, settings, option, args.cpus, floors[0]["cpu_ms_per_client_round"])
+            runs[name] = {
+                "runtime": runtime,
+                "repeat": repeat,
+                **setup,
+                "load_average_1m_before": load_before,
+                "load_average_1m_after": os.getloadavg()[0],
+                **figures,
+            }
+    floors.append(training_cpu_ms(settings))
+    floor_ms = min(f["cpu_ms_per_client_round"] for f in floors)
+    for run in runs.values():  # the overhead over the smaller floor of the two
+        run["runtime_overhead_cpu_ms_per_client_round"] = run["cpu_ms_per_client_round_steady"] - floor_ms
     after_load = os.getloadavg()[0]
 
     steady, total = "client_rounds_per_s_steady", "client_rounds_per_s_total"
@@ -212,10 +286,16 @@ def main(argv: list[str] | None = None) -> dict:
     fedge_total, flower_total = _best(runs, "fedge", total), _best(runs, "flower", total)
     ratio_steady = runs[fedge_steady][steady] / runs[flower_steady][steady]
     ratio_total = runs[fedge_total][total] / runs[flower_total][total]
+    overhead, cpu_key = "runtime_overhead_cpu_ms_per_client_round", "cpu_ms_per_client_round_steady"
+    fedge_overhead = min((k for k, v in runs.items() if v["runtime"] == "fedge"), key=lambda k: runs[k][overhead])
+    flower_overhead = min((k for k, v in runs.items() if v["runtime"] == "flower"), key=lambda k: runs[k][overhead])
+    ratio_overhead = runs[flower_overhead][overhead] / max(runs[fedge_overhead][overhead], 1e-9)
+    ratio_cpu = runs[flower_overhead][cpu_key] / runs[fedge_overhead][cpu_key]
     fastest = "steady_round_s_min"
     ratio_fastest = min(r[fastest] for r in runs.values() if r["runtime"] == "flower") / min(
         r[fastest] for r in runs.values() if r["runtime"] == "fedge"
     )
+    per_repeat = _per_repeat_ratios(runs, args.repeat)
     payload = {
         "benchmark": "client-rounds per second: fedge local backend vs Flower simulation runtime (Ray)",
         "command": " ".join(["python -m bench.runner", *(argv if argv is not None else sys.argv[1:])]),
@@ -241,6 +321,15 @@ def main(argv: list[str] | None = None) -> dict:
             "end_to_end_ratio": ratio_total,
             "end_to_end_met": ratio_total >= TARGET_RATIO,
             "end_to_end_pair": [fedge_total, flower_total],
+            # CPU seconds of each runtime's whole process tree (load-independent), rounds 2..N
+            "training_floor_cpu_ms_per_client_round": floor_ms,
+            "training_floor_measurements": floors,
+            "runtime_overhead_ratio": ratio_overhead,
+            "runtime_overhead_met": ratio_overhead >= TARGET_RATIO,
+            "runtime_overhead_pair": [fedge_overhead, flower_overhead],
+            "cpu_per_client_round_ratio": ratio_cpu,
+            # each repeat's ratios (best setting of each side within the repeat): min and median
+            "per_repeat": per_repeat,
         },
         "runs": runs,
         "sanity": {
@@ -261,6 +350,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"(fastest rounds {ratio_fastest:.1f}x), "
         f"end to end [bold]{ratio_total:.1f}x[/bold]; target >= {TARGET_RATIO:g}x (steady state): "
         + ("[green]met[/green]" if ratio_steady >= TARGET_RATIO else "[red]not met[/red]")
+    )
+    console.print(
+        f"CPU per client-round (whole process trees, rounds 2..N): fedge {runs[fedge_overhead][cpu_key]:.2f} ms, "
+        f"Flower {runs[flower_overhead][cpu_key]:.2f} ms ({ratio_cpu:.1f}x); training alone {floor_ms:.2f} ms; "
+        f"runtime overhead fedge {runs[fedge_overhead][overhead]:.2f} ms, Flower {runs[flower_overhead][overhead]:.2f} ms: "
+        f"[bold]{ratio_overhead:.1f}x[/bold]"
     )
     console.print(
         f"machine: {machine['usable_cores']} cores, load average {machine['load_average_1m']:.1f} "

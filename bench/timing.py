@@ -9,13 +9,20 @@ their figures compare.
 Round 1 holds each runtime's warm-up (worker processes or Ray actors loading data and
 building models on first use), so the steady state is rounds 2..N and the start-up is
 everything before round 0 ends plus round 1's excess over a steady round.
+
+Each stamp also reads the CPU seconds of the whole process tree (:mod:`bench.cpu_time`),
+so the steady state is also reported in CPU milliseconds per client-round: the cost that
+does not depend on how busy the rest of the machine is.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from bench.cpu_time import run_cpu_clock
 
 
 @dataclass
@@ -26,12 +33,15 @@ class Timeline:
     round_ends: list[float] = field(default_factory=list)  # index r = end of round r
     accuracies: list[float] = field(default_factory=list)  # central test accuracy after round r
     finished: float | None = None
+    cpu_clock: Callable[[], float] = field(default_factory=run_cpu_clock)  # CPU s of this run's processes
+    round_cpu_s: list[float] = field(default_factory=list)  # index r = cpu_clock() at the end of round r
 
     def round_done(self, server_round: int, accuracy: float) -> None:
         """Stamp the end of ``server_round`` (0 = initial evaluation)."""
         if server_round != len(self.round_ends):
             raise ValueError(f"round {server_round} stamped out of order (expected {len(self.round_ends)})")
         self.round_ends.append(time.perf_counter())
+        self.round_cpu_s.append(self.cpu_clock())
         self.accuracies.append(float(accuracy))
 
     def finish(self) -> None:
@@ -60,6 +70,9 @@ class Timeline:
             "start_up_s": before_round_0_s + rounds_s[0] - steady_round_s,
             "client_rounds_per_s_total": clients_per_round * num_rounds / total_s,
             "client_rounds_per_s_steady": clients_per_round / steady_round_s,
+            # CPU seconds of the whole process tree per client-round, rounds 2..N
+            "cpu_ms_per_client_round_steady": 1000 * (self.round_cpu_s[-1] - self.round_cpu_s[1])
+            / ((num_rounds - 1) * clients_per_round) if len(self.round_cpu_s) == num_rounds + 1 else None,
             "accuracy_per_round": self.accuracies,
             "final_accuracy": self.accuracies[-1],
         }

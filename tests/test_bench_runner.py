@@ -135,3 +135,52 @@ def test_runs_alternate_between_runtimes():
         ("flower", 0.5),
         ("flower", 0.25),
     ]
+
+
+def test_timeline_reports_cpu_per_client_round_of_the_steady_rounds():
+    clock = iter([1.0, 5.0, 6.0, 8.0])  # CPU seconds at the end of rounds 0..3
+    timeline = Timeline(cpu_clock=lambda: next(clock))
+    for r in range(4):
+        timeline.round_done(r, accuracy=0.5)
+    timeline.finish()
+    figures = timeline.breakdown(clients_per_round=10)
+    # rounds 2..3 took 3 CPU seconds for 20 client-rounds; round 1 (start-up) is left out
+    assert figures["cpu_ms_per_client_round_steady"] == pytest.approx(150.0)
+
+
+def test_tree_cpu_counts_a_child_process_burning_cpu():
+    import subprocess
+    import sys
+
+    from bench.cpu_time import tree_cpu_s
+
+    before = tree_cpu_s()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.5: pass\ninput()"],
+                             stdin=subprocess.PIPE)
+    try:
+        deadline = __import__("time").monotonic() + 60
+        while tree_cpu_s() - before < 0.4 and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.1)
+        assert tree_cpu_s() - before >= 0.4  # the child's CPU seconds count while it is alive
+    finally:
+        child.communicate(b"\n")
+
+
+def test_training_floor_times_the_training_alone():
+    from bench.training_floor import training_cpu_ms
+
+    settings = BenchSettings(num_clients=4, rounds=2, partition="iid", train=TrainConfig(local_steps=1))
+    floor = training_cpu_ms(settings, repeats=2)
+    assert 0 < floor["cpu_ms_per_client_round"] <= floor["cpu_ms_per_client_round_median"]
+    assert floor["wall_ms_per_client_round"] > 0
+
+
+def test_isolated_run_reports_figures_and_the_same_model_as_in_process():
+    from bench.runner import run_isolated
+
+    settings = BenchSettings(num_clients=4, rounds=2, partition="iid", train=TrainConfig(local_steps=1))
+    figures, final = run_isolated("fedge", settings, 0.0, 1, floor_ms=0.0)
+    assert figures["cpu_ms_per_client_round_steady"] is not None and figures["cpu_ms_per_client_round_steady"] >= 0
+    assert len(figures["round_s"]) == 2
+    in_process = run_fedge(settings, num_workers=0).final_arrays
+    assert max_weight_difference(final, in_process) == 0.0  # a fresh interpreter trains the same model
