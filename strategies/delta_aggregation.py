@@ -14,10 +14,15 @@ it decoded, densified replies ``global + delta``):
    ``fixed`` = ``clip_norm``; ``median`` = ``clip_factor`` x the median update norm of
    the round (adaptive, from 3 replies on; fewer = no bound); ``off`` = none;
 3. **anomaly scoring** (``min_cosine`` > -1): each (bounded) update's cosine similarity to
-   the sender-only coordinate-wise median update (see below); below ``min_cosine`` it is
-   excluded, otherwise kept, and the score is recorded either way. Sign-flip, IPM and
-   label-flip updates point away from the honest median (cosine < 0 on digits); honest
-   top-k updates, though they share few coordinates, stay above 0;
+   the coordinate-wise median update, both taken on the round's *shared support* only:
+   the coordinates at least ``screen_quorum`` of the replies sent (see below); below
+   ``min_cosine`` it is excluded, otherwise kept, and the score is recorded either way.
+   Sign-flip, IPM and label-flip updates point away from the honest median (cosine < 0
+   on digits). The quorum matters under top-k: on a coordinate only a lone attacker (or
+   a colluding few) sent, the sender-only median *is* the attacker's value, so scored on
+   every sent coordinate an attacker is mostly compared with itself and passes (measured:
+   sign-flip and IPM at 20% kept every round). On the shared support (dense small
+   tensors, the large coordinates most devices send) a minority cannot set the median;
 4. the subclass's rule combines the remaining updates per coordinate (:meth:`combine`).
 
 **Sparse updates.** With top-k / random-k uplinks a device's decoded delta is exactly 0
@@ -84,6 +89,10 @@ class DeltaAggregation(FedAvg):
     min_cosine:
         Exclude updates whose cosine similarity to the coordinate-wise median update is
         below this; -1 = no screening. 0 excludes updates pointing away from the median.
+    screen_quorum:
+        Share of the round's replies that must have sent a coordinate for it to count in
+        the screen, in [0, 1]. 0.5 (default): a minority of attackers cannot vote alone;
+        0 = every coordinate anyone sent. Dense codecs: every coordinate counts either way.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class DeltaAggregation(FedAvg):
         clip_norm: float = 1.0,
         clip_factor: float = 1.0,
         min_cosine: float = -1.0,
+        screen_quorum: float = 0.5,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -102,7 +112,10 @@ class DeltaAggregation(FedAvg):
             raise ValueError(f"clip_norm must be > 0 and clip_factor >= 1, got {clip_norm}, {clip_factor}")
         if not -1.0 <= min_cosine <= 1.0:
             raise ValueError(f"min_cosine must be in [-1, 1], got {min_cosine}")
+        if not 0.0 <= screen_quorum <= 1.0:
+            raise ValueError(f"screen_quorum must be in [0, 1], got {screen_quorum}")
         self.clip, self.clip_norm, self.clip_factor, self.min_cosine = clip, clip_norm, clip_factor, min_cosine
+        self.screen_quorum = screen_quorum
         self.decisions: list[RobustDecision] = []
         self._global: dict[str, np.ndarray] = {}
 
@@ -160,20 +173,32 @@ class DeltaAggregation(FedAvg):
         keep = np.ones(len(nodes), dtype=bool)
         if self.min_cosine <= -1.0 or len(nodes) < MIN_REPLIES_FOR_MEDIAN:
             return keep
-        reference = sparse_median(deltas)
+        support = shared_support(deltas, self.screen_quorum)
+        where = f"on {int(support.sum())} shared coordinates"
+        if not support.any():  # nothing is shared: score on every coordinate
+            support, where = np.ones(deltas.shape[1], dtype=bool), "on every coordinate (none shared)"
+        scored = deltas[:, support]
+        reference = sparse_median(scored)
         ref_norm = float(np.linalg.norm(reference))
         for i, node in enumerate(nodes):
-            norm = float(np.linalg.norm(deltas[i]))
-            cosine = float(deltas[i] @ reference) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
+            norm = float(np.linalg.norm(scored[i]))
+            cosine = float(scored[i] @ reference) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
             if cosine < self.min_cosine:
                 keep[i] = False
-                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine}"))
+                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine} {where}"))
             else:  # the score is kept for every device, so a report can show how close the call was
-                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine}"))
+                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine} {where}"))
         if not keep.any():  # nothing agrees with the median: keep all rather than nothing
             self.decisions.append(RobustDecision(server_round, -1, "kept", "every update was below min_cosine: all kept"))
             return np.ones(len(nodes), dtype=bool)
         return keep
+
+
+def shared_support(deltas: np.ndarray, quorum: float) -> np.ndarray:
+    """``(d,)`` bool: the coordinates at least ``quorum`` x n of the ``(n, d)`` updates sent
+    (at least one sender, so ``quorum`` 0 = every coordinate anyone sent)."""
+    count = sender_masks(deltas).sum(axis=0)
+    return np.asarray((count >= max(1.0, quorum * len(deltas))), dtype=bool)
 
 
 def sparse_median(deltas: np.ndarray) -> np.ndarray:
