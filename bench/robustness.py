@@ -215,7 +215,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Grid: {payload['grid']}; {payload['done']}.",
         "",
         f"Host: {payload['host']}: load average {payload['loadavg_before'][0]:.1f} before, "
-        f"{payload['loadavg_after'][0]:.1f} after. {payload['wall_s']:.0f} s wall with {payload['jobs']} worker processes; "
+        f"{payload['loadavg_after'][0]:.1f} after. {payload['wall_s']:.0f} s wall with {payload['jobs']} worker processes"
+        f"{' (' + str(payload['resumed_cells']) + ' cells kept from an earlier run of the same settings, with their share of its CPU and wall time)' if payload.get('resumed_cells') else ''}; "
         f"{payload['cpu_s_total']:.0f} CPU seconds (user + system"
         f"{' of the whole process tree' if payload.get('cpu_s_is_process_tree') else ', the cells only'}), i.e. about "
         f"{payload['idle_2core_wall_s_estimate'] / 60:.0f} min on two otherwise idle cores (CPU seconds / 2: two workers, "
@@ -307,6 +308,26 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, int]]:
     return reference + cells
 
 
+def resumed_runs(jobs: list[tuple[str, str, str, int, int]], rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """``--resume``: the runs of ``robustness.json`` that are planned cells at ``rounds``
+    rounds, and the kept cells' share of the earlier run's CPU seconds and wall time."""
+    import re
+
+    path = RESULTS / "robustness.json"
+    if not path.exists():
+        return [], {}
+    payload = json.loads(path.read_text())
+    found = re.search(r"(\d+) rounds", payload.get("grid", ""))
+    if payload.get("rounds", int(found.group(1)) if found else None) != rounds:
+        return [], {}
+    planned = {job[:4] for job in jobs}
+    runs = [r for r in payload["runs"] if (r["strategy"], r["attack"], r["compression"], r["seed"]) in planned]
+    if not runs:
+        return [], {}
+    cpu_share = sum(r["cpu_s"] for r in runs) / max(sum(r["cpu_s"] for r in payload["runs"]), 1e-9)
+    return runs, {"cells": len(runs), "cpu_s": payload["cpu_s_total"] * cpu_share, "wall_s": payload["wall_s"] * cpu_share}
+
+
 def process_tree_cpu_s() -> float:
     """User + system CPU seconds of this process and its finished (joined) children."""
     import resource
@@ -320,9 +341,11 @@ def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, 
     """results.json's content for the runs so far (written after every run); ``tree_cpu_s``:
     the whole process tree's CPU seconds, known once the workers have exited."""
     rows = summarise(runs)
+    earlier: dict[str, float] = getattr(args, "earlier", None) or {}
     cells_cpu = sum(r["cpu_s"] for r in runs)
-    cpu = tree_cpu_s if tree_cpu_s is not None else cells_cpu
-    wall = time.perf_counter() - started
+    # a resumed grid: the kept cells' share of the earlier run's process-tree CPU and wall time
+    cpu = (tree_cpu_s + earlier.get("cpu_s", 0.0)) if tree_cpu_s is not None else cells_cpu
+    wall = time.perf_counter() - started + earlier.get("wall_s", 0.0)
     return {
         "grid": f"{len(jobs)} cells ({args.preset or 'grid'}: {len({j[0] for j in jobs})} strategies, "
                 f"{len({j[1] for j in jobs})} attacks, {len({j[2] for j in jobs})} compressions, "
@@ -331,7 +354,7 @@ def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, 
         "done": f"{len(runs)} of {len(jobs)} cells",
         "host": f"{platform.node()} {os.cpu_count()} CPUs shared with other jobs",
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-        "jobs": args.jobs, "wall_s": wall,
+        "jobs": args.jobs, "wall_s": wall, "rounds": args.rounds, "resumed_cells": int(earlier.get("cells", 0)),
         "cells_cpu_s": cells_cpu,  # sum of the cells' own CPU time (each in its worker process)
         # user+sys of the whole process tree (parent, workers' start-up and cells); until the
         # workers exit (a run in progress), the cells' sum
@@ -362,6 +385,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
     parser.add_argument("--attacks", nargs="*", default=ATTACKS)
     parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs robustness.json already has for planned cells at the same --rounds; run only the rest")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
@@ -373,9 +398,12 @@ def main() -> None:
         return
     jobs = plan(args)
     started, load_before = time.perf_counter(), os.getloadavg()
-    runs: list[dict[str, Any]] = []
+    runs, earlier = resumed_runs(jobs, args.rounds) if args.resume else ([], {})
+    done = {(r["strategy"], r["attack"], r["compression"], r["seed"]) for r in runs}
+    todo = [job for job in jobs if job[:4] not in done]
+    args.earlier = earlier
     pool = mp.get_context("spawn").Pool(args.jobs, initializer=start_worker)  # workers live for the whole grid: imports paid once
-    for i, run in enumerate(pool.imap_unordered(run_cell, jobs), 1):  # dispatched in plan order: a stopped run has the first cells
+    for i, run in enumerate(pool.imap_unordered(run_cell, todo), len(runs) + 1):  # dispatched in plan order: a stopped run has the first cells
         runs.append(run)
         print(f"[{i}/{len(jobs)}] {run['strategy']:<18} {run['attack']:<10} {run['compression']:<5} seed {run['seed']}: "
               f"acc {run['accuracy']:.3f} ({run['seconds']:.1f} s wall, {run['cpu_s']:.1f} s cpu)", flush=True)

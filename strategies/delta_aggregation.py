@@ -14,15 +14,16 @@ it decoded, densified replies ``global + delta``):
    ``fixed`` = ``clip_norm``; ``median`` = ``clip_factor`` x the median update norm of
    the round (adaptive, from 3 replies on; fewer = no bound); ``off`` = none;
 3. **anomaly scoring** (``min_cosine`` > -1): each (bounded) update's cosine similarity to
-   the coordinate-wise median update, both taken on the round's *shared support* only:
-   the coordinates at least ``screen_quorum`` of the replies sent (see below); below
-   ``min_cosine`` it is excluded, otherwise kept, and the score is recorded either way.
-   Sign-flip, IPM and label-flip updates point away from the honest median (cosine < 0
-   on digits). The quorum matters under top-k: on a coordinate only a lone attacker (or
-   a colluding few) sent, the sender-only median *is* the attacker's value, so scored on
-   every sent coordinate an attacker is mostly compared with itself and passes (measured:
-   sign-flip and IPM at 20% kept every round). On the shared support (dense small
-   tensors, the large coordinates most devices send) a minority cannot set the median;
+   the sender-only coordinate-wise median update (see below), both taken on the
+   coordinates at least ``screen_quorum`` of the replies sent (default 0: every sent
+   coordinate); below ``min_cosine`` it is excluded, otherwise kept, and the score is
+   recorded either way. Sign-flip, IPM and label-flip updates point away from the honest
+   median. The known weakness under top-k: on a coordinate only a lone attacker (or a
+   colluding few) sent, the sender-only median *is* the attacker's value, so an attacker
+   is partly compared with itself (measured, digits, 20%: IPM kept every round). A
+   quorum (e.g. 0.5) scores on the shared support only, where a minority cannot set the
+   median, but honest top-k updates then share few coordinates and the score gets noisy
+   (measured trade-off in ``screen_quorum``'s doc);
 4. the subclass's rule combines the remaining updates per coordinate (:meth:`combine`).
 
 **Sparse updates.** With top-k / random-k uplinks a device's decoded delta is exactly 0
@@ -91,8 +92,12 @@ class DeltaAggregation(FedAvg):
         below this; -1 = no screening. 0 excludes updates pointing away from the median.
     screen_quorum:
         Share of the round's replies that must have sent a coordinate for it to count in
-        the screen, in [0, 1]. 0.5 (default): a minority of attackers cannot vote alone;
-        0 = every coordinate anyone sent. Dense codecs: every coordinate counts either way.
+        the screen, in [0, 1]; 0 (default) = every coordinate anyone sent. 0.5: a minority
+        of attackers cannot vote alone, at the price of scoring honest top-k updates on
+        few coordinates (measured on digits, top-k, 20% attackers, 30 rounds: IPM seed 0
+        0.861 -> 0.900, label flip seed 0 0.889 -> 0.903, but label flip seed 1 0.914 ->
+        0.894 and clean seed 1 0.953 -> 0.928, with 20-40 honest (device, round)
+        exclusions a run instead of 0-1). Dense codecs: every coordinate counts either way.
     """
 
     def __init__(
@@ -102,7 +107,7 @@ class DeltaAggregation(FedAvg):
         clip_norm: float = 1.0,
         clip_factor: float = 1.0,
         min_cosine: float = -1.0,
-        screen_quorum: float = 0.5,
+        screen_quorum: float = 0.0,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
