@@ -208,6 +208,15 @@ def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def resumed_note(payload: dict[str, Any]) -> str:
+    """`` (N cells kept from ...)`` for a ``--resume``d grid, else ''."""
+    if not payload.get("resumed_cells"):
+        return ""
+    return (f" ({payload['resumed_cells']} cells kept from an earlier run of the same cells and settings, with their share of "
+            f"its recorded CPU (before this version: the cells' own, not the process tree's) and wall time; it ran {payload.get('resumed_jobs') or '?'} worker processes and, if older, without the "
+            "start-up freeze below, which changes cost, not results)")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Robustness scorecard (`python -m bench.robustness`)",
@@ -216,7 +225,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"Host: {payload['host']}: load average {payload['loadavg_before'][0]:.1f} before, "
         f"{payload['loadavg_after'][0]:.1f} after. {payload['wall_s']:.0f} s wall with {payload['jobs']} worker processes"
-        f"{' (' + str(payload['resumed_cells']) + ' cells kept from an earlier run of the same settings, with their share of its CPU and wall time)' if payload.get('resumed_cells') else ''}; "
+        f"{resumed_note(payload)}; "
         f"{payload['cpu_s_total']:.0f} CPU seconds (user + system"
         f"{' of the whole process tree' if payload.get('cpu_s_is_process_tree') else ', the cells only'}), i.e. about "
         f"{payload['idle_2core_wall_s_estimate'] / 60:.0f} min on two otherwise idle cores (CPU seconds / 2: two workers, "
@@ -325,7 +334,8 @@ def resumed_runs(jobs: list[tuple[str, str, str, int, int]], rounds: int) -> tup
     if not runs:
         return [], {}
     cpu_share = sum(r["cpu_s"] for r in runs) / max(sum(r["cpu_s"] for r in payload["runs"]), 1e-9)
-    return runs, {"cells": len(runs), "cpu_s": payload["cpu_s_total"] * cpu_share, "wall_s": payload["wall_s"] * cpu_share}
+    return runs, {"cells": len(runs), "cpu_s": payload["cpu_s_total"] * cpu_share, "wall_s": payload["wall_s"] * cpu_share,
+                  "jobs": payload["jobs"]}
 
 
 def process_tree_cpu_s() -> float:
@@ -355,6 +365,7 @@ def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, 
         "host": f"{platform.node()} {os.cpu_count()} CPUs shared with other jobs",
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "jobs": args.jobs, "wall_s": wall, "rounds": args.rounds, "resumed_cells": int(earlier.get("cells", 0)),
+        "resumed_jobs": int(earlier.get("jobs", 0)),
         "cells_cpu_s": cells_cpu,  # sum of the cells' own CPU time (each in its worker process)
         # user+sys of the whole process tree (parent, workers' start-up and cells); until the
         # workers exit (a run in progress), the cells' sum
