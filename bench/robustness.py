@@ -59,6 +59,7 @@ STRATEGIES: dict[str, list[str]] = {
     "SparseMedian": ["strategy=sparse_median"],
     "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
     "Screened FedAvg": ["strategy=screened_fedavg"],
+    "FLTrust": ["strategy=fltrust"],
 }
 ATTACKS = ["none", "signflip", "scaling", "alie", "ipm", "labelflip", "backdoor"]
 #: The honest-only reference (row attack ``absent``): FedAvg with the same seeded 20% of
@@ -298,6 +299,7 @@ MUST_SHOW_ORDER = [
     ("FedAvg", ABSENT),
     *[("Screened FedAvg", a) for a in ATTACKS if a != "none"],
     ("FedAvg", "backdoor"),
+    *[("FLTrust", a) for a in ATTACKS],
     *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound")],
     *[("FedAvg", a) for a in ATTACKS if a not in ("none", "backdoor")],
     *[(s, "none") for s in ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")],

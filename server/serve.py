@@ -44,6 +44,7 @@ from fedge.conf.build import (
 )
 from fedge.conf.modes import check_async_settings
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
+from fedge.conf.server_reference import attach_server_reference
 from fedge.protos.codecs.compression_setup import required_codecs
 from fedge.server.async_grpc_grid import AsyncGrpcGrid
 from fedge.server.async_grpc_run import run_async_grpc
@@ -94,6 +95,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     task, data, _ = build_task(cfg)  # the test split for central evaluation
     test = data.test
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
+    attach_server_reference(strategy, task, data.train, train_cfg, cfg.seed)  # FLTrust's root dataset; others: nothing
     secure = secure_strategy(cfg, strategy)  # secagg=on: SecAgg+ stages travel as ordinary tasks
     torch.manual_seed(cfg.seed)
     initial = ArrayRecord(task.build_model().state_dict())

@@ -67,6 +67,7 @@ class RobustDecision:
     node_id: int
     action: str
     reason: str
+    score: float | None = None  # the rule's score of the update (FLTrust: its trust in [0, 1]); None: none
 
 
 def sender_masks(deltas: np.ndarray) -> np.ndarray:
@@ -146,9 +147,7 @@ class DeltaAggregation(FedAvg):
         nodes = [m.metadata.src_node_id for m in valid]
         deltas = np.stack([_flat(m, names) - base for m in valid])
         weights = np.array([_weight(m, self.weighted_by_key) for m in valid])
-        deltas = self._bound(server_round, nodes, deltas)
-        keep = self._screen(server_round, nodes, deltas)
-        update = self.combine(deltas[keep], weights[keep])
+        update = self.aggregate_deltas(server_round, nodes, deltas, weights)
         arrays = ArrayRecord()
         offset = 0
         for name, shape in zip(names, shapes):
@@ -158,6 +157,20 @@ class DeltaAggregation(FedAvg):
             offset += size
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return arrays, metrics
+
+    def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The round's aggregated update ``(d,)`` from the devices' updates ``deltas`` ``(n, d)``
+        (float64, decoded and densified; row ``i`` from ``nodes[i]``) and their example counts
+        ``weights`` ``(n,)``: bounded, screened, then :meth:`combine`\ d. Override for a rule
+        that scores updates differently (:class:`~fedge.strategies.fltrust.FLTrust`)."""
+        deltas = self._bound(server_round, nodes, deltas)
+        keep = self._screen(server_round, nodes, deltas)
+        return self.combine(deltas[keep], weights[keep])
+
+    def global_model(self) -> dict[str, np.ndarray]:
+        """The global model this round's ``configure_train`` broadcast, by name (the base
+        every reply's update is measured from)."""
+        return dict(self._global)
 
     def _bound(self, server_round: int, nodes: list[int], deltas: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(deltas, axis=1)
@@ -190,9 +203,9 @@ class DeltaAggregation(FedAvg):
             cosine = float(scored[i] @ reference) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
             if cosine < self.min_cosine:
                 keep[i] = False
-                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine} {where}"))
+                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine} {where}", cosine))
             else:  # the score is kept for every device, so a report can show how close the call was
-                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine} {where}"))
+                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine} {where}", cosine))
         if not keep.any():  # nothing agrees with the median: keep all rather than nothing
             self.decisions.append(RobustDecision(server_round, -1, "kept", "every update was below min_cosine: all kept"))
             return np.ones(len(nodes), dtype=bool)
