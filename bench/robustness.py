@@ -5,7 +5,9 @@ with ``attack.fraction`` = 0.2 (2 attackers, drawn by seed) from round 1, over s
 seeds. Strategies: Flower's FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan and
 fedge's NormBoundedFedAvg (FedAvg + adaptive norm bound), SparseMedian and
 SparseTrimmedAvg (:mod:`fedge.strategies.delta_aggregation`: robust rules over each
-coordinate's senders, meaningful on top-k updates). Attacks: none, sign-flip, scaling,
+coordinate's senders, meaningful on top-k updates), screened FedAvg, and FLTrust and its
+screen alone (:mod:`fedge.strategies.fltrust`: scored against the server's own reference
+update on 300 root examples of the training pool). Attacks: none, sign-flip, scaling,
 ALIE, IPM, label flip, backdoor (:mod:`fedge.simulations.attacks`). Compression: none,
 q8, topk.
 
@@ -59,8 +61,11 @@ STRATEGIES: dict[str, list[str]] = {
     "SparseMedian": ["strategy=sparse_median"],
     "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
     "Screened FedAvg": ["strategy=screened_fedavg"],
-    "FLTrust": ["strategy=fltrust"],
+    "FLTrust": ["strategy=fltrust", "strategy.root_examples=300"],  # 100 (the paper's) measured too slow on digits: see README
+    "FLTrust screen": ["strategy=fltrust_screen", "strategy.root_examples=300"],
 }
+#: The rules issue 12's scorecard names (the full grid adds fedge's sparse-aware and reference-scored rules).
+ISSUE_STRATEGIES = ["FedAvg", "FedAvg+norm bound", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan"]
 ATTACKS = ["none", "signflip", "scaling", "alie", "ipm", "labelflip", "backdoor"]
 #: The honest-only reference (row attack ``absent``): FedAvg with the same seeded 20% of
 #: devices drawn as attackers, but their replies dropped (``attack=nan_examples``: they
@@ -300,6 +305,7 @@ MUST_SHOW_ORDER = [
     *[("Screened FedAvg", a) for a in ATTACKS if a != "none"],
     ("FedAvg", "backdoor"),
     *[("FLTrust", a) for a in ATTACKS],
+    *[("FLTrust screen", a) for a in ("none", "signflip", "ipm", "labelflip", "scaling", "alie", "backdoor")],
     *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound")],
     *[("FedAvg", a) for a in ATTACKS if a not in ("none", "backdoor")],
     *[(s, "none") for s in ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")],
@@ -384,7 +390,94 @@ def write(payload: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "robustness.json").write_text(json.dumps(payload, indent=2))
     if payload["verdicts"]:
-        (RESULTS / "robustness.md").write_text(markdown(payload))
+        text = markdown(payload)
+        cost = RESULTS / "robustness_cost.json"
+        if cost.exists():  # must-show 5's projection (--cost-sample)
+            text += "\n".join(projection_markdown(json.loads(cost.read_text()))) + "\n"
+        (RESULTS / "robustness.md").write_text(text)
+
+
+def run_cost_sample() -> dict[str, Any]:
+    """Run :data:`COST_SAMPLE` in one warm worker process; its cells and the projection."""
+    load_before = os.getloadavg()
+    with mp.get_context("spawn").Pool(1, initializer=start_worker) as pool:
+        sample = [{**run, "rounds": job[4]} for job, run in zip(COST_SAMPLE, pool.imap(run_cell, COST_SAMPLE))]
+    return {"loadavg_before": load_before, "loadavg_after": os.getloadavg(), "host": f"{platform.node()} {os.cpu_count()} CPUs",
+            "cells": sample, "projection": cost_projection(sample)}
+
+
+def write_cost(cost: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "robustness_cost.json").write_text(json.dumps(cost, indent=2))
+
+
+#: ``--cost-sample``: 20-round cells spanning the rules (cheap, Bulyan, the
+#: reference-scored ones) and the compressions, plus two 1-round cells (the per-cell
+#: fixed cost: config, data, partition, workers' first use), run one after another in one
+#: warm worker exactly as the grid runs them.
+COST_SAMPLE: list[tuple[str, str, str, int, int]] = [
+    ("FedAvg", "none", "none", 0, 1), ("FedAvg", "none", "topk", 0, 1),
+    ("FedAvg", "none", "none", 0, 20), ("FedAvg", "signflip", "q8", 1, 20), ("FedAvg", "none", "topk", 0, 20),
+    ("Bulyan", "ipm", "q8", 0, 20), ("Bulyan", "none", "topk", 1, 20), ("Krum", "alie", "none", 2, 20),
+    ("FedMedian", "labelflip", "q8", 0, 20), ("MultiKrum", "scaling", "topk", 1, 20), ("FedTrimmedAvg", "none", "none", 1, 20),
+    ("SparseMedian", "signflip", "topk", 2, 20), ("Screened FedAvg", "ipm", "topk", 0, 20), ("FLTrust", "labelflip", "topk", 0, 20),
+    ("FedAvg+norm bound", "backdoor", "q8", 2, 20), ("SparseTrimmedAvg", "alie", "none", 0, 20),
+]
+
+
+def cost_projection(sample: list[dict[str, Any]], rounds: int = 20, seeds: int = 3) -> dict[str, Any]:
+    """A **projection** (not a measurement) of the full grid's CPU seconds from ``sample``
+    (``run_cell`` results with their ``rounds``): each strategy's measured CPU per
+    ``rounds``-round cell (the mean over its sampled cells; a strategy not sampled gets
+    the mean of the sampled non-Bulyan rules), times its cells in the full grid (every
+    attack x compression x seed, plus the honest-only reference as FedAvg)."""
+    full = [r for r in sample if r.get("rounds", rounds) == rounds]
+    per: dict[str, list[float]] = {}
+    for r in full:
+        per.setdefault(r["strategy"], []).append(r["cpu_s"])
+    means = {s: statistics.fmean(v) for s, v in per.items()}
+    typical = statistics.fmean([v for s, v in means.items() if s != "Bulyan"]) if means else 0.0
+    cells_per_strategy = len(ATTACKS) * len(COMPRESSIONS) * seeds
+    cpu = {s: means.get(s, typical) * cells_per_strategy for s in STRATEGIES}
+    cpu["FedAvg"] += means.get("FedAvg", typical) * len(COMPRESSIONS) * seeds  # the honest-only reference cells
+    cells = len(STRATEGIES) * cells_per_strategy + len(COMPRESSIONS) * seeds
+    total = sum(cpu.values())
+    issue = sum(cpu[s] for s in ISSUE_STRATEGIES)
+    one_round = [r["cpu_s"] for r in sample if r.get("rounds") == 1]
+    return {
+        "rounds": rounds, "seeds": seeds, "cells": cells, "sampled_cells": len(full),
+        "cpu_s_per_cell": {s: round(v, 2) for s, v in means.items()}, "cpu_s_per_cell_unsampled": round(typical, 2),
+        "fixed_cpu_s_per_cell": round(statistics.fmean(one_round), 2) if one_round else None,
+        "cpu_s_by_strategy": {s: round(v) for s, v in cpu.items()},
+        "projected_cpu_s": round(total), "projected_idle_2core_wall_min": round(total / 2 / 60, 1),
+        # the scorecard issue 12 names (its 7 rules: 441 cells + the reference)
+        "issue_rules_cells": len(ISSUE_STRATEGIES) * cells_per_strategy + len(COMPRESSIONS) * seeds,
+        "issue_rules_projected_cpu_s": round(issue), "issue_rules_projected_idle_2core_wall_min": round(issue / 2 / 60, 1),
+    }
+
+
+def projection_markdown(cost: dict[str, Any]) -> list[str]:
+    """The cost projection's section of robustness.md."""
+    p = cost["projection"]
+    per = ", ".join(f"{s} {v:.1f}" for s, v in sorted(p["cpu_s_per_cell"].items(), key=lambda kv: -kv[1]))
+    return [
+        "", f"## Must-show 5: the full grid's cost (a PROJECTION from {p['sampled_cells']} measured cells, not a run of the grid)", "",
+        f"Sample (`python -m bench.robustness --cost-sample`): {p['sampled_cells']} {p['rounds']}-round cells in one warm worker "
+        f"(one torch thread), run one after another as the grid runs them; host load average {cost['loadavg_before'][0]:.1f} "
+        f"before, {cost['loadavg_after'][0]:.1f} after (shared with other jobs: CPU seconds, not wall time, are the figure). "
+        f"CPU seconds per cell (user + system of the worker): {per}; strategies not sampled: {p['cpu_s_per_cell_unsampled']:.1f}. "
+        f"Fixed part of a cell (a 1-round cell: config, data, partition, set-up): {p['fixed_cpu_s_per_cell']} CPU-s.",
+        "",
+        f"Projected full grid ({len(STRATEGIES)} strategies x {len(ATTACKS)} attacks x {len(COMPRESSIONS)} compressions x "
+        f"{p['seeds']} seeds + the honest-only reference = {p['cells']} cells, {p['rounds']} rounds): "
+        f"**{p['projected_cpu_s'] / 60:.0f} CPU-minutes, ~{p['projected_idle_2core_wall_min']:.0f} min on two idle cores** "
+        "(CPU seconds / 2: two workers, nothing shared). By strategy (CPU-s): "
+        + ", ".join(f"{s} {v}" for s, v in p["cpu_s_by_strategy"].items()) + ".",
+        "",
+        f"Issue 12's own scorecard ({', '.join(ISSUE_STRATEGIES)}: {p['issue_rules_cells']} cells): "
+        f"**{p['issue_rules_projected_cpu_s'] / 60:.0f} CPU-minutes, ~{p['issue_rules_projected_idle_2core_wall_min']:.0f} min on two idle cores** "
+        f"(`python -m bench.robustness --strategies {' '.join(repr(s) if ' ' in s else s for s in ISSUE_STRATEGIES)}`).",
+    ]
 
 
 def main() -> None:
@@ -400,9 +493,15 @@ def main() -> None:
     parser.add_argument("--compressions", nargs="*", default=COMPRESSIONS)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs robustness.json already has for planned cells at the same --rounds; run only the rest")
+    parser.add_argument("--cost-sample", action="store_true",
+                        help="run COST_SAMPLE (16 cells) in one warm worker and write robustness_cost.json: "
+                             "the full grid's projected CPU (must-show 5), without running the grid")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
+    if args.cost_sample:
+        write_cost(run_cost_sample())
+        return
     if args.replot:
         payload = json.loads((RESULTS / "robustness.json").read_text())
         payload["verdicts"] = verdicts(payload["rows"])

@@ -55,3 +55,21 @@ def test_process_tree_cpu_seconds_count_this_process() -> None:
     before = process_tree_cpu_s()
     sum(i * i for i in range(200_000))
     assert process_tree_cpu_s() > before > 0
+
+
+def test_the_cost_projection_multiplies_each_rules_measured_cell_by_its_cells_in_the_full_grid() -> None:
+    from bench.robustness import ATTACKS, COMPRESSIONS, STRATEGIES, cost_projection, projection_markdown
+
+    sample = [{"strategy": "FedAvg", "cpu_s": 4.0, "rounds": 20}, {"strategy": "FedAvg", "cpu_s": 6.0, "rounds": 20},
+              {"strategy": "Bulyan", "cpu_s": 30.0, "rounds": 20}, {"strategy": "Krum", "cpu_s": 7.0, "rounds": 20},
+              {"strategy": "FedAvg", "cpu_s": 1.5, "rounds": 1}]
+    p = cost_projection(sample, rounds=20, seeds=3)
+    per_rule = len(ATTACKS) * len(COMPRESSIONS) * 3
+    assert p["cells"] == len(STRATEGIES) * per_rule + len(COMPRESSIONS) * 3
+    assert p["cpu_s_per_cell"] == {"FedAvg": 5.0, "Bulyan": 30.0, "Krum": 7.0}
+    assert p["cpu_s_per_cell_unsampled"] == 6.0  # the mean of the non-Bulyan rules: Bulyan's cost is its own
+    expected = 5.0 * (per_rule + len(COMPRESSIONS) * 3) + 30.0 * per_rule + 7.0 * per_rule + 6.0 * per_rule * (len(STRATEGIES) - 3)
+    assert abs(p["projected_cpu_s"] - expected) <= 1 and p["fixed_cpu_s_per_cell"] == 1.5
+    text = "\n".join(projection_markdown({"projection": p, "loadavg_before": (9.0, 0, 0), "loadavg_after": (8.0, 0, 0)}))
+    assert "PROJECTION" in text and "not a run of the grid" in text
+    assert p["issue_rules_cells"] == 7 * per_rule + len(COMPRESSIONS) * 3 == 450
