@@ -7,16 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message
+from robust_helpers import aggregate
+from robust_helpers import reply as _reply
 
-from fedge.server.identity import ensure_task_identity
 from fedge.strategies.fltrust import FLTrust, trust_scores
-
-
-def _reply(node: int, weights: np.ndarray, examples: int = 10) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(weights.astype(np.float32))}), "metrics": MetricRecord({"num-examples": examples})})
-    ensure_task_identity()
-    return Message(content, reply_to=Message(RecordDict(), node, "train"))  # from ``node``, as a Grid's reply
 
 
 def _fixed_reference(step: np.ndarray):  # the server's root round moves the model by ``step``
@@ -27,14 +22,7 @@ def _fixed_reference(step: np.ndarray):  # the server's root round moves the mod
 
 
 def _aggregate(strategy: FLTrust, replies: list[Message], start: np.ndarray) -> np.ndarray:
-    class _Grid:
-        def get_node_ids(self) -> list[int]:
-            return [m.metadata.src_node_id for m in replies]
-
-    strategy.configure_train(1, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    return arrays["w"].numpy().astype(np.float64)
+    return aggregate(strategy, replies, start).astype(np.float64)
 
 
 def test_an_attacker_sending_the_negated_reference_gets_no_trust_and_does_not_move_the_model() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.app import ConfigRecord
+from robust_helpers import aggregate as _aggregate
+from robust_helpers import reply as _reply
 
-from fedge.server.identity import ensure_task_identity
 from fedge.strategies.delta_aggregation import sparse_median, sparse_trimmed_mean
 from fedge.strategies.norm_bounded import NormBoundedFedAvg
 from fedge.strategies.sparse_median import SparseMedian
@@ -29,24 +28,6 @@ def test_sparse_columns_use_only_their_senders_scaled_by_their_share() -> None:
     # a plain median of the same matrix is what collapses on top-k updates
     assert np.median(deltas, axis=0)[2] == 0.0
     assert sparse_trimmed_mean(deltas, 0.34) == pytest.approx([2.0 * 3 / 4, 0.0, 8.0 / 4])  # trims 1 per end of 3
-
-
-def _reply(node: int, weights: np.ndarray, examples: int) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(weights.astype(np.float32))}), "metrics": MetricRecord({"num-examples": examples})})
-    ensure_task_identity()
-    instruction = Message(RecordDict(), node, "train")
-    return Message(content, reply_to=instruction)  # from ``node``, as a Grid's reply
-
-
-def _aggregate(strategy: NormBoundedFedAvg | SparseMedian, replies: list[Message], start: np.ndarray) -> np.ndarray:
-    class _Grid:
-        def get_node_ids(self) -> list[int]:
-            return [m.metadata.src_node_id for m in replies]
-
-    strategy.configure_train(1, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    return arrays["w"].numpy()
 
 
 def test_adaptive_norm_bound_clips_the_outlier_and_records_it() -> None:
