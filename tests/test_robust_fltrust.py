@@ -130,3 +130,21 @@ def test_configuration_errors_name_the_key() -> None:
     tiny = Split(np.zeros((20, 1, 8, 8), dtype=np.float32), np.zeros(20, dtype=np.int64))
     with pytest.raises(ConfigError, match=r"strategy.root_examples=50 exceeds the task's training pool \(20 examples\)"):
         attach_server_reference(strategy, DigitsTask(), tiny, TrainConfig(), seed=0)
+
+
+def test_fedge_sim_builds_the_reference_and_records_every_trust_score(make_cfg, tmp_path) -> None:
+    """fedge-sim end to end (top-k, IID, one sign-flipping device): the reference is built
+    from the task, every device gets a trust score per round, the attacker is zeroed."""
+    import json
+
+    from conftest import FAST
+
+    from fedge.simulations.experiment import run_experiment
+
+    cfg = make_cfg([*FAST, "num_clients=5", "partition=iid", "rounds=2", "strategy=fltrust", "compression=topk",
+                    "attack=signflip", "attack.fraction=0.2", "server.max_update_norm_median=0"])
+    results = json.loads(run_experiment(cfg, tmp_path).results_path.read_text())
+    attackers = set(results["attack"]["attackers"])
+    decisions = [d for d in results["robust"] if d["node_id"] >= 0]
+    assert len(decisions) == 2 * 5 and all(0.0 <= d["score"] <= 1.0 and "trust" in d["reason"] for d in decisions)
+    assert all(d["action"] == "excluded" and d["score"] == 0.0 for d in decisions if d["node_id"] in attackers)
