@@ -143,7 +143,9 @@ def test_fedge_sim_builds_the_reference_and_records_every_trust_score(make_cfg, 
 
     cfg = make_cfg([*FAST, "num_clients=5", "partition=iid", "rounds=2", "strategy=fltrust", "compression=topk",
                     "attack=signflip", "attack.fraction=0.2", "server.max_update_norm_median=0"])
-    results = json.loads(run_experiment(cfg, tmp_path).results_path.read_text())
+    path = run_experiment(cfg, tmp_path).results_path
+    assert path is not None
+    results = json.loads(path.read_text())
     attackers = set(results["attack"]["attackers"])
     decisions = [d for d in results["robust"] if d["node_id"] >= 0]
     assert len(decisions) == 2 * 5 and all(0.0 <= d["score"] <= 1.0 and "trust" in d["reason"] for d in decisions)
