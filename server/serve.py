@@ -43,6 +43,7 @@ from fedge.conf.build import (
 )
 from fedge.conf.modes import check_async_settings
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
+from fedge.conf.server_reference import attach_server_reference
 from fedge.conf.shape_settings import check_served_shape
 from fedge.conf.shaping import shape_experiment
 from fedge.protos.codecs.compression_setup import required_codecs
@@ -101,6 +102,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
         cfg.client.trainable = shaping.trainable
     train_cfg = train_defaults(cfg)
     strategy = build_strategy(cfg, len(data.train))  # num-examples cap: the task's train-set size
+    attach_server_reference(strategy, shaping.task, data.train, train_cfg, cfg.seed)  # FLTrust's root dataset; others: nothing
     secure = secure_strategy(cfg, strategy)  # secagg=on: SecAgg+ stages travel as ordinary tasks
     initial = ArrayRecord(shaping.initial)
     evaluator = CentralEvaluator(shaping.task, test, cfg.seed, rebuild=shaping.rebuild)

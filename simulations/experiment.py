@@ -21,6 +21,7 @@ from rich.console import Console
 
 from fedge.conf.secagg_setup import secagg_sections, secure_strategy
 from fedge.conf.shaping import shape_experiment
+from fedge.conf.server_reference import attach_server_reference
 from fedge.conf.build import (
     ConfigError,
     build_strategy,
@@ -87,6 +88,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
     if len(parts) != cfg.num_clients:  # natural ids decide the number of clients
         raise ConfigError(f"partition gives {len(parts)} clients (one per natural id); set num_clients={len(parts)}")
     compressed = build_strategy(cfg, max(len(p) for p in parts))  # num-examples cap: the largest partition
+    attach_server_reference(compressed, task, data.train, train_cfg, cfg.seed)  # FLTrust's root dataset; others: nothing
     secure = secure_strategy(cfg, compressed)
     strategy = shaping.wrap(secure)
     node_parts = {node_id_of(i): p for i, p in enumerate(parts)}

@@ -14,10 +14,16 @@ it decoded, densified replies ``global + delta``):
    ``fixed`` = ``clip_norm``; ``median`` = ``clip_factor`` x the median update norm of
    the round (adaptive, from 3 replies on; fewer = no bound); ``off`` = none;
 3. **anomaly scoring** (``min_cosine`` > -1): each (bounded) update's cosine similarity to
-   the sender-only coordinate-wise median update (see below); below ``min_cosine`` it is
-   excluded, otherwise kept, and the score is recorded either way. Sign-flip, IPM and
-   label-flip updates point away from the honest median (cosine < 0 on digits); honest
-   top-k updates, though they share few coordinates, stay above 0;
+   the sender-only coordinate-wise median update (see below), both taken on the
+   coordinates at least ``screen_quorum`` of the replies sent (default 0: every sent
+   coordinate); below ``min_cosine`` it is excluded, otherwise kept, and the score is
+   recorded either way. Sign-flip, IPM and label-flip updates point away from the honest
+   median. The known weakness under top-k: on a coordinate only a lone attacker (or a
+   colluding few) sent, the sender-only median *is* the attacker's value, so an attacker
+   is partly compared with itself (measured, digits, 20%: IPM kept every round). A
+   quorum (e.g. 0.5) scores on the shared support only, where a minority cannot set the
+   median, but honest top-k updates then share few coordinates and the score gets noisy
+   (measured trade-off in ``screen_quorum``'s doc);
 4. the subclass's rule combines the remaining updates per coordinate (:meth:`combine`).
 
 **Sparse updates.** With top-k / random-k uplinks a device's decoded delta is exactly 0
@@ -61,6 +67,7 @@ class RobustDecision:
     node_id: int
     action: str
     reason: str
+    score: float | None = None  # the rule's score of the update (FLTrust: its trust in [0, 1]); None: none
 
 
 def sender_masks(deltas: np.ndarray) -> np.ndarray:
@@ -84,6 +91,14 @@ class DeltaAggregation(FedAvg):
     min_cosine:
         Exclude updates whose cosine similarity to the coordinate-wise median update is
         below this; -1 = no screening. 0 excludes updates pointing away from the median.
+    screen_quorum:
+        Share of the round's replies that must have sent a coordinate for it to count in
+        the screen, in [0, 1]; 0 (default) = every coordinate anyone sent. 0.5: a minority
+        of attackers cannot vote alone, at the price of scoring honest top-k updates on
+        few coordinates (measured on digits, top-k, 20% attackers, 30 rounds: IPM seed 0
+        0.861 -> 0.900, label flip seed 0 0.889 -> 0.903, but label flip seed 1 0.914 ->
+        0.894 and clean seed 1 0.953 -> 0.928, with 20-40 honest (device, round)
+        exclusions a run instead of 0-1). Dense codecs: every coordinate counts either way.
     """
 
     def __init__(
@@ -93,6 +108,7 @@ class DeltaAggregation(FedAvg):
         clip_norm: float = 1.0,
         clip_factor: float = 1.0,
         min_cosine: float = -1.0,
+        screen_quorum: float = 0.0,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -102,7 +118,10 @@ class DeltaAggregation(FedAvg):
             raise ValueError(f"clip_norm must be > 0 and clip_factor >= 1, got {clip_norm}, {clip_factor}")
         if not -1.0 <= min_cosine <= 1.0:
             raise ValueError(f"min_cosine must be in [-1, 1], got {min_cosine}")
+        if not 0.0 <= screen_quorum <= 1.0:
+            raise ValueError(f"screen_quorum must be in [0, 1], got {screen_quorum}")
         self.clip, self.clip_norm, self.clip_factor, self.min_cosine = clip, clip_norm, clip_factor, min_cosine
+        self.screen_quorum = screen_quorum
         self.decisions: list[RobustDecision] = []
         self._global: dict[str, np.ndarray] = {}
 
@@ -128,9 +147,7 @@ class DeltaAggregation(FedAvg):
         nodes = [m.metadata.src_node_id for m in valid]
         deltas = np.stack([_flat(m, names) - base for m in valid])
         weights = np.array([_weight(m, self.weighted_by_key) for m in valid])
-        deltas = self._bound(server_round, nodes, deltas)
-        keep = self._screen(server_round, nodes, deltas)
-        update = self.combine(deltas[keep], weights[keep])
+        update = self.aggregate_deltas(server_round, nodes, deltas, weights)
         arrays = ArrayRecord()
         offset = 0
         for name, shape in zip(names, shapes):
@@ -140,6 +157,20 @@ class DeltaAggregation(FedAvg):
             offset += size
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return arrays, metrics
+
+    def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The round's aggregated update ``(d,)`` from the devices' updates ``deltas`` ``(n, d)``
+        (float64, decoded and densified; row ``i`` from ``nodes[i]``) and their example counts
+        ``weights`` ``(n,)``: bounded, screened, then :meth:`combine`\ d. Override for a rule
+        that scores updates differently (:class:`~fedge.strategies.fltrust.FLTrust`)."""
+        deltas = self._bound(server_round, nodes, deltas)
+        keep = self._screen(server_round, nodes, deltas)
+        return self.combine(deltas[keep], weights[keep])
+
+    def global_model(self) -> dict[str, np.ndarray]:
+        """The global model this round's ``configure_train`` broadcast, by name (the base
+        every reply's update is measured from)."""
+        return dict(self._global)
 
     def _bound(self, server_round: int, nodes: list[int], deltas: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(deltas, axis=1)
@@ -160,20 +191,32 @@ class DeltaAggregation(FedAvg):
         keep = np.ones(len(nodes), dtype=bool)
         if self.min_cosine <= -1.0 or len(nodes) < MIN_REPLIES_FOR_MEDIAN:
             return keep
-        reference = sparse_median(deltas)
+        support = shared_support(deltas, self.screen_quorum)
+        where = f"on {int(support.sum())} shared coordinates"
+        if not support.any():  # nothing is shared: score on every coordinate
+            support, where = np.ones(deltas.shape[1], dtype=bool), "on every coordinate (none shared)"
+        scored = deltas[:, support]
+        reference = sparse_median(scored)
         ref_norm = float(np.linalg.norm(reference))
         for i, node in enumerate(nodes):
-            norm = float(np.linalg.norm(deltas[i]))
-            cosine = float(deltas[i] @ reference) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
+            norm = float(np.linalg.norm(scored[i]))
+            cosine = float(scored[i] @ reference) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
             if cosine < self.min_cosine:
                 keep[i] = False
-                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine}"))
+                self.decisions.append(RobustDecision(server_round, node, "excluded", f"cosine to the median update {cosine:.3f} < {self.min_cosine} {where}", cosine))
             else:  # the score is kept for every device, so a report can show how close the call was
-                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine}"))
+                self.decisions.append(RobustDecision(server_round, node, "kept", f"cosine to the median update {cosine:.3f} >= {self.min_cosine} {where}", cosine))
         if not keep.any():  # nothing agrees with the median: keep all rather than nothing
             self.decisions.append(RobustDecision(server_round, -1, "kept", "every update was below min_cosine: all kept"))
             return np.ones(len(nodes), dtype=bool)
         return keep
+
+
+def shared_support(deltas: np.ndarray, quorum: float) -> np.ndarray:
+    """``(d,)`` bool: the coordinates at least ``quorum`` x n of the ``(n, d)`` updates sent
+    (at least one sender, so ``quorum`` 0 = every coordinate anyone sent)."""
+    count = sender_masks(deltas).sum(axis=0)
+    return np.asarray((count >= max(1.0, quorum * len(deltas))), dtype=bool)
 
 
 def sparse_median(deltas: np.ndarray) -> np.ndarray:

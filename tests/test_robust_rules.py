@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.app import ConfigRecord
+from robust_helpers import aggregate as _aggregate
+from robust_helpers import reply as _reply
 
-from fedge.server.identity import ensure_task_identity
 from fedge.strategies.delta_aggregation import sparse_median, sparse_trimmed_mean
 from fedge.strategies.norm_bounded import NormBoundedFedAvg
 from fedge.strategies.sparse_median import SparseMedian
@@ -29,24 +28,6 @@ def test_sparse_columns_use_only_their_senders_scaled_by_their_share() -> None:
     # a plain median of the same matrix is what collapses on top-k updates
     assert np.median(deltas, axis=0)[2] == 0.0
     assert sparse_trimmed_mean(deltas, 0.34) == pytest.approx([2.0 * 3 / 4, 0.0, 8.0 / 4])  # trims 1 per end of 3
-
-
-def _reply(node: int, weights: np.ndarray, examples: int) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(weights.astype(np.float32))}), "metrics": MetricRecord({"num-examples": examples})})
-    ensure_task_identity()
-    instruction = Message(RecordDict(), node, "train")
-    return Message(content, reply_to=instruction)  # from ``node``, as a Grid's reply
-
-
-def _aggregate(strategy: NormBoundedFedAvg | SparseMedian, replies: list[Message], start: np.ndarray) -> np.ndarray:
-    class _Grid:
-        def get_node_ids(self) -> list[int]:
-            return [m.metadata.src_node_id for m in replies]
-
-    strategy.configure_train(1, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    return arrays["w"].numpy()
 
 
 def test_adaptive_norm_bound_clips_the_outlier_and_records_it() -> None:
@@ -70,11 +51,40 @@ def test_cosine_screening_excludes_updates_pointing_away() -> None:
     assert all("cosine" in d.reason for d in strategy.decisions)  # every device's score, kept or not
 
 
+def test_screening_on_the_shared_support_catches_an_attacker_its_own_coordinates_would_hide() -> None:
+    # top-k-like updates: 5 honest devices agree on coordinates 0-3 and each sends one
+    # private coordinate; the attacker flips the shared ones and puts its mass on two
+    # coordinates nobody else sent, where the sender-only median is its own value
+    start = np.zeros(12)
+    honest = []
+    for i in range(5):
+        update = np.zeros(12)
+        update[:4] = [1.0, 0.8, 0.6, 0.4]
+        update[4 + i] = 0.5
+        honest.append(_reply(10 + i, update, 10))
+    lie = np.zeros(12)
+    lie[:4], lie[10:] = [-0.3, -0.3, -0.3, -0.3], [3.0, 3.0]
+    attacker = _reply(99, lie, 10)
+
+    def actions(quorum: float) -> dict[int, str]:
+        strategy = NormBoundedFedAvg(min_train_nodes=2, min_available_nodes=2, clip="off", min_cosine=0.0, screen_quorum=quorum)
+        _aggregate(strategy, [*honest, attacker], start)
+        return {d.node_id: d.action for d in strategy.decisions}
+
+    every_coordinate = actions(0.0)
+    assert every_coordinate[99] == "kept"  # compared mostly with itself
+    shared = actions(0.5)
+    assert shared[99] == "excluded"
+    assert all(shared[10 + i] == "kept" for i in range(5))
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="clip"):
         SparseMedian(clip="sometimes")
     with pytest.raises(ValueError, match="min_cosine"):
         SparseMedian(min_cosine=2.0)
+    with pytest.raises(ValueError, match="screen_quorum"):
+        SparseMedian(screen_quorum=1.5)
 
 
 def test_the_report_names_attackers_and_every_decision() -> None:
