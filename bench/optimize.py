@@ -226,7 +226,7 @@ SEARCH_NOTE = (
     "under QAT and checkpointed (recomputation counted) under gradient checkpointing. The memory knobs are fedge's "
     "own: batch_size (activations scale with it), momentum 0 (one weight-sized tensor less), checkpoint_segments and "
     "qat_bits. On har, checkpointing saves ~1 kB: the model is Sequential(features, classifier), so its features block "
-    "is one segment, recomputed whole in backward; QAT adds ~30% of activation RAM (the fake-quantised tensors are "
+    "is one segment, recomputed whole in backward; QAT adds 30-90% to the activation RAM (the fake-quantised tensors are "
     "saved too). One seed: single trials differ by ~2 pp from run noise (earlier: width 8, batch 8 at lr 0.0071 and "
     "0.0076 ended 0.704 and 0.722)."
 )
