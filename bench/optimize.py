@@ -220,6 +220,18 @@ def _distill_section(runs: dict[str, list[dict]], export: dict) -> dict:
     }
 
 
+SEARCH_NOTE = (
+    "Training RAM is counted by the devices' own meter for one local step as the trial trains: weights, gradients, "
+    "the momentum slot (none at momentum 0), saved activations at the trial's batch, through the fake quantisers "
+    "under QAT and checkpointed (recomputation counted) under gradient checkpointing. The memory knobs are fedge's "
+    "own: batch_size (activations scale with it), momentum 0 (one weight-sized tensor less), checkpoint_segments and "
+    "qat_bits. On har, checkpointing saves ~1 kB: the model is Sequential(features, classifier), so its features block "
+    "is one segment, recomputed whole in backward; QAT adds 30-90% to the activation RAM (the fake-quantised tensors are "
+    "saved too). One seed: single trials differ by ~2 pp from run noise (earlier: width 8, batch 8 at lr 0.0071 and "
+    "0.0076 ended 0.704 and 0.722)."
+)
+
+
 def search_part(tmp: Path, emit: Emit) -> None:
     """The hardware-aware search (``fedge-search har_wearable``): har under the wearable's budget, one seed.
 
@@ -239,7 +251,7 @@ def search_part(tmp: Path, emit: Emit) -> None:
     shutil.copyfile(search.out_dir / PARETO_PNG, RESULTS / "optimize_search_pareto.png")
     emit({"search": {**{k: result[k] for k in ("name", "budget", "objectives", "pareto", "answer", "best_unconstrained",
                                                "answer_gap_pp", "counts", "cost", "versions")},
-                     "command": "fedge-search har_wearable", "settings": result["settings"],
+                     "command": "fedge-search har_wearable", "settings": result["settings"], "note": SEARCH_NOTE,
                      "trials": [{k: v for k, v in t.items() if k != "run_dir"} for t in result["trials"]]}})
 
 

@@ -1,6 +1,6 @@
 """Quantisation-aware training with learned step sizes (LSQ, Esser et al. 2019).
 
-Each conv/linear weight and each conv/linear input activation goes through a fake
+Each conv (1-D or 2-D)/linear weight and each such layer's input activation goes through a fake
 quantiser ``q(x) = round(clamp(x / s, qmin, qmax)) * s`` with a *learned* step ``s``;
 the rounding passes gradients straight through (STE) and the step's gradient is
 scaled by ``g = 1 / sqrt(numel * qmax)`` ("gradient scaling in network quantisation").
@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-QUANTISED = (nn.Conv2d, nn.Linear)
+#: The layers LSQ quantises (weights and inputs): every conv (1-D for ``har``, 2-D) and linear layer.
+QUANTISED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 #: Metric-key prefix of the learned steps a client reports: ``qat.step.<layer>.weight``.
 STEP_METRIC_PREFIX = "qat.step."

@@ -32,6 +32,13 @@ def _set(key: str) -> Callable[[Any], list[str]]:
     return lambda value: [f"{key}={value}"]
 
 
+def _checkpointing(segments: Any) -> list[str]:
+    """0 trains without gradient checkpointing; N > 0 checkpoints the model in N sequential segments."""
+    if segments == 0:
+        return ["client.checkpointing=false"]
+    return ["client.checkpointing=true", f"client.checkpoint_segments={segments}"]
+
+
 def _shape(group: str, key: str) -> Callable[[Any], list[str]]:
     """0 leaves the model unshaped; any other value switches ``shape=<group>`` on with ``key=value``."""
     return lambda value: [] if value == 0 else [f"shape={group}", f"{key}={value}"]
@@ -48,6 +55,11 @@ KNOBS: dict[str, Knob] = {
     "lr": Knob(float, "client.lr (the devices' SGD learning rate)", _set("client.lr")),
     "local_steps": Knob(int, "client.local_steps (optimiser steps per round)", _set("client.local_steps")),
     "qat_bits": Knob(int, "client.qat.bits (quantisation-aware training; 0 = off)", _set("client.qat.bits")),
+    "momentum": Knob(float, "client.momentum (the devices' SGD momentum; 0 drops its state: one weight-sized "
+                            "tensor less of training RAM)", _set("client.momentum")),
+    "checkpoint_segments": Knob(int, "client.checkpointing + client.checkpoint_segments (gradient checkpointing "
+                                     "in N sequential segments; 0 = off; trades a forward pass for activation RAM)",
+                                _checkpointing),
     "prune_ratio": Knob(float, "shape=structured shape.structured.ratio (channels pruned; 0 = no pruning)",
                         _shape("structured", "shape.structured.ratio")),
     "rank_budget": Knob(float, "shape=lowrank shape.lowrank.budget (SVD factorisation's parameter share; 0 = none)",

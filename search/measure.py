@@ -5,7 +5,8 @@
   Runtime's static quantisation), its accuracy and latency in ONNX Runtime, and the MACs
   of one forward pass (torch-pruning's count).
 * **Peak training memory**: one local step of the final model at the trial's batch size
-  (through the fake quantisers when the trial used QAT), counted with the same meter the
+  (through the fake quantisers when the trial used QAT, checkpointed when it used gradient
+  checkpointing), counted with the same meter the
   devices report (:class:`fedge.client.memory.ActivationMeter`: saved activations) plus
   weights, gradients and momentum (:func:`fedge.client.memory.param_bytes`). The count
   is deterministic, so it is the device's number, not this machine's.
@@ -38,25 +39,34 @@ class TrialModel:
     ort_int8_latency_ms: float  # batch-1 latency of the int8 model in ONNX Runtime, on this machine
 
 
-def peak_training_bytes(run_dir: Path, batch_size: int, momentum: float) -> int:
-    """Peak bytes of one local training step of ``run_dir``'s final model at ``batch_size``."""
+def peak_training_bytes(run_dir: Path, training: TrainConfig) -> int:
+    """Peak bytes of one local training step of ``run_dir``'s final model as ``training`` trains it.
+
+    Read from ``training``: ``batch_size``, the optimiser's state (``momentum``: one slot)
+    and gradient checkpointing (``checkpointing``, ``checkpoint_segments``): the step runs
+    through the devices' own :func:`~fedge.client.checkpointing.training_forward`, so a
+    checkpointed segment's activations are counted when backward recomputes them (its
+    reentrant checkpoint runs inside the meter's hooks), as the devices count them.
+    """
     run = load_run(run_dir)
     model = run.model.train()
     qat = LSQModel(model, run.qat_bits, run.act_bits) if run.qat_bits else None
     train = run.task.load().train
-    x, y = torch.from_numpy(train.x[:batch_size]), torch.from_numpy(train.y[:batch_size])
+    x, y = torch.from_numpy(train.x[:training.batch_size]), torch.from_numpy(train.y[:training.batch_size])
+    forward = training_forward(model, training.checkpointing, training.checkpoint_segments, qat)
     meter = ActivationMeter()
     with meter.track(model):
-        run.task.loss(training_forward(model, False, 1, qat)(x), y).backward()
-    return meter.peak_bytes + param_bytes(model, optimiser_slots(TrainConfig(momentum=momentum)))
+        run.task.loss(forward(x), y).backward()
+    return meter.peak_bytes + param_bytes(model, optimiser_slots(training))
 
 
-def measure_trial(run_dir: Path, batch_size: int, momentum: float, latency_samples: int = 50) -> TrialModel:
-    """Export ``run_dir``'s final model (to ``run_dir/export``) and count what it needs."""
+def measure_trial(run_dir: Path, training: TrainConfig, latency_samples: int = 50) -> TrialModel:
+    """Export ``run_dir``'s final model (to ``run_dir/export``) and count what it needs (``training``: the
+    trial's local training, see :func:`peak_training_bytes`)."""
     report = export_run(run_dir, run_dir / "export", latency_samples=latency_samples, calibration=128)
     if report["macs"] is None:
         raise ImportError("fedge-search counts MACs with torch-pruning: pip install 'fedge[search]'")
-    measured = Measured(int(report["int8"]["size_bytes"]), peak_training_bytes(run_dir, batch_size, momentum),
+    measured = Measured(int(report["int8"]["size_bytes"]), peak_training_bytes(run_dir, training),
                         int(report["macs"]))
     return TrialModel(measured, int(report["params"]), float(report["int8"]["accuracy"]),
                       float(report["fp32"]["accuracy"]), float(report["int8"]["latency_ms"]))

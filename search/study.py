@@ -164,12 +164,16 @@ class Search:
 
     def _run(self, record: TrialRecord, overrides: list[str], run_dir: Path) -> Measured:
         """Run the federation, export and measure its model; fill ``record``."""
+        from fedge.client.train_config import TrainConfig
         from fedge.search.measure import measure_trial
         from fedge.simulations.experiment import run_experiment
 
         cfg = compose_federation(overrides)
         outcome = run_experiment(cfg, run_dir, console=Console(file=io.StringIO()))
-        model = measure_trial(run_dir, int(cfg.client.batch_size), float(cfg.client.momentum), self.settings.latency_samples)
+        training = TrainConfig(batch_size=int(cfg.client.batch_size), momentum=float(cfg.client.momentum),
+                               checkpointing=bool(cfg.client.checkpointing),
+                               checkpoint_segments=int(cfg.client.checkpoint_segments))
+        model = measure_trial(run_dir, training, self.settings.latency_samples)
         m = model.measured
         needs = self.budget.needs(m)
         record.accuracy = float(outcome.result.final.accuracy)

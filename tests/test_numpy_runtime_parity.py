@@ -185,12 +185,21 @@ def test_qat_epoch_float32_har_matches_torch_steps_included():
     train(model, task, local, cfg, np.random.default_rng(3), qat)
     train_numpy(net, local, cfg, np.random.default_rng(3), None, lsq)
     torch_steps, np_steps = qat.steps(), lsq.step_values()
-    assert set(np_steps) == set(torch_steps) == {"classifier.1.weight", "classifier.1.input"}
+    layers = ("features.0", "features.3", "features.6", "classifier.1")  # the three Conv1d and the Linear
+    assert set(np_steps) == set(torch_steps) == {f"{n}.{w}" for n in layers for w in ("weight", "input")}
+    # With the convs quantised, their outputs are sums of products of grid values: equal
+    # values inside a max-pool window are common, and float32 summation order (torch's
+    # conv kernel vs numpy's im2col) breaks such ties differently, routing a window's
+    # gradient to another element (one batch: layers after the last max-pool agree to
+    # 1e-6, the convs before it to ~2e-3). Over an epoch the small differences carry into
+    # every layer: measured <= 2.1e-4 on steps, <= 4.2e-3 on weight deltas, far below what
+    # a wrong formula gives (a missing STE mask or gradient scale changes them by O(1)).
     for k in torch_steps:
-        assert np_steps[k] == pytest.approx(torch_steps[k], rel=1e-5), k
+        assert np_steps[k] == pytest.approx(torch_steps[k], rel=1e-3), k
     for k, v in model.state_dict().items():
         torch_delta, np_delta = v.numpy() - start[k], net.tensors[k] - start[k]
-        assert np.abs(np_delta - torch_delta).max() <= 1e-5 * np.abs(torch_delta).max(), k
+        tol = 1e-2
+        assert np.abs(np_delta - torch_delta).max() <= tol * np.abs(torch_delta).max(), k
 
 
 def _round(runtime: str, name: str, config: dict) -> tuple[dict, dict]:
@@ -210,15 +219,17 @@ def test_edge_client_round_on_both_runtimes_sends_the_same_update(config):
     assert set(np_delta) == set(torch_delta) and set(np_metrics) == set(torch_metrics)
     if "client.freeze" in config:
         assert not any(k.startswith("classifier.") for k in np_delta)
+    # QAT: max-pool ties on the quantised grid break differently (see the QAT epoch test above)
+    tol, step_rel = (1e-2, 1e-3) if "client.qat.bits" in config else (1e-5, 1e-5)
     for k in torch_delta:
         assert np_delta[k].dtype == torch_delta[k].dtype == np.float32
-        assert np.abs(np_delta[k] - torch_delta[k]).max() <= 1e-5 * max(np.abs(torch_delta[k]).max(), 1e-3), k
+        assert np.abs(np_delta[k] - torch_delta[k]).max() <= tol * max(np.abs(torch_delta[k]).max(), 1e-3), k
     for k in ("num-examples", "local_steps", "train_samples", "batch_size", "checkpointing"):
         assert np_metrics[k] == torch_metrics[k], k
-    assert np_metrics["train_loss"] == pytest.approx(torch_metrics["train_loss"], rel=1e-5)
+    assert np_metrics["train_loss"] == pytest.approx(torch_metrics["train_loss"], rel=step_rel)
     if "client.qat.bits" in config:
         steps = [k for k in np_metrics if k.startswith("qat.step.")]
-        assert steps and all(np_metrics[k] == pytest.approx(torch_metrics[k], rel=1e-5) for k in steps)
+        assert steps and all(np_metrics[k] == pytest.approx(torch_metrics[k], rel=step_rel) for k in steps)
 
 
 def test_memory_budget_picks_the_same_settings_on_both_runtimes():

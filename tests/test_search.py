@@ -136,3 +136,25 @@ def test_har_knobs_keep_the_default_model_and_change_the_shape():
         HarTask(depth=1)
     with pytest.raises(ValueError, match="kernel must be an odd integer"):
         HarTask(kernel=4)
+
+
+def test_training_ram_meter_follows_checkpointing_momentum_and_batch(tmp_path, make_cfg):
+    from fedge.client.train_config import TrainConfig
+    from fedge.search.measure import peak_training_bytes
+    from fedge.simulations.experiment import run_experiment
+
+    run_experiment(make_cfg(["task=har", "partition=iid", "num_clients=2", "rounds=1", "client.local_steps=2"]), tmp_path)
+    params = sum(p.numel() for p in HarTask().build_model().parameters()) * 4  # float32 bytes of the weights
+    plain = peak_training_bytes(tmp_path, TrainConfig(batch_size=8, momentum=0.9))
+    assert peak_training_bytes(tmp_path, TrainConfig(batch_size=8, momentum=0.0)) == plain - params  # no momentum slot
+    assert peak_training_bytes(tmp_path, TrainConfig(batch_size=4, momentum=0.9)) < plain  # activations scale with batch
+    checkpointed = peak_training_bytes(tmp_path, TrainConfig(batch_size=8, momentum=0.9, checkpointing=True,
+                                                             checkpoint_segments=2))
+    # har is Sequential(features, classifier): checkpointing recomputes the whole features block in backward,
+    # and the meter counts that recomputation (a meter blind to it would see only the segments' inputs)
+    assert 0.9 * plain < checkpointed < plain
+
+
+def test_memory_knobs_become_overrides():
+    assert overrides_for({"checkpoint_segments": 0, "momentum": 0.0}) == ["client.checkpointing=false", "client.momentum=0.0"]
+    assert overrides_for({"checkpoint_segments": 2}) == ["client.checkpointing=true", "client.checkpoint_segments=2"]

@@ -12,7 +12,7 @@ single-precision constants, so both runtimes learn the same steps:
   outside, with ``g = 1 / sqrt(numel * qmax)`` (the gradient scale of Esser et al.);
 * a step starts at ``max(2 * mean|x| / sqrt(qmax), 1e-8)`` from the first tensor it sees.
 
-Like the torch runtime, conv2d and linear layers are quantised (weights at ``bits``,
+Like the torch runtime, conv (1-D and 2-D) and linear layers are quantised (weights at ``bits``,
 inputs at ``act_bits``, signed); the steps are float32 device state, kept across rounds.
 """
 

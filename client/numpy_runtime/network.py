@@ -112,7 +112,7 @@ class NumpyNetwork:
                 self.tensors[f"{path}.{key}"] = value.astype(self.dtype)
                 local[key] = f"{path}.{key}"
             self._by_layer[path] = local
-        self.quantised = [p for p, layer in model.layers() if isinstance(layer, (spec.Conv2d, spec.Linear))]
+        self.quantised = [p for p, layer in model.layers() if isinstance(layer, (spec.Conv1d, spec.Conv2d, spec.Linear))]
         self.first_layer = next(path for path, _ in model.layers())
 
     # -- state ----------------------------------------------------------------------
