@@ -110,3 +110,15 @@ def run_cpu_clock() -> Callable[[], float]:
     from now on (and this process)."""
     since = uptime_s()
     return lambda: tree_cpu_s(started_after_s=since)
+
+
+def finished_tree_cpu_s() -> float:
+    """User + system CPU seconds of this process and its finished (waited-for) children.
+
+    ``getrusage``, not ``/proc``: a bench that runs its work in children it joins (cells in
+    worker processes, fedge-sim runs) gets their whole cost once they end, portably.
+    """
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -35,7 +35,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from bench.cpu_time import finished_tree_cpu_s
 from bench.results_files import RESULTS, load_note, machine, write
 from fedge.conf.schema import register_configs
 from fedge.deploy.export_cli import export_run
@@ -73,12 +73,12 @@ def run(overrides: tuple[str, ...], seed: int, out: Path) -> dict:
     """One federation; its results.json plus the final weights' sparsity and the wall seconds."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, f"seed={seed}"])
-    start, cpu = time.perf_counter(), _cpu_s()
+    start, cpu = time.perf_counter(), finished_tree_cpu_s()
     outcome = run_experiment(cfg, out, console=Console(file=io.StringIO()))
     results = json.loads((out / "results.json").read_text())
     return {
         "command": "fedge-sim " + " ".join(o for o in overrides if o not in FED[:2]) + f" seed={seed}",
-        "cpu_s": _cpu_s() - cpu,
+        "cpu_s": finished_tree_cpu_s() - cpu,
         "accuracy": outcome.result.final.accuracy,
         "rounds": results["rounds"],
         "shape": results.get("shape", {}),
@@ -87,12 +87,6 @@ def run(overrides: tuple[str, ...], seed: int, out: Path) -> dict:
         "wall_s": time.perf_counter() - start,
         "dir": out,
     }
-
-
-def _cpu_s() -> float:
-    """User + system CPU seconds of this process and its finished children."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_time import finished_tree_cpu_s
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CONF_DIR = REPO / "conf"
@@ -346,14 +348,6 @@ def resumed_runs(jobs: list[tuple[str, str, str, int, int]], rounds: int) -> tup
                   "jobs": payload["jobs"]}
 
 
-def process_tree_cpu_s() -> float:
-    """User + system CPU seconds of this process and its finished (joined) children."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def payload_of(runs: list[dict[str, Any]], jobs: list[tuple[str, str, str, int, int]], args: argparse.Namespace,
                started: float, load_before: tuple[float, float, float], tree_cpu_s: float | None = None) -> dict[str, Any]:
     """results.json's content for the runs so far (written after every run); ``tree_cpu_s``:
@@ -522,7 +516,7 @@ def main() -> None:
         write(payload_of(runs, jobs, args, started, load_before))
     pool.close()
     pool.join()  # the workers have exited: their CPU time is in RUSAGE_CHILDREN
-    payload = payload_of(runs, jobs, args, started, load_before, process_tree_cpu_s())
+    payload = payload_of(runs, jobs, args, started, load_before, finished_tree_cpu_s())
     write(payload)
     heatmap(payload["rows"], RESULTS / "robustness.png")
     print(f"wrote {RESULTS / 'robustness.md'} in {payload['wall_s']:.0f} s")

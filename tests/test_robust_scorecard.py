@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from bench.robustness import ABSENT, markdown, plan, process_tree_cpu_s, summarise, verdicts
+from bench.cpu_time import finished_tree_cpu_s
+from bench.robustness import ABSENT, markdown, plan, summarise, verdicts
 
 
 def _run(strategy: str, attack: str, seed: int, accuracy: float, compression: str = "topk", backdoor: float | None = None) -> dict[str, object]:
@@ -52,9 +53,9 @@ def test_markdown_names_the_backdoor_with_and_without_the_best_defence() -> None
 
 
 def test_process_tree_cpu_seconds_count_this_process() -> None:
-    before = process_tree_cpu_s()
+    before = finished_tree_cpu_s()
     sum(i * i for i in range(200_000))
-    assert process_tree_cpu_s() > before > 0
+    assert finished_tree_cpu_s() > before > 0
 
 
 def test_the_cost_projection_multiplies_each_rules_measured_cell_by_its_cells_in_the_full_grid() -> None:
