@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedge.client.qat import final_steps
 from fedge.server.federation import FederationResult
-from fedge.strategies.compressed import CompressionLog
+from fedge.strategies.compressed import CompressedStrategy, CompressionLog
+from fedge.strategies.delta_aggregation import DeltaAggregation
 
 RESULTS_FILE = "results.json"
 MODEL_FILE = "final_model.npz"
@@ -28,6 +29,17 @@ MODEL_FILE = "final_model.npz"
 def final_weights(result: FederationResult) -> dict[str, np.ndarray]:
     """The final global model as numpy arrays, by state name."""
     return {k: v.numpy() for k, v in result.final_arrays.items()}
+
+
+def robust_section(compressed: CompressedStrategy) -> dict[str, Any]:
+    """results.json's ``robust``: every update a robust rule clipped, excluded or kept
+    after scoring, per round and device, with its reason (and score where the rule has
+    one); empty for rules that make no per-device decision. The same for ``fedge-sim``
+    and ``fedge-server``."""
+    rule = compressed.strategy
+    if isinstance(rule, DeltaAggregation):
+        return {"robust": [asdict(d) for d in rule.decisions]}
+    return {}
 
 
 def write_results(

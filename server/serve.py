@@ -54,7 +54,7 @@ from fedge.server.dashboards import also, open_dashboards
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, RoundRecord
 from fedge.server.grpc_grid import GrpcGrid
-from fedge.server.results import write_results
+from fedge.server.results import robust_section, write_results
 from fedge.server.resume import run_resumable
 from fedge.server.transport import FederationServer, ServerCredentials, check_insecure
 
@@ -144,6 +144,7 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
     if out_dir is not None:
         if shaping.report:
             sections["shape"] = shaping.report
+        sections.update(robust_section(strategy))  # clipped / excluded devices per round, and why
         write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections={**secagg_sections(secure), **sections})
     print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
     return result

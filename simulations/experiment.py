@@ -35,7 +35,7 @@ from fedge.conf.schema import AttackConfig
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import FederationResult, run_federation
 from fedge.server.grid import FedgeGrid
-from fedge.server.results import final_weights, write_results
+from fedge.server.results import final_weights, robust_section, write_results
 from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.experiment_checks import check_experiment
@@ -50,7 +50,6 @@ from fedge.simulations.experiment_checks import attack_settings
 from fedge.simulations.attacks import choose_attackers
 from fedge.simulations.backdoor import BackdoorEvaluator
 from fedge.strategies import CompressedStrategy
-from fedge.strategies.delta_aggregation import DeltaAggregation
 from fedge.strategies.privacy import privacy_ledger
 
 log = logging.getLogger("fedge.sim")
@@ -170,8 +169,7 @@ def robustness_sections(
         if isinstance(evaluator, BackdoorEvaluator):
             entry["backdoor_success"] = evaluator.success_rates  # per evaluation, round 0 first
         sections["attack"] = entry
-    if isinstance(compressed.strategy, DeltaAggregation):
-        sections["robust"] = [asdict(d) for d in compressed.strategy.decisions]
+    sections.update(robust_section(compressed))
     return sections
 
 

@@ -1,5 +1,7 @@
 """Compression in whole federations: every strategy, DP clipping, downlink, config."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
@@ -41,6 +43,18 @@ def test_config_composes_the_issue_example(make_cfg):
     assert setup.uplink.codec == CodecSpec("topk", {"ratio": 0.01, "values": "q8", "scope": "global"})
     assert setup.uplink.error_feedback is True
     assert (setup.uplink.dense_below, setup.uplink.fallback) == (256, "q8")  # biases go dense in 8 bits
+
+
+@pytest.mark.parametrize("group", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "compression").glob("*.yaml")))
+def test_every_compression_asks_devices_only_for_codecs_a_device_declares(make_cfg, group):
+    """fedge-server refuses a device lacking a required codec: the names it requires must be
+    the registered ones a device declares at join (``q8`` is an alias of ``uniform``)."""
+    from fedge.protos.codecs import available
+    from fedge.protos.codecs.compression_setup import compression_setup, required_codecs
+    from omegaconf import OmegaConf
+
+    setup = compression_setup(OmegaConf.to_container(make_cfg([f"compression={group}"]).compression))
+    assert set(required_codecs(setup.uplink, setup.downlink)) <= set(available())
 
 
 def test_unknown_codec_in_config_is_a_config_error(make_cfg):

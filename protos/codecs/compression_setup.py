@@ -50,5 +50,7 @@ def compression_setup(settings: Mapping[str, Any]) -> CompressionSetup:
 
 
 def required_codecs(uplink: UplinkPlan, downlink: CodecSpec) -> list[str]:
-    """Codec ids a device must support to take part (uplink, its fallback, downlink)."""
-    return sorted({uplink.codec.name, uplink.fallback, downlink.name})
+    """Codec ids a device must support to take part (uplink, its fallback, downlink), aliases
+    resolved to the registered codec a device declares (``q8`` -> ``uniform``)."""
+    specs = (uplink.codec, CodecSpec(uplink.fallback), downlink)
+    return sorted({resolve_alias(spec).name for spec in specs})
