@@ -1,5 +1,6 @@
 """``fedge-sim --help`` and configuration errors import neither torch nor any dataset
-library, and a ``backend=local`` worker imports neither the Grid, the server nor Flower.
+library, and a ``backend=local`` worker imports neither the Grid, the server, Flower, Hydra
+nor ``torch._dynamo``.
 
 Each case runs in a fresh interpreter and lists the heavy modules loaded at its end
 (timings are in ``bench/startup.py``, not here).
@@ -60,10 +61,13 @@ def test_configuration_errors_import_no_torch(tmp_path, args, key):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_worker_entry_point_imports_no_grid_server_or_flower():
+def test_worker_entry_point_imports_no_grid_server_flower_hydra_or_dynamo():
+    """What the fork server preloads for every worker: no Flower, Grid or server; no Hydra
+    or OmegaConf (the schema's dataclasses a recipe carries need neither); no torch._dynamo."""
     code = (
-        "import sys; import fedge.simulations.worker; "
-        "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith(('flwr.', 'fedge.server', 'ray'))))"
+        "import sys; import fedge.simulations.worker, fedge.client.torch_trainer, fedge.tasks.digits; "
+        "print(sorted(m for m in sys.modules if m in ('flwr', 'hydra', 'omegaconf', 'torch._dynamo') "
+        "or m.startswith(('flwr.', 'fedge.server', 'ray'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
