@@ -232,9 +232,11 @@ def _explain(app: HydraApp, exc: BaseException, parsed: list[Override]) -> Confi
 
 def _check_additions(app: HydraApp, variant: list[str], parsed: list[Override]) -> None:
     """Refuse ``+key=value`` where the schema is closed (a typo adds a key nobody reads)."""
+    adds = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_hydra_override() and o.package is None]
+    if not adds:  # listing the groups walks Hydra's repository (~0.3 s): only when there is a '+'
+        return
     groups = set(_all_groups())
-    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_hydra_override()
-             and o.key_or_group not in groups and o.package is None]  # +group=option extends the defaults list
+    added = [o for o in adds if o.key_or_group not in groups]  # +group=option extends the defaults list
     if not added:
         return
     keys = {o.key_or_group for o in added}
