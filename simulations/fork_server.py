@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: What every worker imports: torch and the worker's own modules; ``__main__`` as spawn
 #: would. Not ``torch._dynamo`` (1-2.5 s): training steps with :class:`fedge.client.sgd.SGD`,
@@ -43,7 +47,9 @@ def start_fork_server(modules: Iterable[str] = ()) -> None:
     forkserver.ensure_running()
 
 
-def task_module(task_target: str) -> str:
-    """The module of a task's Hydra ``_target_`` (``fedge.tasks.digits.DigitsTask`` ->
-    ``fedge.tasks.digits``), for the fork server to import."""
-    return task_target.rpartition(".")[0]
+def start_for(cfg: DictConfig) -> None:
+    """Start the fork server if experiment ``cfg`` runs ``backend=local`` with worker
+    processes, preloading its task's module (``fedge.tasks.digits.DigitsTask`` ->
+    ``fedge.tasks.digits``)."""
+    if cfg.backend.name == "local" and cfg.backend.num_workers > 0:
+        start_fork_server([str(cfg.task._target_).rpartition(".")[0]])

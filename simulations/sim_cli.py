@@ -25,7 +25,7 @@ from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
 from fedge.simulations.experiment_checks import check_experiment
-from fedge.simulations.fork_server import start_fork_server, task_module
+from fedge.simulations import fork_server
 
 register_configs()
 
@@ -45,8 +45,7 @@ def _prepare(cfg: DictConfig) -> None:
     """Start the worker processes' fork server now (``backend=local`` with workers): it
     imports torch and the task's module on another core while this process composes the
     run and imports the experiment (:mod:`fedge.simulations.fork_server`)."""
-    if cfg.backend.name == "local" and cfg.backend.num_workers > 0:
-        start_fork_server([task_module(str(cfg.task._target_))])
+    fork_server.start_for(cfg)
 
 
 def _check(cfg: DictConfig) -> None:
