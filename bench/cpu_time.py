@@ -66,13 +66,16 @@ def _walk(root: int) -> list[int] | None:
     return out
 
 
-def tree_cpu_s(root: int | None = None, started_after_s: float = 0.0) -> float:
+def tree_cpu_s(root: int | None = None, started_after_s: float = 0.0, reaped: bool = False) -> float:
     """User + system CPU seconds of ``root`` (default: this process) and every process
     descending from it that started at or after ``started_after_s`` (seconds since boot,
     :func:`uptime_s`: a run leaves out what an earlier run left behind, e.g. Ray daemons
     still shutting down, though not the new children of a process kept from an earlier
-    run, e.g. the workers a kept fork server forks); 0.0 where ``/proc`` is missing."""
+    run, e.g. the workers a kept fork server forks); 0.0 where ``/proc`` is missing.
+    ``reaped``: also the descendants that ended and were waited for by a process of the
+    tree (e.g. workers a fork server reaped), which otherwise count only while alive."""
     root = os.getpid() if root is None else root
+    last = 14 if reaped else 12  # utime, stime (, cutime, cstime)
     if not Path("/proc").is_dir():
         return 0.0
     tree = _walk(root)  # cheap: only the tree's own entries (a full /proc scan took ~5 ms a stamp)
@@ -81,7 +84,7 @@ def tree_cpu_s(root: int | None = None, started_after_s: float = 0.0) -> float:
         for pid in tree:
             fields = _stat_fields(str(pid))
             if fields is not None and (pid == root or int(fields[19]) / _TICKS_PER_S >= started_after_s - 1.0 / _TICKS_PER_S):
-                total += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+                total += sum(int(f) for f in fields[11 : last + 1]) / _TICKS_PER_S
         return total
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -96,7 +99,7 @@ def tree_cpu_s(root: int | None = None, started_after_s: float = 0.0) -> float:
         # started before the run (field 22, starttime)? Not counted; its children may be
         # (a fork server kept from an earlier run forks this run's workers)
         if pid == root or int(fields[19]) / _TICKS_PER_S >= started_after_s - 1.0 / _TICKS_PER_S:
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime
+            cpu[pid] = sum(int(f) for f in fields[11 : last + 1]) / _TICKS_PER_S  # utime, stime (, cutime, cstime)
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()

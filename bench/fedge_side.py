@@ -20,7 +20,8 @@ from bench.timing import Timeline
 from fedge.server.evaluation import CentralEvaluator
 from fedge.server.federation import run_federation
 from fedge.simulations.clients import ClientRecipe, node_id_of
-from fedge.simulations.local_grid import LocalGrid, start_fork_server
+from fedge.simulations.fork_server import start_fork_server
+from fedge.simulations.local_grid import LocalGrid
 from fedge.strategies import CompressedStrategy
 
 

@@ -14,6 +14,9 @@ Side by side, in alternating runs, each a fresh interpreter launched from here:
 - optionally (``--full-runs N``) the whole default run (``make run``: 20 rounds), this tree
   against the baseline.
 
+Beside each wall-clock figure of a run, the CPU seconds (user + system) of its whole
+process tree (:mod:`bench.cpu_time`): on a shared machine they do not grow with the load.
+
 Writes ``bench/results/startup.{json,md}`` with min and median of each side and the
 1-minute load average at the start and the end.
 """
@@ -33,18 +36,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import results_files
+from bench.cpu_time import finished_tree_cpu_s
 
 REPO = Path(__file__).resolve().parents[1]
 SIM = "import sys; sys.argv[0] = 'fedge-sim'; from fedge.simulations.sim_cli import main; main()"
-#: The child of a timed run: stamps the end of every round (wall clock, seconds since the epoch).
+CPU_TIME = REPO / "bench" / "cpu_time.py"
+#: The child of a timed run: stamps the end of every round (wall clock, seconds since the
+#: epoch) and the CPU seconds of its process tree then (itself, the fork server, the
+#: workers: :func:`bench.cpu_time.tree_cpu_s`, loaded from this tree by path, as a
+#: baseline tree may have no such module), and the tree's CPU seconds at the end (workers
+#: that ended included).
 TIMED_RUN = """
-import json, os, sys, time
+import importlib.util, json, os, sys, time
+spec = importlib.util.spec_from_file_location("startup_cpu_time", sys.argv.pop(1))
+cpu_time = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cpu_time)
 import fedge.simulations.experiment as experiment
-stamps = []
+stamps, cpu = [], []
 original = experiment.run_federation
 def run_federation(*args, on_round=None, **kwargs):
     def stamped(record):
         stamps.append(time.time())
+        cpu.append(cpu_time.tree_cpu_s(reaped=True))
         if on_round is not None:
             on_round(record)
     return original(*args, on_round=stamped, **kwargs)
@@ -55,7 +68,7 @@ try:
     main()
 except SystemExit:
     pass
-print('STAMPS ' + json.dumps(stamps))
+print('STAMPS ' + json.dumps({"wall": stamps, "cpu": cpu, "cpu_end": cpu_time.tree_cpu_s(reaped=True)}))
 """
 
 
@@ -72,13 +85,23 @@ def _timed(args: Sequence[str], tree: Path | None, cwd: Path) -> tuple[float, st
     return time.perf_counter() - start, done.stdout
 
 
-def _run_start_up(tree: Path | None, out: Path, rounds: int) -> dict[str, float]:
+def _run_start_up(tree: Path | None, out: Path, rounds: int | None) -> dict[str, float]:
+    """One timed run (``rounds=None``: the default's 20): start-up (wall and CPU of the
+    process tree), time to the end of round 0, and the whole run (wall and CPU)."""
     launched = time.time()
-    seconds, stdout = _timed(["-c", TIMED_RUN, f"rounds={rounds}", "progress=false", f"hydra.run.dir={out}"], tree, out.parent)
+    args = ["-c", TIMED_RUN, str(CPU_TIME), *([f"rounds={rounds}"] if rounds else []), "progress=false", f"hydra.run.dir={out}"]
+    seconds, stdout = _timed(args, tree, out.parent)
     stamps = json.loads(stdout.rsplit("STAMPS ", 1)[1])
-    rounds_s = [b - a for a, b in zip(stamps, stamps[1:])]
-    steady = statistics.median(rounds_s[1:])
-    return {"start_up_s": stamps[0] - launched + rounds_s[0] - steady, "to_round_0_end_s": stamps[0] - launched, "total_s": seconds}
+    wall, cpu = stamps["wall"], stamps["cpu"]
+    rounds_s = [b - a for a, b in zip(wall, wall[1:])]
+    rounds_cpu = [b - a for a, b in zip(cpu, cpu[1:])]
+    return {
+        "start_up_s": wall[0] - launched + rounds_s[0] - statistics.median(rounds_s[1:]),
+        "start_up_cpu_s": cpu[0] + rounds_cpu[0] - statistics.median(rounds_cpu[1:]),
+        "to_round_0_end_s": wall[0] - launched,
+        "total_s": seconds,
+        "total_cpu_s": stamps["cpu_end"],
+    }
 
 
 def _summary(values: list[float]) -> dict[str, float | list[float]]:
@@ -101,25 +124,29 @@ def measure(repeats: int, baseline: str, full_runs: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedge-startup-") as tmp_dir:
         tmp = Path(tmp_dir)
         old = _baseline_tree(baseline, tmp)
-        times: dict[str, list[float]] = {"help": [], "import_torch": [], "help_baseline": []}
+        times: dict[str, list[float]] = {"help": [], "import_torch": [], "help_baseline": [], "import_torch_cpu": []}
         start_up: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
-        full: dict[str, list[float]] = {"this": [], "baseline": []}
+        full: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
         for i in range(repeats):  # alternate every side in each repetition
             times["help"].append(_timed(["-c", SIM, "--help"], None, tmp)[0])
+            before = finished_tree_cpu_s()
             times["import_torch"].append(_timed(["-c", "import torch"], None, tmp)[0])
+            times["import_torch_cpu"].append(finished_tree_cpu_s() - before)
             times["help_baseline"].append(_timed(["-c", SIM, "--help"], old, tmp)[0])
             start_up["this"].append(_run_start_up(None, tmp / f"this-{i}", rounds))
             start_up["baseline"].append(_run_start_up(old, tmp / f"baseline-{i}", rounds))
         for i in range(full_runs):
-            full["this"].append(_timed(["-c", SIM, "progress=false", f"hydra.run.dir={tmp / f'full-this-{i}'}"], None, tmp)[0])
-            full["baseline"].append(_timed(["-c", SIM, "progress=false", f"hydra.run.dir={tmp / f'full-old-{i}'}"], old, tmp)[0])
+            full["this"].append(_run_start_up(None, tmp / f"full-this-{i}", None))
+            full["baseline"].append(_run_start_up(old, tmp / f"full-old-{i}", None))
     result: dict[str, object] = {name: _summary(v) for name, v in times.items()}
     for side, runs in start_up.items():
         result[f"default_run_start_up_{side}"] = _summary([r["start_up_s"] for r in runs])
+        result[f"default_run_start_up_cpu_{side}"] = _summary([r["start_up_cpu_s"] for r in runs])
         result[f"default_run_to_round_0_end_{side}"] = _summary([r["to_round_0_end_s"] for r in runs])
-    if full_runs:
-        result["full_default_run_this"] = _summary(full["this"])
-        result["full_default_run_baseline"] = _summary(full["baseline"])
+    for side, runs in full.items():
+        if runs:
+            result[f"full_default_run_{side}"] = _summary([r["total_s"] for r in runs])
+            result[f"full_default_run_cpu_{side}"] = _summary([r["total_cpu_s"] for r in runs])
     return result
 
 
@@ -141,6 +168,14 @@ def markdown(result: dict) -> str:
     if "full_default_run_this" in result:
         rows += [("whole default run (`make run`)", "full_default_run_this"),
                  (f"whole default run at {s['baseline']}", "full_default_run_baseline")]
+    cpu_rows = [
+        ('`python -c "import torch"`', "import_torch_cpu"),
+        ("default run, start-up before round 1", "default_run_start_up_cpu_this"),
+        (f"default run, start-up before round 1, at {s['baseline']}", "default_run_start_up_cpu_baseline"),
+    ]
+    if "full_default_run_cpu_this" in result:
+        cpu_rows += [("whole default run", "full_default_run_cpu_this"),
+                     (f"whole default run at {s['baseline']}", "full_default_run_cpu_baseline")]
     lines = [
         "# Start-up",
         "",
@@ -161,8 +196,20 @@ def markdown(result: dict) -> str:
     ]
     if "full_default_run_this" in result:
         ratios.append(("whole default run: baseline / this", "full_default_run_baseline", "full_default_run_this"))
-    lines += ["", "| ratio | of minima | of medians |", "|---|---|---|"]
+    lines += ["", "| ratio (wall clock) | of minima | of medians |", "|---|---|---|"]
     lines += [f"| {label} | {_ratio(result, a, b, 'min'):.2f} | {_ratio(result, a, b, 'median'):.2f} |" for label, a, b in ratios]
+    lines += ["", "CPU seconds (user + system) of each run's whole process tree (server process, fork server, workers; "
+              "start-up: up to the end of round 0, plus round 1's excess over the median later round). They do not "
+              "grow with the machine's load as the wall clock does; on 2 idle cores the wall clock of a process tree "
+              "that keeps both busy is at least half its CPU seconds.", "",
+              "| what | CPU min (s) | CPU median (s) |", "|---|---|---|"]
+    lines += [f"| {label} | {result[key]['min']:.2f} | {result[key]['median']:.2f} |" for label, key in cpu_rows if key in result]
+    cpu_ratios = [("start-up before round 1 / `import torch`", "default_run_start_up_cpu_this", "import_torch_cpu"),
+                  ("start-up before round 1: baseline / this", "default_run_start_up_cpu_baseline", "default_run_start_up_cpu_this")]
+    if "full_default_run_cpu_this" in result:
+        cpu_ratios.append(("whole default run: baseline / this", "full_default_run_cpu_baseline", "full_default_run_cpu_this"))
+    lines += ["", "| ratio (CPU seconds) | of minima | of medians |", "|---|---|---|"]
+    lines += [f"| {label} | {_ratio(result, a, b, 'min'):.2f} | {_ratio(result, a, b, 'median'):.2f} |" for label, a, b in cpu_ratios]
     return "\n".join(lines) + "\n"
 
 

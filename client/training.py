@@ -17,6 +17,7 @@ from fedge.client.local_round import TrainStats, batch_order, optimiser_slots
 from fedge.client.train_config import TrainConfig
 from fedge.client.memory import ActivationMeter, param_bytes
 from fedge.client.qat import LSQModel
+from fedge.client.sgd import SGD
 from fedge.tasks.base import FederatedTask, Split
 
 
@@ -38,7 +39,7 @@ def train(
     start = time.perf_counter()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimiser = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if qat is not None:  # LSQ steps: plain SGD (momentum carries steps of ~1e-3 through zero; decay would shrink them)
         optimiser.add_param_group({"params": list(qat.quantisers.parameters()), "momentum": 0.0, "weight_decay": 0.0})
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None

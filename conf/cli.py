@@ -79,7 +79,10 @@ class HydraApp:
     are shorthands expanded to overrides (``{"--resume": "server.resume=true"}``).
     ``summary``, ``examples``, ``writes`` (what a run leaves in its directory) and
     ``knobs`` (dotted keys whose defaults are shown next to the top-level ones) go
-    into ``--help``.
+    into ``--help``. ``prepare`` is called once the command line passed every check,
+    before Hydra composes the run again and writes anything (with the first job's composed
+    config, read-only): the place to start slow background work a run will need
+    (``fedge-sim``: the worker processes' fork server, importing torch on another core).
     """
 
     prog: str
@@ -93,6 +96,7 @@ class HydraApp:
     knobs: Sequence[str] = ()
     hidden_groups: Sequence[str] = ()  # groups this command ignores, left out of --help
     config_name: str = "config"
+    prepare: Callable[[DictConfig], object] | None = None
 
 
 class ConfigurationError(ValueError):
@@ -120,6 +124,8 @@ def run(app: HydraApp, argv: Sequence[str] | None = None) -> None:
         except _refusals(app) as exc:
             fail(app.prog, str(exc))
         existing = _existing_dirs(hydra_cfg)
+        if app.prepare is not None and parsed.cfg is None:
+            app.prepare(hydra_cfg)
     sys.argv = [app.prog, *args]
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=app.config_name)(_guarded(app, existing))()
 
@@ -226,9 +232,11 @@ def _explain(app: HydraApp, exc: BaseException, parsed: list[Override]) -> Confi
 
 def _check_additions(app: HydraApp, variant: list[str], parsed: list[Override]) -> None:
     """Refuse ``+key=value`` where the schema is closed (a typo adds a key nobody reads)."""
+    adds = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_hydra_override() and o.package is None]
+    if not adds:  # listing the groups walks Hydra's repository (~0.3 s): only when there is a '+'
+        return
     groups = set(_all_groups())
-    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_hydra_override()
-             and o.key_or_group not in groups and o.package is None]  # +group=option extends the defaults list
+    added = [o for o in adds if o.key_or_group not in groups]  # +group=option extends the defaults list
     if not added:
         return
     keys = {o.key_or_group for o in added}

@@ -14,13 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
-
 from fedge.client.train_config import TrainConfig
 from fedge.protos.transfer import DEFAULT_CHUNK_BYTES
 from fedge.strategies.fedbuff_config import FedBuffConfig
 from fedge.strategies.reply_validation import ReplyPolicy
+
+#: ``omegaconf.MISSING`` (a value the YAML must set), spelled out: a worker process that
+#: unpickles one of these dataclasses (``AttackConfig`` in a ``ClientRecipe``) then imports
+#: neither Hydra nor OmegaConf (~0.3 s of start-up).
+MISSING = "???"
 
 SCHEMA_NAME = "fedge_schema"
 #: ``task_base/open_args``: an ``args`` mapping that takes new keys without a ``+``
@@ -406,6 +408,9 @@ class FedgeConfig:
 
 def register_configs() -> None:
     """Register the schema (``defaults: [fedge_schema]``) and ``task_base/open_args`` with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=FedgeConfig)
     # Hydra closes the whole composed tree (struct mode) before applying overrides; a node

@@ -39,6 +39,7 @@ from fedge.server.results import final_weights, robust_section, write_results
 from fedge.simulations.backends import make_grid
 from fedge.simulations.clients import ClientRecipe, assign_runtimes, node_id_of
 from fedge.simulations.experiment_checks import check_experiment
+from fedge.simulations import fork_server
 from fedge.conf.modes import is_async
 from fedge.simulations.async_run import AsyncRun, run_async
 from fedge.simulations.devices.fleet import device_simulator, fleet_devices, fleet_profiles
@@ -67,10 +68,7 @@ class SimulationOutcome:
 def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
     """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given."""
     check_experiment(cfg)
-    if cfg.backend.name == "local" and cfg.backend.num_workers > 0:  # workers import while data loads
-        from fedge.simulations.local_grid import start_fork_server
-
-        start_fork_server([str(cfg.task._target_).rpartition(".")[0]])
+    fork_server.start_for(cfg)  # workers import while data loads (fedge-sim started it earlier: no-op)
     base_task, data, digest = build_task(cfg)  # refuses a load() that is not deterministic
     # model shaping (shape=...): checkpoint, factorisation, pruning schedule, teacher
     shaping = shape_experiment(cfg, base_task)

@@ -9,11 +9,8 @@ and each task's byte count is its real serialised size. ``num_workers=0`` runs e
 client in this process.
 
 Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
-(else spawned): the fork server imports what every worker needs (torch, the worker's
-modules, the task's module) once, so a worker starts with them imported instead of
-importing them again; :func:`start_fork_server` starts it early, while the server
-process loads data. (Forking the server process itself is unsafe once torch's threads
-run.)
+(else spawned; :mod:`fedge.simulations.fork_server`), which imported what every worker
+needs once.
 
 Written by hand (rather than on ``multiprocessing.Pool`` or ``concurrent.futures``)
 because neither pins a piece of work to a chosen process.
@@ -23,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from flwr.app import Message
@@ -33,33 +30,10 @@ from fedge.server.grid import FedgeGrid
 from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
+from fedge.simulations.fork_server import worker_context
 from fedge.simulations.worker import freeze_start_up_objects, run_split_tasks, warm_up_torch, worker_main, worker_threads
 
 log = logging.getLogger(__name__)
-
-#: What every worker imports: torch (with ``torch._dynamo``, which the first optimiser
-#: step imports otherwise) and the worker's own modules; ``__main__`` as spawn would.
-WORKER_MODULES = ("__main__", "torch", "torch._dynamo", "fedge.simulations.worker", "fedge.client.torch_trainer")
-
-
-def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
-    """The start method of worker processes: the fork server where there is one, else spawn."""
-    if "forkserver" in mp.get_all_start_methods():
-        return mp.get_context("forkserver")
-    return mp.get_context("spawn")
-
-
-def start_fork_server(modules: Iterable[str] = ()) -> None:
-    """Start the fork server now (it imports :data:`WORKER_MODULES` and ``modules``, e.g.
-    the task's module, in the background); no-op where there is none or once it runs.
-    A module that fails to import is skipped (the worker imports it itself)."""
-    if worker_context().get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    mp.set_forkserver_preload([*WORKER_MODULES, *modules])
-    forkserver.ensure_running()
-
 
 class LocalGrid(FedgeGrid):
     """In-process Grid: EdgeClients in ``num_workers`` pinned worker processes.

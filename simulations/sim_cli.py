@@ -25,6 +25,7 @@ from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
 from fedge.simulations.experiment_checks import check_experiment
+from fedge.simulations import fork_server
 
 register_configs()
 
@@ -38,6 +39,13 @@ def _job(cfg: DictConfig) -> float:
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final.accuracy
+
+
+def _prepare(cfg: DictConfig) -> None:
+    """Start the worker processes' fork server now (``backend=local`` with workers): it
+    imports torch and the task's module on another core while this process composes the
+    run and imports the experiment (:mod:`fedge.simulations.fork_server`)."""
+    fork_server.start_for(cfg)
 
 
 def _check(cfg: DictConfig) -> None:
@@ -64,6 +72,7 @@ APP = HydraApp(
     knobs=["client.lr", "client.local_epochs", "strategy.fraction_train", "partition.alpha"],
     config_errors=(ConfigError,),
     check=_check,
+    prepare=_prepare,
 )
 
 

@@ -2,9 +2,10 @@
 
 A spawned worker imports only this module, :mod:`fedge.simulations.broadcast`, what the
 pickled :class:`ClientRecipe` names (the task, :mod:`fedge.client`) and torch: not the
-Grid, the server, Flower or the datasets libraries. At start-up it pays torch's one-off
-costs (the first ``torch.optim`` step imports ``torch._dynamo``, ~1 s) so they land in
-no client's ``compute_s``.
+Grid, the server, Flower, Hydra or the datasets libraries, nor ``torch._dynamo`` (clients
+train with :class:`fedge.client.sgd.SGD`, not ``torch.optim``, whose first step imports
+it: 1-2.5 s). At start-up it pays torch's remaining one-off costs (the first backward
+pass and optimiser step) so they land in no client's ``compute_s``.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequ
 
 
 def warm_up_torch(threads: int | None = None) -> None:
-    """Take one optimiser step on a throw-away tensor, so the imports the first step
-    triggers (``torch._dynamo``) happen now; set torch's intra-op ``threads`` if given.
-    Touches no random stream."""
+    """Take one backward pass and optimiser step on a throw-away tensor, so their one-off
+    costs are paid now; set torch's intra-op ``threads`` if given. Touches no random stream."""
     import torch
+
+    from fedge.client.sgd import SGD
 
     if threads is not None:
         torch.set_num_threads(threads)
     weight = torch.zeros(1, requires_grad=True)
-    optimiser = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    optimiser = SGD([weight], lr=0.1, momentum=0.9)
     weight.sum().backward()
     optimiser.step()
 

@@ -176,3 +176,17 @@ def test_fp16_integer_cast_matches_numpy_over_the_float32_range(monkeypatch):
     assert half.single_to_half(x).view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
     every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view("<f2")
     assert half.half_to_single(every_half).tobytes() == every_half.astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 1 << 20])
+def test_new_bytes_is_written_in_place_and_fresh_each_time(size):
+    from fedge.protos.codecs import fresh_bytes
+
+    payload, view = fresh_bytes.new_bytes(size)
+    view[:] = np.arange(size, dtype=np.uint64).astype(np.uint8)
+    data = fresh_bytes.finish(payload)
+    assert type(data) is bytes and data == np.arange(size, dtype=np.uint64).astype(np.uint8).tobytes()
+    other, other_view = fresh_bytes.new_bytes(size)
+    other_view[:] = 7
+    assert data == np.arange(size, dtype=np.uint64).astype(np.uint8).tobytes()  # a second buffer shares nothing
+    assert b"" == bytes(0) and b"\x00" == bytes(1)  # CPython's shared small bytes are untouched

@@ -1,5 +1,6 @@
 """``fedge-sim --help`` and configuration errors import neither torch nor any dataset
-library, and a ``backend=local`` worker imports neither the Grid, the server nor Flower.
+library, and a ``backend=local`` worker imports neither the Grid, the server, Flower, Hydra
+nor ``torch._dynamo``.
 
 Each case runs in a fresh interpreter and lists the heavy modules loaded at its end
 (timings are in ``bench/startup.py``, not here).
@@ -60,10 +61,61 @@ def test_configuration_errors_import_no_torch(tmp_path, args, key):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_worker_entry_point_imports_no_grid_server_or_flower():
+def test_worker_entry_point_imports_no_grid_server_flower_hydra_or_dynamo():
+    """What the fork server preloads for every worker: no Flower, Grid or server; no Hydra
+    or OmegaConf (the schema's dataclasses a recipe carries need neither); no torch._dynamo."""
     code = (
-        "import sys; import fedge.simulations.worker; "
-        "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith(('flwr.', 'fedge.server', 'ray'))))"
+        "import sys; import fedge.simulations.worker, fedge.client.torch_trainer, fedge.tasks.digits; "
+        "print(sorted(m for m in sys.modules if m in ('flwr', 'hydra', 'omegaconf', 'torch._dynamo') "
+        "or m.startswith(('flwr.', 'fedge.server', 'ray'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+_PREPARED = """
+import json, sys
+from fedge.conf.cli import HydraApp, run
+from fedge.conf.schema import register_configs
+from fedge.simulations import sim_cli
+
+register_configs()
+events = []
+
+def fork_server_running():
+    import os, pathlib
+    children = pathlib.Path(f'/proc/{{os.getpid()}}/task/{{os.getpid()}}/children').read_text().split()
+    return any(b'forkserver' in pathlib.Path(f'/proc/{{c}}/cmdline').read_bytes() for c in children)
+
+def prepare(cfg):
+    sim_cli._prepare(cfg)
+    events.append(['prepare', 'torch' in sys.modules, fork_server_running()])
+
+def job(cfg):
+    events.append(['job', cfg.num_clients])
+
+app = HydraApp(prog='t', job=job, summary='', examples=[], writes='', check=sim_cli._check, prepare=prepare)
+try:
+    run(app, {args!r})
+except SystemExit as exc:
+    events.append(['exit', exc.code])
+print('RESULT ' + json.dumps(events))
+"""
+
+
+@pytest.mark.parametrize(
+    "args, events",
+    [
+        # accepted: the workers' fork server is started before the job, without torch in this process
+        (["num_clients=3"], [["prepare", False, True], ["job", 3]]),
+        (["backend.num_workers=0"], [["prepare", False, False], ["job", 10]]),  # no workers: no fork server
+        (["num_clients=1"], [["exit", 2]]),  # refused: nothing started
+    ],
+)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_fork_server_starts_once_the_config_is_checked_before_the_job(tmp_path, args, events):
+    done = subprocess.run(
+        [sys.executable, "-c", _PREPARED.format(args=[*args, f"hydra.run.dir={tmp_path / 'run'}"])],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert json.loads(done.stdout.rsplit("RESULT ", 1)[1]) == events, done.stderr[-2000:]

