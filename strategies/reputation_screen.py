@@ -17,8 +17,9 @@ This rule keeps evidence per device (node id) and decides on it:
 3. **decision**: while the device has fewer than ``warmup_rounds`` scores, this round's
    score alone screens it (FLTrust's screen: score <= 0 = excluded); afterwards it is
    excluded while its reputation is below the round's robust threshold
-   ``median - mad_factor x 1.4826 x MAD`` of the reputations of the replying devices
-   past warm-up (needs 3 of them; fewer: the per-round screen goes on), or not above
+   ``median - max(mad_factor x 1.4826 x MAD, min_gap)`` of the reputations of the
+   replying devices past warm-up (``min_gap``: when the honest devices agree closely, a
+   small dip is not an outlier) (needs 3 of them; fewer: the per-round screen goes on), or not above
    ``min_reputation`` (default 0: on average it does not agree with the server's
    reference at all; late in a run, when every update is mostly noise and the honest
    spread widens, this floor is what keeps a label flipper out). An honest device
@@ -114,11 +115,11 @@ def sent_cosines(deltas: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, (deltas @ reference) / safe, 0.0)
 
 
-def robust_threshold(reputations: np.ndarray, mad_factor: float) -> tuple[float, float, float]:
-    """``(threshold, median, mad)``: ``median - mad_factor x 1.4826 x MAD`` of ``reputations``."""
+def robust_threshold(reputations: np.ndarray, mad_factor: float, min_gap: float) -> tuple[float, float, float]:
+    """``(threshold, median, mad)``: ``median - max(mad_factor x 1.4826 x MAD, min_gap)`` of ``reputations``."""
     median = float(np.median(reputations))
     mad = float(np.median(np.abs(reputations - median)))
-    return median - mad_factor * MAD_TO_SIGMA * mad, median, mad
+    return median - max(mad_factor * MAD_TO_SIGMA * mad, min_gap), median, mad
 
 
 class ReputationScreen(FLTrust):
@@ -139,10 +140,17 @@ class ReputationScreen(FLTrust):
         The threshold's distance below the median reputation, in robust standard
         deviations (> 0). Tuning: 2-3; lower excludes honest skewed (non-IID) devices,
         higher lets through attackers that disagree mildly (label flip).
+    min_gap:
+        The least distance below the median reputation that counts as an outlier, in
+        cosine units (>= 0). Tuning: 0.05-0.2; without it, a population in close agreement
+        (tiny MAD) excludes an honest device for one bad round. On digits (top-k) honest
+        reputations spread ~0.1 around a median of 0.2-0.45, so 0.1 rarely binds there.
+    min_reputation:
+        Excluded while the reputation is not above this, in [-1, 1) (-1 = no floor).
     """
 
     def __init__(self, *args: object, memory: float = 0.9, warmup_rounds: int = 3, mad_factor: float = 3.0,
-                 min_reputation: float = 0.0, clip: str = "median", **kwargs: object) -> None:
+                 min_gap: float = 0.1, min_reputation: float = 0.0, clip: str = "median", **kwargs: object) -> None:
         super().__init__(*args, clip=clip, rescale=False, trust_weighted=False, **kwargs)  # type: ignore[arg-type]
         if not 0.0 <= memory < 1.0:
             raise ValueError(f"memory must be in [0, 1), got {memory!r}")
@@ -150,10 +158,12 @@ class ReputationScreen(FLTrust):
             raise ValueError(f"warmup_rounds must be an integer >= 1, got {warmup_rounds!r}")
         if not mad_factor > 0:
             raise ValueError(f"mad_factor must be > 0, got {mad_factor!r}")
+        if not min_gap >= 0:
+            raise ValueError(f"min_gap must be >= 0, got {min_gap!r}")
         if not -1.0 <= min_reputation < 1.0:
             raise ValueError(f"min_reputation must be in [-1, 1), got {min_reputation!r}")
         self.memory, self.warmup_rounds, self.mad_factor = memory, warmup_rounds, mad_factor
-        self.min_reputation = min_reputation
+        self.min_gap, self.min_reputation = min_gap, min_reputation
         # the ledger as plain arrays (checkpointed by fedge.server.strategy_state); read it as self.ledger
         empty = ReputationLedger.empty()
         self.ledger_nodes, self.ledger_reputation, self.ledger_rounds = empty.nodes, empty.reputation, empty.rounds
@@ -177,8 +187,8 @@ class ReputationScreen(FLTrust):
         threshold: float | None = None
         rule = ""
         if settled.sum() >= MIN_DEVICES_FOR_THRESHOLD:
-            threshold, median, mad = robust_threshold(reputation[settled], self.mad_factor)
-            rule = f"threshold {threshold:.3f} = median {median:.3f} - {self.mad_factor} x 1.4826 x MAD {mad:.3f}"
+            threshold, median, mad = robust_threshold(reputation[settled], self.mad_factor, self.min_gap)
+            rule = f"threshold {threshold:.3f} = median {median:.3f} - max({self.mad_factor} x 1.4826 x MAD {mad:.3f}, {self.min_gap})"
         keep = np.ones(len(nodes), dtype=bool)
         for i, node in enumerate(nodes):
             seen = f"score {scores[i]:.3f} this round, reputation {reputation[i]:.3f} over {rounds[i]} rounds"
