@@ -42,7 +42,7 @@ def _honest(node: int, server_round: int) -> np.ndarray:
 
 
 def _screen(**kwargs: object) -> ReputationScreen:
-    return ReputationScreen(min_train_nodes=2, min_available_nodes=2, reference=_reference, **kwargs)  # type: ignore[arg-type]
+    return ReputationScreen(min_train_nodes=2, min_available_nodes=2, reference=_reference, **kwargs)
 
 
 def _play(strategy: ReputationScreen, rounds: range, update) -> dict[tuple[int, int], RobustDecision]:  # type: ignore[no-untyped-def]
