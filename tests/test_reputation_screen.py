@@ -3,7 +3,8 @@ on hand-made sparse (top-k) federations, through a checkpoint, and end to end in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,11 +42,11 @@ def _honest(node: int, server_round: int) -> np.ndarray:
     return _topk(_step(server_round) + skew + noise)
 
 
-def _screen(**kwargs: object) -> ReputationScreen:
+def _screen(**kwargs: Any) -> ReputationScreen:
     return ReputationScreen(min_train_nodes=2, min_available_nodes=2, reference=_reference, **kwargs)
 
 
-def _play(strategy: ReputationScreen, rounds: range, update) -> dict[tuple[int, int], RobustDecision]:  # type: ignore[no-untyped-def]
+def _play(strategy: ReputationScreen, rounds: range, update: Callable[[int, int], np.ndarray | None]) -> dict[tuple[int, int], RobustDecision]:
     """Run ``rounds`` with ``update(node, round)`` per device (None: the device does not reply);
     every per-device decision by (round, node)."""
     start = np.zeros(DIM)
