@@ -18,9 +18,9 @@ This rule keeps evidence per device (node id) and decides on it:
    score alone screens it (FLTrust's screen: score <= 0 = excluded); afterwards it is
    excluded while its reputation is below the round's robust threshold
    ``median - max(mad_factor x 1.4826 x MAD, min_gap)`` of the reputations of the
-   replying devices past warm-up (``min_gap``: when the honest devices agree closely, a
-   small dip is not an outlier) (needs 3 of them; fewer: the per-round screen goes on), or not above
-   ``min_reputation`` (default 0: on average it does not agree with the server's
+   replying devices past warm-up (needs 3 of them; fewer: the per-round screen goes on;
+   ``min_gap``: when the honest devices agree closely, a small dip is no outlier), or
+   not above ``min_reputation`` (default 0: on average it does not agree with the server's
    reference at all; late in a run, when every update is mostly noise and the honest
    spread widens, this floor is what keeps a label flipper out). An honest device
    whose update points away from the reference in one round keeps its place; a device
@@ -36,7 +36,7 @@ goes to :attr:`decisions` (``results.json`` ``robust``, the report), as for FLTr
 **State.** The reputation ledger (:class:`ReputationLedger`: node ids, reputations,
 rounds scored) is held as three numpy arrays on the strategy, so
 :mod:`fedge.server.strategy_state` checkpoints and restores it with the rest of the
-strategy's state (``resume=true``), exactly as FedAvgM's momentum. Devices that never
+strategy's state (fedge-server's ``server.resume``), as FedAvgM's momentum is. Devices that never
 reply keep no entry; a device's entry is never aged out.
 
 Written by hand: Flower 1.41 has no reputation or history-based rule (its robust
@@ -45,6 +45,13 @@ score (Cao et al., NDSS 2021), history-aware detection (FLDetector, Zhang et al.
 2022; FoolsGold's per-client history, Fung et al., RAID 2020); this is the simplest
 combination of the first with a per-device moving average, chosen because it needs no
 extra model state per device (one float) and composes with any codec.
+
+Measured (``python -m bench.robustness``, digits, 10 non-IID devices, 20% attackers,
+top-k, 3 seeds, 30 rounds, ``root_examples=300``): worst-seed gap to clean FedAvg 0.6 pp
+(no attack), 1.1 (sign-flip), -0.3 (scaling), 0.6 (ALIE), 1.1 (IPM), 1.4 (label flip),
+1.4 (backdoor), with 0.3-2 honest (device, round) exclusions a run under attack instead
+of FLTrust screen's 10-13. At 20 rounds the backdoor row is 2.2 (its updates agree with
+the reference; the rule rarely catches them). README, robustness section.
 """
 
 from __future__ import annotations
