@@ -136,6 +136,8 @@ def test_scores_use_the_coordinates_a_device_sent_and_the_threshold_is_median_mi
     assert robust_threshold(np.array([0.80, 0.81, 0.82, 0.5]), 3.0, 0.1)[0] == pytest.approx(0.805 - 0.1)  # tight: min_gap
     ledger = ReputationLedger.empty().updated([5, 2], np.array([0.5, -0.5]), 0.75).updated([2], np.array([0.5]), 0.75)
     assert ledger.nodes.tolist() == [2, 5] and ledger.reputation == pytest.approx([-0.25, 0.5]) and ledger.rounds.tolist() == [2, 1]
+    big = 2**63 - 1  # fedge-server's registry hashes device ids to node ids up to this
+    assert ledger.updated([big], np.array([0.1]), 0.75).lookup([big, 5])[0] == pytest.approx([0.1, 0.5])
 
 
 def test_an_all_excluded_round_leaves_the_model_in_place_and_bad_settings_are_refused() -> None:
