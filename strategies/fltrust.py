@@ -95,13 +95,18 @@ class FLTrust(DeltaAggregation):
         """Attach the callable that trains the global model on the root dataset."""
         self.reference = reference
 
-    def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def reference_delta(self, server_round: int) -> np.ndarray:
+        """The round's reference update ``(d,)`` (float64, flattened in the global model's
+        order): the global model trained on the root dataset, minus the global model."""
         if self.reference is None:
             raise RuntimeError("FLTrust has no server reference update: build it with fedge.conf.server_reference "
                                "(fedge-sim and fedge-server do), or pass reference=")
         base = self.global_model()
         trained = self.reference(base, server_round)
-        reference = np.concatenate([np.asarray(trained[k], dtype=np.float64).ravel() - base[k].astype(np.float64).ravel() for k in base])
+        return np.concatenate([np.asarray(trained[k], dtype=np.float64).ravel() - base[k].astype(np.float64).ravel() for k in base])
+
+    def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        reference = self.reference_delta(server_round)
         if not self.rescale:
             deltas = self._bound(server_round, nodes, deltas)
         trust, rescaled = trust_scores(deltas, reference)

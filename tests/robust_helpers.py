@@ -17,14 +17,14 @@ def reply(node: int, weights: np.ndarray, examples: int = 10) -> Message:
     return Message(content, reply_to=instruction)  # from ``node``, as a Grid's reply
 
 
-def aggregate(strategy: DeltaAggregation, replies: list[Message], start: np.ndarray) -> np.ndarray:
-    """Round 1 of ``strategy`` from the global model ``start`` (array ``w``) over ``replies``: the new ``w``."""
+def aggregate(strategy: DeltaAggregation, replies: list[Message], start: np.ndarray, server_round: int = 1) -> np.ndarray:
+    """Round ``server_round`` of ``strategy`` from the global model ``start`` (array ``w``) over ``replies``: the new ``w``."""
 
     class _Grid:
         def get_node_ids(self) -> list[int]:
             return [m.metadata.src_node_id for m in replies]
 
-    strategy.configure_train(1, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
-    arrays, _ = strategy.aggregate_train(1, replies)
+    strategy.configure_train(server_round, ArrayRecord({"w": Array(start.astype(np.float32))}), ConfigRecord(), _Grid())  # type: ignore[arg-type]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
     assert arrays is not None
     return arrays["w"].numpy()
