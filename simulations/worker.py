@@ -16,7 +16,8 @@ from typing import Any
 from multiprocessing.connection import Connection
 
 from fedge.protos.v1 import task_pb2, tensor_pb2
-from fedge.simulations.broadcast import BroadcastReader, Job, JobTask, assemble
+from fedge.client.shared_broadcast import SharedBroadcast
+from fedge.simulations.broadcast import BroadcastReader, Job, JobTask
 from fedge.simulations.clients import ClientRecipe
 
 
@@ -27,9 +28,12 @@ def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[
 
 def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
     """Run each ``(node_id, Task header, model slot)`` on its client, the model being
-    ``models[slot]``; return Update bytes."""
+    ``models[slot]``; return Update bytes. Each model is decoded once for all the clients
+    it goes to (:class:`~fedge.client.shared_broadcast.SharedBroadcast`), each client
+    checking it against its own model as it would a Task's."""
+    shared = [SharedBroadcast(model) for model in models]
     return [
-        recipe.client(node_id).handle(assemble(header, models[slot])).SerializeToString()
+        recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]).SerializeToString()
         for node_id, header, slot in tasks
     ]
 

@@ -17,9 +17,9 @@ class CountingClient(EdgeClient):
 
     calls = 0
 
-    def handle(self, task):
+    def handle(self, task, broadcast=None):
         self.calls += 1
-        update = super().handle(task)
+        update = super().handle(task, broadcast)
         update.metrics["calls"] = float(self.calls)
         return update
 
