@@ -47,6 +47,7 @@ from fedge.protos.codecs import CodecError, CodecSpec, decode_update, encode_upd
 from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.v1 import tensor_pb2
 from fedge.strategies.guard import guarded_aggregate
+from fedge.strategies.record_access import array_records, metric_records
 from fedge.strategies.reply_decoding import decode_delta, decode_train_reply, reply_payload
 from fedge.strategies.reply_validation import Candidate, ReplyPolicy, ReplyRejected, ReplyValidator, update_norm
 from fedge.strategies.streamed_mean import reply_weights, streams_weighted_mean, weighted_mean
@@ -342,9 +343,10 @@ class CompressedStrategy(Strategy):
                 continue
             node = reply.metadata.src_node_id
             try:
-                if len(reply.content.metric_records) != 1:
-                    raise ReplyRejected(f"expected one MetricRecord, got {len(reply.content.metric_records)}")
-                metrics, notes = self.validator.check_metrics(next(iter(reply.content.metric_records.values())))
+                metrics_records = metric_records(reply.content)
+                if len(metrics_records) != 1:
+                    raise ReplyRejected(f"expected one MetricRecord, got {len(metrics_records)}")
+                metrics, notes = self.validator.check_metrics(metrics_records[0])
             except ReplyRejected as exc:
                 self._record(server_round, [(node, f"evaluation: {type(exc).__name__}: {exc}")], [])
                 continue
@@ -367,13 +369,13 @@ class CompressedStrategy(Strategy):
 
 def _single_array_record(messages: list[Message], strategy: Strategy) -> ArrayRecord:
     """The one ArrayRecord the inner strategy put into its messages."""
-    content = messages[0].content
-    if len(content.array_records) != 1:
+    arrays = array_records(messages[0].content)
+    if len(arrays) != 1:
         raise ValueError(
-            f"{type(strategy).__name__} sent a message with {len(content.array_records)} "
+            f"{type(strategy).__name__} sent a message with {len(arrays)} "
             "ArrayRecords; CompressedStrategy needs exactly one"
         )
-    return next(iter(content.array_records.values()))
+    return arrays[0]
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -383,7 +385,7 @@ def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 def _set_model(message: Message, payload: bytes) -> None:
     """Replace the message's ArrayRecord by the encoded model (a ``fedge.model`` record)."""
     content = message.content
-    new = RecordDict({k: v for k, v in content.items() if k not in content.array_records})
+    new = RecordDict({k: v for k, v in content.items() if not isinstance(v, ArrayRecord)})
     new[records.MODEL_RECORD] = ConfigRecord({records.PAYLOAD: payload})
     message.content = new
 
