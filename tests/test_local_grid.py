@@ -102,6 +102,6 @@ def test_in_process_rounds_find_the_thread_pools_once_and_train_as_workers(monke
             for server_round in (1, 2, 3):
                 messages = strategy.configure_train(server_round, initial, ConfigRecord(), grid)
                 replies = grid.send_and_receive(messages)
-        finals.append([r.content["fedge.update"]["payload"] for r in replies])
+        finals.append({r.metadata.src_node_id: r.content["fedge.update"]["payload"] for r in replies})
     assert len(made) == 1  # three in-process deliveries: the pools were found once (workers cap their own)
     assert finals[0] == finals[1]  # the same update bytes, in-process or in worker processes
