@@ -147,9 +147,9 @@ def run_flower(settings: BenchSettings, cpus_per_client: float, total_cpus: int)
     timeline.finish()
     if not results or results[0].arrays is None or len(timeline.round_ends) != settings.rounds + 1:
         raise RuntimeError("Flower's simulation ended without finishing every round (see its log above)")
-    failed = strategy.failed_rounds(settings.sampled)
+    failed = strategy.tally.failed_rounds(settings.sampled)
     if failed:
         raise RuntimeError(f"Flower simulation: rounds with failed clients (round: replies) {failed}")
     last = results[0].train_metrics_clientapp.get(settings.rounds)
     threads = float(last["torch_threads"]) if last is not None else None
-    return RunOutcome(timeline, results[0].arrays, dict(strategy.aggregate_s), threads)
+    return RunOutcome(timeline, results[0].arrays, dict(strategy.tally.aggregate_s), threads)

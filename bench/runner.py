@@ -125,9 +125,13 @@ def _notes(runs: dict[str, dict], best_fedge: str, best_flower: str, machine: di
         "start_up_s = launch until the initial evaluation + round 1's excess over a steady round; "
         "teardown_s = last evaluation until the runtime returned (workers joined / Ray shut down).",
         f"Steady state per client-round: fedge {fedge['ms_per_client_round_steady']:.1f} ms, Flower "
-        f"{flower['ms_per_client_round_steady']:.1f} ms. Both include the same local training and the same "
-        f"Flower FedAvg.aggregate_train over ArrayRecords (fedge {fedge['fedavg_aggregate_s_steady']:.2f} s, "
-        f"Flower {flower['fedavg_aggregate_s_steady']:.2f} s per round) and the same central evaluation.",
+        f"{flower['ms_per_client_round_steady']:.1f} ms. Both include the same local training, the same "
+        f"FedAvg weighted mean (bit for bit) and the same central evaluation. Aggregation per round: fedge "
+        f"{fedge['fedavg_aggregate_s_steady']:.2f} s (CompressedStrategy.aggregate_train: decoding and validating "
+        f"every reply, then FedAvg's mean folded reply by reply), Flower {flower['fedavg_aggregate_s_steady']:.2f} s "
+        "(FedAvg.aggregate_train over ArrayRecords).",
+        "fedge's side runs with Flower's logger at ERROR, as fedge-sim does by default (verbose=false); Flower's "
+        "simulation prints its strategy's INFO lines per round, as it does by default.",
     ]
     loads = [machine["load_average_1m"], after_load] + [
         run[key] for run in runs.values() for key in ("load_average_1m_before", "load_average_1m_after")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.shared_broadcast import SharedBroadcast
 from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
 from fedge.client.trainer import Trainer, make_trainer
@@ -123,16 +124,22 @@ class EdgeClient:
         """The learned LSQ steps once QAT has started (the runtime's object), else None."""
         return self.trainer.qat
 
-    def handle(self, task: task_pb2.Task) -> task_pb2.Update:
-        """Run one task and answer it; failures are reported in ``Update.error``."""
+    def handle(self, task: task_pb2.Task, broadcast: SharedBroadcast | None = None) -> task_pb2.Update:
+        """Run one task and answer it; failures are reported in ``Update.error``.
+
+        ``broadcast``: the task's model, when the task comes without it (field 5 unset)
+        because a simulation shares one decoded broadcast among the clients of a process
+        (:class:`~fedge.client.shared_broadcast.SharedBroadcast`); it is checked against
+        this device's model exactly as ``task.model`` would be.
+        """
         try:
             if SECAGG_KEY in task.config and task.kind != TRAIN:  # a secure-aggregation stage
                 request = _secagg_request(task.config[SECAGG_KEY].bytes_value)
                 return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, secagg=self._secagg().answer(request))
             if task.kind == TRAIN:
-                return self._train(task)
+                return self._train(task, broadcast)
             if task.kind == EVALUATE:
-                return self._evaluate(task)
+                return self._evaluate(task, broadcast)
             raise ValueError(f"unknown task kind {task.kind!r} (expected 'train' or 'evaluate')")
         except Exception as exc:  # report, never crash the device loop
             log.warning("node %d: task %s failed: %s", self.node_id, task.task_id, exc)
@@ -160,25 +167,33 @@ class EdgeClient:
         self.uplink.reset(f"round {task.server_round}: model architecture changed ({old} -> {digest(spec)})")
         log.info("node %d: rebuilt the model for architecture %s", self.node_id, digest(spec))
 
-    def _load_global(self, task: task_pb2.Task, keep: bool = False) -> dict[str, np.ndarray]:
-        """The broadcast's weights, loaded into the model; ``keep``: hold them as the base
-        of the next downlink delta."""
+    def _load_global(
+        self, task: task_pb2.Task, keep: bool = False, broadcast: SharedBroadcast | None = None
+    ) -> dict[str, np.ndarray]:
+        """The broadcast's weights (``task.model``, or ``broadcast``'s), loaded into the
+        model; ``keep``: hold them as the base of the next downlink delta."""
         self._adopt_architecture(task)
-        model = task.model
+        model = task.model if broadcast is None else broadcast.model
+
+        def decoded(kind: int) -> dict[str, np.ndarray]:
+            if broadcast is not None:
+                return broadcast.decode(self._reference, kind)
+            return decode_update(model, self._reference, expected_kind=kind)
+
         if model.kind == tensor_pb2.UPDATE_KIND_DELTA:
             if self._held is None or self.held_round != model.base_round:
                 kept = "kept no model" if self._held is None else f"holds round {self.held_round}"
                 raise ValueError(f"broadcast is a delta from round {model.base_round}, this device {kept}")
-            delta = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_DELTA)
+            delta = decoded(tensor_pb2.UPDATE_KIND_DELTA)
             weights = {k: self._held[k] + delta[k] for k in self._held}
         else:
-            weights = decode_update(model, self._reference, expected_kind=tensor_pb2.UPDATE_KIND_WEIGHTS)
+            weights = decoded(tensor_pb2.UPDATE_KIND_WEIGHTS)
         self.trainer.load(weights)
         if task.kind == TRAIN:
             self._held, self.held_round = (weights if keep else None), task.server_round
         return weights
 
-    def _train(self, task: task_pb2.Task) -> task_pb2.Update:
+    def _train(self, task: task_pb2.Task, broadcast: SharedBroadcast | None = None) -> task_pb2.Update:
         start = time.perf_counter()
         config = config_values.from_wire(task.config)
         cfg = self._within_device_memory(self.defaults.updated_from(config))
@@ -187,7 +202,7 @@ class EdgeClient:
         if not isinstance(keep, bool):
             raise ValueError(f"{DOWNLINK_DELTA_KEY} must be a bool, got {keep!r}")
         resets_before = len(self.uplink.resets)
-        global_weights = self._load_global(task, keep)
+        global_weights = self._load_global(task, keep, broadcast)
         rng = np.random.default_rng([self.seed, self.node_id, task.server_round])
         round_seed = int(rng.integers(2**31))  # drawn on every runtime, so the batch order is the same
         frozen = frozen_names(global_weights, cfg.freeze, cfg.trainable)
@@ -245,8 +260,8 @@ class EdgeClient:
             return replace(cfg, memory_mb=own)
         return cfg
 
-    def _evaluate(self, task: task_pb2.Task) -> task_pb2.Update:
-        self._load_global(task)
+    def _evaluate(self, task: task_pb2.Task, broadcast: SharedBroadcast | None = None) -> task_pb2.Update:
+        self._load_global(task, broadcast=broadcast)
         loss, accuracy = self.trainer.evaluate(self.data)
         metrics = {"num-examples": float(len(self.data)), "loss": loss, "accuracy": accuracy}
         return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, metrics=metrics)

@@ -39,7 +39,7 @@ class TorchTrainer:
 
         The same values as :func:`~fedge.client.model_io.load_arrays` (``load_state_dict``
         copies too), without walking the module tree on every call: a simulation loads a
-        broadcast for every client-round."""
+        broadcast for every client-round. ``weights`` may be read-only (a shared broadcast)."""
         tensors = self._tensors()
         if weights.keys() != tensors.keys():
             load_arrays(self.model, weights)  # raises, naming the missing and unexpected keys
@@ -48,9 +48,8 @@ class TorchTrainer:
             if tuple(value.shape) != tuple(tensors[name].shape):
                 raise RuntimeError(f"size mismatch for {name}: copying a param with shape {tuple(value.shape)}, "
                                    f"the model has {tuple(tensors[name].shape)}")
-        with torch.no_grad():
-            for name, value in weights.items():
-                tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        for name, value in weights.items():  # into the tensor's memory (numpy's copy: ``value`` may be read-only)
+            np.copyto(tensors[name].detach().numpy(), value, casting="unsafe")  # cast as copy_ does
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         """The model's parameters and buffers by name (the tensors themselves), cached

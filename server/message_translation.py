@@ -14,6 +14,7 @@ from fedge.protos import config_values
 from fedge.protos import records
 from fedge.protos.codecs import encode_update
 from fedge.protos.v1 import task_pb2, tensor_pb2
+from fedge.strategies.record_access import array_records, config_record
 
 #: Config key in which Flower strategies announce the round.
 SERVER_ROUND_KEY = "server-round"
@@ -72,7 +73,7 @@ def task_header(message: Message) -> task_pb2.Task:
         node_id=message.metadata.dst_node_id,
         protocol_version=PROTOCOL_VERSION,
     )
-    config = content.config_records.get(records.CONFIG_RECORD)
+    config = config_record(content, records.CONFIG_RECORD)
     if config is not None:
         config_values.to_wire(dict(config), task.config)
     return task
@@ -83,13 +84,15 @@ def model_payload(message: Message) -> bytes:
     bytes as they are (one object shared by every message of a broadcast), or the one
     ArrayRecord of an unwrapped strategy encoded losslessly (fp32)."""
     content = message.content
-    if records.MODEL_RECORD in content.config_records:
-        payload = content.config_records[records.MODEL_RECORD][records.PAYLOAD]
+    model = config_record(content, records.MODEL_RECORD)
+    if model is not None:
+        payload = model[records.PAYLOAD]
         if not isinstance(payload, bytes):
             raise ValueError(f"{records.MODEL_RECORD} must hold bytes")
         return payload
-    if len(content.array_records) == 1:
-        arrays = next(iter(content.array_records.values()))
+    arrays_records = array_records(content)
+    if len(arrays_records) == 1:
+        arrays = arrays_records[0]
         return encode_update(
             {k: v.numpy() for k, v in arrays.items()}, "fp32", tensor_pb2.UPDATE_KIND_WEIGHTS
         ).SerializeToString()
@@ -116,7 +119,7 @@ def failure_reply(instruction: Message, reason: str) -> Message:
 def _round_of(message: Message) -> int:
     """The server round of a message: Flower strategies put it in the config record
     (``server-round``); some set ``group_id`` to it instead."""
-    config = message.content.config_records.get(records.CONFIG_RECORD)
+    config = config_record(message.content, records.CONFIG_RECORD)
     value = config.get(SERVER_ROUND_KEY) if config is not None else None
     if isinstance(value, int) and not isinstance(value, bool):
         return value

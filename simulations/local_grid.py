@@ -31,7 +31,7 @@ from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.fork_server import worker_context
-from fedge.simulations.worker import freeze_start_up_objects, run_split_tasks, warm_up_torch, worker_main, worker_threads
+from fedge.simulations.worker import WorkerThreads, freeze_start_up_objects, run_split_tasks, warm_up_torch, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class LocalGrid(FedgeGrid):
         self._worker_of = {n: i % max(self.num_workers, 1) for i, n in enumerate(self._node_ids)}
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = []
         self._board = BroadcastBoard()
+        self._in_process_threads = WorkerThreads(threads_per_worker, recipe.needs_torch())  # num_workers=0
         if self.num_workers:
             ctx = worker_context()  # not fork: forking after torch threads start is unsafe
             for _ in range(self.num_workers):
@@ -79,7 +80,7 @@ class LocalGrid(FedgeGrid):
         if not self._workers:
             payloads, slot_of = distinct_payloads(tasks)
             models = [tensor_pb2.CompressedUpdate.FromString(p) for p in payloads]  # parsed once each
-            with worker_threads(self.threads_per_worker, self.recipe.needs_torch()):  # a worker's float sums
+            with self._in_process_threads():  # a worker's float sums
                 return list(run_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
         segment, slots, slot_of = self._board.post(tasks)
         jobs: list[list[int]] = [[] for _ in self._workers]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from multiprocessing.connection import Connection
 
 from fedge.protos.v1 import task_pb2, tensor_pb2
-from fedge.simulations.broadcast import BroadcastReader, Job, JobTask, assemble
+from fedge.client.shared_broadcast import SharedBroadcast
+from fedge.simulations.broadcast import BroadcastReader, Job, JobTask
 from fedge.simulations.clients import ClientRecipe
 
 
@@ -27,9 +29,12 @@ def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[
 
 def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
     """Run each ``(node_id, Task header, model slot)`` on its client, the model being
-    ``models[slot]``; return Update bytes."""
+    ``models[slot]``; return Update bytes. Each model is decoded once for all the clients
+    it goes to (:class:`~fedge.client.shared_broadcast.SharedBroadcast`), each client
+    checking it against its own model as it would a Task's."""
+    shared = [SharedBroadcast(model) for model in models]
     return [
-        recipe.client(node_id).handle(assemble(header, models[slot])).SerializeToString()
+        recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]).SerializeToString()
         for node_id, header, slot in tasks
     ]
 
@@ -70,26 +75,41 @@ def limit_thread_pools(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-@contextmanager
-def worker_threads(threads: int, with_torch: bool) -> Iterator[None]:
+class WorkerThreads:
     """Train in the calling process (``num_workers=0``) with a worker's thread counts: torch's
     intra-op threads (when ``with_torch``) and the BLAS/OpenMP pools at ``threads``, restored
-    after. A float sum's order depends on the thread count, so this is what makes an
-    in-process run's weights equal, bit for bit, to those of worker processes or Ray actors."""
-    from threadpoolctl import threadpool_limits
+    after each use. A float sum's order depends on the thread count, so this is what makes an
+    in-process run's weights equal, bit for bit, to those of worker processes or Ray actors.
 
-    before = None
-    if with_torch:
-        import torch
+    The pools are found once, on first use (threadpoolctl's ``ThreadpoolController``):
+    finding them walks every loaded shared library (~270 with torch), ~4-10 ms on this
+    machine, which each round paid again when every use built a new ``threadpool_limits``.
+    Libraries a process loads after its first delivery are not capped; a simulation has
+    loaded its task, model and strategy by then.
+    """
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        if before is not None:
-            torch.set_num_threads(before)
+    def __init__(self, threads: int, with_torch: bool) -> None:
+        self.threads, self.with_torch = threads, with_torch
+        self._controller: Any = None  # threadpoolctl.ThreadpoolController, made on first use
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        from threadpoolctl import ThreadpoolController
+
+        if self._controller is None:
+            self._controller = ThreadpoolController()
+        before = None
+        if self.with_torch:
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+        try:
+            with self._controller.limit(limits=self.threads):
+                yield
+        finally:
+            if before is not None:
+                torch.set_num_threads(before)
 
 
 def worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:

@@ -19,6 +19,7 @@ from flwr.app import Message, RecordDict
 from fedge.protos import records
 from fedge.protos.codecs import CodecError, decode_update, parse_update
 from fedge.protos.v1 import tensor_pb2
+from fedge.strategies.record_access import config_record, metric_records
 from fedge.strategies.reply_validation import Candidate, ReplyValidator, update_norm
 
 
@@ -40,18 +41,20 @@ def decode_train_reply(
     node = reply.metadata.src_node_id
     content = reply.content
     payload = reply_payload(content)
-    if len(content.metric_records) != 1:
-        raise CodecError(f"expected one MetricRecord, got {len(content.metric_records)}")
-    metrics, notes = validator.check_metrics(next(iter(content.metric_records.values())))
+    metrics_records = metric_records(content)
+    if len(metrics_records) != 1:
+        raise CodecError(f"expected one MetricRecord, got {len(metrics_records)}")
+    metrics, notes = validator.check_metrics(metrics_records[0])
     delta = decode_delta(payload, reference, expected_base_round, frozen, max_update_bytes)
     return Candidate(node, metrics, update_norm(delta), notes), delta
 
 
 def reply_payload(content: RecordDict) -> bytes:
     """The serialised ``Update`` of a training reply's ``fedge.update`` record (``CodecError`` if none)."""
-    if records.UPDATE_RECORD not in content.config_records:
+    update = config_record(content, records.UPDATE_RECORD)
+    if update is None:
         raise CodecError("reply carries no fedge.update record")
-    payload = content.config_records[records.UPDATE_RECORD].get(records.PAYLOAD)
+    payload = update.get(records.PAYLOAD)
     if not isinstance(payload, bytes):
         raise CodecError("fedge.update record holds no payload bytes")
     return payload

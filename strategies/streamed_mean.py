@@ -30,6 +30,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedge.strategies.record_access import metric_records
+
 
 def streams_weighted_mean(strategy: Strategy) -> bool:
     """Whether ``strategy`` aggregates arrays exactly as ``FedAvg.aggregate_train`` (not overridden)."""
@@ -39,7 +41,7 @@ def streams_weighted_mean(strategy: Strategy) -> bool:
 def reply_weights(replies: Iterable[Message], weighted_by_key: str) -> list[float]:
     """The weight FedAvg reads from each reply without an error: its one MetricRecord's ``weighted_by_key``."""
     return [
-        cast(float, next(iter(reply.content.metric_records.values()))[weighted_by_key])
+        cast(float, metric_records(reply.content)[0][weighted_by_key])
         for reply in replies
         if not reply.has_error()
     ]

@@ -17,9 +17,9 @@ class CountingClient(EdgeClient):
 
     calls = 0
 
-    def handle(self, task):
+    def handle(self, task, broadcast=None):
         self.calls += 1
-        update = super().handle(task)
+        update = super().handle(task, broadcast)
         update.metrics["calls"] = float(self.calls)
         return update
 
@@ -86,3 +86,22 @@ def test_task_bytes_are_what_the_grid_counts():
         ids = grid.push_messages(messages)  # the message ids the tasks carry
         expected = sum(len(message_to_task(with_message_id(m, i)).SerializeToString()) for m, i in zip(messages, ids))
         assert grid.traffic.round(1).downlink_bytes == expected
+
+
+def test_in_process_rounds_find_the_thread_pools_once_and_train_as_workers(monkeypatch):
+    import threadpoolctl
+
+    made = []
+    original = threadpoolctl.ThreadpoolController
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", lambda: made.append(1) or original())
+    finals = []
+    initial = ArrayRecord(DigitsTask().build_model().state_dict())
+    for workers in (0, 2):
+        strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+        with LocalGrid(recipe(), num_workers=workers) as grid:
+            for server_round in (1, 2, 3):
+                messages = strategy.configure_train(server_round, initial, ConfigRecord(), grid)
+                replies = grid.send_and_receive(messages)
+        finals.append({r.metadata.src_node_id: r.content["fedge.update"]["payload"] for r in replies})
+    assert len(made) == 1  # three in-process deliveries: the pools were found once (workers cap their own)
+    assert finals[0] == finals[1]  # the same update bytes, in-process or in worker processes

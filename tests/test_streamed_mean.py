@@ -59,8 +59,18 @@ class DenseFedAvg(FedAvg):
 
 
 @pytest.mark.parametrize("uplink", ["fp32", "topk"])
-def test_streamed_rounds_equal_dense_rounds(setup, uplink):  # noqa: F811 - the fixture
+@pytest.mark.parametrize("kept_replies", ["all", "one", "none"])
+def test_streamed_rounds_equal_dense_rounds(setup, uplink, kept_replies, monkeypatch):  # noqa: F811 - the fixture
     task, data, _, initial = setup
+    # decoded deltas kept from validation to the fold (all of them, one a round, none: each decoded again)
+    model_bytes = sum(v.numpy().nbytes for v in initial.values())
+    budget = {"all": 1 << 30, "one": model_bytes, "none": 0}[kept_replies]
+    monkeypatch.setattr("fedge.strategies.compressed.KEEP_DECODED_BYTES", budget)
+    import fedge.strategies.compressed as compressed
+
+    decoded_again = []
+    original = compressed.decode_delta
+    monkeypatch.setattr(compressed, "decode_delta", lambda *a: decoded_again.append(1) or original(*a))
     plan = (
         UplinkPlan(CodecSpec("topk", {"ratio": 0.05, "values": "q8", "scope": "global"}), error_feedback=True)
         if uplink == "topk"
@@ -76,6 +86,8 @@ def test_streamed_rounds_equal_dense_rounds(setup, uplink):  # noqa: F811 - the 
             result = run_federation(strategy, grid, initial, CentralEvaluator(task, data.test), 3, ConfigRecord())
         outcomes.append(result)
     streamed, dense = outcomes
+    folded = sum(r.replies for r in streamed.rounds[1:])
+    assert len(decoded_again) == {"all": 0, "one": folded - 3, "none": folded}[kept_replies]
     if uplink == "fp32":  # a cut fp32 tensor is refused; a top-k payload cut at its end may still parse
         assert [r.dropped for r in streamed.rounds[1:]] == [r.dropped for r in dense.rounds[1:]] == [1, 1, 1]
     for name in dense.final_arrays.keys():

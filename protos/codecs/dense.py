@@ -36,9 +36,10 @@ class Fp32Codec(Codec):
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         _no_parts(msg)
-        expect_bytes(msg, num_elements(shape), dtype.itemsize)
+        data = msg.data  # each read of a bytes field copies it out of the message: read it once
+        expect_bytes(msg, num_elements(shape), dtype.itemsize, data)
         wire = dtype.newbyteorder("<")
-        return np.frombuffer(msg.data, dtype=wire).astype(dtype, copy=True).reshape(shape)
+        return np.frombuffer(data, dtype=wire).astype(dtype, copy=True).reshape(shape)
 
 
 @register("fp16")

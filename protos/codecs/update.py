@@ -12,7 +12,7 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from fedge.protos.codecs import dtypes
-from fedge.protos.codecs.base import CodecSpec, make_codec, require_finite
+from fedge.protos.codecs.base import Codec, CodecSpec, make_codec, require_finite
 from fedge.protos.codecs.errors import (
     CodecError,
     DTypeMismatchError,
@@ -45,8 +45,9 @@ def encode_update(
     encoder memory.
     """
     codec = make_codec(spec)
-    small = make_codec(fallback)
-    raw = make_codec(LOSSLESS_CODEC)
+    # a lossless codec keeps no state between tensors: one instance serves every role it has
+    small = codec if codec.lossless and fallback == spec else make_codec(fallback)
+    raw = codec if codec.lossless and spec == LOSSLESS_CODEC else make_codec(LOSSLESS_CODEC)
     out = pb.CompressedUpdate(kind=kind, base_round=base_round)
     arrays = {name: np.asarray(array) for name, array in arrays.items()}
     main = codec.allocate(
@@ -64,7 +65,7 @@ def encode_update(
         else:
             chosen = raw
         tensor_state = state.setdefault(name, {}) if state is not None else None
-        out.tensors.append(chosen.encode(array, name, tensor_state))
+        chosen.encode_to(out.tensors.add(), array, name, tensor_state)
     return out
 
 
@@ -105,11 +106,15 @@ def decode_update(
         extra = sorted(set(names) - set(reference))
         raise ShapeMismatchError(f"tensor names differ from the model: missing {missing}, unexpected {extra}")
     decoded: dict[str, np.ndarray] = {}
+    codecs: dict[str, Codec] = {}  # one decoder per codec name of this update (decoding keeps no state)
     for tensor in update.tensors:
         if reference is not None:
             _check_meta(tensor, reference[tensor.name])
         try:
-            array = make_codec(tensor.codec).decode(tensor)
+            codec = codecs.get(tensor.codec)
+            if codec is None:
+                codec = codecs[tensor.codec] = make_codec(tensor.codec)
+            array = codec.decode(tensor)
         except UnknownCodecError:
             raise UnknownCodecError(f"tensor {tensor.name!r}: unknown codec {tensor.codec!r}") from None
         except CodecError:
