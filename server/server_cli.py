@@ -37,7 +37,7 @@ def _job(cfg: DictConfig) -> float:
     except TimeoutError as exc:
         print(f"fedge-server: {exc}", file=sys.stderr)
         sys.exit(1)
-    return result.final.accuracy
+    return result.final_accuracy
 
 
 def _check(cfg: DictConfig) -> None:
