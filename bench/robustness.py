@@ -156,13 +156,14 @@ def cell_config(overrides: list[str], seed: int, cache: bool = True) -> Any:
     return cfg
 
 
-def run_cell(job: tuple[str, str, str, int, int], lean: bool = True) -> dict[str, Any]:
+def run_cell(job: tuple[str, str, str, int, int], lean: bool = True, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One run; returns its final accuracy and backdoor success (a worker process that ran
     :func:`start_worker`). ``lean``: the grid's protocol, which changes no result: the
     config composed once per worker for all seeds (:func:`cell_config`) and the central
     evaluation only at round 0 and the last round (``eval_every``, the scorecard reads
     only final accuracy and backdoor success); ``lean=False`` composes every cell and
-    evaluates every round (``--cost-sample`` measures both)."""
+    evaluates every round (``--cost-sample`` measures both). ``extra``: overrides after
+    BASE's (``--curve``'s learning rates)."""
     import gc
 
     from rich.console import Console
@@ -170,7 +171,7 @@ def run_cell(job: tuple[str, str, str, int, int], lean: bool = True) -> dict[str
     from fedge.simulations.experiment import run_experiment
 
     strategy, attack, compression, seed, rounds = job
-    overrides = cell_overrides(strategy, attack, compression, rounds)
+    overrides = [*cell_overrides(strategy, attack, compression, rounds), *extra]
     if lean:
         overrides.append(f"eval_every={rounds}")
     start, cpu = time.perf_counter(), time.process_time()
@@ -519,30 +520,35 @@ COST_SAMPLE: list[tuple[str, str, str, int]] = [
 ]
 
 
-def run_curves(rounds: int, seeds: int, jobs: int) -> dict[str, Any]:
+def run_curves(rounds: int, seeds: int, jobs: int, lrs: list[float]) -> dict[str, Any]:
     """``--curve``: clean FedAvg at every compression and seed over ``rounds`` rounds,
-    evaluated every round (the grid's base settings): where it plateaus decides the
-    grid's rounds."""
+    evaluated every round, with BASE's settings at each learning rate of ``lrs``: how far
+    the grid's rounds are from the plateau, and what the learning rate buys."""
     cells = [("FedAvg", "none", c, seed, rounds) for seed in range(seeds) for c in COMPRESSIONS]
     load_before = os.getloadavg()
+    runs = []
     with mp.get_context("spawn").Pool(jobs, initializer=start_worker) as pool:
-        runs = pool.map(functools.partial(run_cell, lean=False), cells)
-    return {"rounds": rounds, "base_overrides": BASE, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            "runs": [{k: r[k] for k in ("compression", "seed", "accuracy", "cpu_s", "curve")} for r in runs]}
+        for lr in lrs:
+            done = pool.map(functools.partial(run_cell, lean=False, extra=(f"client.lr={lr}",)), cells)
+            runs += [{"lr": lr, **{k: r[k] for k in ("compression", "seed", "accuracy", "cpu_s", "curve")}} for r in done]
+    return {"rounds": rounds, "base_overrides": BASE, "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "runs": runs}
 
 
 def curve_markdown(curves: dict[str, Any], at: tuple[int, ...] = (5, 10, 15, 20, 25, 30)) -> list[str]:
     """The ``--curve`` section of robustness.md: clean FedAvg's accuracy by round, mean and
     worst seed per compression."""
     at = tuple(r for r in at if r <= curves["rounds"])
-    lines = ["", f"## Rounds: clean FedAvg's accuracy by round (`--curve {curves['rounds']}`, the grid's base settings)", "",
-             "Mean (worst) over seeds, central test accuracy after the round.", "",
-             "| compression | " + " | ".join(f"round {r}" for r in at) + " |", "|---|" + "---|" * len(at)]
-    for compression in COMPRESSIONS:
-        runs = [r for r in curves["runs"] if r["compression"] == compression]
-        if runs:
-            cells = [f"{statistics.fmean(r['curve'][k] for r in runs):.3f} ({min(r['curve'][k] for r in runs):.3f})" for k in at]
-            lines.append(f"| {compression} | " + " | ".join(cells) + " |")
+    lrs = sorted({r["lr"] for r in curves["runs"]})
+    lines = ["", f"## Rounds: clean FedAvg's accuracy by round (`--curve {curves['rounds']} --curve-lrs "
+             f"{' '.join(map(str, lrs))}`; the grid's other settings)", "",
+             f"Mean (worst) over {len({r['seed'] for r in curves['runs']})} seeds, central test accuracy after the round.", "",
+             "| lr | compression | " + " | ".join(f"round {r}" for r in at) + " |", "|---|---|" + "---|" * len(at)]
+    for lr in lrs:
+        for compression in COMPRESSIONS:
+            runs = [r for r in curves["runs"] if r["compression"] == compression and r["lr"] == lr]
+            if runs:
+                cells = [f"{statistics.fmean(r['curve'][k] for r in runs):.3f} ({min(r['curve'][k] for r in runs):.3f})" for k in at]
+                lines.append(f"| {lr} | {compression} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -642,12 +648,15 @@ def main() -> None:
     parser.add_argument("--curve", type=int, default=0, metavar="ROUNDS",
                         help="only run clean FedAvg at every compression and seed over ROUNDS rounds, evaluated every round, "
                              "and write robustness_rounds.json (how far the grid's rounds are from the plateau)")
+    parser.add_argument("--curve-lrs", type=float, nargs="+", default=[0.05, 0.1], metavar="LR",
+                        help="--curve: the learning rates (client.lr) to run")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
     if args.curve:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "robustness_rounds.json").write_text(json.dumps(run_curves(args.curve, args.seeds, args.jobs), indent=2))
+        curves = run_curves(args.curve, args.seeds, args.jobs, args.curve_lrs)
+        (RESULTS / "robustness_rounds.json").write_text(json.dumps(curves, indent=2))
         return
     if args.cost_sample:
         write_cost(run_cost_sample(args.rounds, args.cost_sample))
