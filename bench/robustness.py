@@ -411,6 +411,8 @@ def resumed_runs(jobs: list[tuple[str, str, str, int, int]], rounds: int) -> tup
     found = re.search(r"(\d+) rounds", payload.get("grid", ""))
     if payload.get("rounds", int(found.group(1)) if found else None) != rounds:
         return [], {}
+    if payload.get("base_overrides") != BASE:  # other (or unrecorded) base settings, e.g. an older grid's lr: nothing kept
+        return [], {}
     planned = {job[:4] for job in jobs}
     runs = [r for r in payload["runs"] if (r["strategy"], r["attack"], r["compression"], r["seed"]) in planned]
     if not runs:

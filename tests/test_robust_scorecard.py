@@ -115,3 +115,20 @@ def test_the_heat_map_has_one_panel_per_compression(tmp_path) -> None:
     runs += [_run("Krum", "signflip", 0, 0.5, c) for c in ("none", "q8", "topk")] + [_run("Screened FedAvg", "ipm", 0, 0.9)]
     heatmap(summarise(runs), tmp_path / "h.png")
     assert matplotlib.image.imread(tmp_path / "h.png").shape[1] > 600
+
+
+def test_resume_keeps_only_cells_of_the_same_rounds_and_base_settings(tmp_path, monkeypatch) -> None:
+    import json
+
+    import bench.robustness as robustness
+
+    monkeypatch.setattr(robustness, "RESULTS", tmp_path)
+    jobs = [("FedAvg", "none", "topk", 0, 20), ("Krum", "ipm", "topk", 0, 20)]
+    payload = {"rounds": 20, "base_overrides": robustness.BASE, "cpu_s_total": 10.0, "wall_s": 20.0, "jobs": 2,
+               "runs": [_run("FedAvg", "none", 0, 0.9), _run("FedAvg", "none", 1, 0.9)]}
+    (tmp_path / "robustness.json").write_text(json.dumps(payload))
+    runs, earlier = robustness.resumed_runs(jobs, 20)
+    assert [r["seed"] for r in runs] == [0] and earlier["cpu_s"] == 5.0 and earlier["cells"] == 1
+    assert robustness.resumed_runs(jobs, 30) == ([], {})
+    (tmp_path / "robustness.json").write_text(json.dumps({**payload, "base_overrides": [*robustness.BASE[:-1], "client.lr=0.05"]}))
+    assert robustness.resumed_runs(jobs, 20) == ([], {})
