@@ -576,7 +576,7 @@ def cost_projection(sample: list[dict[str, Any]], compose_cpu_s: float, cells: l
         counts[job[0]] = counts.get(job[0], 0) + 1
     cpu = {s: (means.get(s, typical) + compose_cpu_s / 3) * n for s, n in counts.items()}
     total = sum(cpu.values())
-    plain, lean = [r["plain_cpu_s"] for r in sample], [r["cpu_s"] for r in sample]
+    plain, lean = [r["plain_cpu_s"] for r in sample if "plain_cpu_s" in r], [r["cpu_s"] for r in sample]
     return {
         "rounds": cells[0][4] if cells else None, "cells": len(cells), "sampled_cells": len(sample),
         "cells_by_strategy": counts,
@@ -588,6 +588,30 @@ def cost_projection(sample: list[dict[str, Any]], compose_cpu_s: float, cells: l
         "cpu_s_by_strategy": {s: round(v) for s, v in cpu.items()},
         "projected_cpu_s": round(total), "projected_idle_2core_wall_min": round(total / 2 / 60, 1),
     }
+
+
+def grid_sample(payload: dict[str, Any]) -> dict[str, Any]:
+    """``--project``: the cells a (stopped) grid run has finished, as a cost sample: their
+    CPU seconds (each cell's own, compose included) and the default grid's projection."""
+    runs = payload["runs"]
+    return {"cells_measured": len(runs), "cells_cpu_s": round(sum(r["cpu_s"] for r in runs), 1),
+            "wall_s": round(payload["wall_s"]), "jobs": payload["jobs"], "loadavg_before": payload["loadavg_before"],
+            "loadavg_1min_mean": payload.get("loadavg_1min_mean"), "rounds": payload["rounds"],
+            "projection": cost_projection(runs, 0.0, default_plan(payload["rounds"]))}
+
+
+def grid_sample_markdown(sample: dict[str, Any]) -> list[str]:
+    """``--project``'s section of robustness.md."""
+    p = sample["projection"]
+    per = ", ".join(f"{s} {v:.1f}" for s, v in sorted(p["cpu_s_per_cell"].items(), key=lambda kv: -kv[1]))
+    return [
+        "", f"### Cells of a stopped run of the default grid (`--project`): {sample['cells_measured']} of {p['cells']}", "",
+        f"{sample['cells_measured']} cells finished by {sample['jobs']} workers in {sample['wall_s']} s wall on the shared host "
+        f"(mean 1-minute load {sample['loadavg_1min_mean']:.1f}: CPU seconds inflate under such contention, so this is an "
+        f"upper bound); {sample['cells_cpu_s']:.0f} CPU-s in all. Mean CPU-s per cell by rule: {per}. Projected default grid "
+        f"at these per-cell costs: **{p['projected_cpu_s'] / 60:.0f} CPU-minutes, ~{p['projected_idle_2core_wall_min']:.0f} min "
+        "on two cores**.",
+    ]
 
 
 def projection_markdown(cost: dict[str, Any]) -> list[str]:
@@ -609,6 +633,7 @@ def projection_markdown(cost: dict[str, Any]) -> list[str]:
         + ", ".join(f"{s} {n}" for s, n in p["cells_by_strategy"].items())
         + f"): **{p['projected_cpu_s'] / 60:.0f} CPU-minutes, ~{p['projected_idle_2core_wall_min']:.0f} min on two idle cores** "
         "(CPU seconds / 2: two workers, one torch thread each, nothing shared).",
+        *(grid_sample_markdown(cost["grid_sample"]) if "grid_sample" in cost else []),
     ]
 
 
@@ -652,6 +677,9 @@ def main() -> None:
                              "and write robustness_rounds.json (how far the grid's rounds are from the plateau)")
     parser.add_argument("--curve-lrs", type=float, nargs="+", default=[0.05, 0.1], metavar="LR",
                         help="--curve: the learning rates (client.lr) to run")
+    parser.add_argument("--project", action="store_true",
+                        help="add the finished cells of robustness.json (a stopped grid) to robustness_cost.json as a cost "
+                             "sample, with the default grid's projection")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
@@ -659,6 +687,10 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         curves = run_curves(args.curve, args.seeds, args.jobs, args.curve_lrs)
         (RESULTS / "robustness_rounds.json").write_text(json.dumps(curves, indent=2))
+        return
+    if args.project:
+        cost = json.loads((RESULTS / "robustness_cost.json").read_text())
+        write_cost({**cost, "grid_sample": grid_sample(json.loads((RESULTS / "robustness.json").read_text()))})
         return
     if args.cost_sample:
         write_cost(run_cost_sample(args.rounds, args.cost_sample))

@@ -132,3 +132,15 @@ def test_resume_keeps_only_cells_of_the_same_rounds_and_base_settings(tmp_path, 
     assert robustness.resumed_runs(jobs, 30) == ([], {})
     (tmp_path / "robustness.json").write_text(json.dumps({**payload, "base_overrides": [*robustness.BASE[:-1], "client.lr=0.05"]}))
     assert robustness.resumed_runs(jobs, 20) == ([], {})
+
+
+def test_a_stopped_grid_projects_the_default_grid_from_its_finished_cells() -> None:
+    from bench.robustness import default_plan, grid_sample, grid_sample_markdown
+
+    runs = [{**_run("FedAvg", "none", s, 0.9), "cpu_s": 4.0} for s in range(3)] + [{**_run("Bulyan", "none", 0, 0.2), "cpu_s": 6.0}]
+    payload = {"runs": runs, "wall_s": 100.0, "jobs": 2, "loadavg_before": (9.0, 0, 0), "loadavg_1min_mean": 9.5, "rounds": 20}
+    sample = grid_sample(payload)
+    cells = default_plan(20)
+    assert sample["projection"]["cells"] == len(cells) and sample["cells_cpu_s"] == 18.0
+    assert abs(sample["projection"]["projected_cpu_s"] - 5.0 * len(cells)) <= len(cells) / 2  # unsampled rules: the mean of the sampled
+    assert "4 cells finished" in "\n".join(grid_sample_markdown(sample))
