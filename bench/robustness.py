@@ -713,8 +713,11 @@ def main() -> None:
         for run in pool.imap_unordered(run_cell, todo):  # dispatched in plan order: a stopped run has the first cells
             runs.append(run)
             args.load_samples.append(os.getloadavg()[0])
-            progress.update(task, advance=1, last=f"{run['strategy']} / {run['attack']} / {run['compression']} / seed {run['seed']}: "
-                                                  f"{run['accuracy']:.3f}, {run['cpu_s']:.1f} CPU-s")
+            last = (f"{run['strategy']} / {run['attack']} / {run['compression']} / seed {run['seed']}: "
+                    f"{run['accuracy']:.3f}, {run['cpu_s']:.1f} CPU-s")
+            progress.update(task, advance=1, last=last)
+            if not progress.console.is_terminal:  # a log file: one line per cell instead of the bar
+                print(f"[{len(runs)}/{len(jobs)}] {last} ({run['seconds']:.0f} s wall)", flush=True)
             write(payload_of(runs, jobs, args, started, load_before))
     pool.close()
     pool.join()  # the workers have exited: their CPU time is in RUSAGE_CHILDREN
