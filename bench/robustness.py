@@ -211,6 +211,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         success = [r["backdoor_success"] for r in group if r["backdoor_success"] is not None]
         rows.append({
             "strategy": strategy, "attack": attack, "compression": compression, "seeds": len(group),
+            "gap_seeds": len(gaps),  # seeds whose clean FedAvg has run too (fewer than seeds in a stopped run)
             "accuracy_mean": statistics.fmean(accuracies), "accuracy_min": min(accuracies),
             "gap_pp_mean": statistics.fmean(gaps) if gaps else None, "gap_pp_max": max(gaps) if gaps else None,
             "backdoor_success_mean": statistics.fmean(success) if success else None,
@@ -231,10 +232,11 @@ def verdicts(rows: list[dict[str, Any]], compression: str = "topk") -> dict[str,
         if candidates:
             best = min(candidates, key=lambda r: r["gap_pp_max"])
             per_attack[attack] = {"best": best["strategy"], "gap_pp_max": best["gap_pp_max"], "gap_pp_mean": best["gap_pp_mean"],
-                                  "seeds": best["seeds"], "holds": best["gap_pp_max"] <= MARGIN_PP}
+                                  "seeds": best.get("gap_seeds", best["seeds"]), "holds": best["gap_pp_max"] <= MARGIN_PP}
     absent = next((r for r in at if r["attack"] == ABSENT), None)
-    honest_only = None if absent is None else {"gap_pp_max": absent["gap_pp_max"], "gap_pp_mean": absent["gap_pp_mean"], "seeds": absent["seeds"]}
-    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "gap_pp_mean": r["gap_pp_mean"], "seeds": r["seeds"],
+    honest_only = None if absent is None else {"gap_pp_max": absent["gap_pp_max"], "gap_pp_mean": absent["gap_pp_mean"],
+                                                 "seeds": absent.get("gap_seeds", absent["seeds"])}
+    clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "gap_pp_mean": r["gap_pp_mean"], "seeds": r.get("gap_seeds", r["seeds"]),
                                    "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
     return {"compression": compression, "margin_pp": MARGIN_PP, "attacks": per_attack, "no_attack": clean_rules, "honest_only": honest_only}
 

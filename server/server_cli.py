@@ -43,6 +43,8 @@ def _job(cfg: DictConfig) -> float:
 def _check(cfg: DictConfig) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_strategy(cfg)
+    if cfg.get("eval_every", 1) != 1:  # its checkpoints carry every round's evaluated record
+        raise ConfigError("eval_every: fedge-sim only; fedge-server evaluates every round")
     strategy = build_strategy(cfg)
     if check_async_settings(cfg) is not None:  # FedBuff needs a linear inner strategy; say why not before anything runs
         try:

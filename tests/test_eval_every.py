@@ -46,3 +46,10 @@ def test_skipping_evaluations_changes_no_weight_and_records_null(make_cfg, tmp_p
 def test_bad_eval_every_is_refused_before_anything_runs(make_cfg, overrides, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
         check_experiment(make_cfg(overrides))
+
+
+def test_fedge_server_refuses_eval_every_in_fedges_error_style(tmp_path) -> None:
+    from test_cli_errors import FEDGE_SERVER, assert_refused, run
+
+    proc = run(tmp_path, FEDGE_SERVER, "--insecure", "eval_every=5")
+    assert_refused(proc, tmp_path, "fedge-server: configuration error: ", "eval_every: fedge-sim only")
