@@ -14,19 +14,25 @@ q8, topk.
 Per cell: final central accuracy (mean and min over seeds), its gap to clean FedAvg at
 the same compression (percentage points, mean over seeds, paired by seed), and for the
 backdoor the final success rate. Writes ``bench/results/robustness.{json,md}`` and
-``robustness.png`` (heat-map of the gap). The markdown names, for must-show 1 and 2 of
-issue 12, the rows that hold and the rows that fail.
+``robustness.png`` (heat-map of the gap, one panel per compression). The markdown names,
+for must-shows 1 and 2 of issue 12, the rows that hold and the rows that fail.
 
-``--jobs`` runs cells in parallel worker processes (one torch thread each; default 2 =
-the 2-core budget), each running many cells in-process (start-up paid once per worker,
-start-up objects frozen out of the garbage collector: :func:`start_worker`). The json
-records the whole process tree's CPU seconds (user + system) next to the wall time and
-the load; CPU seconds / 2 is the grid's time on two otherwise idle cores. ``--quick``
-runs a reduced grid (topk only, 1 seed) for a smoke check; ``--preset must-shows`` only
-the top-k cells of issue 12's must-shows 1, 2 and 4; ``--replot`` rewrites the markdown
-and the heat-map from ``robustness.json`` (the json is rewritten after every finished
-cell). Every grid also runs the honest-only reference (``absent``: the attackers'
-replies dropped) per compression and seed.
+The default grid (``python -m bench.robustness``, no flags): issue 12's seven rules x 7
+attacks x 3 compressions x 3 seeds, the rules beyond those seven at top-k only
+(``--extras-at``), and the honest-only reference (``absent``: the attackers' replies
+dropped) per compression and seed; 20 rounds at lr 0.1 (``BASE``; ``--curve`` measures
+why). Top-k cells run first. ``--jobs`` worker processes (one torch thread each; default
+2 = the 2-core budget) each run many cells in-process (start-up paid once per worker,
+start-up objects frozen out of the garbage collector: :func:`start_worker`; a config
+composed once per worker for a cell's seeds; central evaluation at round 0 and the last
+round only: :func:`run_cell`). The json records the whole process tree's CPU seconds
+(user + system) next to the wall time, the worker count and the load; CPU seconds / 2
+is the grid's time on two otherwise idle cores. ``--resume`` keeps the finished cells of
+the same rounds and base settings; ``--quick`` runs a reduced grid (topk only, 1 seed);
+``--preset must-shows`` only the top-k cells of issue 12's must-shows 1, 2 and 4;
+``--replot`` rewrites the markdown and the heat-map from ``robustness.json`` (rewritten
+after every finished cell); ``--cost-sample`` measures CPU per cell (lean vs plain
+protocol) and projects the grid; ``--project`` does so from a stopped grid's cells.
 """
 
 from __future__ import annotations
