@@ -551,7 +551,9 @@ def curve_markdown(curves: dict[str, Any], at: tuple[int, ...] = (5, 10, 15, 20,
     lrs = sorted({r["lr"] for r in curves["runs"]})
     lines = ["", f"## Rounds: clean FedAvg's accuracy by round (`--curve {curves['rounds']} --curve-lrs "
              f"{' '.join(map(str, lrs))}`; the grid's other settings)", "",
-             f"Mean (worst) over {len({r['seed'] for r in curves['runs']})} seeds, central test accuracy after the round.", "",
+             f"Mean (worst) over {len({r['seed'] for r in curves['runs']})} seeds, central test accuracy after the round. "
+             f"The default grid runs 20 rounds with `{' '.join(o for o in BASE if o.startswith('client.'))}`; the table above "
+             "is the run its Grid line names.", "",
              "| lr | compression | " + " | ".join(f"round {r}" for r in at) + " |", "|---|---|" + "---|" * len(at)]
     for lr in lrs:
         for compression in COMPRESSIONS:
@@ -641,6 +643,10 @@ def projection_markdown(cost: dict[str, Any]) -> list[str]:
         + ", ".join(f"{s} {n}" for s, n in p["cells_by_strategy"].items())
         + f"): **{p['projected_cpu_s'] / 60:.0f} CPU-minutes, ~{p['projected_idle_2core_wall_min']:.0f} min on two idle cores** "
         "(CPU seconds / 2: two workers, one torch thread each, nothing shared).",
+        *[f"An earlier sample ({e['projection']['sampled_cells']} cells, load {e['loadavg_before'][0]:.1f} before, "
+          f"{e['loadavg_after'][0]:.1f} after): plain {e['projection']['plain_cpu_s_per_cell_mean']}, lean "
+          f"{e['projection']['lean_cpu_s_per_cell_mean']} CPU-s per cell; projected {e['projection']['projected_cpu_s'] / 60:.0f} "
+          "CPU-minutes (CPU seconds inflate on a loaded host)." for e in cost.get("earlier_samples", [])],
         *(grid_sample_markdown(cost["grid_sample"]) if "grid_sample" in cost else []),
     ]
 
