@@ -610,10 +610,15 @@ def grid_sample(payload: dict[str, Any]) -> dict[str, Any]:
             "projection": cost_projection(runs, 0.0, default_plan(payload["rounds"]))}
 
 
+def per_rule(projection: dict[str, Any]) -> str:
+    """``Rule 7.4, Rule 6.1, ...``: a projection's CPU-s per cell by rule, dearest first."""
+    return ", ".join(f"{s} {v:.1f}" for s, v in sorted(projection["cpu_s_per_cell"].items(), key=lambda kv: -kv[1]))
+
+
 def grid_sample_markdown(sample: dict[str, Any]) -> list[str]:
     """``--project``'s section of robustness.md."""
     p = sample["projection"]
-    per = ", ".join(f"{s} {v:.1f}" for s, v in sorted(p["cpu_s_per_cell"].items(), key=lambda kv: -kv[1]))
+    per = per_rule(p)
     return [
         "", f"### Cells of a stopped run of the default grid (`--project`): {sample['cells_measured']} of {p['cells']}", "",
         f"{sample['cells_measured']} cells finished by {sample['jobs']} workers in {sample['wall_s']} s wall on the shared host "
@@ -627,7 +632,7 @@ def grid_sample_markdown(sample: dict[str, Any]) -> list[str]:
 def projection_markdown(cost: dict[str, Any]) -> list[str]:
     """The cost projection's section of robustness.md."""
     p = cost["projection"]
-    per = ", ".join(f"{s} {v:.1f}" for s, v in sorted(p["cpu_s_per_cell"].items(), key=lambda kv: -kv[1]))
+    per = per_rule(p)
     return [
         "", f"## Must-show 5: cost per cell and the default grid's projection (from {p['sampled_cells']} measured cells)", "",
         f"Sample (`python -m bench.robustness --cost-sample`): {p['sampled_cells']} {p['rounds']}-round cells in one warm worker "
