@@ -404,6 +404,10 @@ class FedgeConfig:
     seed: int = 0
     progress: bool = True  # rich progress bar and summary table
     verbose: bool = False  # Flower's own INFO logs
+    # fedge-sim sync rounds: central evaluation after every N-th round (round 0 and the last
+    # round always); the rounds between record accuracy/loss null. 1 = every round. Raise it
+    # when only the end matters and the test set is large (benchmark grids): it changes no weights.
+    eval_every: int = 1
 
 
 def register_configs() -> None:

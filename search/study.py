@@ -176,7 +176,7 @@ class Search:
         model = measure_trial(run_dir, training, self.settings.latency_samples)
         m = model.measured
         needs = self.budget.needs(m)
-        record.accuracy = float(outcome.result.final.accuracy)
+        record.accuracy = outcome.result.final_accuracy
         record.int8_accuracy, record.ort_int8_latency_ms = model.int8_accuracy, model.ort_int8_latency_ms
         record.int8_kb, record.train_ram_kb, record.latency_ms = needs["flash_kb"], needs["train_ram_kb"], needs["latency_ms"]
         record.params, record.macs = model.params, m.macs

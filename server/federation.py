@@ -30,8 +30,8 @@ class RoundRecord:
     """Metrics of one round; round 0 is the initial model (no traffic)."""
 
     round: int
-    accuracy: float  # central test accuracy of the global model after the round, [0, 1]
-    loss: float  # central test loss
+    accuracy: float | None  # central test accuracy of the global model after the round, [0, 1]; None: not evaluated (eval_every)
+    loss: float | None  # central test loss; None: not evaluated
     uplink_bytes: int  # serialised Update protos received this round
     downlink_bytes: int  # serialised Task protos sent this round
     wall_s: float  # seconds since the previous round ended
@@ -61,6 +61,14 @@ class FederationResult:
     def final(self) -> RoundRecord:
         return self.rounds[-1]
 
+    @property
+    def final_accuracy(self) -> float:
+        """Central test accuracy after the last round (always evaluated, whatever ``eval_every``)."""
+        accuracy = self.final.accuracy
+        if accuracy is None:
+            raise ValueError(f"round {self.final.round} was not evaluated")
+        return accuracy
+
     def to_dict(self) -> dict:
         return {"rounds": [asdict(r) for r in self.rounds]}
 
@@ -76,8 +84,11 @@ def run_federation(
     timeout_s: float = 3600.0,
     dropped_log: CompressionLog | None = None,
     privacy: PrivacyLedger | None = None,
+    eval_every: int = 1,
 ) -> FederationResult:
-    """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate every round.
+    """Run ``num_rounds`` rounds of ``strategy`` over ``grid``; evaluate centrally every
+    ``eval_every`` rounds (see :func:`evaluated`), the other rounds' records have
+    ``accuracy`` and ``loss`` ``None``.
 
     ``dropped_log`` (a CompressedStrategy's ``log``; by default ``strategy.log`` when
     ``strategy`` is one) gives each record its ``dropped`` count, replies the decoder
@@ -86,13 +97,18 @@ def run_federation(
     """
     if num_rounds < 1:
         raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     if dropped_log is None and isinstance(strategy, CompressedStrategy):
         dropped_log = strategy.log
     rounds: list[RoundRecord] = []
     clock = [time.perf_counter()]
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, accuracy = evaluator(arrays)
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        loss: float | None = None
+        accuracy: float | None = None
+        if evaluated(server_round, num_rounds, eval_every):
+            loss, accuracy = evaluator(arrays)
         now = time.perf_counter()
         traffic = grid.traffic.round(server_round)
         dropped = len(dropped_log.dropped_in(server_round)) if dropped_log is not None else 0
@@ -120,6 +136,8 @@ def run_federation(
         rounds.append(record)
         if on_round is not None:
             on_round(record)
+        if accuracy is None or loss is None:
+            return None  # not evaluated this round: Flower records nothing
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     result = strategy.start(
@@ -135,6 +153,12 @@ def run_federation(
     final_arrays = result.arrays if result.arrays is not None and len(result.arrays) else initial_arrays
     final_arrays = as_model_dtypes(final_arrays, model_dtypes(initial_arrays))  # FedOpt keeps float64
     return FederationResult(rounds=rounds, final_arrays=final_arrays, flower_result=result)
+
+
+def evaluated(server_round: int, num_rounds: int, eval_every: int) -> bool:
+    """Whether round ``server_round`` (0 = the initial model) is evaluated centrally:
+    round 0, every ``eval_every``-th round and the last round ``num_rounds``."""
+    return server_round == 0 or server_round == num_rounds or server_round % eval_every == 0
 
 
 def model_dtypes(arrays: ArrayRecord) -> dict[str, np.dtype]:

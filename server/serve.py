@@ -146,13 +146,13 @@ def serve(cfg: DictConfig, out_dir: Path | None = None) -> FederationResult:
             sections["shape"] = shaping.report
         sections.update(robust_section(strategy))  # clipped / excluded devices per round, and why
         write_results(out_dir, cfg, result, strategy.log, grid.transport_report(), sections={**secagg_sections(secure), **sections})
-    print(f"final accuracy: {result.final.accuracy:.4f}", flush=True)
+    print(f"final accuracy: {result.final_accuracy:.4f}", flush=True)
     return result
 
 
 def _report(record: RoundRecord) -> None:
     print(
-        f"round {record.round}: accuracy {record.accuracy:.4f}, replies {record.replies}, "
+        f"round {record.round}: accuracy {'-' if record.accuracy is None else format(record.accuracy, '.4f')}, replies {record.replies}, "
         f"failures {record.failures}, up {record.uplink_bytes} B, down {record.downlink_bytes} B",
         flush=True,
     )

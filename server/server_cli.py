@@ -37,12 +37,14 @@ def _job(cfg: DictConfig) -> float:
     except TimeoutError as exc:
         print(f"fedge-server: {exc}", file=sys.stderr)
         sys.exit(1)
-    return result.final.accuracy
+    return result.final_accuracy
 
 
 def _check(cfg: DictConfig) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
     check_strategy(cfg)
+    if cfg.get("eval_every", 1) != 1:  # its checkpoints carry every round's evaluated record
+        raise ConfigError("eval_every: fedge-sim only; fedge-server evaluates every round")
     strategy = build_strategy(cfg)
     if check_async_settings(cfg) is not None:  # FedBuff needs a linear inner strategy; say why not before anything runs
         try:

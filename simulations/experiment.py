@@ -131,7 +131,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
             else:
                 result = run_federation(
                     strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=also(progress, dashboards),
-                    dropped_log=compressed.log, privacy=ledger,
+                    dropped_log=compressed.log, privacy=ledger, eval_every=cfg.get("eval_every", 1),
                 )
         dashboards.finish(result)
     weights = final_weights(result)
@@ -152,7 +152,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         )
     if cfg.progress:
         console.print(summary_table(f"{type(task).__name__} / {cfg.strategy._target_.rsplit('.', 1)[-1]} / {cfg.compression.name}", result.rounds))
-    print_outcome(console, result.final.accuracy, results_path)
+    print_outcome(console, result.final_accuracy, results_path)
     return SimulationOutcome(result, weights, results_path)
 
 

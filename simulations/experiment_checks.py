@@ -22,6 +22,10 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError(f"num_clients must be >= 2, got {cfg.num_clients}")
     if cfg.rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {cfg.rounds}")
+    if cfg.get("eval_every", 1) < 1:
+        raise ConfigError(f"eval_every must be >= 1, got {cfg.eval_every}")
+    if cfg.get("eval_every", 1) > 1 and cfg.mode.name == "async":
+        raise ConfigError("eval_every: sync rounds only (mode=async evaluates after every aggregation step)")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
     check_async(cfg)  # mode=async: what FedBuff cannot do

@@ -47,12 +47,11 @@ class RoundProgress:
     def __call__(self, record: RoundRecord) -> None:
         """Advance by one round (round 0, the initial evaluation, only sets accuracy)."""
         self._uplink += record.uplink_bytes
-        self._progress.update(
-            self._task,
-            advance=1 if record.round > 0 else 0,
-            acc=f"{record.accuracy:.4f}",
-            up=f"{self._uplink / MB:.2f}",
-        )
+        advance = 1 if record.round > 0 else 0
+        if record.accuracy is None:  # not evaluated this round (eval_every): the last accuracy stays shown
+            self._progress.update(self._task, advance=advance, up=f"{self._uplink / MB:.2f}")
+        else:
+            self._progress.update(self._task, advance=advance, acc=f"{record.accuracy:.4f}", up=f"{self._uplink / MB:.2f}")
 
 
 def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
@@ -68,8 +67,8 @@ def summary_table(title: str, rounds: Sequence[RoundRecord]) -> Table:
     final = rounds[-1]
     values = [
         str(len(trained)),
-        f"{final.accuracy:.4f}",
-        f"{max(r.accuracy for r in rounds):.4f}",
+        f"{final.accuracy:.4f}" if final.accuracy is not None else "-",
+        f"{max(r.accuracy for r in rounds if r.accuracy is not None):.4f}",
         f"{sum(r.uplink_bytes for r in trained) / MB:.3f}",
         f"{sum(r.downlink_bytes for r in trained) / MB:.3f}",
         str(sum(r.failures + r.dropped for r in trained)),

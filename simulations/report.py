@@ -222,8 +222,9 @@ def plot_accuracy(
     ax = fig.subplots()
     for run in runs:
         xs = x_of(run)
-        if xs:
-            ax.plot(xs, [r["accuracy"] for r in run.rounds], marker=".", label=run.label)
+        if xs:  # rounds not evaluated (eval_every) are left out: the line joins the evaluated ones
+            shown = [(x, r["accuracy"]) for x, r in zip(xs, run.rounds) if r["accuracy"] is not None]
+            ax.plot([x for x, _ in shown], [a for _, a in shown], marker=".", label=run.label)
     ax.set(xlabel=xlabel, ylabel="central test accuracy", title=PLOTS[key])
     if xscale == "symlog":
         ax.set_xscale("symlog", linthresh=0.01)
@@ -269,7 +270,7 @@ def _summary_row(run: Run, simulated: bool) -> list[str]:
         run.label,
         str(len(trained)),
         f"{run.rounds[-1]['accuracy']:.4f}",
-        f"{max(r['accuracy'] for r in run.rounds):.4f}",
+        f"{max(r['accuracy'] for r in run.rounds if r['accuracy'] is not None):.4f}",
         f"{sum(r['uplink_bytes'] for r in trained) / MB:.3f}",
         f"{sum(r['downlink_bytes'] for r in trained) / MB:.3f}",
         str(sum(r.get("failures", 0) + r.get("dropped", 0) for r in trained)),
@@ -325,8 +326,8 @@ def markdown(
                 (
                     [
                         str(r["round"]),
-                        f"{r['accuracy']:.4f}",
-                        f"{r['loss']:.4f}",
+                        "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                        "-" if r["loss"] is None else f"{r['loss']:.4f}",
                         f"{r['uplink_bytes'] / KB:.1f}",
                         f"{r['downlink_bytes'] / KB:.1f}",
                         str(r.get("replies", "")),

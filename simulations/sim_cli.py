@@ -38,7 +38,7 @@ def _job(cfg: DictConfig) -> float:
     outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
-    return outcome.result.final.accuracy
+    return outcome.result.final_accuracy
 
 
 def _prepare(cfg: DictConfig) -> None:

@@ -58,19 +58,89 @@ def test_process_tree_cpu_seconds_count_this_process() -> None:
     assert finished_tree_cpu_s() > before > 0
 
 
-def test_the_cost_projection_multiplies_each_rules_measured_cell_by_its_cells_in_the_full_grid() -> None:
-    from bench.robustness import ATTACKS, COMPRESSIONS, STRATEGIES, cost_projection, projection_markdown
+def test_the_cost_projection_multiplies_each_rules_measured_cell_by_its_cells_in_the_grid() -> None:
+    from bench.robustness import cost_projection, projection_markdown
 
-    sample = [{"strategy": "FedAvg", "cpu_s": 4.0, "rounds": 20}, {"strategy": "FedAvg", "cpu_s": 6.0, "rounds": 20},
-              {"strategy": "Bulyan", "cpu_s": 30.0, "rounds": 20}, {"strategy": "Krum", "cpu_s": 7.0, "rounds": 20},
-              {"strategy": "FedAvg", "cpu_s": 1.5, "rounds": 1}]
-    p = cost_projection(sample, rounds=20, seeds=3)
-    per_rule = len(ATTACKS) * len(COMPRESSIONS) * 3
-    assert p["cells"] == len(STRATEGIES) * per_rule + len(COMPRESSIONS) * 3
-    assert p["cpu_s_per_cell"] == {"FedAvg": 5.0, "Bulyan": 30.0, "Krum": 7.0}
-    assert p["cpu_s_per_cell_unsampled"] == 6.0  # the mean of the non-Bulyan rules: Bulyan's cost is its own
-    expected = 5.0 * (per_rule + len(COMPRESSIONS) * 3) + 30.0 * per_rule + 7.0 * per_rule + 6.0 * per_rule * (len(STRATEGIES) - 3)
-    assert abs(p["projected_cpu_s"] - expected) <= 1 and p["fixed_cpu_s_per_cell"] == 1.5
+    sample = [{"strategy": "FedAvg", "cpu_s": 4.0, "plain_cpu_s": 5.0}, {"strategy": "FedAvg", "cpu_s": 6.0, "plain_cpu_s": 7.0},
+              {"strategy": "Bulyan", "cpu_s": 30.0, "plain_cpu_s": 31.0}]
+    cells = [("FedAvg", "none", "topk", s, 20) for s in range(3)] + [("Bulyan", "none", "q8", 0, 20), ("Krum", "ipm", "q8", 0, 20)]
+    p = cost_projection(sample, 0.3, cells)
+    assert p["cells"] == 5 and p["cells_by_strategy"] == {"FedAvg": 3, "Bulyan": 1, "Krum": 1}
+    assert p["cpu_s_per_cell"] == {"FedAvg": 5.0, "Bulyan": 30.0} and p["cpu_s_per_cell_unsampled"] == 17.5
+    assert abs(p["projected_cpu_s"] - (5.1 * 3 + 30.1 + 17.6)) <= 1  # a third of a compose per cell
+    assert p["plain_cpu_s_per_cell_mean"] == 14.33 and p["lean_cpu_s_per_cell_mean"] == 13.43
     text = "\n".join(projection_markdown({"projection": p, "loadavg_before": (9.0, 0, 0), "loadavg_after": (8.0, 0, 0)}))
-    assert "PROJECTION" in text and "not a run of the grid" in text
-    assert p["issue_rules_cells"] == 7 * per_rule + len(COMPRESSIONS) * 3 == 450
+    assert "plain 14.33, lean 13.43" in text and "5 cells at 20 rounds" in text
+
+
+def test_the_default_grid_runs_issue_12s_rules_everywhere_and_the_extras_at_top_k() -> None:
+    from bench.robustness import ATTACKS, COMPRESSIONS, ISSUE_STRATEGIES, STRATEGIES, default_plan
+
+    cells = default_plan(20)
+    issue = [c for c in cells if c[0] in ISSUE_STRATEGIES and c[1] != ABSENT]
+    extras = [c for c in cells if c[0] not in ISSUE_STRATEGIES]
+    assert len(issue) == len(ISSUE_STRATEGIES) * len(ATTACKS) * len(COMPRESSIONS) * 3 == 441
+    assert {c[2] for c in extras} == {"topk"} and len(extras) == (len(STRATEGIES) - 7) * len(ATTACKS) * 3
+    assert len([c for c in cells if c[1] == ABSENT]) == len(COMPRESSIONS) * 3
+    assert len(set(cells)) == len(cells) and {c[4] for c in cells} == {20}
+
+
+def test_a_cached_config_at_another_seed_is_the_config_composed_with_that_seed(make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from bench.robustness import cell_config, cell_overrides
+
+    make_cfg([])  # registers the schema
+    from hydra import initialize_config_dir
+
+    from bench.robustness import CONF_DIR
+
+    overrides = cell_overrides("Screened FedAvg", "backdoor", "topk", 7)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cached = [cell_config(overrides, seed) for seed in (0, 2)]
+        fresh = cell_config(overrides, 2, cache=False)
+    assert OmegaConf.to_container(cached[1], resolve=True) == OmegaConf.to_container(fresh, resolve=True)
+    assert cached[0].task.seed == 0 and cached[1].task.seed == 2 and cached[1].partition.seed == 2
+    cached[1].client.lr = 99.0  # a run writing into its config leaves the cache alone
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert cell_config(overrides, 1).client.lr != 99.0
+
+
+def test_the_heat_map_has_one_panel_per_compression(tmp_path) -> None:
+    import matplotlib.image
+
+    from bench.robustness import heatmap
+
+    runs = [_run("FedAvg", "none", 0, 0.95, c) for c in ("none", "q8", "topk")]
+    runs += [_run("Krum", "signflip", 0, 0.5, c) for c in ("none", "q8", "topk")] + [_run("Screened FedAvg", "ipm", 0, 0.9)]
+    heatmap(summarise(runs), tmp_path / "h.png")
+    assert matplotlib.image.imread(tmp_path / "h.png").shape[1] > 600
+
+
+def test_resume_keeps_only_cells_of_the_same_rounds_and_base_settings(tmp_path, monkeypatch) -> None:
+    import json
+
+    import bench.robustness as robustness
+
+    monkeypatch.setattr(robustness, "RESULTS", tmp_path)
+    jobs = [("FedAvg", "none", "topk", 0, 20), ("Krum", "ipm", "topk", 0, 20)]
+    payload = {"rounds": 20, "base_overrides": robustness.BASE, "cpu_s_total": 10.0, "wall_s": 20.0, "jobs": 2,
+               "runs": [_run("FedAvg", "none", 0, 0.9), _run("FedAvg", "none", 1, 0.9)]}
+    (tmp_path / "robustness.json").write_text(json.dumps(payload))
+    runs, earlier = robustness.resumed_runs(jobs, 20)
+    assert [r["seed"] for r in runs] == [0] and earlier["cpu_s"] == 5.0 and earlier["cells"] == 1
+    assert robustness.resumed_runs(jobs, 30) == ([], {})
+    (tmp_path / "robustness.json").write_text(json.dumps({**payload, "base_overrides": [*robustness.BASE[:-1], "client.lr=0.05"]}))
+    assert robustness.resumed_runs(jobs, 20) == ([], {})
+
+
+def test_a_stopped_grid_projects_the_default_grid_from_its_finished_cells() -> None:
+    from bench.robustness import default_plan, grid_sample, grid_sample_markdown
+
+    runs = [{**_run("FedAvg", "none", s, 0.9), "cpu_s": 4.0} for s in range(3)] + [{**_run("Bulyan", "none", 0, 0.2), "cpu_s": 6.0}]
+    payload = {"runs": runs, "wall_s": 100.0, "jobs": 2, "loadavg_before": (9.0, 0, 0), "loadavg_1min_mean": 9.5, "rounds": 20}
+    sample = grid_sample(payload)
+    cells = default_plan(20)
+    assert sample["projection"]["cells"] == len(cells) and sample["cells_cpu_s"] == 18.0
+    assert abs(sample["projection"]["projected_cpu_s"] - 5.0 * len(cells)) <= len(cells) / 2  # unsampled rules: the mean of the sampled
+    assert "4 cells finished" in "\n".join(grid_sample_markdown(sample))
