@@ -76,7 +76,7 @@ def test_hidden_shrinks_the_head_and_keeps_the_default_architecture():
     assert isinstance(small.get_submodule("classifier.1"), nn.Linear) and small.get_submodule("classifier.1").out_features == 30
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
-            DigitsTask(hidden=bad)  # type: ignore[arg-type]
+            DigitsTask(hidden=bad)
 
 
 @pytest.fixture(scope="module")
