@@ -69,6 +69,19 @@ def test_the_feature_term_adds_to_the_loss_and_trains_the_student_convs():
         ShapedTask(DigitsTask(width=4), teacher=Teacher(DigitsTask().build_model()), feature_weight=1.0)
 
 
+def test_a_feature_distilling_task_pickles_to_a_worker_with_its_taps_wired():
+    """The simulation's worker processes get the task pickled: the teacher's hook must still feed its own tap."""
+    import pickle
+
+    task = ShapedTask(DigitsTask(width=4), teacher=Teacher(DigitsTask().build_model(), "features"), feature_weight=20.0)
+    task.teacher.logits(torch.zeros(1, 1, 8, 8))  # a stored batch is not pickled along
+    copy = pickle.loads(pickle.dumps(task))
+    assert copy.teacher is not None and copy.teacher.tap is not None and copy.teacher.tap.output is None
+    student, x = copy.build_model(), torch.randn(4, 1, 8, 8)
+    loss = copy.training_loss(student(x), torch.zeros(4, dtype=torch.long), x)
+    assert torch.isfinite(loss) and copy.teacher.tap.output is None  # both taps were read
+
+
 def test_hidden_shrinks_the_head_and_keeps_the_default_architecture():
     assert sum(p.numel() for p in ImageTask().build_model().parameters()) == 114_314  # default unchanged
     small = ImageTask(width=8, hidden=30).build_model()
