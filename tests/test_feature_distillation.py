@@ -124,10 +124,18 @@ def test_feature_distilled_student_with_a_small_head_trains_and_exports(teacher_
          r"shape.distill.feature_layer: the teacher \(the model has no submodule named 'blocks'\)"),
         (["shape.distill.feature_weight=1", "shape.distill.feature_layer=classifier"],
          r"shape.distill.feature_layer='classifier': student output \(10,\) and teacher output \(10,\) must both be \(C, H, W\)"),
-        (["task.hidden=0"], "hidden must be an integer >= 1"),
+        (["task.hidden=0"], "task.hidden must be an integer >= 1, got 0"),
+        (["shape.distill.teacher_task.hidden=0"], "hidden must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_feature_settings_are_refused_before_the_run_naming_the_key(teacher_dir, make_cfg, extra, message):
     with pytest.raises(ConfigError, match=message):
         check_experiment(make_cfg([*distill(teacher_dir, *extra), "task.width=4"]))
 
+
+
+@pytest.mark.parametrize("override", ["task.hidden=0", "task.width=-2", "task.hidden=2.5"])
+def test_bad_model_sizes_are_refused_without_shaping_naming_the_key(make_cfg, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key} must be an integer >= 1"):
+        check_experiment(make_cfg(["task=image", override]))
