@@ -357,8 +357,14 @@ def markdown(r: dict) -> str:
             "Dirichlet 0.1) | params "
             f"{d['teacher_params']:,} -> {d['student_params']:,} ({d['params_ratio']:.2f}x) | vs teacher: {_acc(d['vs_teacher'])} "
             f"| vs the same student from scratch: {_acc(d['vs_scratch'])} |")
+        later = parts["distill"].get("followup_15_rounds")
+        if later:  # run after the 10-round seeds were seen: reported beside them, not in their place
+            lines.append(f"| distillation as above, {later['rounds']} rounds for all three models (run after the row above) | "
+                         f"same | vs teacher: {_acc(later['vs_teacher'])} | vs the same student from scratch: {_acc(later['vs_scratch'])} |")
         commands += [d["command"], d["scratch_command"], d["teacher_command"]]
         notes.append(NOTE_DISTILL)
+        if later:
+            notes.append(later["note"])
         cpu = parts["distill"].get("cpu_s", {})
         if cpu:  # CPU seconds travel across loads where wall seconds do not
             notes.append("CPU seconds per run (user + system, mean over the seeds): " + ", ".join(
