@@ -9,7 +9,8 @@ seed 0, baseline seed 1, ...), as real federations (in-process clients, IID part
   travelling as sparse tensors both ways (``compression.codec=nonzero``,
   ``compression.downlink=nonzero``) against the dense fp32 run: accuracy, downlink and
   uplink bytes per round after the last pruning round;
-* **distill**: the ``image`` CNN at width 4 (4.28x fewer parameters) distilled from the
+* **distill**: the ``image`` CNN at width 8 with a 30-unit head (4.19x fewer parameters)
+  distilled (soft targets and the attention-transfer hint on the conv blocks) from the
   width-16 CNN under strong label skew (10 devices, Dirichlet(0.1): most hold two or three
   classes), where local training forgets the classes a device lacks and the teacher's
   soft targets keep them: the teacher trained federatedly first (same seed, same
@@ -63,8 +64,13 @@ SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2"
 # distillation: strong label skew (Dirichlet 0.1); lr 0.02 (0.05 made some runs of either model collapse to chance)
 LABEL_SKEW = ("progress=false", "backend.num_workers=0", "task=image", "rounds=10", "partition=dirichlet",
               "partition.alpha=0.1", "num_clients=10", "client.local_steps=20", "client.lr=0.02")
-TEACHER_WIDTH, STUDENT_WIDTH = 16, 4
-KD = ("shape.distill.temperature=4", "shape.distill.alpha=0.5")  # chosen on seed 0 (NOTE_DISTILL), then fixed
+TEACHER_WIDTH, STUDENT_WIDTH, STUDENT_HIDDEN = 16, 8, 30  # the student: twice width 4's channels, a 30-unit head
+TEACHER = (f"task.width={TEACHER_WIDTH}",)
+STUDENT = (f"task.width={STUDENT_WIDTH}", f"task.hidden={STUDENT_HIDDEN}")
+# the teacher's task: the student's with the teacher's width and the default 64-unit head
+TEACHER_TASK = (f"shape.distill.teacher_task={{width: {TEACHER_WIDTH}}}", "+shape.distill.teacher_task.hidden=64")
+# soft targets and the attention-transfer hint on the conv blocks' output: chosen on seed 0 (NOTE_DISTILL), then fixed
+KD = ("shape.distill.temperature=4", "shape.distill.alpha=0.5", "shape.distill.feature_weight=20")
 LAST_PRUNE = 9  # the sparse runs' shape.prune.end_round (pruning done by 3/5 of the run)
 FINE_TUNE = ("rounds=12", "shape=lowrank", "shape.lowrank.budget=0.4")
 
@@ -185,12 +191,11 @@ def distill_part(tmp: Path, emit: Emit) -> None:
     runs: dict[str, list[dict]] = {k: [] for k in ("teacher", "scratch", "student")}
     export: dict[str, dict] = {}
     for seed in SEEDS:
-        teacher = run((*LABEL_SKEW, f"task.width={TEACHER_WIDTH}"), seed, tmp / f"teacher{seed}")
+        teacher = run((*LABEL_SKEW, *TEACHER), seed, tmp / f"teacher{seed}")
         runs["teacher"].append(teacher)
-        student = (*LABEL_SKEW, f"task.width={STUDENT_WIDTH}", "shape=distill",
-                   f"shape.distill.teacher_path={teacher['dir'] / 'final_model.npz'}",
-                   f"shape.distill.teacher_task={{width: {TEACHER_WIDTH}}}", *KD)
-        sides = [("scratch", (*LABEL_SKEW, f"task.width={STUDENT_WIDTH}")), ("student", student)]
+        student = (*LABEL_SKEW, *STUDENT, "shape=distill", f"shape.distill.teacher_path={teacher['dir'] / 'final_model.npz'}",
+                   *TEACHER_TASK, *KD)
+        sides = [("scratch", (*LABEL_SKEW, *STUDENT)), ("student", student)]
         for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
             runs[name].append(run(overrides, seed, tmp / f"{name}{seed}"))
         if not export:
@@ -202,6 +207,7 @@ def _distill_section(runs: dict[str, list[dict]], export: dict) -> dict:
     info = runs["student"][0]["shape"]["distill"]
     return {
         "distillation": {
+            "student": " ".join(o.removeprefix("task.") for o in STUDENT).replace("=", " "),
             "command": runs["student"][0]["command"], "teacher_command": runs["teacher"][0]["command"],
             "scratch_command": runs["scratch"][0]["command"], "teacher_params": info["teacher_params"],
             "student_params": info["student_params"], "params_ratio": info["teacher_params"] / info["student_params"],
@@ -293,7 +299,16 @@ NOTE_DISTILL = (
     "With mild skew the width-4 student from scratch is within about 1.5 pp of its teacher and distillation "
     "only ties it; the teacher's soft targets pay off where local training forgets the classes a device lacks. "
     "They speed learning rather than raise its ceiling: run for 15 rounds (Dirichlet 0.1, seed 0, the teacher also "
-    "15 rounds) the scratch student caught up (teacher 0.941, scratch 0.932, distilled 0.920)."
+    "15 rounds) the scratch student caught up (teacher 0.941, scratch 0.932, distilled 0.920). "
+    "The student and the feature hint were chosen next, on seed 0 only at the kept setting (the same width-16 teacher: "
+    "0.936), then fixed for all seeds: the width-4 CNN spends 94% of its 26,714 parameters in its 392 x 64 dense "
+    "layer, so a student with more channels and a narrower head fits the same 4x budget (task.hidden): width 8, "
+    "hidden 30 (27,284 parameters, 4.19x): scratch 0.926, distilled (T 4, alpha 0.5) 0.930; width 12, hidden 16 "
+    "(26,538): scratch 0.887; width 6, hidden 40 (25,938): distilled 0.930. Adding the attention-transfer hint on "
+    "the conv blocks' output (shape.distill.feature_weight): 1000 (the paper's weight) kept the width-4 student at "
+    "chance for all 10 rounds; on width 8 / hidden 30, 100: 0.928 (the fastest start: 0.549 after round 1, 0.848 "
+    "after round 3), 20: 0.932 (kept); 20 on the width-4 student: 0.920 (soft targets alone: 0.914). Single "
+    "seed-0 runs differ by less than their noise (0.1 pp per test example; seeds differ by ~1 pp)."
 )
 NOTE = ("The machine is shared (load averages per part above): wall seconds are not comparable across runs; "
         "accuracies, bytes, parameter and MAC counts are.")
@@ -338,11 +353,18 @@ def markdown(r: dict) -> str:
     if "distill" in parts:
         d = parts["distill"]["distillation"]
         lines.append(
-            f"| distillation (image CNN width {TEACHER_WIDTH} -> {STUDENT_WIDTH}, 10 devices, Dirichlet 0.1) | params "
+            f"| distillation (image CNN width {TEACHER_WIDTH} -> {d.get('student', f'width {STUDENT_WIDTH}')}, 10 devices, "
+            "Dirichlet 0.1) | params "
             f"{d['teacher_params']:,} -> {d['student_params']:,} ({d['params_ratio']:.2f}x) | vs teacher: {_acc(d['vs_teacher'])} "
             f"| vs the same student from scratch: {_acc(d['vs_scratch'])} |")
+        later = parts["distill"].get("followup_15_rounds")
+        if later:  # run after the 10-round seeds were seen: reported beside them, not in their place
+            lines.append(f"| distillation as above, {later['rounds']} rounds for all three models (run after the row above) | "
+                         f"same | vs teacher: {_acc(later['vs_teacher'])} | vs the same student from scratch: {_acc(later['vs_scratch'])} |")
         commands += [d["command"], d["scratch_command"], d["teacher_command"]]
         notes.append(NOTE_DISTILL)
+        if later:
+            notes.append(later["note"])
         cpu = parts["distill"].get("cpu_s", {})
         if cpu:  # CPU seconds travel across loads where wall seconds do not
             notes.append("CPU seconds per run (user + system, mean over the seeds): " + ", ".join(

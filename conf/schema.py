@@ -330,6 +330,8 @@ class DistillSchema:
     temperature: float = 2.0  # measured: 4.0 with alpha 0.7 left a 9x smaller digits student below its scratch twin
     alpha: float = 0.5  # share of the soft-target term
     teacher_to_devices: bool = False  # soft targets of the devices' data need the teacher there: must be set
+    feature_weight: float = 0.0  # attention-transfer hint on feature_layer (0 = off; ~20: 1000 stalled an image student)
+    feature_layer: str = "features"  # module name in both student and teacher whose (N, C, H, W) output is matched
 
 
 @dataclass

@@ -48,6 +48,10 @@ def check_shape_settings(cfg: DictConfig) -> None:
         raise ConfigError(
             f"shape.distill.temperature must be > 0 and alpha in [0, 1], got {s.distill.temperature}, {s.distill.alpha}"
         )
+    if s.distill.teacher_path and s.distill.feature_weight < 0:
+        raise ConfigError(f"shape.distill.feature_weight must be >= 0, got {s.distill.feature_weight}")
+    if s.distill.teacher_path and s.distill.feature_weight > 0 and not s.distill.feature_layer:
+        raise ConfigError("shape.distill.feature_layer: name the module whose features to match (e.g. features)")
     node = s.structured
     if node.ratio and not 0 < node.ratio < 1:
         raise ConfigError(f"shape.structured.ratio must be in (0, 1), got {node.ratio}")

@@ -27,7 +27,7 @@ from fedge.tasks.base import FederatedTask
 from fedge.tasks.shaping.architecture import to_json
 from fedge.tasks.shaping.channel_pruning import ChannelPruner, ChannelPruningConfig
 from fedge.tasks.shaping.checkpoint import load_checkpoint, transfer
-from fedge.tasks.shaping.distillation import Teacher
+from fedge.tasks.shaping.distillation import FeatureTap, Teacher
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
 from fedge.tasks.shaping.shaped_task import ShapedTask
 
@@ -90,7 +90,28 @@ def _teacher(cfg: DictConfig, task: FederatedTask) -> Teacher | None:
     classes = _classes(model, task)
     if classes != task.num_classes:
         raise ValueError(f"shape.distill: the teacher outputs {classes} classes, the task has {task.num_classes}")
-    return Teacher(model)
+    if distill.feature_weight <= 0:
+        return Teacher(model)
+    try:
+        return Teacher(model, distill.feature_layer)
+    except ValueError as exc:
+        raise ValueError(f"shape.distill.feature_layer: the teacher ({exc})") from None
+
+
+def _check_features(student: torch.nn.Module, teacher: Teacher, task: FederatedTask) -> None:
+    """Refuse a feature layer the student lacks or whose attention map differs from the teacher's in H x W."""
+    assert teacher.tap is not None
+    tap = FeatureTap(teacher.tap.layer)
+    try:
+        tap.attach(student)
+    except ValueError as exc:
+        raise ValueError(f"shape.distill.feature_layer: the student ({exc})") from None
+    _classes(student, task)  # one forward each fills the taps
+    _classes(teacher.model, task)
+    mine, theirs = tap.take(), teacher.features()
+    if mine.dim() != 4 or theirs.dim() != 4 or mine.shape[2:] != theirs.shape[2:]:
+        raise ValueError(f"shape.distill.feature_layer={tap.layer!r}: student output {tuple(mine.shape[1:])} and teacher "
+                         f"output {tuple(theirs.shape[1:])} must both be (C, H, W) of the same H x W")
 
 
 def _classes(model: torch.nn.Module, task: FederatedTask) -> int:
@@ -137,10 +158,13 @@ def _shape(cfg: DictConfig, task: FederatedTask) -> Shaping:
             raise ValueError(f"shape.distill: the student (task) model outputs {student_classes} classes, the task has {task.num_classes}")
         params = sum(p.numel() for p in model.parameters())
         teacher_params = sum(p.numel() for p in teacher.model.parameters())
+        if teacher.tap is not None:
+            _check_features(task.build_model(), teacher, task)
         report["distill"] = {"student_params": params, "teacher_params": teacher_params}
     shaped: FederatedTask = task  # nothing changes the model's structure or loss: the task as it is
     if ranks or schedule is not None or teacher is not None:
-        shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha)
+        shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha,
+                            float(cfg.shape.distill.feature_weight))
     return Shaping(shaped, model.state_dict(), trainable, schedule, report, channels)
 
 

@@ -28,6 +28,10 @@ def check_experiment(cfg: DictConfig) -> None:
         raise ConfigError("eval_every: sync rounds only (mode=async evaluates after every aggregation step)")
     if cfg.backend.name not in BACKENDS:
         raise ConfigError(f"backend.name {cfg.backend.name!r} is not one of {BACKENDS}")
+    for key in ("width", "hidden"):  # the task model's sizes (e.g. fedge.tasks.models.small_cnn's)
+        value = cfg.task.get(key) if cfg.get("task") is not None else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"task.{key} must be an integer >= 1, got {value!r}")
     check_async(cfg)  # mode=async: what FedBuff cannot do
     check_logger(cfg)  # logger=tensorboard / mlflow: their packages installed
     check_shape_settings(cfg)  # no torch: ranges, files (shape=none included)

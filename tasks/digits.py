@@ -26,9 +26,9 @@ MODEL_KINDS = ("cnn", "mobilenet")
 PIXEL_MEAN, PIXEL_STD = 0.3054, 0.3761
 
 
-def digits_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
+def digits_cnn(num_classes: int = 10, width: int = 16, hidden: int = 64) -> Sequential:
     """Two 3x3 conv layers and two linear layers for (N, 1, 8, 8) inputs; ~38k weights."""
-    return small_cnn((1, 8, 8), num_classes, width, kernel_size=3, pools=1)
+    return small_cnn((1, 8, 8), num_classes, width, kernel_size=3, pools=1, hidden=hidden)
 
 
 class DigitsTask(FederatedTask):
@@ -38,14 +38,23 @@ class DigitsTask(FederatedTask):
     num_classes = 10
     input_shape = (1, 8, 8)  # one example (C, H, W), as the model takes it
 
-    def __init__(self, test_fraction: float = 0.2, seed: int = 0, width: int = 16, model: str = "cnn") -> None:
+    def __init__(
+        self, test_fraction: float = 0.2, seed: int = 0, width: int = 16, model: str = "cnn", hidden: int = 64
+    ) -> None:
+        """``width``: channels of the first conv layer; ``hidden``: units of the CNN's first linear
+        layer (most of a CNN's parameters sit in it: a small student keeps more channels with a
+        smaller ``hidden``)."""
         check_fraction("test_fraction", test_fraction)
+        for key, value in (("width", width), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
         if model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {MODEL_KINDS}, got {model!r}")
         self.model = model
         self.test_fraction = test_fraction
         self.seed = seed
         self.width = width
+        self.hidden = hidden
 
     def load(self) -> TaskData:
         x, y = self.images()
@@ -61,4 +70,4 @@ class DigitsTask(FederatedTask):
     def model_spec(self) -> Sequential:
         if self.model == "mobilenet":
             return edge_mobilenet(self.input_shape, self.num_classes, self.width)
-        return digits_cnn(self.num_classes, self.width)
+        return digits_cnn(self.num_classes, self.width, self.hidden)

@@ -30,9 +30,9 @@ PIXEL_MEAN, PIXEL_STD = 0.1313, 0.3086
 SIDE = 28
 
 
-def image_cnn(num_classes: int = 10, width: int = 16) -> Sequential:
-    """(N, 1, 28, 28) -> (N, num_classes): conv5-pool, conv5-pool, linear, linear."""
-    return small_cnn((1, SIDE, SIDE), num_classes, width, kernel_size=5, pools=2)
+def image_cnn(num_classes: int = 10, width: int = 16, hidden: int = 64) -> Sequential:
+    """(N, 1, 28, 28) -> (N, num_classes): conv5-pool, conv5-pool, linear to ``hidden``, linear."""
+    return small_cnn((1, SIDE, SIDE), num_classes, width, kernel_size=5, pools=2, hidden=hidden)
 
 
 class ImageTask(DigitsTask):
@@ -57,4 +57,4 @@ class ImageTask(DigitsTask):
         return x, labels.astype(np.int64)
 
     def model_spec(self) -> Sequential:
-        return image_cnn(self.num_classes, self.width)
+        return image_cnn(self.num_classes, self.width, self.hidden)

@@ -3,7 +3,9 @@
 :class:`ShapedTask` forwards each :class:`~fedge.tasks.base.FederatedTask` method to the
 task it wraps, and changes only what shaping needs: ``build_model`` factorises at fixed
 per-layer ranks (so every device builds the server's architecture) and hooks the model to
-keep a pruned model's zeros; ``training_loss`` adds a teacher's soft targets. It pickles
+keep a pruned model's zeros; ``training_loss`` adds a teacher's soft targets (and, with
+``feature_weight``, the attention-transfer hint on ``feature_layer``: every model it
+builds is tapped there, and the loss reads the tap of the forward pass just run). It pickles
 to the simulation's worker processes with the teacher, if any (the teacher goes to the
 devices only with ``shape.distill.teacher_to_devices=true``, checked by
 :mod:`fedge.conf.shaping`).
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from fedge.tasks.base import FederatedTask, TaskData
-from fedge.tasks.shaping.distillation import Teacher, distillation_loss
+from fedge.tasks.shaping.distillation import FeatureTap, Teacher, attention_loss, distillation_loss
 from fedge.tasks.shaping.keep_zeros import keep_zeros
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
 
@@ -26,7 +28,9 @@ class ShapedTask(FederatedTask):
     """``base`` with a shaped model (see the module docstring).
 
     ``ranks``: layer name -> rank to factorise at ({} = none); ``prune``: devices keep the
-    zeros of the weights they receive; ``teacher``, ``temperature``, ``alpha``: distil.
+    zeros of the weights they receive; ``teacher``, ``temperature``, ``alpha``: distil;
+    ``feature_weight`` > 0 adds the attention-transfer hint at the teacher's tapped layer
+    (the same module name in the student).
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class ShapedTask(FederatedTask):
         teacher: Teacher | None = None,
         temperature: float = 4.0,
         alpha: float = 0.5,
+        feature_weight: float = 0.0,
     ) -> None:
         self.base = base
         self.name = base.name
@@ -45,6 +50,12 @@ class ShapedTask(FederatedTask):
         self.prune = prune
         self.teacher = teacher
         self.temperature, self.alpha = temperature, alpha
+        self.feature_weight = feature_weight
+        self.tap: FeatureTap | None = None
+        if feature_weight > 0:
+            if teacher is None or teacher.tap is None:
+                raise ValueError("feature_weight > 0 needs a teacher tapping a layer")
+            self.tap = FeatureTap(teacher.tap.layer)
 
     def load(self) -> TaskData:
         return self.base.load()
@@ -53,6 +64,8 @@ class ShapedTask(FederatedTask):
         model = self.base.build_model()
         if self.ranks:
             factorise(model, LowRankConfig(), self.ranks)
+        if self.tap is not None:
+            self.tap.attach(model)
         return keep_zeros(model) if self.prune else model
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,4 +74,7 @@ class ShapedTask(FederatedTask):
     def training_loss(self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
             return self.base.training_loss(logits, target, inputs)
-        return distillation_loss(logits, self.teacher.logits(inputs), target, self.temperature, self.alpha)
+        loss = distillation_loss(logits, self.teacher.logits(inputs), target, self.temperature, self.alpha)
+        if self.tap is not None:
+            loss = loss + self.feature_weight * attention_loss(self.tap.take(), self.teacher.features())
+        return loss
