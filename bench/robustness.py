@@ -55,13 +55,16 @@ CONF_DIR = REPO / "conf"
 STRATEGIES: dict[str, list[str]] = {
     "FedAvg": ["strategy=fedavg"],
     "FedAvg+norm bound": ["strategy=norm_bounded"],
-    "FedMedian": ["strategy=fedmedian"],
-    "FedTrimmedAvg": ["strategy=fedtrimmedavg"],
-    "Krum": ["strategy=krum"],
-    "MultiKrum": ["strategy=multikrum"],
-    "Bulyan": ["strategy=bulyan"],
+    "FedMedian": ["strategy=fedmedian", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "FedTrimmedAvg": ["strategy=fedtrimmedavg", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "Krum": ["strategy=krum", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "MultiKrum": ["strategy=multikrum", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "Bulyan": ["strategy=bulyan", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
     "SparseMedian": ["strategy=sparse_median"],
     "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
+    "SparseKrum": ["strategy=sparse_krum"],
+    "SparseMultiKrum": ["strategy=sparse_multikrum"],
+    "SparseBulyan": ["strategy=sparse_bulyan"],
     "Screened FedAvg": ["strategy=screened_fedavg"],
     "FLTrust": ["strategy=fltrust", "strategy.root_examples=300"],  # 100 (the paper's) measured too slow on digits: see README
     "FLTrust screen": ["strategy=fltrust_screen", "strategy.root_examples=300"],

@@ -219,15 +219,49 @@ def shared_support(deltas: np.ndarray, quorum: float) -> np.ndarray:
     return np.asarray((count >= max(1.0, quorum * len(deltas))), dtype=bool)
 
 
-def sparse_median(deltas: np.ndarray) -> np.ndarray:
-    """Per coordinate: the median over the devices that sent it, x ``senders / n`` (0 if none)."""
-    sent = sender_masks(deltas)
-    count = sent.sum(axis=0)
-    values = np.where(sent, deltas, np.nan)
+def senders_median(deltas: np.ndarray) -> np.ndarray:
+    """``(d,)``: per coordinate, the median over the devices that sent it, unscaled (0 where
+    nobody did)."""
+    values = np.where(sender_masks(deltas), deltas, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: nobody sent them
         median = np.nanmedian(values, axis=0)
-    return np.where(count > 0, median, 0.0) * (count / len(deltas))
+    return np.nan_to_num(median, nan=0.0)
+
+
+def sparse_median(deltas: np.ndarray) -> np.ndarray:
+    """Per coordinate: the median over the devices that sent it, x ``senders / n`` (0 if none)."""
+    count = sender_masks(deltas).sum(axis=0)
+    return senders_median(deltas) * (count / len(deltas))
+
+
+def fill_unsent(deltas: np.ndarray) -> np.ndarray:
+    """``(n, d)``: each update with the coordinates its device did not send taken as
+    *unknown* and filled with the senders' median there (:func:`senders_median`), not 0.
+
+    Distances between filled updates count what two devices disagree on where either sent
+    (a coordinate neither sent is the same median in both; where only one sent, its value
+    is compared with the others' consensus), so a smaller top-k update is not "closer" to
+    everyone merely for being small. Dense updates are returned unchanged."""
+    sent = sender_masks(deltas)
+    return np.where(sent, deltas, senders_median(deltas)[None, :])
+
+
+def sparse_closest_mean(deltas: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per coordinate ``j``: the mean of the ``keep[j]`` values of its senders closest to
+    their median (Bulyan's second stage), x ``senders / n`` (0 if none sent it).
+
+    ``deltas`` ``(n, d)``, ``keep`` ``(d,)`` integers in [1, senders] where anyone sent."""
+    sent = sender_masks(deltas)
+    count = sent.sum(axis=0)
+    distance = np.where(sent, np.abs(deltas - senders_median(deltas)[None, :]), np.inf)
+    order = np.argsort(distance, axis=0, kind="stable")  # senders first, closest to the median first
+    ranked = np.take_along_axis(deltas, order, axis=0)
+    inside = np.arange(len(deltas))[:, None] < np.minimum(keep, count)[None, :]
+    kept = inside.sum(axis=0)
+    total = np.where(inside, ranked, 0.0).sum(axis=0)
+    mean = np.divide(total, kept, out=np.zeros_like(total), where=kept > 0)
+    return mean * (count / len(deltas))
 
 
 def sparse_trimmed_mean(deltas: np.ndarray, beta: float) -> np.ndarray:
