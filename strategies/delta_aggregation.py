@@ -229,10 +229,14 @@ def senders_median(deltas: np.ndarray) -> np.ndarray:
     return np.nan_to_num(median, nan=0.0)
 
 
+def sender_share(deltas: np.ndarray) -> np.ndarray:
+    """``(d,)``: per coordinate, the share of the ``(n, d)`` updates that sent it (1 where dense)."""
+    return np.asarray(sender_masks(deltas).sum(axis=0) / len(deltas))
+
+
 def sparse_median(deltas: np.ndarray) -> np.ndarray:
     """Per coordinate: the median over the devices that sent it, x ``senders / n`` (0 if none)."""
-    count = sender_masks(deltas).sum(axis=0)
-    return senders_median(deltas) * (count / len(deltas))
+    return senders_median(deltas) * sender_share(deltas)
 
 
 def fill_unsent(deltas: np.ndarray) -> np.ndarray:
@@ -245,23 +249,6 @@ def fill_unsent(deltas: np.ndarray) -> np.ndarray:
     everyone merely for being small. Dense updates are returned unchanged."""
     sent = sender_masks(deltas)
     return np.where(sent, deltas, senders_median(deltas)[None, :])
-
-
-def sparse_closest_mean(deltas: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Per coordinate ``j``: the mean of the ``keep[j]`` values of its senders closest to
-    their median (Bulyan's second stage), x ``senders / n`` (0 if none sent it).
-
-    ``deltas`` ``(n, d)``, ``keep`` ``(d,)`` integers in [1, senders] where anyone sent."""
-    sent = sender_masks(deltas)
-    count = sent.sum(axis=0)
-    distance = np.where(sent, np.abs(deltas - senders_median(deltas)[None, :]), np.inf)
-    order = np.argsort(distance, axis=0, kind="stable")  # senders first, closest to the median first
-    ranked = np.take_along_axis(deltas, order, axis=0)
-    inside = np.arange(len(deltas))[:, None] < np.minimum(keep, count)[None, :]
-    kept = inside.sum(axis=0)
-    total = np.where(inside, ranked, 0.0).sum(axis=0)
-    mean = np.divide(total, kept, out=np.zeros_like(total), where=kept > 0)
-    return mean * (count / len(deltas))
 
 
 def sparse_trimmed_mean(deltas: np.ndarray, beta: float) -> np.ndarray:

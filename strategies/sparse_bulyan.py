@@ -1,15 +1,13 @@
 """SparseBulyan: Bulyan (El Mhamdi et al., 2018) meaningful on top-k updates.
 
-Flower's Bulyan, stage by stage, on decoded updates whose unsent coordinates are unknown
-rather than 0 (see :mod:`fedge.strategies.delta_aggregation`):
+Flower's Bulyan, unchanged, on updates whose unsent coordinates are *unknown*, filled
+with their senders' median (see :mod:`fedge.strategies.sparse_multikrum`):
 
-1. selection: theta = n - 2f updates by sparse-aware MultiKrum
-   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.select`: Flower's Krum
-   scores on updates whose unsent coordinates are filled with their senders' median);
-2. per coordinate, over the selected devices that *sent* it (``c`` of theta): the mean of
-   the ``ceil(c x beta / theta)`` values closest to their median, beta = theta - 2f
-   (Flower's beta when ``c`` = theta), scaled by ``c / theta``
-   (:func:`~fedge.strategies.delta_aggregation.sparse_closest_mean`).
+1. selection: theta = n - 2f updates by Flower's MultiKrum scores on the filled updates
+   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.select`);
+2. per coordinate, the mean of the beta = theta - 2f selected values closest to their
+   median: Flower's :func:`~flwr.serverapp.strategy.bulyan.aggregate_n_closest_weights`;
+3. x each coordinate's sender share (``senders / n``), as fedge's other sparse rules.
 
 On dense updates (every coordinate sent) this is Flower's Bulyan. Like Flower's it needs
 n >= 4f + 3 replies: with fewer the round is skipped (the model is kept) and the reason
@@ -23,15 +21,16 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 
-from fedge.strategies.delta_aggregation import RobustDecision, sender_masks, sparse_closest_mean
+from fedge.strategies.delta_aggregation import RobustDecision, fill_unsent, sender_share
 from fedge.strategies.sparse_multikrum import SparseMultiKrum
 
 log = logging.getLogger(__name__)
 
 
 class SparseBulyan(SparseMultiKrum):
-    """Bulyan with sparse-aware selection and per-coordinate sender-only trimming.
+    """Bulyan on updates whose unsent coordinates are filled with their senders' median.
 
     ``num_malicious_nodes`` (f): tolerated attackers; needs n >= 4f + 3 replies a round.
     Tuning: f = the expected attackers (f = 1 with 7-10 devices; 2 needs 11)."""
@@ -56,9 +55,9 @@ class SparseBulyan(SparseMultiKrum):
         f = self.num_malicious_nodes
         deltas = self._bound(server_round, nodes, deltas)
         screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
-        theta = max(1, len(screened) - 2 * f)
-        chosen = deltas[screened[self.select(server_round, [nodes[i] for i in screened], deltas[screened], theta)]]
-        beta = max(1, theta - 2 * f)
-        senders = sender_masks(chosen).sum(axis=0)
-        keep = np.maximum(1, -(-senders * beta // theta))  # ceil(c x beta / theta), integers: exact at c = theta
-        return sparse_closest_mean(chosen, keep)
+        deltas, nodes = deltas[screened], [nodes[i] for i in screened]
+        filled = fill_unsent(deltas)
+        theta = max(1, len(deltas) - 2 * f)
+        chosen = filled[self.select(server_round, nodes, filled, theta)]
+        (closest,) = aggregate_n_closest_weights([np.median(chosen, axis=0)], [[row] for row in chosen], max(1, theta - 2 * f))
+        return np.asarray(closest) * sender_share(deltas)

@@ -8,9 +8,9 @@ import pytest
 from flwr.serverapp.strategy import Krum, MultiKrum
 from robust_helpers import aggregate, reply
 
-from fedge.strategies.delta_aggregation import fill_unsent
+from fedge.strategies.delta_aggregation import fill_unsent, sender_share
 from fedge.strategies.sparse_krum import SparseKrum
-from fedge.strategies.sparse_multikrum import SparseMultiKrum, sparse_krum_ranking
+from fedge.strategies.sparse_multikrum import SparseMultiKrum, krum_ranking
 
 NODES = dict(min_train_nodes=2, min_available_nodes=2)
 
@@ -63,10 +63,13 @@ def test_on_topk_updates_the_small_update_no_longer_wins() -> None:
     np.testing.assert_allclose(flower, deltas[7], atol=1e-6)  # Flower's Krum: the small wrong update
     strategy = SparseKrum(num_malicious_nodes=1, **NODES)
     got = aggregate(strategy, replies, start)
-    chosen = next(d.node_id for d in strategy.decisions if d.action == "kept")
-    assert chosen != 107
-    np.testing.assert_allclose(got, deltas[chosen - 100], atol=1e-6)  # Krum: the one update, as it was sent
-    assert sparse_krum_ranking(deltas, 1)[-1] == 7  # the least central of all
+    chosen = next(d.node_id for d in strategy.decisions if d.action == "kept") - 100
+    assert chosen != 7
+    # Krum's one update: the chosen device's values where it sent, the senders' median elsewhere, x sender share
+    np.testing.assert_allclose(got, fill_unsent(deltas)[chosen] * sender_share(deltas), atol=1e-6)
+    assert krum_ranking(fill_unsent(deltas), 1)[-1] == 7  # the least central of all
+    assert np.corrcoef(got, deltas[:7].mean(axis=0))[0, 1] > 0.8  # as the honest mean (FedAvg of the 7)
+    assert np.all(got[(deltas[:7] != 0).any(axis=0)] > 0)  # where honest devices sent, the wrong way never wins
 
 
 def test_multikrum_on_topk_leaves_out_a_sign_flipper_and_averages_the_rest_per_sender() -> None:
@@ -83,8 +86,16 @@ def test_multikrum_on_topk_leaves_out_a_sign_flipper_and_averages_the_rest_per_s
     assert 108 in excluded and len(excluded) == 2
     kept = [d.node_id - 100 for d in strategy.decisions if d.action == "kept"]
     weights = np.array([10 * (1 + i % 3) for i in kept], dtype=float)
-    np.testing.assert_allclose(got, weights @ deltas[kept] / weights.sum(), atol=1e-5)
-    assert np.all(got >= 0)  # nothing of the flipped update got in
+    expected = weights @ fill_unsent(deltas)[kept] / weights.sum() * sender_share(deltas)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # where honest senders outnumber the flipper the flipped values never got in (the fill is
+    # a median: its breakdown is half of a coordinate's senders); a coordinate the flipper
+    # alone sent moves by its value / n, no more than under FedAvg
+    honest_senders = (deltas[:8] != 0).sum(axis=0)
+    assert np.all(got[honest_senders >= 2] > 0)
+    alone = (honest_senders == 0) & (deltas[8] != 0)
+    assert alone.any()
+    np.testing.assert_allclose(got[alone], deltas[8, alone] / 9, atol=1e-5)
 
 
 def test_unsent_coordinates_are_filled_with_the_senders_median() -> None:
