@@ -74,3 +74,17 @@ def test_the_cost_projection_multiplies_each_rules_measured_cell_by_its_cells_in
     text = "\n".join(projection_markdown({"projection": p, "loadavg_before": (9.0, 0, 0), "loadavg_after": (8.0, 0, 0)}))
     assert "PROJECTION" in text and "not a run of the grid" in text
     assert p["issue_rules_cells"] == 7 * per_rule + len(COMPRESSIONS) * 3 == 450
+
+
+def test_must_show_2_holds_flowers_refused_rules_to_their_sparse_aware_replacement() -> None:
+    runs = [_run("FedAvg", "none", s, 0.95, c) for s in range(2) for c in ("q8", "topk")]
+    runs += [_run("Krum", "none", s, 0.40, "topk") for s in range(2)]  # Flower's, opt-in: collapses
+    runs += [_run("SparseKrum", "none", s, 0.94, "topk") for s in range(2)]
+    runs += [_run("MultiKrum", "none", s, 0.80, "topk") for s in range(2)]  # its replacement was not run
+    runs += [_run("Krum", "none", s, 0.90, "q8") for s in range(2)]
+    topk = verdicts(summarise(runs))["no_attack"]
+    assert topk["Krum"]["refused_use"] == "SparseKrum" and topk["Krum"]["holds"]
+    assert topk["MultiKrum"]["refused_use"] == "SparseMultiKrum" and not topk["MultiKrum"]["holds"]
+    assert topk["SparseKrum"]["holds"] and "refused_use" not in topk["SparseKrum"]
+    dense = verdicts(summarise(runs), compression="q8")["no_attack"]
+    assert "refused_use" not in dense["Krum"] and not dense["Krum"]["holds"]  # accepted at q8: held to itself
