@@ -58,7 +58,9 @@ class SparseMultiKrum(DeltaAggregation):
     ``num_malicious_nodes`` (f): the attackers the scores tolerate (each update is scored
     on its ``n - f - 2`` nearest neighbours); ``num_nodes_to_select`` (m): updates averaged,
     1 = Krum. Tuning: f = the expected attackers, m <= n - f (more = closer to FedAvg on
-    non-IID data, fewer = fewer chances for an attacker to be averaged in).
+    non-IID data, fewer = fewer chances for an attacker to be averaged in). Measured (digits,
+    10 devices, top-k, no attack, 30 rounds, seeds 0-2, gap to FedAvg): m = 5 0.3 / 2.5 / 0.3 pp,
+    m = 8 1.4 / 1.4 / 0.0 pp.
     """
 
     def __init__(self, *args: object, num_malicious_nodes: int = 0, num_nodes_to_select: int = 1, **kwargs: object) -> None:
