@@ -1,7 +1,9 @@
 """DeltaAggregation: FedAvg that aggregates *updates*, bounded and screened, sparse-aware.
 
 The base of fedge's compression-aware robust rules (:mod:`~fedge.strategies.sparse_median`,
-:mod:`~fedge.strategies.sparse_trimmed_avg`, :mod:`~fedge.strategies.norm_bounded`).
+:mod:`~fedge.strategies.sparse_trimmed_avg`, :mod:`~fedge.strategies.norm_bounded`, the
+Krum family :mod:`~fedge.strategies.sparse_multikrum`, :mod:`~fedge.strategies.sparse_krum`,
+:mod:`~fedge.strategies.sparse_bulyan`).
 Like Flower's FedMedian it subclasses FedAvg (sampling, configuration, reply checks and
 metric aggregation are FedAvg's) and replaces only how arrays are combined.
 
