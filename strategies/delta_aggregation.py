@@ -241,16 +241,17 @@ def sparse_median(deltas: np.ndarray) -> np.ndarray:
     return senders_median(deltas) * sender_share(deltas)
 
 
-def fill_unsent(deltas: np.ndarray) -> np.ndarray:
+def fill_unsent(deltas: np.ndarray, fill_from: np.ndarray | None = None) -> np.ndarray:
     """``(n, d)``: each update with the coordinates its device did not send taken as
-    *unknown* and filled with the senders' median there (:func:`senders_median`), not 0.
+    *unknown* and filled with the senders' median there (:func:`senders_median` of the
+    ``fill_from`` updates, default ``deltas`` themselves), not 0.
 
     Distances between filled updates count what two devices disagree on where either sent
     (a coordinate neither sent is the same median in both; where only one sent, its value
     is compared with the others' consensus), so a smaller top-k update is not "closer" to
     everyone merely for being small. Dense updates are returned unchanged."""
     sent = sender_masks(deltas)
-    return np.where(sent, deltas, senders_median(deltas)[None, :])
+    return np.where(sent, deltas, senders_median(deltas if fill_from is None else fill_from)[None, :])
 
 
 def sparse_trimmed_mean(deltas: np.ndarray, beta: float) -> np.ndarray:

@@ -4,10 +4,11 @@ Flower's Bulyan, unchanged, on updates whose unsent coordinates are *unknown*, f
 with their senders' median (see :mod:`fedge.strategies.sparse_multikrum`):
 
 1. selection: theta = n - 2f updates by Flower's MultiKrum scores on the filled updates
-   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.select`);
+   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.rank`); their unknown
+   coordinates then filled from the n - f lowest-scored updates only;
 2. per coordinate, the mean of the beta = theta - 2f selected values closest to their
    median: Flower's :func:`~flwr.serverapp.strategy.bulyan.aggregate_n_closest_weights`;
-3. x each coordinate's sender share (``senders / n``), as fedge's other sparse rules.
+3. x each coordinate's sender share among the n - f lowest-scored updates.
 
 On dense updates (every coordinate sent) this is Flower's Bulyan. Like Flower's it needs
 n >= 4f + 3 replies: with fewer the round is skipped (the model is kept) and the reason
@@ -56,8 +57,9 @@ class SparseBulyan(SparseMultiKrum):
         deltas = self._bound(server_round, nodes, deltas)
         screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
         deltas, nodes = deltas[screened], [nodes[i] for i in screened]
-        filled = fill_unsent(deltas)
         theta = max(1, len(deltas) - 2 * f)
-        chosen = filled[self.select(server_round, nodes, filled, theta)]
+        ranking = self.rank(server_round, nodes, deltas, theta)
+        trusted = ranking[: max(theta, len(ranking) - f)]
+        chosen = fill_unsent(deltas[ranking[:theta]], deltas[trusted])
         (closest,) = aggregate_n_closest_weights([np.median(chosen, axis=0)], [[row] for row in chosen], max(1, theta - 2 * f))
-        return np.asarray(closest) * sender_share(deltas)
+        return np.asarray(closest) * sender_share(deltas[trusted])

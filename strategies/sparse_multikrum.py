@@ -14,10 +14,13 @@ and Flower's rule runs on the filled updates, unchanged:
 1. scores and selection: Flower's own :func:`flwr.serverapp.strategy.multikrum.select_multikrum`
    on the filled updates (two devices differ only where at least one sent, and disagrees
    with the other or with the others' consensus);
-2. the selected filled updates averaged by examples, as Flower's MultiKrum does;
-3. x each coordinate's sender share (``senders / n``), as fedge's other sparse rules
-   (:mod:`~fedge.strategies.delta_aggregation`): a coordinate a lone device sent moves no
-   more than under FedAvg.
+2. the selected updates, their unknown coordinates now filled with the senders' median of
+   the ``n - f`` lowest-scored ("trusted") updates only, averaged by examples, as Flower's
+   MultiKrum does;
+3. x each coordinate's sender share among the trusted updates, as fedge's other sparse
+   rules scale by ``senders / n`` (:mod:`~fedge.strategies.delta_aggregation`): a
+   coordinate a lone device sent moves no more than under FedAvg, and one only the f
+   least central devices sent does not move.
 
 On dense updates (codecs ``none``, ``q8``: nothing is unknown, every share 1) this is
 Flower's MultiKrum. On top-k updates a selected device's own coordinates carry its
@@ -74,19 +77,27 @@ class SparseMultiKrum(DeltaAggregation):
         deltas = self._bound(server_round, nodes, deltas)
         screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
         deltas, weights, nodes = deltas[screened], weights[screened], [nodes[i] for i in screened]
-        filled = fill_unsent(deltas)
-        chosen = self.select(server_round, nodes, filled, self.num_nodes_to_select)
-        return self.combine(filled[chosen], weights[chosen]) * sender_share(deltas)
+        ranking = self.rank(server_round, nodes, deltas, self.num_nodes_to_select)
+        chosen, trusted = ranking[: self.num_nodes_to_select], self.trusted(ranking)
+        filled = fill_unsent(deltas[chosen], deltas[trusted])
+        return self.combine(filled, weights[chosen]) * sender_share(deltas[trusted])
 
-    def select(self, server_round: int, nodes: list[int], filled: np.ndarray, count: int) -> np.ndarray:
-        """Indices (into ``filled`` ``(n, d)``) of the ``count`` lowest Krum scores, most central
-        first; every device's rank recorded in :attr:`decisions`."""
-        ranking = krum_ranking(filled, self.num_malicious_nodes)
+    def rank(self, server_round: int, nodes: list[int], deltas: np.ndarray, count: int) -> np.ndarray:
+        """Indices into ``deltas`` ``(n, d)`` from the lowest Krum score (on the updates filled
+        with every sender's median) to the highest; every device's rank recorded in
+        :attr:`decisions` (the ``count`` lowest ``kept``)."""
+        ranking = krum_ranking(fill_unsent(deltas), self.num_malicious_nodes)
         for rank, i in enumerate(ranking):
             action = "kept" if rank < count else "excluded"
             reason = f"Krum rank {rank + 1} of {len(ranking)} (the {count} lowest scores are selected, f = {self.num_malicious_nodes})"
             self.decisions.append(RobustDecision(server_round, nodes[i], action, reason))
-        return np.array(ranking[:count], dtype=np.int64)
+        return np.array(ranking, dtype=np.int64)
+
+    def trusted(self, ranking: np.ndarray) -> np.ndarray:
+        """The ``n - f`` lowest-scored updates (at least the selected): Krum's own assumption is
+        that at most f are Byzantine, so the f highest scores neither fill unknown coordinates
+        nor count in a coordinate's sender share."""
+        return ranking[: max(self.num_nodes_to_select, len(ranking) - self.num_malicious_nodes, 1)]
 
     def combine(self, deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.asarray(weights @ deltas / weights.sum())

@@ -65,9 +65,12 @@ def test_on_topk_updates_the_small_update_no_longer_wins() -> None:
     got = aggregate(strategy, replies, start)
     chosen = next(d.node_id for d in strategy.decisions if d.action == "kept") - 100
     assert chosen != 7
-    # Krum's one update: the chosen device's values where it sent, the senders' median elsewhere, x sender share
-    np.testing.assert_allclose(got, fill_unsent(deltas)[chosen] * sender_share(deltas), atol=1e-6)
-    assert krum_ranking(fill_unsent(deltas), 1)[-1] == 7  # the least central of all
+    ranking = krum_ranking(fill_unsent(deltas), 1)
+    assert ranking[-1] == 7  # the least central of all
+    # Krum's one update: the chosen device's values where it sent, elsewhere the senders' median
+    # of the n - f = 7 most central (not device 7), x their sender share
+    trusted = deltas[ranking[:7]]
+    np.testing.assert_allclose(got, fill_unsent(deltas[[chosen]], trusted)[0] * sender_share(trusted), atol=1e-6)
     assert np.corrcoef(got, deltas[:7].mean(axis=0))[0, 1] > 0.8  # as the honest mean (FedAvg of the 7)
     assert np.all(got[(deltas[:7] != 0).any(axis=0)] > 0)  # where honest devices sent, the wrong way never wins
 
@@ -86,16 +89,14 @@ def test_multikrum_on_topk_leaves_out_a_sign_flipper_and_averages_the_rest_per_s
     assert 108 in excluded and len(excluded) == 2
     kept = [d.node_id - 100 for d in strategy.decisions if d.action == "kept"]
     weights = np.array([10 * (1 + i % 3) for i in kept], dtype=float)
-    expected = weights @ fill_unsent(deltas)[kept] / weights.sum() * sender_share(deltas)
+    trusted = deltas[krum_ranking(fill_unsent(deltas), 1)[:8]]  # n - f: every honest device
+    expected = weights @ fill_unsent(deltas[kept], trusted) / weights.sum() * sender_share(trusted)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    # where honest senders outnumber the flipper the flipped values never got in (the fill is
-    # a median: its breakdown is half of a coordinate's senders); a coordinate the flipper
-    # alone sent moves by its value / n, no more than under FedAvg
-    honest_senders = (deltas[:8] != 0).sum(axis=0)
-    assert np.all(got[honest_senders >= 2] > 0)
-    alone = (honest_senders == 0) & (deltas[8] != 0)
-    assert alone.any()
-    np.testing.assert_allclose(got[alone], deltas[8, alone] / 9, atol=1e-5)
+    # the flipper, least central, neither fills unknown coordinates nor counts as a sender:
+    # nothing of it gets in, not even where it alone sent
+    assert np.all(got[(deltas[:8] != 0).any(axis=0)] > 0)
+    alone = ((deltas[:8] != 0).sum(axis=0) == 0) & (deltas[8] != 0)
+    assert alone.any() and np.all(got[alone] == 0)
 
 
 def test_unsent_coordinates_are_filled_with_the_senders_median() -> None:
