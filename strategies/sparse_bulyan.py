@@ -4,11 +4,11 @@ Flower's Bulyan, unchanged, on updates whose unsent coordinates are *unknown*, f
 with their senders' median (see :mod:`fedge.strategies.sparse_multikrum`):
 
 1. selection: theta = n - 2f updates by Flower's MultiKrum scores on the filled updates
-   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.rank`); their unknown
-   coordinates then filled from the n - f lowest-scored updates only;
+   (:meth:`~fedge.strategies.sparse_multikrum.SparseMultiKrum.rank`), filled as there
+   (``fill``: from every update, or from the n - f lowest-scored);
 2. per coordinate, the mean of the beta = theta - 2f selected values closest to their
    median: Flower's :func:`~flwr.serverapp.strategy.bulyan.aggregate_n_closest_weights`;
-3. x each coordinate's sender share among the n - f lowest-scored updates.
+3. x each coordinate's sender share (among the updates that fill).
 
 On dense updates (every coordinate sent) this is Flower's Bulyan. Like Flower's it needs
 n >= 4f + 3 replies: with fewer the round is skipped (the model is kept) and the reason
@@ -37,7 +37,7 @@ class SparseBulyan(SparseMultiKrum):
     Tuning: f = the expected attackers (f = 1 with 7-10 devices; 2 needs 11)."""
 
     def __init__(self, *args: object, num_malicious_nodes: int = 0, **kwargs: object) -> None:
-        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)
+        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)  # type: ignore[arg-type]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -59,7 +59,7 @@ class SparseBulyan(SparseMultiKrum):
         deltas, nodes = deltas[screened], [nodes[i] for i in screened]
         theta = max(1, len(deltas) - 2 * f)
         ranking = self.rank(server_round, nodes, deltas, theta)
-        trusted = ranking[: max(theta, len(ranking) - f)]
+        trusted = self.trusted(ranking, theta)
         chosen = fill_unsent(deltas[ranking[:theta]], deltas[trusted])
         (closest,) = aggregate_n_closest_weights([np.median(chosen, axis=0)], [[row] for row in chosen], max(1, theta - 2 * f))
         return np.asarray(closest) * sender_share(deltas[trusted])

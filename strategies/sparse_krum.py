@@ -17,4 +17,4 @@ class SparseKrum(SparseMultiKrum):
     ``n - f - 2`` nearest neighbours). Tuning: f = the expected attackers."""
 
     def __init__(self, *args: object, num_malicious_nodes: int = 0, **kwargs: object) -> None:
-        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)
+        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)  # type: ignore[arg-type]

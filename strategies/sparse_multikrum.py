@@ -14,13 +14,17 @@ and Flower's rule runs on the filled updates, unchanged:
 1. scores and selection: Flower's own :func:`flwr.serverapp.strategy.multikrum.select_multikrum`
    on the filled updates (two devices differ only where at least one sent, and disagrees
    with the other or with the others' consensus);
-2. the selected updates, their unknown coordinates now filled with the senders' median of
-   the ``n - f`` lowest-scored ("trusted") updates only, averaged by examples, as Flower's
-   MultiKrum does;
-3. x each coordinate's sender share among the trusted updates, as fedge's other sparse
-   rules scale by ``senders / n`` (:mod:`~fedge.strategies.delta_aggregation`): a
-   coordinate a lone device sent moves no more than under FedAvg, and one only the f
-   least central devices sent does not move.
+2. the selected filled updates averaged by examples, as Flower's MultiKrum does;
+3. x each coordinate's sender share (``senders / n``), as fedge's other sparse rules
+   (:mod:`~fedge.strategies.delta_aggregation`): a coordinate a lone device sent moves no
+   more than under FedAvg.
+
+``fill`` = ``trusted`` fills (2) and counts (3) from the ``n - f`` lowest-scored updates
+only, so the f least central neither fill nor count, not even where they alone sent.
+Measured trade-off (digits, 10 devices, top-k, 20% attackers, f = 1): under sign-flip,
+seed 0, 20 rounds, Krum / MultiKrum / Bulyan 0.739 / 0.725 / 0.806 with ``all``, 0.786 /
+0.825 / 0.853 with ``trusted`` (FedAvg 0.856); without attack, 30 rounds, 3 seeds, worst
+seed below FedAvg 2.2 / 2.5 / 1.7 pp with ``all``, 5.6 / 4.7 / 3.1 with ``trusted``.
 
 On dense updates (codecs ``none``, ``q8``: nothing is unknown, every share 1) this is
 Flower's MultiKrum. On top-k updates a selected device's own coordinates carry its
@@ -45,6 +49,10 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 from fedge.strategies.delta_aggregation import DeltaAggregation, RobustDecision, fill_unsent, sender_share
 
 
+#: ``fill`` values: which updates fill the selected ones' unknown coordinates.
+FILLS = ("all", "trusted")
+
+
 def krum_ranking(updates: np.ndarray, num_malicious_nodes: int) -> list[int]:
     """Rows of ``updates`` ``(n, d)`` from the lowest (most central) Krum score to the
     highest, by Flower's :func:`~flwr.serverapp.strategy.multikrum.select_multikrum`."""
@@ -66,19 +74,24 @@ class SparseMultiKrum(DeltaAggregation):
     m = 8 1.4 / 1.4 / 0.0 pp.
     """
 
-    def __init__(self, *args: object, num_malicious_nodes: int = 0, num_nodes_to_select: int = 1, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, num_malicious_nodes: int = 0, num_nodes_to_select: int = 1, fill: str = "all", **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if num_malicious_nodes < 0 or num_nodes_to_select < 1:
             raise ValueError(f"num_malicious_nodes must be >= 0 and num_nodes_to_select >= 1, got {num_malicious_nodes}, {num_nodes_to_select}")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         self.num_malicious_nodes = num_malicious_nodes
         self.num_nodes_to_select = num_nodes_to_select
+        self.fill = fill
 
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
         deltas = self._bound(server_round, nodes, deltas)
         screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
         deltas, weights, nodes = deltas[screened], weights[screened], [nodes[i] for i in screened]
         ranking = self.rank(server_round, nodes, deltas, self.num_nodes_to_select)
-        chosen, trusted = ranking[: self.num_nodes_to_select], self.trusted(ranking)
+        chosen, trusted = ranking[: self.num_nodes_to_select], self.trusted(ranking, self.num_nodes_to_select)
         filled = fill_unsent(deltas[chosen], deltas[trusted])
         return self.combine(filled, weights[chosen]) * sender_share(deltas[trusted])
 
@@ -93,11 +106,13 @@ class SparseMultiKrum(DeltaAggregation):
             self.decisions.append(RobustDecision(server_round, nodes[i], action, reason))
         return np.array(ranking, dtype=np.int64)
 
-    def trusted(self, ranking: np.ndarray) -> np.ndarray:
-        """The ``n - f`` lowest-scored updates (at least the selected): Krum's own assumption is
-        that at most f are Byzantine, so the f highest scores neither fill unknown coordinates
-        nor count in a coordinate's sender share."""
-        return ranking[: max(self.num_nodes_to_select, len(ranking) - self.num_malicious_nodes, 1)]
+    def trusted(self, ranking: np.ndarray, selected: int) -> np.ndarray:
+        """The updates that fill unknown coordinates and count in the sender share: every one
+        (``fill`` = ``all``) or the ``n - f`` lowest-scored, at least the ``selected``
+        (``trusted``: Krum's own assumption is that at most f are Byzantine)."""
+        if self.fill == "all":
+            return ranking
+        return ranking[: max(selected, len(ranking) - self.num_malicious_nodes, 1)]
 
     def combine(self, deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.asarray(weights @ deltas / weights.sum())

@@ -46,7 +46,7 @@ def test_on_topk_updates_bulyan_follows_the_honest_direction_where_plain_bulyan_
     arrays, _ = Bulyan(num_malicious_nodes=1, **NODES).aggregate_train(1, [reply(100 + i, start + row, 10) for i, row in enumerate(deltas)])
     flower = arrays["w"].numpy() if arrays is not None else None
     assert flower is not None and np.count_nonzero(flower) < d // 10  # medians of mostly-zero columns: ~0
-    strategy = SparseBulyan(num_malicious_nodes=1, **NODES)
+    strategy = SparseBulyan(num_malicious_nodes=1, fill="trusted", **NODES)
     got = aggregate(strategy, [reply(100 + i, start + row, 10) for i, row in enumerate(deltas)], start)
     honest_mean = deltas[1:].mean(axis=0)
     assert np.all(got[(deltas[1:] != 0).any(axis=0)] > 0)  # the flipper, least central, never gets in

@@ -61,7 +61,7 @@ def test_on_topk_updates_the_small_update_no_longer_wins() -> None:
     assert np.argmin([np.linalg.norm(row) for row in deltas]) == 7
     flower = _flower(Krum(num_malicious_nodes=1, **NODES), replies, start)
     np.testing.assert_allclose(flower, deltas[7], atol=1e-6)  # Flower's Krum: the small wrong update
-    strategy = SparseKrum(num_malicious_nodes=1, **NODES)
+    strategy = SparseKrum(num_malicious_nodes=1, fill="trusted", **NODES)
     got = aggregate(strategy, replies, start)
     chosen = next(d.node_id for d in strategy.decisions if d.action == "kept") - 100
     assert chosen != 7
@@ -83,7 +83,7 @@ def test_multikrum_on_topk_leaves_out_a_sign_flipper_and_averages_the_rest_per_s
     deltas[8] = -10 * deltas[8]  # sign-flip x10 on its own top-k coordinates
     start = np.zeros(d)
     replies = [reply(100 + i, start + row, 10 * (1 + i % 3)) for i, row in enumerate(deltas)]
-    strategy = SparseMultiKrum(num_malicious_nodes=1, num_nodes_to_select=7, **NODES)
+    strategy = SparseMultiKrum(num_malicious_nodes=1, num_nodes_to_select=7, fill="trusted", **NODES)
     got = aggregate(strategy, replies, start)
     excluded = {d.node_id for d in strategy.decisions if d.action == "excluded"}
     assert 108 in excluded and len(excluded) == 2
@@ -97,6 +97,11 @@ def test_multikrum_on_topk_leaves_out_a_sign_flipper_and_averages_the_rest_per_s
     assert np.all(got[(deltas[:8] != 0).any(axis=0)] > 0)
     alone = ((deltas[:8] != 0).sum(axis=0) == 0) & (deltas[8] != 0)
     assert alone.any() and np.all(got[alone] == 0)
+    # the default fill takes every update: the flipper's lone coordinates move by its value / n, as under FedAvg
+    default = SparseMultiKrum(num_malicious_nodes=1, num_nodes_to_select=7, **NODES)
+    got = aggregate(default, [reply(100 + i, start + row, 10 * (1 + i % 3)) for i, row in enumerate(deltas)], start)
+    np.testing.assert_allclose(got, weights @ fill_unsent(deltas[kept], deltas) / weights.sum() * sender_share(deltas), atol=1e-5)
+    np.testing.assert_allclose(got[alone], deltas[8, alone] / 9, atol=1e-5)
 
 
 def test_unsent_coordinates_are_filled_with_the_senders_median() -> None:
@@ -111,4 +116,6 @@ def test_settings_are_checked() -> None:
         SparseMultiKrum(num_malicious_nodes=-1)
     with pytest.raises(ValueError, match="num_nodes_to_select"):
         SparseMultiKrum(num_nodes_to_select=0)
+    with pytest.raises(ValueError, match="fill"):
+        SparseMultiKrum(fill="some")
     assert SparseKrum(num_malicious_nodes=2).num_nodes_to_select == 1
