@@ -63,18 +63,24 @@ CONF_DIR = REPO / "conf"
 STRATEGIES: dict[str, list[str]] = {
     "FedAvg": ["strategy=fedavg"],
     "FedAvg+norm bound": ["strategy=norm_bounded"],
-    "FedMedian": ["strategy=fedmedian"],
-    "FedTrimmedAvg": ["strategy=fedtrimmedavg"],
-    "Krum": ["strategy=krum"],
-    "MultiKrum": ["strategy=multikrum"],
-    "Bulyan": ["strategy=bulyan"],
+    "FedMedian": ["strategy=fedmedian", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "FedTrimmedAvg": ["strategy=fedtrimmedavg", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "Krum": ["strategy=krum", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "MultiKrum": ["strategy=multikrum", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
+    "Bulyan": ["strategy=bulyan", "server.allow_flower_robust_on_sparse=true"],  # Flower's rule as is: refused on top-k otherwise (fedge.conf.sparse_rules)
     "SparseMedian": ["strategy=sparse_median"],
     "SparseTrimmedAvg": ["strategy=sparse_trimmed_avg"],
+    "SparseKrum": ["strategy=sparse_krum"],
+    "SparseMultiKrum": ["strategy=sparse_multikrum"],
+    "SparseBulyan": ["strategy=sparse_bulyan"],
     "Screened FedAvg": ["strategy=screened_fedavg"],
     "FLTrust": ["strategy=fltrust", "strategy.root_examples=300"],  # 100 (the paper's) measured too slow on digits: see README
     "FLTrust screen": ["strategy=fltrust_screen", "strategy.root_examples=300"],
     "Reputation screen": ["strategy=reputation_screen", "strategy.root_examples=300"],  # FLTrust's score averaged per device over rounds
 }
+#: Flower's rules fedge refuses on a sparse uplink (fedge.conf.sparse_rules) -> the rule a user is told to run
+#: instead; must-show 2 holds each to its replacement (the Flower row runs only with the opt-in, to show the collapse).
+SPARSE_REPLACEMENT = {"FedMedian": "SparseMedian", "FedTrimmedAvg": "SparseTrimmedAvg", "Krum": "SparseKrum", "MultiKrum": "SparseMultiKrum", "Bulyan": "SparseBulyan"}
 #: The rules issue 12's scorecard names (the full grid adds fedge's sparse-aware and reference-scored rules).
 ISSUE_STRATEGIES = ["FedAvg", "FedAvg+norm bound", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan"]
 ATTACKS = ["none", "signflip", "scaling", "alie", "ipm", "labelflip", "backdoor"]
@@ -245,6 +251,10 @@ def verdicts(rows: list[dict[str, Any]], compression: str = "topk") -> dict[str,
                                                  "seeds": absent.get("gap_seeds", absent["seeds"])}
     clean_rules = {r["strategy"]: {"gap_pp_max": r["gap_pp_max"], "gap_pp_mean": r["gap_pp_mean"], "seeds": r.get("gap_seeds", r["seeds"]),
                                    "holds": r["gap_pp_max"] <= MARGIN_PP} for r in at if r["attack"] == "none" and r["strategy"] != "FedAvg"}
+    if compression in ("topk", "randk"):  # Flower's rule is refused there: a user runs its replacement, which must hold
+        for rule, entry in clean_rules.items():
+            if rule in SPARSE_REPLACEMENT:
+                entry.update(refused_use=SPARSE_REPLACEMENT[rule], holds=clean_rules.get(SPARSE_REPLACEMENT[rule], {}).get("holds", False))
     return {"compression": compression, "margin_pp": MARGIN_PP, "attacks": per_attack, "no_attack": clean_rules, "honest_only": honest_only}
 
 
@@ -349,7 +359,9 @@ def markdown(payload: dict[str, Any]) -> str:
                   "attackers starts from."]
     lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
     lines += [f"- {s}: worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
-              f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
+              f"({e.get('seeds', '?')} seeds)"
+              + (f" (Flower's, refused at {v['compression']} without server.allow_flower_robust_on_sparse; a user runs {e['refused_use']})" if e.get("refused_use") else "")
+              + f" -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
     backdoor = [r for r in payload["rows"] if r["attack"] == "backdoor" and r["backdoor_success_mean"] is not None]
     lines += ["", "## Must-show 4: backdoor success rate (triggered test inputs of other classes read as the target)", ""]
     lines += ["Per compression: FedAvg (no defence) and the best defence (lowest success among the rules whose worst seed "
@@ -380,7 +392,7 @@ MUST_SHOW_ORDER = [
     ("FedAvg", "backdoor"),
     *[("FLTrust", a) for a in ATTACKS],
     *[("FLTrust screen", a) for a in ("none", "signflip", "ipm", "labelflip", "scaling", "alie", "backdoor")],
-    *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "FedAvg+norm bound")],
+    *[(s, "none") for s in ("SparseMedian", "SparseTrimmedAvg", "SparseKrum", "SparseMultiKrum", "SparseBulyan", "FedAvg+norm bound")],
     *[("FedAvg", a) for a in ATTACKS if a not in ("none", "backdoor")],
     *[(s, "none") for s in ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")],
 ]

@@ -95,6 +95,12 @@ def build_strategy(cfg: DictConfig, max_num_examples: int = 0) -> CompressedStra
         validation = server_settings(cfg).reply_policy(max_num_examples)
     except ValueError as exc:
         raise ConfigError(f"server: {exc}") from None
+    from fedge.conf.sparse_rules import check_rule_fits_uplink
+
+    try:
+        check_rule_fits_uplink(inner, setup.uplink, server_settings(cfg).allow_flower_robust_on_sparse)
+    except ValueError as exc:
+        raise ConfigError(f"strategy: {exc}") from None
     return CompressedStrategy(
         inner,
         uplink=setup.uplink,

@@ -76,6 +76,9 @@ class ServerConfig:
     max_num_examples: int = 0  # cap on a reply's num-examples (larger claims are capped); 0 = from the task: largest partition (fedge-sim) / train-set size (fedge-server)
     max_update_norm: float = 0.0  # fixed bound on a decoded update's L2 norm (above: dropped); 0 = 100 x max(1, ||global model||); inf = none
     max_update_norm_median: float = 10.0  # drop updates above this multiple of the round's median update norm (rounds of >= 3 replies); 0 = off
+    # Flower's FedMedian/FedTrimmedAvg/Krum/MultiKrum/Bulyan on a top-k/random-k uplink collapse; refused by
+    # default, naming fedge's sparse-aware rule (fedge.conf.sparse_rules). true: run Flower's anyway.
+    allow_flower_robust_on_sparse: bool = False
     keep_checkpoints: int = 3  # fedge-server keeps the newest N checkpoints; --resume takes the newest valid one
 
     def reply_policy(self, task_max_num_examples: int) -> ReplyPolicy:

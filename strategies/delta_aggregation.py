@@ -1,7 +1,9 @@
 """DeltaAggregation: FedAvg that aggregates *updates*, bounded and screened, sparse-aware.
 
 The base of fedge's compression-aware robust rules (:mod:`~fedge.strategies.sparse_median`,
-:mod:`~fedge.strategies.sparse_trimmed_avg`, :mod:`~fedge.strategies.norm_bounded`).
+:mod:`~fedge.strategies.sparse_trimmed_avg`, :mod:`~fedge.strategies.norm_bounded`, the
+Krum family :mod:`~fedge.strategies.sparse_multikrum`, :mod:`~fedge.strategies.sparse_krum`,
+:mod:`~fedge.strategies.sparse_bulyan`).
 Like Flower's FedMedian it subclasses FedAvg (sampling, configuration, reply checks and
 metric aggregation are FedAvg's) and replaces only how arrays are combined.
 
@@ -219,15 +221,37 @@ def shared_support(deltas: np.ndarray, quorum: float) -> np.ndarray:
     return np.asarray((count >= max(1.0, quorum * len(deltas))), dtype=bool)
 
 
-def sparse_median(deltas: np.ndarray) -> np.ndarray:
-    """Per coordinate: the median over the devices that sent it, x ``senders / n`` (0 if none)."""
-    sent = sender_masks(deltas)
-    count = sent.sum(axis=0)
-    values = np.where(sent, deltas, np.nan)
+def senders_median(deltas: np.ndarray) -> np.ndarray:
+    """``(d,)``: per coordinate, the median over the devices that sent it, unscaled (0 where
+    nobody did)."""
+    values = np.where(sender_masks(deltas), deltas, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: nobody sent them
         median = np.nanmedian(values, axis=0)
-    return np.where(count > 0, median, 0.0) * (count / len(deltas))
+    return np.nan_to_num(median, nan=0.0)
+
+
+def sender_share(deltas: np.ndarray) -> np.ndarray:
+    """``(d,)``: per coordinate, the share of the ``(n, d)`` updates that sent it (1 where dense)."""
+    return np.asarray(sender_masks(deltas).sum(axis=0) / len(deltas))
+
+
+def sparse_median(deltas: np.ndarray) -> np.ndarray:
+    """Per coordinate: the median over the devices that sent it, x ``senders / n`` (0 if none)."""
+    return senders_median(deltas) * sender_share(deltas)
+
+
+def fill_unsent(deltas: np.ndarray, fill_from: np.ndarray | None = None) -> np.ndarray:
+    """``(n, d)``: each update with the coordinates its device did not send taken as
+    *unknown* and filled with the senders' median there (:func:`senders_median` of the
+    ``fill_from`` updates, default ``deltas`` themselves), not 0.
+
+    Distances between filled updates count what two devices disagree on where either sent
+    (a coordinate neither sent is the same median in both; where only one sent, its value
+    is compared with the others' consensus), so a smaller top-k update is not "closer" to
+    everyone merely for being small. Dense updates are returned unchanged."""
+    sent = sender_masks(deltas)
+    return np.where(sent, deltas, senders_median(deltas if fill_from is None else fill_from)[None, :])
 
 
 def sparse_trimmed_mean(deltas: np.ndarray, beta: float) -> np.ndarray:

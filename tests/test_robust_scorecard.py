@@ -144,3 +144,17 @@ def test_a_stopped_grid_projects_the_default_grid_from_its_finished_cells() -> N
     assert sample["projection"]["cells"] == len(cells) and sample["cells_cpu_s"] == 18.0
     assert abs(sample["projection"]["projected_cpu_s"] - 5.0 * len(cells)) <= len(cells) / 2  # unsampled rules: the mean of the sampled
     assert "4 cells finished" in "\n".join(grid_sample_markdown(sample))
+
+
+def test_must_show_2_holds_flowers_refused_rules_to_their_sparse_aware_replacement() -> None:
+    runs = [_run("FedAvg", "none", s, 0.95, c) for s in range(2) for c in ("q8", "topk")]
+    runs += [_run("Krum", "none", s, 0.40, "topk") for s in range(2)]  # Flower's, opt-in: collapses
+    runs += [_run("SparseKrum", "none", s, 0.94, "topk") for s in range(2)]
+    runs += [_run("MultiKrum", "none", s, 0.80, "topk") for s in range(2)]  # its replacement was not run
+    runs += [_run("Krum", "none", s, 0.90, "q8") for s in range(2)]
+    topk = verdicts(summarise(runs))["no_attack"]
+    assert topk["Krum"]["refused_use"] == "SparseKrum" and topk["Krum"]["holds"]
+    assert topk["MultiKrum"]["refused_use"] == "SparseMultiKrum" and not topk["MultiKrum"]["holds"]
+    assert topk["SparseKrum"]["holds"] and "refused_use" not in topk["SparseKrum"]
+    dense = verdicts(summarise(runs), compression="q8")["no_attack"]
+    assert "refused_use" not in dense["Krum"] and not dense["Krum"]["holds"]  # accepted at q8: held to itself

@@ -22,6 +22,9 @@ STRATEGIES = [
     "sparse_median",
     "sparse_trimmed_avg",
     "screened_fedavg",
+    "sparse_krum",
+    "sparse_multikrum",
+    "sparse_bulyan",
 ]
 
 
