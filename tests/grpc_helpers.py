@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -127,3 +129,37 @@ class Processes:
                 proc.wait()
         for f in self._logs.values():
             f.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_digits_federation(root: Path, devices: Sequence[str], *server_overrides: str) -> Processes:
+    """A whole ``fedge-server`` run with one ``fedge-client`` process per device (mTLS on
+    loopback, digits split evenly, results in ``root/run``); both sides must exit 0. The
+    returned :class:`Processes` (closed) keeps every process's log."""
+    certs = CertDir(root / "certs")
+    create_federation(certs.root)
+    issue_devices(certs.root, list(devices))
+    from fedge.tasks.digits import DigitsTask
+
+    train = DigitsTask().load().train
+    port = free_port()
+    procs = Processes(root)
+    args = fedge_server_args(port, certs, root / "ckpt", *server_overrides, f"hydra.run.dir={root}/run")
+    server = procs.start("server", [f"num_clients={len(devices)}" if a == "num_clients=3" else a for a in args])
+    clients = [
+        procs.start(d, fedge_client_args(port, certs, d, digits_shard_file(root / f"{d}.npz", train, i, len(devices))))
+        for i, d in enumerate(devices)
+    ]
+    try:
+        assert server.wait(timeout=300) == 0, procs.log("server")[-3000:]
+        assert [c.wait(timeout=60) for c in clients] == [0] * len(devices)
+    finally:
+        procs.close()
+    return procs
+

@@ -10,49 +10,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from grpc_helpers import BIN, Processes, digits_shard_file, fedge_client_args, fedge_server_args
+from grpc_helpers import BIN, serve_digits_federation
 
-from fedge.server.certs import CertDir, create_federation, issue_devices
-from fedge.tasks.digits import DigitsTask
 from fedge.tasks.layer_spec import state_shapes
 from fedge.tasks.shaping.architecture import from_json
 
 DEVICES = ["1000", "1001"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_fedge_server_prunes_channels_and_fedge_client_processes_rebuild_the_model(tmp_path):
     """``fedge-server shape=structured``: at round 2 the global CNN loses half its channels; both
     ``fedge-client`` processes rebuild it from the Task's architecture and keep training."""
-    certs = CertDir(tmp_path / "certs")
-    create_federation(certs.root)
-    issue_devices(certs.root, DEVICES)
-    train = DigitsTask().load().train
-    port = _free_port()
-    procs = Processes(tmp_path)
-    args = fedge_server_args(port, certs, tmp_path / "ckpt", "rounds=4", "client.local_steps=25", "shape=structured",
-                             "shape.structured.ratio=0.5", "shape.structured.rounds=[2]", f"hydra.run.dir={tmp_path}/run")
-    server = procs.start("server", [f"num_clients={len(DEVICES)}" if a == "num_clients=3" else a for a in args])
-    clients = [
-        procs.start(d, fedge_client_args(port, certs, d, digits_shard_file(tmp_path / f"{d}.npz", train, i, len(DEVICES))))
-        for i, d in enumerate(DEVICES)
-    ]
-    try:
-        assert server.wait(timeout=300) == 0, procs.log("server")[-3000:]
-        assert [c.wait(timeout=60) for c in clients] == [0, 0]
-    finally:
-        procs.close()
+    procs = serve_digits_federation(tmp_path, DEVICES, "rounds=4", "client.local_steps=25", "shape=structured",
+                                    "shape.structured.ratio=0.5", "shape.structured.rounds=[2]")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     report = results["shape"]["structured"]
     assert [s["round"] for s in report["steps"]] == [2]
