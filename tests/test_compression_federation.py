@@ -22,11 +22,16 @@ from fedge.tasks.digits import DigitsTask
 from test_strategies import STRATEGIES
 
 
+#: Flower's robust rules: refused on a sparse uplink unless opted in (tests/test_sparse_rules.py); run here opted in.
+FLOWER_ROBUST = {"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"}
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_with_topk_and_error_feedback(make_cfg, strategy):
+    opt_in = ["server.allow_flower_robust_on_sparse=true"] if strategy in FLOWER_ROBUST else []
     cfg = make_cfg(
         [f"strategy={strategy}", "compression=topk", "compression.ratio=0.05", "num_clients=8", "rounds=2",
-         "partition=iid", "client.local_steps=5", *FAST]
+         "partition=iid", "client.local_steps=5", *FAST, *opt_in]
     )
     rounds = run_experiment(cfg).result.rounds
     for record in rounds[1:]:
