@@ -87,9 +87,17 @@ def test_fp16_casts_match_numpy_bit_for_bit(monkeypatch, torch_loaded):
         assert np.array_equal(codec.decode(wire), baselines.fp16_decode(wire.data, x.shape), equal_nan=True)
 
 
-@pytest.mark.parametrize("shape", [(4 * BLOCK + 5,), (3, 2 * BLOCK + 1), (64, 40), (0,)])
+def _numpy_only(monkeypatch: pytest.MonkeyPatch, torch_loaded: bool) -> None:
+    """Make the codecs run as in a process without torch (the numpy device runtime)."""
+    if not torch_loaded:
+        monkeypatch.setattr(half, "loaded_torch", lambda: None)
+
+
+@pytest.mark.parametrize("shape", [(4 * BLOCK + 5,), (3, 2 * BLOCK + 1), (64, 40), (0,), (1,), (3,)])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fused_q8_writes_and_decodes_as_the_plain_passes(shape, per_channel):
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_fused_q8_writes_and_decodes_as_the_plain_passes(monkeypatch, shape, per_channel, torch_loaded):
+    _numpy_only(monkeypatch, torch_loaded)
     x = (np.random.default_rng(4).standard_normal(shape) * 1e-2).astype(np.float32)
     codec = make_codec(CodecSpec("q8", {"per_channel": per_channel}))
     msg = codec.encode(x, "t")
@@ -156,12 +164,45 @@ def _degenerate_ranges() -> list[np.ndarray]:
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("index", range(7))
-def test_q8_skips_the_clip_only_when_it_changes_nothing(index):
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_q8_skips_the_clip_only_when_it_changes_nothing(monkeypatch, index, torch_loaded):
+    _numpy_only(monkeypatch, torch_loaded)
     x = _degenerate_ranges()[index]
     msg = make_codec("q8").encode(x, "t")
     assert msg.data == baselines.uniform_encode(x, 8, False)[0]
     _, lo, scale = baselines.uniform_encode(x, 8, False)
     assert np.float32(list(msg.floats)).tobytes() == np.concatenate([lo, scale]).tobytes()
+
+
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_q8_of_read_only_strided_and_offset_updates_matches_the_plain_passes(monkeypatch, recwarn, torch_loaded):
+    """The range takes torch's one-pass min and max only on a contiguous row; read-only
+    buffers (bytes off the wire) and strided views give the plain bytes, with no warning."""
+    _numpy_only(monkeypatch, torch_loaded)
+    rng = np.random.default_rng(8)
+    base = (rng.standard_normal(10 * BLOCK) * 1e-3).astype(np.float32)
+    read_only = np.frombuffer(base.tobytes(), dtype=np.float32)
+    shifted = base + np.float32(3.0)  # all positive: the minimum is far from zero
+    for x in (read_only, base[::2], base[1:], shifted, -shifted):
+        msg = make_codec("q8").encode(x, "t")
+        old_bytes, lo, scale = baselines.uniform_encode(np.ascontiguousarray(x), 8, False)
+        assert msg.data == old_bytes
+        assert np.float32(list(msg.floats)).tobytes() == np.concatenate([lo, scale]).tobytes()
+        decoded = make_codec("q8").decode(tensor_pb2.CompressedTensor.FromString(msg.SerializeToString()))
+        assert decoded.tobytes() == baselines.uniform_decode(old_bytes, lo, scale, x.shape).tobytes()
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_stochastic_q8_is_unbiased_and_reproducible_on_long_rows():
+    """Stochastic rounding keeps its own full-size path (no fused blocks): same seed, same bytes."""
+    x = (np.random.default_rng(9).standard_normal(5 * BLOCK) * 1e-2).astype(np.float32)
+    spec = CodecSpec("q8", {"stochastic": True, "seed": 3})
+    first, second = make_codec(spec).encode(x, "t"), make_codec(spec).encode(x, "t")
+    assert first.data == second.data
+    decoded = make_codec(spec).decode(first)
+    step = first.floats[1]
+    assert np.all(np.abs(decoded - x) <= step * 1.0001)
+    assert abs(float(np.mean(decoded - x))) < step / 50  # unbiased: errors cancel over 327k values
 
 
 def test_fp16_integer_cast_matches_numpy_over_the_float32_range(monkeypatch):

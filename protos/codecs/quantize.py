@@ -25,11 +25,12 @@ Written by hand because neither torch nor numpy offers a serialisable sub-byte f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import MutableMapping
 
 import numpy as np
 
-from fedge.protos.codecs import bitpack, fresh_bytes
+from fedge.protos.codecs import bitpack, fresh_bytes, half
 from fedge.protos.codecs.base import Codec, floats_of, ints_of, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
 from fedge.protos.v1 import tensor_pb2 as pb
@@ -114,12 +115,19 @@ def _row_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if rows.shape[0] > 1 or rows.shape[1] < 4 * BLOCK:
         return rows.min(axis=1), rows.max(axis=1)
     row = rows[0]
-    blocks = range(0, row.size, BLOCK)
-    mins, maxs = np.empty(len(blocks), rows.dtype), np.empty(len(blocks), rows.dtype)
-    for i, start in enumerate(blocks):
-        block = row[start : start + BLOCK]
-        mins[i], maxs[i] = block.min(), block.max()
-    lo, hi = mins.min(keepdims=True), maxs.max(keepdims=True)
+    torch = half.loaded_torch()
+    if torch is not None and row.flags.c_contiguous:
+        with warnings.catch_warnings():  # a read-only update: torch only reads it here
+            warnings.simplefilter("ignore", UserWarning)
+            low, high = torch.aminmax(torch.from_numpy(row))  # type: ignore[attr-defined]
+        lo, hi = np.array([low.item()], rows.dtype), np.array([high.item()], rows.dtype)
+    else:
+        blocks = range(0, row.size, BLOCK)
+        mins, maxs = np.empty(len(blocks), rows.dtype), np.empty(len(blocks), rows.dtype)
+        for i, start in enumerate(blocks):
+            block = row[start : start + BLOCK]
+            mins[i], maxs[i] = block.min(), block.max()
+        lo, hi = mins.min(keepdims=True), maxs.max(keepdims=True)
     if not lo[0] != 0:
         lo = rows.min(axis=1)
     if not hi[0] != 0:
@@ -153,7 +161,7 @@ def _nearest_levels(
     for c in range(rows.shape[0]):
         row, out, offset, factor = rows[c], codes[c], lo[c], inv[c]
         clip = not _clip_is_identity(offset, hi[c], factor, levels)
-        for start in range(0, width, BLOCK):
+        for start in reversed(range(0, width, BLOCK)):
             block, dst = row[start : start + BLOCK], out[start : start + BLOCK]
             buf = work[: block.size]
             np.subtract(block, offset, out=buf)
@@ -192,7 +200,7 @@ def _levels_to_values(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> n
         return q
     out = np.empty(codes.shape, dtype=np.float32)
     for c in range(codes.shape[0]):
-        for start in range(0, codes.shape[1], BLOCK):
+        for start in reversed(range(0, codes.shape[1], BLOCK)):
             dst = out[c, start : start + BLOCK]
             # uint8 -> float32 (exact) by numpy's cast copy into the cached block, then scale
             # and offset it in place: ~8% faster than the cast inside the multiply (a buffered
