@@ -10,8 +10,9 @@ same machine load:
 - fp16 dense, numpy only (a process without torch, e.g. the numpy device runtime):
   the integer cast in cached blocks and the table lookup back vs numpy's casts;
 - fp16 dense in a process that has torch loaded: torch's F16C casts vs numpy's casts;
-- q8 (8-bit uniform, per tensor): fused blocked passes straight into the payload vs
-  full-size passes;
+- q8 (8-bit uniform, per tensor): a one-pass range (torch's ``aminmax`` where torch is
+  loaded, numpy's blocked min and max in a process without it) and fused blocked passes
+  straight into the payload vs full-size passes;
 - global top-1% + error feedback (``UplinkEncoder``, values in 8 bits): one selection
   and a residual updated at the kept positions only vs a selection for the counts,
   another per tensor, and a dense decode subtracted from the whole update.
@@ -61,7 +62,7 @@ def _flat(update: dict[str, np.ndarray]) -> np.ndarray:
 
 @contextlib.contextmanager
 def _without_torch() -> Iterator[None]:
-    """Run the float16 casts as a process without torch does (torch is loaded here for the other rows)."""
+    """Run the codecs as a process without torch does (torch is loaded here for the other rows)."""
     loaded = half.loaded_torch
     half.loaded_torch = lambda: None
     try:
@@ -99,6 +100,10 @@ def cases(update: dict[str, np.ndarray]) -> dict[str, tuple[Callable[[], object]
     def q8_new() -> None:
         q8.decode(q8.encode(flat, "t"))
 
+    def q8_numpy_only() -> None:
+        with _without_torch():
+            q8.decode(q8.encode(flat, "t"))
+
     def q8_old() -> None:
         codes, lo, scale = baselines.uniform_encode(flat, 8, False)
         baselines.uniform_decode(codes, lo, scale, flat.shape)
@@ -109,6 +114,7 @@ def cases(update: dict[str, np.ndarray]) -> dict[str, tuple[Callable[[], object]
         "fp16, numpy only (encode + decode)": (fp16_numpy_only, fp16_old),
         "fp16, torch loaded (encode + decode)": (fp16_new, fp16_old),
         "q8 per tensor (encode + decode)": (q8_new, q8_old),
+        "q8 per tensor, numpy only (encode + decode)": (q8_numpy_only, q8_old),
         "global top-1% + q8 values + error feedback": (lambda: _ef_new(update, encoder, plan), lambda: _ef_old(update, residual)),
     }
 

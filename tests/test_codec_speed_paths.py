@@ -15,7 +15,7 @@ import torch  # noqa: F401  (loaded: the float16 casts take torch's path)
 from bench import codec_baselines as baselines
 from fedge.protos.codecs import CodecSpec, encode_update, make_codec
 from fedge.protos.codecs import half
-from fedge.protos.codecs.quantize import BLOCK
+from fedge.protos.codecs.quantize import BLOCK, ROUNDER
 from fedge.protos.codecs.sparse import SAMPLE, global_top_k_positions, top_k_indices
 from fedge.protos.v1 import tensor_pb2
 
@@ -191,6 +191,20 @@ def test_q8_of_read_only_strided_and_offset_updates_matches_the_plain_passes(mon
         decoded = make_codec("q8").decode(tensor_pb2.CompressedTensor.FromString(msg.SerializeToString()))
         assert decoded.tobytes() == baselines.uniform_decode(old_bytes, lo, scale, x.shape).tobytes()
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_q8_rounding_by_adding_1_5_times_2_to_the_23_is_rint():
+    """The fused encoder's rounding (add ``ROUNDER``, keep the low byte) against
+    ``rint`` + uint8 cast: a spread of float32 patterns over [0, 255.5), and every tie
+    (k + 0.5) with its two neighbours."""
+    top = np.float32(255.5).view(np.uint32)
+    spread = np.arange(0, top, 97, dtype=np.uint32).view(np.float32)
+    ties = np.arange(256, dtype=np.float32) - np.float32(0.5)
+    ties = ties[ties >= 0]
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(256))])
+    y = np.concatenate([spread, near[near < np.float32(255.5)], np.float32([0.0, 255.0])])
+    low_bytes = (y + ROUNDER).view(np.uint32).astype(np.uint8)
+    assert np.array_equal(low_bytes, np.rint(y).astype(np.uint8))
 
 
 def test_stochastic_q8_is_unbiased_and_reproducible_on_long_rows():
