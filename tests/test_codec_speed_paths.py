@@ -71,7 +71,17 @@ def _fp16_inputs() -> list[np.ndarray]:
     wide[:8] = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65520.0, 6e-8, -2.9e-8]
     with_nan = wide.copy()
     with_nan[100] = np.nan
-    return [wide, with_nan, rng.standard_normal((64, 128)).astype(np.float32) * 1e-3, np.ones(10, np.float32)]
+    read_only = np.frombuffer(wide.tobytes(), dtype=np.float32)  # bytes off the wire
+    return [
+        wide,
+        with_nan,
+        rng.standard_normal((64, 128)).astype(np.float32) * 1e-3,
+        np.ones(10, np.float32),
+        wide[::3],  # strided
+        read_only,
+        wide[:2000],  # between the blocked integer cast's and torch's thresholds
+        wide[:3000].astype(np.float64),  # not float32: numpy's cast
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedge.protos.codecs.base import Codec, expect_bytes, num_elements, register
 from fedge.protos.codecs.errors import MalformedPayloadError
-from fedge.protos.codecs.half import half_to_single, single_to_half
+from fedge.protos.codecs.half import half_to_single, single_to_half_bytes
 from fedge.protos.v1 import tensor_pb2 as pb
 
 
@@ -51,7 +51,7 @@ class Fp16Codec(Codec):
     """
 
     def _encode_into(self, array: np.ndarray, msg: pb.CompressedTensor, state: object = None) -> None:
-        msg.data = single_to_half(array).tobytes()
+        msg.data = single_to_half_bytes(array)
 
     def _decode(self, msg: pb.CompressedTensor, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         _no_parts(msg)

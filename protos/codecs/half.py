@@ -29,6 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from fedge.protos.codecs import fresh_bytes
+
 #: Below this many elements numpy's cast is as fast as handing the array to torch.
 TORCH_MIN_ELEMENTS = 4096
 #: Below this many elements numpy's cast is as fast as the blocked integer cast.
@@ -72,8 +74,33 @@ def single_to_half(array: np.ndarray) -> np.ndarray:
     return source.to(torch.float16).numpy().astype("<f2", copy=False)  # type: ignore[attr-defined]
 
 
+def single_to_half_bytes(array: np.ndarray) -> bytes:
+    """``single_to_half(array).tobytes()``, bit for bit, with the cast writing straight
+    into the new ``bytes`` object (:mod:`~fedge.protos.codecs.fresh_bytes`): no
+    float16 array of the update's size beside it, no copy of it into the payload."""
+    torch = loaded_torch()
+    x = np.asarray(array)
+    if x.dtype != np.float32 or x.size < BITS_MIN_ELEMENTS or sys.byteorder != "little":
+        return single_to_half(x).tobytes()
+    payload, view = fresh_bytes.new_bytes(2 * x.size)
+    out = view.view("<f2")
+    source = np.ascontiguousarray(x).reshape(-1)
+    if torch is None or x.size < TORCH_MIN_ELEMENTS:
+        _bits_to_half(source, out)
+    elif _has_nan(source):
+        np.copyto(out, source, casting="unsafe")  # numpy's cast: NaN payloads as numpy keeps them
+    else:
+        with warnings.catch_warnings():  # a read-only update: torch only reads it here
+            warnings.simplefilter("ignore", UserWarning)
+            torch.from_numpy(out).copy_(torch.from_numpy(source))  # type: ignore[attr-defined]
+    return fresh_bytes.finish(payload)
+
+
 def half_to_single(array: np.ndarray) -> np.ndarray:
-    """A float16 array as a new float32 array (same shape); like ``array.astype(np.float32)``."""
+    """A float16 array as a new float32 array (same shape); like ``array.astype(np.float32)``.
+
+    With torch, the cast writes into an array numpy allocates (numpy asks the kernel for
+    huge pages on large arrays: ~20x fewer page faults than a tensor torch allocates)."""
     torch = loaded_torch()
     h = np.asarray(array)
     if h.size < BITS_MIN_ELEMENTS:
@@ -83,12 +110,14 @@ def half_to_single(array: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():  # bytes off the wire are read-only; torch only reads them here
         warnings.simplefilter("ignore", UserWarning)
         source = torch.from_numpy(h.astype("=f2", copy=False))  # type: ignore[attr-defined]
-    out: np.ndarray = source.to(torch.float32).numpy()  # type: ignore[attr-defined]
+    out = np.empty(h.shape, dtype=np.float32)
+    torch.from_numpy(out).copy_(source)  # type: ignore[attr-defined]
     return h.astype(np.float32) if _has_nan(out) else out  # NaN payloads as numpy keeps them
 
 
-def _bits_to_half(x: np.ndarray) -> np.ndarray:
-    """float32 -> float16 (round to nearest even) in uint32 arithmetic, block by block.
+def _bits_to_half(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 -> float16 (round to nearest even) in uint32 arithmetic, block by block,
+    into ``out`` (a contiguous float16 array of ``x``'s size) if given, else a new array.
 
     Per element, with ``a = |x|``'s bits: the normal result ``n`` rebiases the exponent
     and rounds the 23-bit mantissa to 10 bits (add ``0xFFF`` plus the kept mantissa's
@@ -102,7 +131,7 @@ def _bits_to_half(x: np.ndarray) -> np.ndarray:
     """
     flat = x.reshape(-1)
     bits = flat.view(np.uint32)
-    out = np.empty(flat.size, dtype="<u2")
+    out = np.empty(flat.size, dtype="<u2") if out is None else out.view("<u2")
     width = min(BLOCK, flat.size)
     magnitude, normal, scratch = (np.empty(width, np.uint32) for _ in range(3))
     floor = np.full(width, _SMALLEST_NORMAL, np.uint32)  # arrays: numpy's min/max with a scalar is not vectorised
