@@ -18,6 +18,11 @@ over all 2**32 float32 patterns in :func:`_bits_to_half`'s docstring). A NaN's p
 is what differs (numpy keeps a signalling NaN's bits, the hardware quiets it), so a
 tensor or block with a NaN takes numpy's own cast.
 
+Both directions write where the result must end up: :func:`single_to_half_bytes` casts
+into the payload's ``bytes`` (the fp16 codec's encoder), and torch's cast back fills an
+array numpy allocated, which gets huge pages (a 44 MB tensor from torch's allocator
+costs ~10,000 page faults, ~2x the cast itself).
+
 Written by hand: no numpy-only library casts float16 fast.
 """
 
