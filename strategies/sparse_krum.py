@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedge.strategies.bucketing import bucket_groups, bucket_means, krum_bucket_size
+from fedge.strategies.bucketing import BUCKET_MODES, bucket_groups, bucket_means, krum_bucket_size, spoiled_buckets
 from fedge.strategies.delta_aggregation import RobustDecision, fill_unsent, sender_share
 from fedge.strategies.sparse_multikrum import SparseMultiKrum, krum_ranking
 
@@ -45,14 +45,17 @@ class SparseKrum(SparseMultiKrum):
     """
 
     def __init__(
-        self, *args: object, num_malicious_nodes: int = 0, bucket_size: int = 1, bucket_seed: int = 0, **kwargs: object
+        self, *args: object, num_malicious_nodes: int = 0, bucket_size: int = 1, bucket_mode: str = "partition",
+        bucket_seed: int = 0, **kwargs: object,
     ) -> None:
         super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)  # type: ignore[arg-type]
         if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 1:
             raise ValueError(f"strategy.bucket_size must be an integer >= 1 (1 = no bucketing), got {bucket_size!r}")
         if isinstance(bucket_seed, bool) or not isinstance(bucket_seed, int) or bucket_seed < 0:
             raise ValueError(f"strategy.bucket_seed must be an integer >= 0, got {bucket_seed!r}")
-        self.bucket_size = bucket_size
+        if bucket_mode not in BUCKET_MODES:
+            raise ValueError(f"strategy.bucket_mode must be one of {BUCKET_MODES}, got {bucket_mode!r}")
+        self.bucket_size, self.bucket_mode = bucket_size, bucket_mode
         self.bucket_seed = bucket_seed
 
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -62,21 +65,23 @@ class SparseKrum(SparseMultiKrum):
         screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
         deltas, weights, nodes = deltas[screened], weights[screened], [nodes[i] for i in screened]
         f = self.num_malicious_nodes
-        size = krum_bucket_size(len(deltas), self.bucket_size, f)
+        size = krum_bucket_size(len(deltas), self.bucket_size, f, self.bucket_mode)
         if size < self.bucket_size:
             self.decisions.append(RobustDecision(
                 server_round, -1, "kept", f"bucket_size {self.bucket_size} -> {size}: {len(deltas)} replies; Krum needs "
-                f"more than 2f + 2 = {2 * f + 2} buckets"))
-        groups = bucket_groups(len(deltas), size, self.bucket_seed, server_round)
-        ranking = krum_ranking(bucket_means(fill_unsent(deltas), weights, groups), f)
-        for rank, b in enumerate(ranking):
-            action = "kept" if rank == 0 else "excluded"
-            reason = (f"bucket {b + 1} of {len(groups)} (size {size}), Krum rank {rank + 1} of {len(groups)} "
-                      f"(the lowest score is selected, f = {f})")
-            self.decisions += [RobustDecision(server_round, nodes[i], action, reason) for i in groups[b]]
+                f"more than 2 f_b + 2 buckets, f_b = the buckets f = {f} attackers can spoil ({self.bucket_mode})"))
+        groups = bucket_groups(len(deltas), size, self.bucket_seed, server_round, self.bucket_mode)
+        spoiled = spoiled_buckets(size, f, self.bucket_mode)
+        ranking = krum_ranking(bucket_means(fill_unsent(deltas), weights, groups), spoiled)
         chosen = groups[ranking[0]]
-        # fill = trusted: the members of the n_buckets - f lowest-scored buckets fill and count
-        trusted_buckets = ranking if self.fill == "all" else ranking[: max(1, len(groups) - f)]
-        trusted = np.concatenate([groups[b] for b in trusted_buckets])
+        for i, node in enumerate(nodes):
+            action = "kept" if i in chosen else "excluded"
+            mine = [int(b) + 1 for b, group in enumerate(groups) if i in group]
+            reason = (f"in bucket(s) {mine} of {len(groups)} ({self.bucket_mode}, size {size}); Krum on the bucket means "
+                      f"selected bucket {int(ranking[0]) + 1} (f_b = {spoiled})")
+            self.decisions.append(RobustDecision(server_round, node, action, reason))
+        # fill = trusted: the members of the n_buckets - f_b lowest-scored buckets fill and count
+        trusted_buckets = ranking if self.fill == "all" else ranking[: max(1, len(groups) - spoiled)]
+        trusted = np.unique(np.concatenate([groups[b] for b in trusted_buckets]))
         filled = fill_unsent(deltas[chosen], deltas[trusted])
         return self.combine(filled, weights[chosen]) * sender_share(deltas[trusted])
