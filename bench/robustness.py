@@ -517,22 +517,29 @@ def merge_regenerated(payload: dict[str, Any], new_runs: list[dict[str, Any]], r
             "regenerated": [*payload.get("regenerated", []), record]}
 
 
-def regeneration_record(args: argparse.Namespace, jobs: list[tuple[str, str, str, int, int]], load_before: tuple[float, ...],
-                        wall_s: float, cpu_s: float) -> dict[str, Any]:
-    """What ``--merge`` reran: rules, attacks, compressions, seeds, the UTC time, the git
-    commit (and whether the tree had uncommitted changes), load, wall and CPU seconds."""
+def git_state() -> dict[str, Any]:
+    """The UTC time, the git commit and whether tracked files differ from it (taken when a
+    ``--merge`` run starts: what the cells ran, whatever is edited while they run)."""
     import subprocess
-    import sys
     from datetime import datetime, timezone
 
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
+    return {"at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def regeneration_record(args: argparse.Namespace, jobs: list[tuple[str, str, str, int, int]], load_before: tuple[float, ...],
+                        wall_s: float, cpu_s: float, started: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``--merge`` reran: rules, attacks, compressions, seeds, the start's
+    :func:`git_state` (``started``; now if not given), load, wall and CPU seconds."""
+    import sys
+
     return {
         "strategies": sorted({j[0] for j in jobs}, key=list(STRATEGIES).index), "attacks": sorted({j[1] for j in jobs}, key=ROW_ATTACKS.index),
         "compressions": sorted({j[2] for j in jobs}, key=COMPRESSIONS.index), "seeds": sorted({j[3] for j in jobs}),
-        "at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **(started or git_state()),
         "command": "python -m bench.robustness " + " ".join(sys.argv[1:]),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "loadavg_1min_mean": statistics.fmean(getattr(args, "load_samples", None) or [os.getloadavg()[0]]),
@@ -838,7 +845,7 @@ def merge_main(args: argparse.Namespace) -> None:
     jobs = [job for job in plan(args) if job[0] in args.strategies and job[1] != ABSENT]
     if not jobs:
         raise SystemExit(f"--merge: no cells planned for --strategies {args.strategies}")
-    started, load_before, cpu_before = time.perf_counter(), os.getloadavg(), finished_tree_cpu_s()
+    started, load_before, cpu_before, state = time.perf_counter(), os.getloadavg(), finished_tree_cpu_s(), git_state()
     args.load_samples = [os.getloadavg()[0]]
     runs = []
     with mp.get_context("spawn").Pool(args.jobs, initializer=start_worker) as pool:
@@ -849,7 +856,7 @@ def merge_main(args: argparse.Namespace) -> None:
                   f"{run['accuracy']:.3f}, {run['cpu_s']:.1f} CPU-s", flush=True)
         pool.close()
         pool.join()  # the workers have exited: their CPU time is in RUSAGE_CHILDREN
-    record = regeneration_record(args, jobs, load_before, time.perf_counter() - started, finished_tree_cpu_s() - cpu_before)
+    record = regeneration_record(args, jobs, load_before, time.perf_counter() - started, finished_tree_cpu_s() - cpu_before, state)
     merged = merge_regenerated(payload, runs, record)
     write(merged)
     heatmap(merged["rows"], RESULTS / "robustness.png")
