@@ -109,6 +109,17 @@ SETTINGS_NOTE = "1 local epoch, lr 0.1 (momentum 0.9, batch 32)"
 LABELS: dict[str, str] = {"SparseKrum": "SparseKrum (resampled buckets of 2)"}  # strategy.bucket_size 2, bucket_mode resample
 
 
+#: How a labelled row's setting was chosen (robustness.md prints it under the regenerated rows).
+ROW_NOTES: dict[str, str] = {
+    "SparseKrum": "`strategy.bucket_size=2`, `strategy.bucket_mode=resample` (Krum on the means of resampled buckets of 2, "
+                  "Karimireddy, He and Jaggi 2022): the config's default since commit 1379f63, chosen on dev seeds 3, 4, 5, never "
+                  "the scorecard's 0, 1, 2, by `python -m bench.krum_tuning` (bench/results/krum_tuning.json: candidates plain "
+                  "Krum, partition 2, resample 2, resample 3; the rule, fixed before that run: the smallest worst-seed gap to "
+                  "clean FedAvg without attack among the settings whose mean gap over the six attacks is at most 1 pp worse than "
+                  "plain Krum's), committed before these seeds ran. Plain Krum is `strategy.bucket_size=1`.",
+}
+
+
 def label(strategy: str) -> str:
     """The row name of ``strategy`` in the markdown and the heat-map."""
     return LABELS.get(strategy, strategy)
@@ -558,6 +569,8 @@ def regenerated_markdown(payload: dict[str, Any]) -> list[str]:
                   f"{r['cpu_s']:.0f} CPU-s, {r['jobs']} workers, load {r['loadavg_before'][0]:.1f} before, "
                   f"{r['loadavg_after'][0]:.1f} after (mean {r['loadavg_1min_mean']:.1f}; accuracy does not depend on load). "
                   "Every other row, and the grid's cost above, are the grid run's."]
+    regenerated = {s for r in payload.get("regenerated", []) for s in r["strategies"]}
+    lines += [f"- {label(s)}: {ROW_NOTES[s]}" for s in STRATEGIES if s in regenerated and s in ROW_NOTES]
     return lines
 
 

@@ -84,11 +84,12 @@ class SparseKrum(SparseMultiKrum):
         spoiled = spoiled_buckets(size, f, self.bucket_mode)
         ranking = krum_ranking(bucket_means(fill_unsent(deltas), weights, groups), spoiled)
         chosen = groups[ranking[0]]
+        rank_of = {int(b): r for r, b in enumerate(ranking)}
         for i, node in enumerate(nodes):
             action = "kept" if i in chosen else "excluded"
-            mine = [int(b) + 1 for b, group in enumerate(groups) if i in group]
-            reason = (f"in bucket(s) {mine} of {len(groups)} ({self.bucket_mode}, size {size}); Krum on the bucket means "
-                      f"selected bucket {int(ranking[0]) + 1} (f_b = {spoiled})")
+            mine = [b for b, group in enumerate(groups) if i in group]
+            reason = (f"Krum rank {min(rank_of[b] for b in mine) + 1} of {len(groups)} for its best bucket of bucket(s) "
+                      f"{[b + 1 for b in mine]} ({self.bucket_mode}, size {size}; the lowest score is selected, f_b = {spoiled})")
             self.decisions.append(RobustDecision(server_round, node, action, reason))
         # fill = trusted: the members of the n_buckets - f_b lowest-scored buckets fill and count
         trusted_buckets = ranking if self.fill == "all" else ranking[: max(1, len(groups) - spoiled)]

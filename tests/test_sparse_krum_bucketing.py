@@ -85,7 +85,8 @@ def test_dense_updates_krum_runs_on_the_bucket_means_as_flowers_krum(mode: str, 
     np.testing.assert_allclose(got, arrays["w"].numpy(), atol=2e-6)
     kept = sorted(d.node_id - 100 for d in strategy.decisions if d.action == "kept")
     assert len(kept) == size and any(sorted(g.tolist()) == kept for g in groups)  # one whole bucket selected
-    assert len(strategy.decisions) == 10 and all("bucket" in d.reason for d in strategy.decisions)
+    assert len(strategy.decisions) == 10 and all("Krum rank" in d.reason and "bucket" in d.reason for d in strategy.decisions)
+    assert all(d.reason.startswith("Krum rank 1 of") for d in strategy.decisions if d.action == "kept")
 
 
 @pytest.mark.parametrize(("mode", "size"), [("partition", 2), ("resample", 3)])
