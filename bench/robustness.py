@@ -104,6 +104,25 @@ EXTRA_COMPRESSIONS = ["topk"]
 BASE = ["progress=false", "backend.num_workers=0", "num_clients=10", "client.local_epochs=1", "client.lr=0.1", "attack.fraction=0.2"]
 #: BASE's training settings in words (the grid's description in robustness.json/.md).
 SETTINGS_NOTE = "1 local epoch, lr 0.1 (momentum 0.9, batch 32)"
+#: A row's name in robustness.md and the heat-map where the rule's default setting is not
+#: the obvious one (its config's defaults: conf/strategy/*.yaml).
+LABELS: dict[str, str] = {"SparseKrum": "SparseKrum (resampled buckets of 2)"}  # strategy.bucket_size 2, bucket_mode resample
+
+
+#: How a labelled row's setting was chosen (robustness.md prints it under the regenerated rows).
+ROW_NOTES: dict[str, str] = {
+    "SparseKrum": "`strategy.bucket_size=2`, `strategy.bucket_mode=resample` (Krum on the means of resampled buckets of 2, "
+                  "Karimireddy, He and Jaggi 2022): the config's default since commit 1379f63, chosen on dev seeds 3, 4, 5, never "
+                  "the scorecard's 0, 1, 2, by `python -m bench.krum_tuning` (bench/results/krum_tuning.json: candidates plain "
+                  "Krum, partition 2, resample 2, resample 3; the rule, fixed before that run: the smallest worst-seed gap to "
+                  "clean FedAvg without attack among the settings whose mean gap over the six attacks is at most 1 pp worse than "
+                  "plain Krum's), committed before these seeds ran. Plain Krum is `strategy.bucket_size=1`.",
+}
+
+
+def label(strategy: str) -> str:
+    """The row name of ``strategy`` in the markdown and the heat-map."""
+    return LABELS.get(strategy, strategy)
 MARGIN_PP = 2.0
 
 
@@ -280,7 +299,7 @@ def heatmap(rows: list[dict[str, Any]], path: Path) -> None:
                 grid[strategies.index(r["strategy"]), attacks.index(r["attack"])] = r["gap_pp_mean"]
         image = ax.imshow(np.clip(grid, 0, 50), cmap="RdYlGn_r", vmin=0, vmax=50, aspect="auto")
         ax.set_xticks(range(len(attacks)), attacks, fontsize=7, rotation=90)
-        ax.set_yticks(range(len(strategies)), strategies, fontsize=8)
+        ax.set_yticks(range(len(strategies)), [label(s) for s in strategies], fontsize=8)
         ax.set_title(f"compression={compression}", fontsize=9)
         for i in range(len(strategies)):
             for j in range(len(attacks)):
@@ -326,6 +345,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "centrally at round 0 and the last round only (`eval_every`: the scorecard reads final accuracy and "
         "backdoor success; no weight changes). Issue 12's seven rules run at every compression; fedge's further "
         f"rules at {', '.join(payload.get('extras_at', EXTRA_COMPRESSIONS))} (where must-shows 1, 2 and 4 are judged).",
+        *regenerated_markdown(payload),
         "",
         "Honest-only reference (attack `absent`): FedAvg with the same seeded 20% of devices drawn as attackers but "
         "their replies dropped by the validator (`attack=nan_examples`): what a defence that removes exactly the "
@@ -343,14 +363,14 @@ def markdown(payload: dict[str, Any]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in sorted(payload["rows"], key=lambda r: (COMPRESSIONS.index(r["compression"]), ROW_ATTACKS.index(r["attack"]), list(STRATEGIES).index(r["strategy"]))):
         lines.append(
-            f"| {r['strategy']} | {r['attack']} | {r['compression']} | {r['accuracy_mean']:.3f} | {r['accuracy_min']:.3f} | "
+            f"| {label(r['strategy'])} | {r['attack']} | {r['compression']} | {r['accuracy_mean']:.3f} | {r['accuracy_min']:.3f} | "
             f"{fmt(r['gap_pp_mean'], '.1f')} | {fmt(r['gap_pp_max'], '.1f')} | {fmt(r['backdoor_success_mean'], '.2f')} | "
             f"{r['excluded_attackers_mean']:.1f} / {r['excluded_honest_mean']:.1f} |"
         )
     v = payload["verdicts"]
     lines += ["", f"## Must-show 1 ({v['compression']}): best defence per attack, worst seed within {v['margin_pp']} pp?", ""]
     lines += ["A cell holds when its worst seed is within the margin; the mean over seeds is given too.", ""]
-    lines += [f"- {a}: {e['best']} worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+    lines += [f"- {a}: {label(e['best'])} worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
               f"({e.get('seeds', '?')} seeds) -> {'holds' if e['holds'] else 'FAILS'}" for a, e in v["attacks"].items()]
     honest = v.get("honest_only")
     if honest:
@@ -358,9 +378,9 @@ def markdown(payload: dict[str, Any]) -> str:
                   f"mean {honest['gap_pp_mean']:.1f} pp ({honest['seeds']} seeds): the floor a defence that excludes the "
                   "attackers starts from."]
     lines += ["", f"## Must-show 2 ({v['compression']}, no attack): every rule within {v['margin_pp']} pp of FedAvg?", ""]
-    lines += [f"- {s}: worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
+    lines += [f"- {label(s)}: worst seed {e['gap_pp_max']:.1f} pp, mean {e.get('gap_pp_mean', float('nan')):.1f} pp "
               f"({e.get('seeds', '?')} seeds)"
-              + (f" (Flower's, refused at {v['compression']} without server.allow_flower_robust_on_sparse; a user runs {e['refused_use']})" if e.get("refused_use") else "")
+              + (f" (Flower's, refused at {v['compression']} without server.allow_flower_robust_on_sparse; a user runs {label(e['refused_use'])})" if e.get("refused_use") else "")
               + f" -> {'holds' if e['holds'] else 'FAILS'}" for s, e in v["no_attack"].items()]
     backdoor = [r for r in payload["rows"] if r["attack"] == "backdoor" and r["backdoor_success_mean"] is not None]
     lines += ["", "## Must-show 4: backdoor success rate (triggered test inputs of other classes read as the target)", ""]
@@ -374,10 +394,10 @@ def markdown(payload: dict[str, Any]) -> str:
         if plain and usable:
             best = min(usable, key=lambda r: r["backdoor_success_mean"])
             lines.append(f"- {compression}: FedAvg {plain['backdoor_success_mean']:.2f} (accuracy {plain['accuracy_mean']:.3f}); "
-                         f"best defence {best['strategy']} {best['backdoor_success_mean']:.2f} (accuracy {best['accuracy_mean']:.3f}, "
+                         f"best defence {label(best['strategy'])} {best['backdoor_success_mean']:.2f} (accuracy {best['accuracy_mean']:.3f}, "
                          f"worst-seed gap {fmt(best['gap_pp_max'], '.1f')} pp)")
     lines += [""]
-    lines += [f"- {r['strategy']} ({r['compression']}): {r['backdoor_success_mean']:.2f}, accuracy {r['accuracy_mean']:.3f}" for r in backdoor]
+    lines += [f"- {label(r['strategy'])} ({r['compression']}): {r['backdoor_success_mean']:.2f}, accuracy {r['accuracy_mean']:.3f}" for r in backdoor]
     return "\n".join(lines) + "\n"
 
 
@@ -490,6 +510,68 @@ def write(payload: dict[str, Any]) -> None:
         if cost.exists() and "plain_cpu_s_per_cell_mean" in json.loads(cost.read_text())["projection"]:  # must-show 5 (--cost-sample)
             text += "\n".join(projection_markdown(json.loads(cost.read_text()))) + "\n"
         (RESULTS / "robustness.md").write_text(text)
+
+
+def merge_regenerated(payload: dict[str, Any], new_runs: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
+    """``--merge``: ``payload`` (robustness.json) with ``new_runs`` replacing its runs of the
+    same cells (strategy, attack, compression, seed), every other run kept as it was; rows
+    and verdicts recomputed from the merged runs (a regenerated rule's gaps use the kept
+    clean FedAvg runs of its seeds); ``record`` (what was rerun, when, at which commit and
+    load) appended to ``regenerated`` and its index stamped on each new run."""
+    key = lambda r: (r["strategy"], r["attack"], r["compression"], r["seed"])  # noqa: E731
+    replaced = {key(r) for r in new_runs}
+    index = len(payload.get("regenerated", []))
+    runs = [r for r in payload["runs"] if key(r) not in replaced] + [{**r, "regeneration": index} for r in new_runs]
+    rows = summarise(runs)
+    record = {**record, "cells": len(new_runs), "replaced_cells": sum(key(r) in replaced for r in payload["runs"])}
+    return {**payload, "runs": runs, "rows": rows, "verdicts": verdicts(rows),
+            "regenerated": [*payload.get("regenerated", []), record]}
+
+
+def git_state() -> dict[str, Any]:
+    """The UTC time, the git commit and whether tracked files differ from it (taken when a
+    ``--merge`` run starts: what the cells ran, whatever is edited while they run)."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def regeneration_record(args: argparse.Namespace, jobs: list[tuple[str, str, str, int, int]], load_before: tuple[float, ...],
+                        wall_s: float, cpu_s: float, started: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``--merge`` reran: rules, attacks, compressions, seeds, the start's
+    :func:`git_state` (``started``; now if not given), load, wall and CPU seconds."""
+    import sys
+
+    return {
+        "strategies": sorted({j[0] for j in jobs}, key=list(STRATEGIES).index), "attacks": sorted({j[1] for j in jobs}, key=ROW_ATTACKS.index),
+        "compressions": sorted({j[2] for j in jobs}, key=COMPRESSIONS.index), "seeds": sorted({j[3] for j in jobs}),
+        **(started or git_state()),
+        "command": "python -m bench.robustness " + " ".join(sys.argv[1:]),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "loadavg_1min_mean": statistics.fmean(getattr(args, "load_samples", None) or [os.getloadavg()[0]]),
+        "jobs": args.jobs, "wall_s": wall_s, "cpu_s": cpu_s,
+    }
+
+
+def regenerated_markdown(payload: dict[str, Any]) -> list[str]:
+    """robustness.md's note on the rows ``--merge`` regenerated after the grid run."""
+    lines = []
+    for r in payload.get("regenerated", []):
+        lines += ["", f"Rows regenerated after the grid run (`{r['command']}`, {r['at_utc']}, commit {r['commit'][:10]}"
+                  f"{' + uncommitted changes' if r['dirty'] else ''}): {', '.join(label(s) for s in r['strategies'])} x "
+                  f"{', '.join(r['attacks'])} x {', '.join(r['compressions'])} x seeds {', '.join(map(str, r['seeds']))}: "
+                  f"{r['cells']} cells ({r['replaced_cells']} earlier runs replaced), {r['wall_s']:.0f} s wall, "
+                  f"{r['cpu_s']:.0f} CPU-s, {r['jobs']} workers, load {r['loadavg_before'][0]:.1f} before, "
+                  f"{r['loadavg_after'][0]:.1f} after (mean {r['loadavg_1min_mean']:.1f}; accuracy does not depend on load). "
+                  "Every other row, and the grid's cost above, are the grid run's."]
+    regenerated = {s for r in payload.get("regenerated", []) for s in r["strategies"]}
+    lines += [f"- {label(s)}: {ROW_NOTES[s]}" for s in STRATEGIES if s in regenerated and s in ROW_NOTES]
+    return lines
 
 
 def sample_pair(job: tuple[str, str, str, int, int], lean_first: bool) -> dict[str, Any]:
@@ -712,6 +794,10 @@ def main() -> None:
     parser.add_argument("--project", action="store_true",
                         help="add the finished cells of robustness.json (a stopped grid) to robustness_cost.json as a cost "
                              "sample, with the default grid's projection")
+    parser.add_argument("--merge", action="store_true",
+                        help="run only the cells of --strategies (no FedAvg, no honest-only reference added) and merge them into "
+                             "robustness.json: their earlier runs replaced, every other run kept; json, md and png rewritten from "
+                             "the merged runs, the regeneration (rules, time, commit, load) recorded. E.g. --strategies SparseKrum --merge")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite robustness.md and .png from robustness.json (e.g. of a stopped run)")
     args = parser.parse_args()
@@ -732,6 +818,9 @@ def main() -> None:
         payload["verdicts"] = verdicts(payload["rows"])
         write(payload)
         heatmap(payload["rows"], RESULTS / "robustness.png")
+        return
+    if args.merge:
+        merge_main(args)
         return
     jobs = plan(args)
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -757,6 +846,34 @@ def main() -> None:
     write(payload)
     heatmap(payload["rows"], RESULTS / "robustness.png")
     print(f"wrote {RESULTS / 'robustness.md'} in {payload['wall_s']:.0f} s")
+
+
+def merge_main(args: argparse.Namespace) -> None:
+    """``--merge``: rerun the planned cells of ``--strategies`` only, at the grid's rounds
+    and base settings, and merge them into robustness.{json,md,png}."""
+    payload = json.loads((RESULTS / "robustness.json").read_text())
+    if payload.get("rounds") != args.rounds or payload.get("base_overrides") != BASE:
+        raise SystemExit(f"--merge: robustness.json ran {payload.get('rounds')} rounds with {payload.get('base_overrides')}; "
+                         f"this run would be {args.rounds} rounds with {BASE}: rows would not compare, rerun the grid")
+    jobs = [job for job in plan(args) if job[0] in args.strategies and job[1] != ABSENT]
+    if not jobs:
+        raise SystemExit(f"--merge: no cells planned for --strategies {args.strategies}")
+    started, load_before, cpu_before, state = time.perf_counter(), os.getloadavg(), finished_tree_cpu_s(), git_state()
+    args.load_samples = [os.getloadavg()[0]]
+    runs = []
+    with mp.get_context("spawn").Pool(args.jobs, initializer=start_worker) as pool:
+        for run in pool.imap_unordered(run_cell, jobs):
+            runs.append(run)
+            args.load_samples.append(os.getloadavg()[0])
+            print(f"[{len(runs)}/{len(jobs)}] {run['strategy']} / {run['attack']} / {run['compression']} / seed {run['seed']}: "
+                  f"{run['accuracy']:.3f}, {run['cpu_s']:.1f} CPU-s", flush=True)
+        pool.close()
+        pool.join()  # the workers have exited: their CPU time is in RUSAGE_CHILDREN
+    record = regeneration_record(args, jobs, load_before, time.perf_counter() - started, finished_tree_cpu_s() - cpu_before, state)
+    merged = merge_regenerated(payload, runs, record)
+    write(merged)
+    heatmap(merged["rows"], RESULTS / "robustness.png")
+    print(f"merged {len(runs)} cells into {RESULTS / 'robustness.json'}; rewrote robustness.md and robustness.png")
 
 
 if __name__ == "__main__":

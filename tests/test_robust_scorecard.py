@@ -158,3 +158,46 @@ def test_must_show_2_holds_flowers_refused_rules_to_their_sparse_aware_replaceme
     assert topk["SparseKrum"]["holds"] and "refused_use" not in topk["SparseKrum"]
     dense = verdicts(summarise(runs), compression="q8")["no_attack"]
     assert "refused_use" not in dense["Krum"] and not dense["Krum"]["holds"]  # accepted at q8: held to itself
+
+
+def test_merge_replaces_only_the_regenerated_cells_and_keeps_every_other_row(tmp_path, monkeypatch) -> None:
+    """--merge: a rule's rerun cells replace its earlier runs; every other run and row stays as it
+    was; rows, verdicts, markdown and heat-map come from the merged runs; the rerun is recorded."""
+    import argparse
+    import json
+
+    import bench.robustness as robustness
+
+    monkeypatch.setattr(robustness, "RESULTS", tmp_path)
+    runs = [_run("FedAvg", "none", s, 0.95) for s in range(2)] + [_run("FedAvg", "signflip", s, 0.60) for s in range(2)]
+    runs += [_run("SparseMedian", a, s, 0.94) for a in ("none", "signflip") for s in range(2)]
+    runs += [_run("SparseKrum", a, s, 0.91) for a in ("none", "signflip") for s in range(2)]
+    rows = summarise(runs)
+    payload = {"grid": "g", "done": "d", "host": "h", "loadavg_before": (1.0, 1.0, 1.0), "loadavg_after": (1.0, 1.0, 1.0),
+               "wall_s": 1.0, "jobs": 2, "cpu_s_total": 2.0, "cpu_s_is_process_tree": True, "idle_2core_wall_s_estimate": 1.0,
+               "rounds": 3, "base_overrides": robustness.BASE, "rows": rows, "verdicts": verdicts(rows), "runs": runs}
+    args = argparse.Namespace(seeds=2, rounds=3, quick=False, preset=None, strategies=["SparseKrum"], attacks=["none", "signflip"],
+                              compressions=["topk"], extras_at=["topk"], jobs=2)
+    jobs = [j for j in plan(args) if j[0] in args.strategies and j[1] != ABSENT]
+    assert sorted(jobs) == sorted(("SparseKrum", a, "topk", s, 3) for a in ("none", "signflip") for s in range(2))  # no FedAvg rerun
+    new = [_run("SparseKrum", a, s, 0.945) for a in ("none", "signflip") for s in range(2)]
+    record = robustness.regeneration_record(args, jobs, (1.0, 1.0, 1.0), 12.0, 20.0)
+    assert len(record["commit"]) == 40 and record["strategies"] == ["SparseKrum"] and record["seeds"] == [0, 1]
+    merged = robustness.merge_regenerated(payload, new, record)
+    untouched = lambda rs: sorted((r for r in rs if r["strategy"] != "SparseKrum"), key=lambda r: (r["strategy"], r["attack"]))  # noqa: E731
+    assert untouched(merged["rows"]) == untouched(rows)
+    assert [r for r in merged["runs"] if r["strategy"] != "SparseKrum"] == [r for r in runs if r["strategy"] != "SparseKrum"]
+    krum = [r for r in merged["runs"] if r["strategy"] == "SparseKrum"]
+    assert len(krum) == 4 and all(r["accuracy"] == 0.945 and r["regeneration"] == 0 for r in krum)
+    assert abs(merged["verdicts"]["no_attack"]["SparseKrum"]["gap_pp_max"] - 0.5) < 1e-9
+    assert merged["regenerated"][0]["cells"] == 4 and merged["regenerated"][0]["replaced_cells"] == 4
+    assert merged["grid"] == "g" and merged["wall_s"] == 1.0  # the grid run's description and cost are kept
+    again = robustness.merge_regenerated(merged, new[:1], record)
+    assert len(again["regenerated"]) == 2 and len(again["runs"]) == len(merged["runs"])
+    robustness.write(merged)
+    robustness.heatmap(merged["rows"], tmp_path / "robustness.png")
+    assert json.loads((tmp_path / "robustness.json").read_text())["regenerated"][0]["strategies"] == ["SparseKrum"]
+    text = (tmp_path / "robustness.md").read_text()
+    assert "Rows regenerated after the grid run" in text and "4 cells (4 earlier runs replaced)" in text
+    assert "chosen on dev seeds 3, 4, 5" in text and "| SparseKrum (resampled buckets of 2) | none | topk |" in text
+    assert (tmp_path / "robustness.png").stat().st_size > 0
