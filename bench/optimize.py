@@ -15,7 +15,13 @@ seed 0, baseline seed 1, ...), as real federations (in-process clients, IID part
   classes), where local training forgets the classes a device lacks and the teacher's
   soft targets keep them: the teacher trained federatedly first (same seed, same
   federation), then the same student from scratch and distilled, alternating which goes
-  first; same rounds, devices, seeds and data for both students;
+  first; same rounds, devices, seeds and data for both students. Its settings
+  (:class:`DistillSettings`: rounds, soft targets, hint, alpha annealed over the rounds)
+  were chosen on dev seeds 3-5 by ``--part distill-dev`` and committed before seeds 0-2
+  ran; ``--distill key=value`` overrides them, ``--seeds`` runs some seeds only (one
+  process per seed may run in parallel: each merges its seed into optimize.json)::
+
+    nice -n 10 python -m bench.optimize --part distill --seeds 0 &   # and 1, 2
 * **lowrank**: the dense run's final model factorised by truncated SVD (``budget`` 0.4)
   and fine-tuned federatedly, against the model it came from;
 * **export**: every shaped model of seed 0 through ``fedge-export`` (ONNX fp32 and int8
@@ -127,7 +133,8 @@ class DistillSettings:
         return kd
 
 
-DISTILL = DistillSettings()
+#: chosen on DEV_SEEDS (B@10 of DEV_CANDIDATES, NOTE in optimize.json's dev section) and committed before SEEDS ran
+DISTILL = DistillSettings(rounds=10, anneal_rounds=10, alpha_end=0.1)
 LAST_PRUNE = 9  # the sparse runs' shape.prune.end_round (pruning done by 3/5 of the run)
 FINE_TUNE = ("rounds=12", "shape=lowrank", "shape.lowrank.budget=0.4")
 
@@ -301,25 +308,35 @@ def merge_distill(part: dict, update: dict) -> dict:
     return part
 
 
-#: the candidates ``--part distill-dev`` compares on DEV_SEEDS (teacher and scratch shared, at DEV_BASE.rounds)
-DEV_BASE = DistillSettings(rounds=15)
+#: the candidates ``--part distill-dev`` compared on DEV_SEEDS, by name (teacher and scratch shared per round count);
+#: the 15-round arm was cut short once it could not beat scratch (C and E on two dev seeds), see NOTE_DISTILL_DEV
 DEV_CANDIDATES: dict[str, DistillSettings] = {
-    "A": DEV_BASE,
+    "A@15": DistillSettings(rounds=15),
+    "B@15": DistillSettings(rounds=15, anneal_rounds=10, alpha_end=0.1),
+    "C@15": DistillSettings(rounds=15, anneal_rounds=15, alpha_end=0.0),
+    "E@15": DistillSettings(rounds=15, anneal_rounds=10, alpha_end=0.0),
+    "A@10": DistillSettings(rounds=10),
+    "B@10": DistillSettings(rounds=10, anneal_rounds=10, alpha_end=0.1),
+    "G@10": DistillSettings(rounds=10, anneal_rounds=7, alpha_end=0.1),
 }
 
 
 def distill_dev_part(tmp: Path, emit: Emit, seeds: tuple[int, ...] = DEV_SEEDS) -> None:
     """The candidates of DEV_CANDIDATES on the dev seeds: what chose the distill part's defaults."""
-    for seed in seeds:
-        runs = distill_seed(tmp, DEV_BASE, seed, DEV_CANDIDATES)
-        emit({"dev_seed": seed, "runs": {name: {"accuracy": r["accuracy"], "accuracy_by_round": [x["accuracy"] for x in r["rounds"]],
-                                                 "settings": asdict(DEV_CANDIDATES[name]) if name in DEV_CANDIDATES else None}
-                                         for name, r in runs.items()}})
+    for rounds in sorted({kd.rounds for kd in DEV_CANDIDATES.values()}):
+        arm = {name: kd for name, kd in DEV_CANDIDATES.items() if kd.rounds == rounds}
+        for seed in seeds:
+            runs = distill_seed(tmp / f"r{rounds}", DistillSettings(rounds=rounds), seed, arm)
+            emit({"dev_seed": seed, "runs": {
+                name if name in arm else f"{name}@{rounds}": {
+                    "accuracy": r["accuracy"], "accuracy_by_round": [x["accuracy"] for x in r["rounds"]], "cpu_s": r["cpu_s"],
+                    "settings": asdict(arm[name]) if name in arm else None} for name, r in runs.items()}})
 
 
 def merge_dev(part: dict, update: dict) -> dict:
-    """The distill part with one dev seed's runs under ``dev.per_seed``."""
-    part.setdefault("dev", {"seeds": list(DEV_SEEDS), "rounds": DEV_BASE.rounds, "per_seed": {}})["per_seed"][str(update["dev_seed"])] = update["runs"]
+    """The distill part with one dev seed's runs added under ``dev.per_seed`` (names ``teacher@R``, ``A@R``, ...)."""
+    dev = part.setdefault("dev", {"seeds": list(DEV_SEEDS), "per_seed": {}})
+    dev["per_seed"].setdefault(str(update["dev_seed"]), {}).update(update["runs"])
     return part
 
 
@@ -451,21 +468,22 @@ def _settings(k: dict) -> str:
 
 
 def dev_markdown(dev: dict) -> list[str]:
-    """The dev seeds' table: every candidate's final accuracy per dev seed against teacher and scratch."""
+    """The dev seeds' table: every candidate's final accuracy per dev seed against teacher and scratch of its round count."""
     per_seed = {int(k): v for k, v in dev["per_seed"].items()}
     seeds = sorted(per_seed)
-    names = [n for n in per_seed[seeds[0]] if n not in ("teacher", "scratch") and all(n in per_seed[s] for s in seeds)]
-    final = {(n, s): per_seed[s][n]["accuracy"] for s in seeds for n in ("teacher", "scratch", *names)}
-    teacher = ", ".join(f"{final['teacher', s]:.3f}" for s in seeds)
-    scratch = ", ".join(f"{final['scratch', s]:.3f}" for s in seeds)
-    out = [f"How the settings were chosen (`--part distill-dev`, dev seeds {seeds}, never the reported ones; teacher "
-           f"{teacher}, scratch {scratch}; all {dev.get('rounds', 15)} rounds):", "",
-           "| candidate | settings | distilled per dev seed | below teacher, mean (per seed) pp | above scratch, mean (per seed) pp |",
-           "|---|---|---|---|---|"]
+    names = list(dict.fromkeys(n for s in seeds for n in per_seed[s] if not n.startswith(("teacher@", "scratch@"))))
+    out = [f"How the settings were chosen (`--part distill-dev`, dev seeds {seeds}, never the reported ones; candidate "
+           "NAME@R runs R rounds against the teacher and scratch student of R rounds on the same dev seed):", "",
+           "| candidate | settings | teacher / scratch / distilled per dev seed | below teacher, mean (per seed) pp | "
+           "above scratch, mean (per seed) pp |", "|---|---|---|---|---|"]
     for n in names:
-        below = [100 * (final[("teacher", s)] - final[(n, s)]) for s in seeds]
-        above = [100 * (final[(n, s)] - final[("scratch", s)]) for s in seeds]
-        out.append(f"| {n} | {_settings(per_seed[seeds[0]][n]['settings'])} | {', '.join(f'{final[(n, s)]:.3f}' for s in seeds)} | "
+        rounds = n.rsplit("@", 1)[1]
+        have = [s for s in seeds if n in per_seed[s]]
+        acc = {(k, s): per_seed[s][f"{k}@{rounds}" if k != n else n]["accuracy"] for s in have for k in ("teacher", "scratch", n)}
+        below = [100 * (acc["teacher", s] - acc[n, s]) for s in have]
+        above = [100 * (acc[n, s] - acc["scratch", s]) for s in have]
+        triples = "; ".join(f"{acc['teacher', s]:.3f} / {acc['scratch', s]:.3f} / {acc[n, s]:.3f}" for s in have)
+        out.append(f"| {n} | {_settings(per_seed[have[0]][n]['settings'])} | {triples} (seeds {have}) | "
                    f"{statistics.mean(below):+.2f} ({', '.join(f'{x:+.1f}' for x in below)}) | "
                    f"{statistics.mean(above):+.2f} ({', '.join(f'{x:+.1f}' for x in above)}) |")
     if dev.get("note"):
