@@ -118,7 +118,7 @@ class DistillSettings:
                 changes[key] = int(value) if known[key] in (int, "int") else float(value)
             except ValueError:
                 raise ValueError(f"distill setting {key}={value!r}: not a number") from None
-        return replace(base or cls(), **changes)
+        return replace(base or cls(), **changes)  # type: ignore[arg-type]  # each value parsed as its field's type
 
     def federation(self) -> tuple[str, ...]:
         """The label-skewed federation all three models train in."""
@@ -126,7 +126,7 @@ class DistillSettings:
 
     def student(self) -> tuple[str, ...]:
         """The student's distillation overrides (after ``shape=distill`` and its teacher)."""
-        kd = (f"shape.distill.temperature={self.temperature:g}", f"shape.distill.alpha={self.alpha:g}",
+        kd: tuple[str, ...] = (f"shape.distill.temperature={self.temperature:g}", f"shape.distill.alpha={self.alpha:g}",
               f"shape.distill.feature_weight={self.feature_weight:g}")
         if self.anneal_rounds:
             kd += (f"shape.distill.anneal_rounds={self.anneal_rounds}", f"shape.distill.alpha_end={self.alpha_end:g}")
