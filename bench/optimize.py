@@ -87,7 +87,7 @@ class DistillSettings:
     student alike; the student's soft targets (``temperature``, ``alpha``), attention hint
     (``feature_weight``) and annealing (``anneal_rounds`` >= 2 moves alpha to ``alpha_end``
     by that round, the hint alike; 0 = off). Defaults: chosen on :data:`DEV_SEEDS`
-    (``--part distill-dev``, NOTE_DISTILL_DEV), committed before the reported seeds ran."""
+    (``--part distill-dev``; its table and note in optimize.md), committed before the reported seeds ran."""
 
     rounds: int = 10
     temperature: float = 4.0
@@ -309,7 +309,7 @@ def merge_distill(part: dict, update: dict) -> dict:
 
 
 #: the candidates ``--part distill-dev`` compared on DEV_SEEDS, by name (teacher and scratch shared per round count);
-#: the 15-round arm was cut short once it could not beat scratch (C and E on two dev seeds), see NOTE_DISTILL_DEV
+#: the 15-round arm was cut short once it could not beat scratch (C on dev seeds 4-5, E on 5): optimize.md says why
 DEV_CANDIDATES: dict[str, DistillSettings] = {
     "A@15": DistillSettings(rounds=15),
     "B@15": DistillSettings(rounds=15, anneal_rounds=10, alpha_end=0.1),

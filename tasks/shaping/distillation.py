@@ -26,8 +26,9 @@ Annealing (``shape.distill.anneal_rounds`` N >= 2, ``alpha_end``): more teacher 
 more labels late. :func:`annealed_alpha` moves ``alpha`` linearly from its value at round 1
 to ``alpha_end`` at round N and holds it there; the feature hint's weight follows by the
 same factor (``alpha_r / alpha``). Soft targets speed a student's start but hold it near
-the teacher's errors later; the labels then carry it on (``bench.optimize``'s dev seeds
-say by how much).
+the teacher's errors later; the labels then carry it on. Measured (``bench.optimize``,
+image CNN 16 -> 8, Dirichlet 0.1, dev seeds 3-5): 0.5 -> 0.1 over 10 rounds beat constant
+0.5 by 1.5, 0.9 and 5.1 pp at 10 rounds, and by 0.3, 0.8 and 0.2 pp at 15.
 
 Where it helps (``bench.optimize``): under strong label skew and a limited number of
 rounds, where local training forgets the classes a device lacks and the teacher's soft
