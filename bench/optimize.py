@@ -410,7 +410,7 @@ def main() -> None:
             """Merge this part's results so far into optimize.json (after every seed: a cut-short run keeps them);
             locked, so parallel processes of the distill part merge their seeds."""
             path = RESULTS / "optimize.json"
-            with open(RESULTS / ".optimize.lock", "w") as lock:
+            with open(Path(tempfile.gettempdir()) / "fedge-optimize.lock", "w") as lock:  # beside, not in, the results
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 result = json.loads(path.read_text()) if path.is_file() else {}
                 section = json.loads(json.dumps(section, default=str))
