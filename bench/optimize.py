@@ -15,7 +15,13 @@ seed 0, baseline seed 1, ...), as real federations (in-process clients, IID part
   classes), where local training forgets the classes a device lacks and the teacher's
   soft targets keep them: the teacher trained federatedly first (same seed, same
   federation), then the same student from scratch and distilled, alternating which goes
-  first; same rounds, devices, seeds and data for both students;
+  first; same rounds, devices, seeds and data for both students. Its settings
+  (:class:`DistillSettings`: rounds, soft targets, hint, alpha annealed over the rounds)
+  were chosen on dev seeds 3-5 by ``--part distill-dev`` and committed before seeds 0-2
+  ran; ``--distill key=value`` overrides them, ``--seeds`` runs some seeds only (one
+  process per seed may run in parallel: each merges its seed into optimize.json)::
+
+    nice -n 10 python -m bench.optimize --part distill --seeds 0 &   # and 1, 2
 * **lowrank**: the dense run's final model factorised by truncated SVD (``budget`` 0.4)
   and fine-tuned federatedly, against the model it came from;
 * **export**: every shaped model of seed 0 through ``fedge-export`` (ONNX fp32 and int8
@@ -33,6 +39,8 @@ examples, 0.1 pp each; ``digits``: 360, 0.28 pp each).
 from __future__ import annotations
 
 import argparse
+import fcntl
+import functools
 import io
 import json
 import os
@@ -40,6 +48,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -62,15 +71,70 @@ DIGITS = ("task=digits", "rounds=15", *FED)
 SPARSE = ("shape=prune", "shape.prune.sparsity=0.8", "shape.prune.start_round=2", "shape.prune.end_round=9",
           "shape.prune.every=1", "compression.codec=nonzero", "compression.downlink=nonzero")
 # distillation: strong label skew (Dirichlet 0.1); lr 0.02 (0.05 made some runs of either model collapse to chance)
-LABEL_SKEW = ("progress=false", "backend.num_workers=0", "task=image", "rounds=10", "partition=dirichlet",
+LABEL_SKEW = ("progress=false", "backend.num_workers=0", "task=image", "partition=dirichlet",
               "partition.alpha=0.1", "num_clients=10", "client.local_steps=20", "client.lr=0.02")
 TEACHER_WIDTH, STUDENT_WIDTH, STUDENT_HIDDEN = 16, 8, 30  # the student: twice width 4's channels, a 30-unit head
 TEACHER = (f"task.width={TEACHER_WIDTH}",)
 STUDENT = (f"task.width={STUDENT_WIDTH}", f"task.hidden={STUDENT_HIDDEN}")
 # the teacher's task: the student's with the teacher's width and the default 64-unit head
 TEACHER_TASK = (f"shape.distill.teacher_task={{width: {TEACHER_WIDTH}}}", "+shape.distill.teacher_task.hidden=64")
-# soft targets and the attention-transfer hint on the conv blocks' output: chosen on seed 0 (NOTE_DISTILL), then fixed
-KD = ("shape.distill.temperature=4", "shape.distill.alpha=0.5", "shape.distill.feature_weight=20")
+DEV_SEEDS = (3, 4, 5)  # the distill part's settings are chosen on these, never on SEEDS
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The distill part's knobs (``--distill key=value``): ``rounds`` for teacher, scratch and
+    student alike; the student's soft targets (``temperature``, ``alpha``), attention hint
+    (``feature_weight``) and annealing (``anneal_rounds`` >= 2 moves alpha to ``alpha_end``
+    by that round, the hint alike; 0 = off). Defaults: chosen on :data:`DEV_SEEDS`
+    (``--part distill-dev``; its table and note in optimize.md), committed before the reported seeds ran."""
+
+    rounds: int = 10
+    temperature: float = 4.0
+    alpha: float = 0.5
+    feature_weight: float = 20.0
+    anneal_rounds: int = 0
+    alpha_end: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = [f"{key} must be {why}, got {getattr(self, key)}" for key, ok, why in (
+            ("rounds", self.rounds >= 1, ">= 1"), ("temperature", self.temperature > 0, "> 0"),
+            ("alpha", 0 <= self.alpha <= 1, "in [0, 1]"), ("feature_weight", self.feature_weight >= 0, ">= 0"),
+            ("anneal_rounds", self.anneal_rounds == 0 or 2 <= self.anneal_rounds <= self.rounds, "0 (off) or in [2, rounds]"),
+            ("alpha_end", 0 <= self.alpha_end <= 1, "in [0, 1]")) if not ok]
+        if problems:
+            raise ValueError("distill settings: " + "; ".join(problems))
+
+    @classmethod
+    def parse(cls, items: list[str], base: DistillSettings | None = None) -> DistillSettings:
+        """``base`` (the defaults) with ``key=value`` items; an unknown key or a bad value raises ``ValueError`` naming it."""
+        known = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, int | float] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key not in known:
+                raise ValueError(f"distill setting {item!r}: expected key=value with key one of {', '.join(known)}")
+            try:
+                changes[key] = int(value) if known[key] in (int, "int") else float(value)
+            except ValueError:
+                raise ValueError(f"distill setting {key}={value!r}: not a number") from None
+        return replace(base or cls(), **changes)  # type: ignore[arg-type]  # each value parsed as its field's type
+
+    def federation(self) -> tuple[str, ...]:
+        """The label-skewed federation all three models train in."""
+        return (*LABEL_SKEW, f"rounds={self.rounds}")
+
+    def student(self) -> tuple[str, ...]:
+        """The student's distillation overrides (after ``shape=distill`` and its teacher)."""
+        kd: tuple[str, ...] = (f"shape.distill.temperature={self.temperature:g}", f"shape.distill.alpha={self.alpha:g}",
+              f"shape.distill.feature_weight={self.feature_weight:g}")
+        if self.anneal_rounds:
+            kd += (f"shape.distill.anneal_rounds={self.anneal_rounds}", f"shape.distill.alpha_end={self.alpha_end:g}")
+        return kd
+
+
+#: chosen on DEV_SEEDS (B@10 of DEV_CANDIDATES, NOTE in optimize.json's dev section) and committed before SEEDS ran
+DISTILL = DistillSettings(rounds=10, anneal_rounds=10, alpha_end=0.1)
 LAST_PRUNE = 9  # the sparse runs' shape.prune.end_round (pruning done by 3/5 of the run)
 FINE_TUNE = ("rounds=12", "shape=lowrank", "shape.lowrank.budget=0.4")
 
@@ -185,39 +249,95 @@ def _digits_section(runs: dict[str, list[dict]], export: dict) -> dict:
     }
 
 
-def distill_part(tmp: Path, emit: Emit) -> None:
+def distill_part(tmp: Path, emit: Emit, settings: DistillSettings = DISTILL, seeds: tuple[int, ...] = SEEDS) -> None:
     """A 4x smaller image CNN distilled from the federated width-16 CNN against the same
-    student from scratch, under label skew, 3 seeds; the two students alternate going first."""
-    runs: dict[str, list[dict]] = {k: [] for k in ("teacher", "scratch", "student")}
-    export: dict[str, dict] = {}
-    for seed in SEEDS:
-        teacher = run((*LABEL_SKEW, *TEACHER), seed, tmp / f"teacher{seed}")
-        runs["teacher"].append(teacher)
-        student = (*LABEL_SKEW, *STUDENT, "shape=distill", f"shape.distill.teacher_path={teacher['dir'] / 'final_model.npz'}",
-                   *TEACHER_TASK, *KD)
-        sides = [("scratch", (*LABEL_SKEW, *STUDENT)), ("student", student)]
-        for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
-            runs[name].append(run(overrides, seed, tmp / f"{name}{seed}"))
-        if not export:
-            export = {f"{name} (image)": exported(runs[name][0]["dir"]) for name in ("teacher", "student")}
-        emit(_distill_section(runs, export))
+    student from scratch, under label skew; the two students alternate going first. Each
+    seed is merged into optimize.json as it ends (``emit`` gets ``{"seed": record}``), so
+    seeds may run as parallel processes (``--seeds 0``, ``--seeds 1``, ...)."""
+    for seed in seeds:
+        record = {name: _kept(r) for name, r in distill_seed(tmp, settings, seed).items()}
+        if seed == SEEDS[0]:
+            record["export"] = {f"{name} (image)": exported(tmp / f"{name}{seed}") for name in ("teacher", "student")}
+        emit({"settings": asdict(settings), "seed": seed, "record": record})
 
 
-def _distill_section(runs: dict[str, list[dict]], export: dict) -> dict:
-    info = runs["student"][0]["shape"]["distill"]
-    return {
-        "distillation": {
-            "student": " ".join(o.removeprefix("task.") for o in STUDENT).replace("=", " "),
-            "command": runs["student"][0]["command"], "teacher_command": runs["teacher"][0]["command"],
-            "scratch_command": runs["scratch"][0]["command"], "teacher_params": info["teacher_params"],
-            "student_params": info["student_params"], "params_ratio": info["teacher_params"] / info["student_params"],
-            "vs_teacher": gap_pp(runs["student"], runs["teacher"]), "vs_scratch": gap_pp(runs["student"], runs["scratch"]),
-            "accuracy_by_round": {name: [[x["accuracy"] for x in r["rounds"]] for r in rs] for name, rs in runs.items()},
-        },
-        "export": export,
-        "wall_s": {name: summary([r["wall_s"] for r in rs]) for name, rs in runs.items()},
-        "cpu_s": {name: summary([r["cpu_s"] for r in rs]) for name, rs in runs.items()},
+def distill_seed(tmp: Path, settings: DistillSettings, seed: int, candidates: dict[str, DistillSettings] | None = None) -> dict[str, dict]:
+    """Teacher, then scratch and each student (``candidates``: name -> settings, default
+    ``{"student": settings}``, all at ``settings.rounds``), alternating scratch first / last by seed."""
+    teacher = run((*settings.federation(), *TEACHER), seed, tmp / f"teacher{seed}")
+    path = teacher["dir"] / "final_model.npz"
+    sides = [("scratch", (*settings.federation(), *STUDENT))] + [
+        (name, (*settings.federation(), *STUDENT, "shape=distill", f"shape.distill.teacher_path={path}", *TEACHER_TASK,
+                *kd.student())) for name, kd in (candidates or {"student": settings}).items()]
+    runs = {"teacher": teacher}
+    for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
+        runs[name] = run(overrides, seed, tmp / f"{name}{seed}")
+    return runs
+
+
+def _kept(r: dict) -> dict:
+    """What optimize.json keeps of a run."""
+    kept = {k: r[k] for k in ("command", "accuracy", "cpu_s", "wall_s")}
+    kept["accuracy_by_round"] = [x["accuracy"] for x in r["rounds"]]
+    if "distill" in r["shape"]:
+        kept["params"] = r["shape"]["distill"]
+    return kept
+
+
+def merge_distill(part: dict, update: dict) -> dict:
+    """The distill part after one seed's ``update``: per-seed records of the same settings
+    (others dropped: a change of settings starts over), ``history`` and ``dev`` kept, and the
+    summary of the seeds so far (in seed order)."""
+    if part.get("settings") != update["settings"]:
+        part = {k: part[k] for k in ("history", "dev") if k in part} | {"settings": update["settings"], "per_seed": {}}
+    part["per_seed"][str(update["seed"])] = update["record"]
+    records = [part["per_seed"][k] for k in sorted(part["per_seed"], key=int)]
+    runs = {name: [r[name] for r in records] for name in ("teacher", "scratch", "student")}
+    info = runs["student"][0]["params"]
+    part["seeds"] = sorted(int(k) for k in part["per_seed"])
+    part["distillation"] = {
+        "student": " ".join(o.removeprefix("task.") for o in STUDENT).replace("=", " "), "rounds": update["settings"]["rounds"],
+        "command": runs["student"][0]["command"], "teacher_command": runs["teacher"][0]["command"],
+        "scratch_command": runs["scratch"][0]["command"], "teacher_params": info["teacher_params"],
+        "student_params": info["student_params"], "params_ratio": info["teacher_params"] / info["student_params"],
+        "vs_teacher": gap_pp(runs["student"], runs["teacher"]), "vs_scratch": gap_pp(runs["student"], runs["scratch"]),
     }
+    part["export"] = next((r["export"] for r in records if "export" in r), {})
+    part["wall_s"] = {name: summary([r["wall_s"] for r in rs]) for name, rs in runs.items()}
+    part["cpu_s"] = {name: summary([r["cpu_s"] for r in rs]) for name, rs in runs.items()}
+    return part
+
+
+#: the candidates ``--part distill-dev`` compared on DEV_SEEDS, by name (teacher and scratch shared per round count);
+#: the 15-round arm was cut short once it could not beat scratch (C on dev seeds 4-5, E on 5): optimize.md says why
+DEV_CANDIDATES: dict[str, DistillSettings] = {
+    "A@15": DistillSettings(rounds=15),
+    "B@15": DistillSettings(rounds=15, anneal_rounds=10, alpha_end=0.1),
+    "C@15": DistillSettings(rounds=15, anneal_rounds=15, alpha_end=0.0),
+    "E@15": DistillSettings(rounds=15, anneal_rounds=10, alpha_end=0.0),
+    "A@10": DistillSettings(rounds=10),
+    "B@10": DistillSettings(rounds=10, anneal_rounds=10, alpha_end=0.1),
+    "G@10": DistillSettings(rounds=10, anneal_rounds=7, alpha_end=0.1),
+}
+
+
+def distill_dev_part(tmp: Path, emit: Emit, seeds: tuple[int, ...] = DEV_SEEDS) -> None:
+    """The candidates of DEV_CANDIDATES on the dev seeds: what chose the distill part's defaults."""
+    for rounds in sorted({kd.rounds for kd in DEV_CANDIDATES.values()}):
+        arm = {name: kd for name, kd in DEV_CANDIDATES.items() if kd.rounds == rounds}
+        for seed in seeds:
+            runs = distill_seed(tmp / f"r{rounds}", DistillSettings(rounds=rounds), seed, arm)
+            emit({"dev_seed": seed, "runs": {
+                name if name in arm else f"{name}@{rounds}": {
+                    "accuracy": r["accuracy"], "accuracy_by_round": [x["accuracy"] for x in r["rounds"]], "cpu_s": r["cpu_s"],
+                    "settings": asdict(arm[name]) if name in arm else None} for name, r in runs.items()}})
+
+
+def merge_dev(part: dict, update: dict) -> dict:
+    """The distill part with one dev seed's runs added under ``dev.per_seed`` (names ``teacher@R``, ``A@R``, ...)."""
+    dev = part.setdefault("dev", {"seeds": list(DEV_SEEDS), "per_seed": {}})
+    dev["per_seed"].setdefault(str(update["dev_seed"]), {}).update(update["runs"])
+    return part
 
 
 SEARCH_NOTE = (
@@ -260,32 +380,54 @@ PARTS: dict[str, Callable[[Path, Emit], None]] = {"structured": structured_part,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=[*PARTS, "all"], default="all",
-                        help="run one part and merge it into optimize.json (the parts can run in parallel)")
+    parser.add_argument("--part", choices=[*PARTS, "distill-dev", "all"], default="all",
+                        help="run one part and merge it into optimize.json (the parts can run in parallel); "
+                             "distill-dev (not in all): the candidates that chose the distill part's settings, on DEV_SEEDS")
+    parser.add_argument("--seeds", type=int, nargs="+", help="distill and distill-dev: these seeds only (default: SEEDS, "
+                        "DEV_SEEDS); each seed merges into optimize.json, so one process per seed may run in parallel")
+    parser.add_argument("--distill", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"distill part: settings over its defaults, keys {', '.join(f.name for f in fields(DistillSettings))}")
     parser.add_argument("--markdown", action="store_true", help="only rewrite optimize.md from optimize.json")
     args = parser.parse_args()
+    try:
+        settings = DistillSettings.parse(args.distill, DISTILL)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.markdown:
         result = json.loads((RESULTS / "optimize.json").read_text())
         write("optimize", result, markdown(result))
         return
     register_configs()
     tmp = Path(tempfile.mkdtemp(prefix="fedge-optimize-"))
+    parts: dict[str, Callable[[Path, Emit], None]] = dict(PARTS)
+    seeds = tuple(args.seeds) if args.seeds else None
+    parts["distill"] = functools.partial(distill_part, settings=settings, seeds=seeds or SEEDS)
+    parts["distill-dev"] = functools.partial(distill_dev_part, seeds=seeds or DEV_SEEDS)
     for name in PARTS if args.part == "all" else [args.part]:
         load = os.getloadavg()
 
         def emit(section: dict, name: str = name, load: tuple[float, float, float] = load) -> None:
-            """Merge this part's results so far into optimize.json (after every seed: a cut-short run keeps them)."""
+            """Merge this part's results so far into optimize.json (after every seed: a cut-short run keeps them);
+            locked, so parallel processes of the distill part merge their seeds."""
             path = RESULTS / "optimize.json"
-            result = json.loads(path.read_text()) if path.is_file() else {}
-            result.setdefault("parts", {})[name] = json.loads(json.dumps(section, default=str))
-            if name == "distill":  # supersedes the digits part's distillation (a 9x smaller student on digits)
-                result["parts"].get("digits", {}).pop("distillation", None)
-                result["parts"].get("digits", {}).get("export", {}).pop("student", None)
-            result.setdefault("machine", {})[name] = machine(load)
-            result["seeds"], result["note"] = list(SEEDS), NOTE
-            write("optimize", result, markdown(result))
+            with open(Path(tempfile.gettempdir()) / "fedge-optimize.lock", "w") as lock:  # beside, not in, the results
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                result = json.loads(path.read_text()) if path.is_file() else {}
+                section = json.loads(json.dumps(section, default=str))
+                key = "distill" if name == "distill-dev" else name
+                if name == "distill":
+                    section = merge_distill(result.get("parts", {}).get("distill", {}), section)
+                elif name == "distill-dev":
+                    section = merge_dev(result.get("parts", {}).get("distill", {}), section)
+                result.setdefault("parts", {})[key] = section
+                if name == "distill":  # supersedes the digits part's distillation (a 9x smaller student on digits)
+                    result["parts"].get("digits", {}).pop("distillation", None)
+                    result["parts"].get("digits", {}).get("export", {}).pop("student", None)
+                result.setdefault("machine", {})[name] = machine(load)
+                result["seeds"], result["note"] = list(SEEDS), NOTE
+                write("optimize", result, markdown(result))
 
-        PARTS[name](tmp, emit)
+        parts[name](tmp, emit)
 
 
 NOTE_DISTILL = (
@@ -320,6 +462,35 @@ def _acc(g: dict) -> str:
     return f"{g['shaped_mean']:.4f} vs {g['baseline_mean']:.4f} (gap {g['gap_pp']:+.2f} pp over {seeds} seed(s): {per_seed})"
 
 
+def _settings(k: dict) -> str:
+    anneal = f", alpha annealed to {k['alpha_end']:g} by round {k['anneal_rounds']}" if k.get("anneal_rounds") else ""
+    return f"T {k['temperature']:g}, alpha {k['alpha']:g}{anneal}, hint weight {k['feature_weight']:g}"
+
+
+def dev_markdown(dev: dict) -> list[str]:
+    """The dev seeds' table: every candidate's final accuracy per dev seed against teacher and scratch of its round count."""
+    per_seed = {int(k): v for k, v in dev["per_seed"].items()}
+    seeds = sorted(per_seed)
+    names = list(dict.fromkeys(n for s in seeds for n in per_seed[s] if not n.startswith(("teacher@", "scratch@"))))
+    out = [f"How the settings were chosen (`--part distill-dev`, dev seeds {seeds}, never the reported ones; candidate "
+           "NAME@R runs R rounds against the teacher and scratch student of R rounds on the same dev seed):", "",
+           "| candidate | settings | teacher / scratch / distilled per dev seed | below teacher, mean (per seed) pp | "
+           "above scratch, mean (per seed) pp |", "|---|---|---|---|---|"]
+    for n in names:
+        rounds = n.rsplit("@", 1)[1]
+        have = [s for s in seeds if n in per_seed[s]]
+        acc = {(k, s): per_seed[s][f"{k}@{rounds}" if k != n else n]["accuracy"] for s in have for k in ("teacher", "scratch", n)}
+        below = [100 * (acc["teacher", s] - acc[n, s]) for s in have]
+        above = [100 * (acc[n, s] - acc["scratch", s]) for s in have]
+        triples = "; ".join(f"{acc['teacher', s]:.3f} / {acc['scratch', s]:.3f} / {acc[n, s]:.3f}" for s in have)
+        out.append(f"| {n} | {_settings(per_seed[have[0]][n]['settings'])} | {triples} (seeds {have}) | "
+                   f"{statistics.mean(below):+.2f} ({', '.join(f'{x:+.1f}' for x in below)}) | "
+                   f"{statistics.mean(above):+.2f} ({', '.join(f'{x:+.1f}' for x in above)}) |")
+    if dev.get("note"):
+        out += ["", dev["note"]]
+    return ["\n".join(out)]
+
+
 def markdown(r: dict) -> str:
     parts = r["parts"]
     lines = ["# Shaping the model to the device (bench.optimize)", ""]
@@ -351,22 +522,27 @@ def markdown(r: dict) -> str:
         ]
         commands += [u["command"], u["baseline_command"], lr["command"]]
     if "distill" in parts:
-        d = parts["distill"]["distillation"]
-        lines.append(
-            f"| distillation (image CNN width {TEACHER_WIDTH} -> {d.get('student', f'width {STUDENT_WIDTH}')}, 10 devices, "
-            "Dirichlet 0.1) | params "
-            f"{d['teacher_params']:,} -> {d['student_params']:,} ({d['params_ratio']:.2f}x) | vs teacher: {_acc(d['vs_teacher'])} "
-            f"| vs the same student from scratch: {_acc(d['vs_scratch'])} |")
-        later = parts["distill"].get("followup_15_rounds")
-        if later:  # run after the 10-round seeds were seen: reported beside them, not in their place
-            lines.append(f"| distillation as above, {later['rounds']} rounds for all three models (run after the row above) | "
-                         f"same | vs teacher: {_acc(later['vs_teacher'])} | vs the same student from scratch: {_acc(later['vs_scratch'])} |")
-        commands += [d["command"], d["scratch_command"], d["teacher_command"]]
-        notes.append(NOTE_DISTILL)
-        if later:
-            notes.append(later["note"])
-        cpu = parts["distill"].get("cpu_s", {})
-        if cpu:  # CPU seconds travel across loads where wall seconds do not
+        dp = parts["distill"]
+        size = f"params {114_314:,} -> {27_284:,} (4.19x)"
+        if "distillation" in dp:
+            d = dp["distillation"]
+            size = f"params {d['teacher_params']:,} -> {d['student_params']:,} ({d['params_ratio']:.2f}x)"
+            lines.append(
+                f"| **distillation** (image CNN width {TEACHER_WIDTH} -> {d['student']}, 10 devices, Dirichlet 0.1, "
+                f"{d['rounds']} rounds; {_settings(dp['settings'])}; chosen on dev seeds {list(DEV_SEEDS)}, committed before "
+                f"seeds {dp['seeds']} ran) | {size} | vs teacher: {_acc(d['vs_teacher'])} | vs the same student from scratch: "
+                f"{_acc(d['vs_scratch'])} |")
+            commands += [d["command"], d["scratch_command"], d["teacher_command"]]
+        for h in dp.get("history", []):
+            lines.append(f"| history: {h['label']} ({h['rounds']} rounds; {_settings(h['settings'])}) | {size} | "
+                         f"vs teacher: {_acc(h['vs_teacher'])} | vs the same student from scratch: {_acc(h['vs_scratch'])} |")
+        notes.append("Distillation: a negative gap against scratch means the distilled student is above its scratch "
+                     "twin (gap = scratch - distilled).")
+        if "dev" in dp:
+            notes += dev_markdown(dp["dev"])
+        notes += [f"History ({h['label']}): {h['how_chosen']}" for h in dp.get("history", [])]
+        cpu = dp.get("cpu_s", {})
+        if cpu and "distillation" in dp:  # CPU seconds travel across loads where wall seconds do not
             notes.append("CPU seconds per run (user + system, mean over the seeds): " + ", ".join(
                 f"{name} {c['mean']:.0f}" for name, c in cpu.items()) + "; on an idle 2-core machine a run takes at "
                 "least half its CPU seconds of wall time.")

@@ -71,6 +71,7 @@ class TorchTrainer:
             self.qat = LSQModel(self.model, cfg.qat.bits, cfg.qat.act_bits)
         qat = self.qat if quantising else None
         cfg = fit_to_budget(self.model, self.task, data, cfg)
+        self.task.begin_round(server_round)  # a loss that changes over rounds (distillation's annealed alpha)
         stats = train(self.model, self.task, data, cfg, rng, qat)
         return RoundResult(stats, cfg, step_metrics(qat) if qat is not None else {})
 

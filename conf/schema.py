@@ -335,6 +335,8 @@ class DistillSchema:
     teacher_to_devices: bool = False  # soft targets of the devices' data need the teacher there: must be set
     feature_weight: float = 0.0  # attention-transfer hint on feature_layer (0 = off; ~20: 1000 stalled an image student)
     feature_layer: str = "features"  # module name in both student and teacher whose (N, C, H, W) output is matched
+    anneal_rounds: int = 0  # >= 2: alpha moves linearly to alpha_end by this round (hint weight alike); 0 = constant
+    alpha_end: float = 0.0  # alpha from round anneal_rounds on (more labels late), in [0, 1]
 
 
 @dataclass

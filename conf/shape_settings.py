@@ -50,6 +50,10 @@ def check_shape_settings(cfg: DictConfig) -> None:
         )
     if s.distill.teacher_path and s.distill.feature_weight < 0:
         raise ConfigError(f"shape.distill.feature_weight must be >= 0, got {s.distill.feature_weight}")
+    if s.distill.teacher_path and (s.distill.anneal_rounds < 0 or s.distill.anneal_rounds == 1):
+        raise ConfigError(f"shape.distill.anneal_rounds must be 0 (off) or >= 2, got {s.distill.anneal_rounds}")
+    if s.distill.teacher_path and s.distill.anneal_rounds and not 0 <= s.distill.alpha_end <= 1:
+        raise ConfigError(f"shape.distill.alpha_end must be in [0, 1], got {s.distill.alpha_end}")
     if s.distill.teacher_path and s.distill.feature_weight > 0 and not s.distill.feature_layer:
         raise ConfigError("shape.distill.feature_layer: name the module whose features to match (e.g. features)")
     node = s.structured

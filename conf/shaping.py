@@ -163,8 +163,9 @@ def _shape(cfg: DictConfig, task: FederatedTask) -> Shaping:
         report["distill"] = {"student_params": params, "teacher_params": teacher_params}
     shaped: FederatedTask = task  # nothing changes the model's structure or loss: the task as it is
     if ranks or schedule is not None or teacher is not None:
-        shaped = ShapedTask(task, ranks, schedule is not None, teacher, cfg.shape.distill.temperature, cfg.shape.distill.alpha,
-                            float(cfg.shape.distill.feature_weight))
+        d = cfg.shape.distill
+        shaped = ShapedTask(task, ranks, schedule is not None, teacher, d.temperature, d.alpha, float(d.feature_weight),
+                            float(d.alpha_end), int(d.anneal_rounds))
     return Shaping(shaped, model.state_dict(), trainable, schedule, report, channels)
 
 

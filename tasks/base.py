@@ -126,6 +126,11 @@ class FederatedTask(ABC):
         e.g. distillation's teacher); :meth:`loss` by default."""
         return self.loss(logits, target)
 
+    def begin_round(self, server_round: int) -> None:
+        """Called by the device's torch trainer before each round's local training
+        (``server_round`` from 1), for a :meth:`training_loss` that changes over rounds
+        (distillation's annealed ``alpha``). Default: nothing."""
+
 
 def check_fraction(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``0 < value < 1`` (e.g. a held-out test fraction)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,14 @@ from fedge.deploy.export_cli import export_run
 from fedge.simulations.experiment import check_experiment, run_experiment
 from fedge.tasks.digits import DigitsTask
 from fedge.tasks.image import ImageTask
-from fedge.tasks.shaping.distillation import FeatureTap, Teacher, attention_loss, attention_map, distillation_loss
+from fedge.tasks.shaping.distillation import (
+    FeatureTap,
+    Teacher,
+    annealed_alpha,
+    attention_loss,
+    attention_map,
+    distillation_loss,
+)
 from fedge.tasks.shaping.shaped_task import ShapedTask
 
 FAST = ["progress=false", "backend.num_workers=0", "partition=iid", "num_clients=4", "client.local_steps=20"]
@@ -126,6 +134,9 @@ def test_feature_distilled_student_with_a_small_head_trains_and_exports(teacher_
          r"shape.distill.feature_layer='classifier': student output \(10,\) and teacher output \(10,\) must both be \(C, H, W\)"),
         (["task.hidden=0"], "task.hidden must be an integer >= 1, got 0"),
         (["shape.distill.teacher_task.hidden=0"], "hidden must be an integer >= 1, got 0"),
+        (["shape.distill.anneal_rounds=1"], r"shape.distill.anneal_rounds must be 0 \(off\) or >= 2, got 1"),
+        (["shape.distill.anneal_rounds=-4"], r"shape.distill.anneal_rounds must be 0 \(off\) or >= 2, got -4"),
+        (["shape.distill.anneal_rounds=5", "shape.distill.alpha_end=1.5"], r"shape.distill.alpha_end must be in \[0, 1\], got 1.5"),
     ],
 )
 def test_bad_feature_settings_are_refused_before_the_run_naming_the_key(teacher_dir, make_cfg, extra, message):
@@ -139,3 +150,51 @@ def test_bad_model_sizes_are_refused_without_shaping_naming_the_key(make_cfg, ov
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key} must be an integer >= 1"):
         check_experiment(make_cfg(["task=image", override]))
+
+
+# -- annealed alpha: more teacher early, more labels late --------------------------------
+def test_annealed_alpha_moves_linearly_to_its_end_then_holds():
+    assert [round(annealed_alpha(0.5, 0.1, 5, r), 6) for r in range(1, 8)] == [0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1]
+    assert annealed_alpha(0.2, 0.8, 3, 2) == pytest.approx(0.5)  # rising works too
+    assert annealed_alpha(0.5, 0.0, 0, 9) == 0.5  # 0 = off
+    with pytest.raises(ValueError, match="anneal_rounds must be 0"):
+        annealed_alpha(0.5, 0.1, 1, 1)
+
+
+def test_begin_round_sets_the_rounds_alpha_and_scales_the_hint_alike():
+    torch.manual_seed(0)
+    teacher = Teacher(DigitsTask(width=16).build_model(), "features")
+    task = ShapedTask(DigitsTask(width=4), teacher=teacher, temperature=4.0, alpha=0.5, feature_weight=20.0,
+                      alpha_end=0.1, anneal_rounds=5)
+    student = task.build_model()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    losses = {}
+    for server_round in (1, 9, 3):  # any order: each round's values come from the schedule, not the last round's
+        task.begin_round(server_round)
+        losses[server_round] = task.training_loss(student(x), y, x).item()
+    assert (task.alpha, task.feature_weight) == (pytest.approx(0.3), pytest.approx(12.0))
+    task.begin_round(9)
+    assert (task.alpha, task.feature_weight) == (pytest.approx(0.1), pytest.approx(4.0))
+    fixed = ShapedTask(DigitsTask(width=4), teacher=teacher, temperature=4.0, alpha=0.1, feature_weight=4.0)
+    twin = fixed.build_model()
+    twin.load_state_dict(student.state_dict())
+    assert losses[9] == pytest.approx(fixed.training_loss(twin(x), y, x).item(), rel=1e-5)  # round 9 = constant alpha_end
+    assert losses[1] != pytest.approx(losses[9])
+    with pytest.raises(ValueError, match="anneal_rounds must be 0"):
+        ShapedTask(DigitsTask(width=4), teacher=teacher, anneal_rounds=1)
+
+
+def test_the_torch_trainer_tells_the_task_its_round_before_training():
+    from fedge.client.torch_trainer import TorchTrainer
+    from fedge.client.train_config import TrainConfig
+    from fedge.tasks.base import Split
+
+    task = ShapedTask(DigitsTask(width=4), teacher=Teacher(DigitsTask(width=8).build_model()), alpha=0.9,
+                      alpha_end=0.0, anneal_rounds=4)
+    trainer = TorchTrainer(task, seed=0)
+    rng = np.random.default_rng(0)
+    data = Split(rng.normal(size=(8, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 8).astype(np.int64))
+    trainer.train(data, TrainConfig(local_steps=1, batch_size=4), rng, server_round=3, frozen=set(), seed=0)
+    assert task.alpha == pytest.approx(0.3)
+    trainer.train(data, TrainConfig(local_steps=1, batch_size=4), rng, server_round=4, frozen=set(), seed=0)
+    assert task.alpha == 0.0

@@ -158,6 +158,9 @@ class ArchitectureTask(FederatedTask):
     def training_loss(self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         return self.base.training_loss(logits, target, inputs)
 
+    def begin_round(self, server_round: int) -> None:
+        self.base.begin_round(server_round)
+
 
 class ArchitectureLossTask(ArchitectureTask):
     """:class:`ArchitectureTask` of a base task with its own ``loss``, forwarded."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedge.tasks.base import FederatedTask, TaskData
-from fedge.tasks.shaping.distillation import FeatureTap, Teacher, attention_loss, distillation_loss
+from fedge.tasks.shaping.distillation import FeatureTap, Teacher, annealed_alpha, attention_loss, distillation_loss
 from fedge.tasks.shaping.keep_zeros import keep_zeros
 from fedge.tasks.shaping.lowrank import LowRankConfig, factorise
 
@@ -30,7 +30,9 @@ class ShapedTask(FederatedTask):
     ``ranks``: layer name -> rank to factorise at ({} = none); ``prune``: devices keep the
     zeros of the weights they receive; ``teacher``, ``temperature``, ``alpha``: distil;
     ``feature_weight`` > 0 adds the attention-transfer hint at the teacher's tapped layer
-    (the same module name in the student).
+    (the same module name in the student); ``anneal_rounds`` >= 2 moves ``alpha`` to
+    ``alpha_end`` over the rounds (:func:`~fedge.tasks.shaping.distillation.annealed_alpha`,
+    set by :meth:`begin_round`), the hint's weight by the same factor.
     """
 
     def __init__(
@@ -42,6 +44,8 @@ class ShapedTask(FederatedTask):
         temperature: float = 4.0,
         alpha: float = 0.5,
         feature_weight: float = 0.0,
+        alpha_end: float = 0.0,
+        anneal_rounds: int = 0,
     ) -> None:
         self.base = base
         self.name = base.name
@@ -51,6 +55,9 @@ class ShapedTask(FederatedTask):
         self.teacher = teacher
         self.temperature, self.alpha = temperature, alpha
         self.feature_weight = feature_weight
+        self.alpha_start, self.alpha_end, self.anneal_rounds = alpha, alpha_end, anneal_rounds
+        self.feature_weight_start = feature_weight
+        annealed_alpha(alpha, alpha_end, anneal_rounds, 1)  # refuses a bad anneal_rounds here, not in a round
         self.tap: FeatureTap | None = None
         if feature_weight > 0:
             if teacher is None or teacher.tap is None:
@@ -70,6 +77,16 @@ class ShapedTask(FederatedTask):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.base.loss(logits, target)
+
+    def begin_round(self, server_round: int) -> None:
+        """Set this round's ``alpha`` and hint weight (annealed; unchanged without annealing)."""
+        self.base.begin_round(server_round)
+        if not self.anneal_rounds:
+            return
+        alpha = annealed_alpha(self.alpha_start, self.alpha_end, self.anneal_rounds, server_round)
+        self.alpha = alpha
+        if self.alpha_start > 0:
+            self.feature_weight = self.feature_weight_start * alpha / self.alpha_start
 
     def training_loss(self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
