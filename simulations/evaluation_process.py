@@ -134,16 +134,18 @@ class EvaluationProcess:
     def initial_weights(self) -> dict[str, np.ndarray]:
         """The run's initial model, as named arrays in the model's state order."""
         if self._initial is None:
-            self._initial = self._answer()  # type: ignore[assignment]
-        assert self._initial is not None
+            answer = self._answer()
+            assert isinstance(answer, dict)
+            self._initial = answer
         return self._initial
 
     def evaluate_weights(self, weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
         """``(mean loss, accuracy in [0, 1])`` of the named arrays ``weights``."""
         self.initial_weights()  # the first answer of the child
         self._conn.send(dict(weights))
-        loss, accuracy = self._answer()  # type: ignore[misc]
-        return float(loss), float(accuracy)
+        answer = self._answer()
+        assert isinstance(answer, tuple) and len(answer) == 2
+        return float(answer[0]), float(answer[1])
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         """``(mean loss, accuracy in [0, 1])`` of the weights in ``arrays``."""
