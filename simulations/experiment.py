@@ -34,7 +34,7 @@ from fedge.conf.build import (
 from fedge.server.dashboards import also, open_dashboards
 from fedge.conf.schema import AttackConfig
 from fedge.server.evaluation import CentralEvaluator, Evaluate
-from fedge.server.federation import FederationResult, run_federation
+from fedge.server.federation import FederationResult, RoundRecord, run_federation
 from fedge.server.grid import FedgeGrid
 from fedge.server.results import final_weights, robust_section, write_results
 from fedge.simulations.backends import make_grid
@@ -72,8 +72,12 @@ class SimulationOutcome:
     results_path: Path | None
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None) -> SimulationOutcome:
-    """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given.
+def run_experiment(
+    cfg: DictConfig, out_dir: Path | None = None, console: Console | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> SimulationOutcome:
+    """Run the experiment ``cfg`` describes; write results into ``out_dir`` if given;
+    call ``on_round`` with each round's record (an async run's: each aggregation step's).
 
     Where :func:`~fedge.simulations.evaluation_process.torch_free_server` allows (the
     default run), the initial model and central evaluation live in a child process
@@ -132,15 +136,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path | None = None, console: Consol
         evaluator = central.evaluate
         with grid, open_dashboards(cfg, out_dir) as dashboards:  # logger=tensorboard / mlflow; none: nothing
             with RoundProgress(cfg.rounds, enabled=cfg.progress, console=console) as progress:
+                hooks = also(on_round, also(progress, dashboards))
                 if is_async(cfg):  # FedBuff on the simulated fleet (fedge.simulations.async_run)
                     assert isinstance(evaluator, CentralEvaluator)  # torch_free_server() is False for async runs
                     async_run = run_async(
-                        cfg, compressed, grid, fleet, initial, evaluator, train_config, on_step=also(progress, dashboards)
+                        cfg, compressed, grid, fleet, initial, evaluator, train_config, on_step=hooks
                     )
                     result: FederationResult = async_run.result
                 else:
                     result = run_federation(
-                        strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=also(progress, dashboards),
+                        strategy, grid, initial, evaluator, cfg.rounds, train_config, on_round=hooks,
                         dropped_log=compressed.log, privacy=ledger, eval_every=cfg.get("eval_every", 1),
                     )
             dashboards.finish(result)

@@ -31,11 +31,16 @@ register_configs()
 
 
 def _job(cfg: DictConfig) -> float:
-    from fedge.simulations.experiment import run_experiment  # torch, datasets: only for a job
-    from fedge.simulations.report import make_report
+    from fedge.server.federation import RoundRecord
+    from fedge.simulations.experiment import run_experiment  # datasets (torch where the server needs it): only for a job
+    from fedge.simulations.report import make_report, start_warm_up
+
+    def warm_report(record: RoundRecord) -> None:
+        if record.round == 1:  # the workers are warm: matplotlib's one-off costs beside the rounds, not after them
+            start_warm_up()
 
     hydra_cfg = HydraConfig.get()
-    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
+    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), on_round=warm_report)
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final_accuracy
