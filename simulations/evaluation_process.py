@@ -6,7 +6,8 @@ after each round: ~1.5 s of CPU on the serial path before round 1, while the for
 (:mod:`fedge.simulations.fork_server`) imports torch for the workers anyway. Here a child
 forked from that fork server does both: it builds the initial weights as the server would
 (``torch.manual_seed(seed)``, then ``task.build_model()``: the same arrays, bit for bit)
-and runs :class:`~fedge.server.evaluation.CentralEvaluator` on each round's weights. The
+and evaluates each round's weights as :class:`~fedge.server.evaluation.CentralEvaluator`
+does (the same loss and accuracy on the same data). The
 server process composes the run, partitions and builds the strategy meanwhile, and never
 imports torch.
 
@@ -78,19 +79,26 @@ def aligned_split(split: Split) -> Split:
 
 def _serve(conn: Connection, task: FederatedTask, test: Split | None, seed: int) -> None:
     """The child: send the initial weights, then answer each weights mapping with
-    ``("ok", (loss, accuracy))`` or ``("error", traceback)``; ``None`` or a closed pipe ends it."""
+    ``("ok", (loss, accuracy))`` or ``("error", traceback)``; ``None`` or a closed pipe ends it.
+
+    One model serves both: built after ``torch.manual_seed(seed)`` as the server process
+    builds the initial model (:mod:`fedge.conf.shaping`), then loaded with each round's
+    weights (all of its state: :func:`~fedge.client.model_io.load_arrays` is strict) and
+    evaluated as :class:`~fedge.server.evaluation.CentralEvaluator` does. Imports neither
+    :mod:`fedge.server` nor Flower (~0.4 s here, before round 0 could be evaluated)."""
     import torch
 
-    from fedge.server.evaluation import CentralEvaluator
+    from fedge.client.model_io import load_arrays, model_arrays
+    from fedge.tasks.base import evaluate
 
     try:
-        torch.manual_seed(seed)  # as the server process would: conf.shaping builds the initial model so
-        initial = {k: v.detach().cpu().numpy().copy() for k, v in task.build_model().state_dict().items()}
-        evaluator = CentralEvaluator(task, aligned_split(test if test is not None else task.load().test), seed)
+        torch.manual_seed(seed)
+        model = task.build_model()
+        conn.send(("ok", model_arrays(model)))
+        split = aligned_split(test if test is not None else task.load().test)
     except Exception:
         conn.send(("error", traceback.format_exc()))
         return
-    conn.send(("ok", initial))
     while True:
         try:
             weights = conn.recv()
@@ -99,7 +107,8 @@ def _serve(conn: Connection, task: FederatedTask, test: Split | None, seed: int)
         if weights is None:
             return
         try:
-            conn.send(("ok", evaluator.evaluate_weights(weights)))
+            load_arrays(model, weights)
+            conn.send(("ok", evaluate(model, task, split)))
         except Exception:
             conn.send(("error", traceback.format_exc()))
 
