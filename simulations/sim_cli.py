@@ -49,8 +49,10 @@ def _job(cfg: DictConfig) -> float:
 def _prepare(cfg: DictConfig) -> None:
     """Start the worker processes' fork server now (``backend=local`` with workers): it
     imports torch and the task's module on another core while this process composes the
-    run and imports the experiment (:mod:`fedge.simulations.fork_server`)."""
-    fork_server.start_for(cfg)
+    run and imports the experiment (:mod:`fedge.simulations.fork_server`). Not this
+    program's ``__main__`` (the console script): the task travels by its config's
+    ``_target_``, nothing of ``__main__`` does."""
+    fork_server.start_for(cfg, with_main=False)
 
 
 def _check(cfg: DictConfig) -> None:
