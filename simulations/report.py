@@ -234,8 +234,9 @@ def _draw_all(drawings: Sequence[Drawing]) -> None:
 
 
 def _can_fork() -> bool:
-    """Forking this process is safe and available: Linux, and no torch (its thread pools)."""
-    return sys.platform.startswith("linux") and "torch" not in sys.modules
+    """Forking this process is safe and available: Linux, no torch (its thread pools) and
+    no thread but this one (a lock another thread holds would stay held in the child)."""
+    return sys.platform.startswith("linux") and "torch" not in sys.modules and threading.active_count() == 1
 
 
 def render(drawings: Sequence[Drawing], parallel: bool = True) -> None:
