@@ -41,34 +41,38 @@ from bench.cpu_time import finished_tree_cpu_s
 REPO = Path(__file__).resolve().parents[1]
 SIM = "import sys; sys.argv[0] = 'fedge-sim'; from fedge.simulations.sim_cli import main; main()"
 CPU_TIME = REPO / "bench" / "cpu_time.py"
-#: The child of a timed run: stamps the end of every round (wall clock, seconds since the
-#: epoch) and the CPU seconds of its process tree then (itself, the fork server, the
-#: workers: :func:`bench.cpu_time.tree_cpu_s`, loaded from this tree by path, as a
-#: baseline tree may have no such module), and the tree's CPU seconds at the end (workers
-#: that ended included).
+#: The script of a timed run, shaped like the ``fedge-sim`` console script (its top level
+#: imports the CLI, the rest runs under ``if __name__ == "__main__"``), so a fork server or
+#: a spawned worker that imports the program's ``__main__`` pays what it pays under
+#: ``make run``. It stamps the end of every round (wall clock, seconds since the epoch) and
+#: the CPU seconds of its process tree then (itself, the fork server, the workers:
+#: :func:`bench.cpu_time.tree_cpu_s`, loaded from this tree by path, as a baseline tree may
+#: have no such module), and the tree's CPU seconds at the end (workers that ended included).
 TIMED_RUN = """
-import importlib.util, json, os, sys, time
-spec = importlib.util.spec_from_file_location("startup_cpu_time", sys.argv.pop(1))
-cpu_time = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cpu_time)
-import fedge.simulations.experiment as experiment
-stamps, cpu = [], []
-original = experiment.run_federation
-def run_federation(*args, on_round=None, **kwargs):
-    def stamped(record):
-        stamps.append(time.time())
-        cpu.append(cpu_time.tree_cpu_s(reaped=True))
-        if on_round is not None:
-            on_round(record)
-    return original(*args, on_round=stamped, **kwargs)
-experiment.run_federation = run_federation
-sys.argv = ['fedge-sim', *sys.argv[1:]]
+import sys
 from fedge.simulations.sim_cli import main
-try:
-    main()
-except SystemExit:
-    pass
-print('STAMPS ' + json.dumps({"wall": stamps, "cpu": cpu, "cpu_end": cpu_time.tree_cpu_s(reaped=True)}))
+if __name__ == '__main__':
+    import importlib.util, json, time
+    spec = importlib.util.spec_from_file_location("startup_cpu_time", sys.argv.pop(1))
+    cpu_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_time)
+    import fedge.simulations.experiment as experiment
+    stamps, cpu = [], []
+    original = experiment.run_federation
+    def run_federation(*args, on_round=None, **kwargs):
+        def stamped(record):
+            stamps.append(time.time())
+            cpu.append(cpu_time.tree_cpu_s(reaped=True))
+            if on_round is not None:
+                on_round(record)
+        return original(*args, on_round=stamped, **kwargs)
+    experiment.run_federation = run_federation
+    sys.argv = ['fedge-sim', *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit:
+        pass
+    print('STAMPS ' + json.dumps({"wall": stamps, "cpu": cpu, "cpu_end": cpu_time.tree_cpu_s(reaped=True)}))
 """
 
 
@@ -88,8 +92,11 @@ def _timed(args: Sequence[str], tree: Path | None, cwd: Path) -> tuple[float, st
 def _run_start_up(tree: Path | None, out: Path, rounds: int | None) -> dict[str, float]:
     """One timed run (``rounds=None``: the default's 20): start-up (wall and CPU of the
     process tree), time to the end of round 0, and the whole run (wall and CPU)."""
+    script = out.parent / "fedge-sim-timed.py"
+    if not script.exists():
+        script.write_text(TIMED_RUN)
     launched = time.time()
-    args = ["-c", TIMED_RUN, str(CPU_TIME), *([f"rounds={rounds}"] if rounds else []), "progress=false", f"hydra.run.dir={out}"]
+    args = [str(script), str(CPU_TIME), *([f"rounds={rounds}"] if rounds else []), "progress=false", f"hydra.run.dir={out}"]
     seconds, stdout = _timed(args, tree, out.parent)
     stamps = json.loads(stdout.rsplit("STAMPS ", 1)[1])
     wall, cpu = stamps["wall"], stamps["cpu"]

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedge.client.qat_steps import STEP_METRIC_PREFIX, final_steps, steps_from_metrics  # noqa: F401  (torch-free: the server's)
+
 #: The layers LSQ quantises (weights and inputs): every conv (1-D for ``har``, 2-D) and linear layer.
 QUANTISED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
-#: Metric-key prefix of the learned steps a client reports: ``qat.step.<layer>.weight``.
-STEP_METRIC_PREFIX = "qat.step."
 
 
 class LSQQuantiser(nn.Module):
@@ -184,25 +184,6 @@ class LSQModel:
 def step_metrics(qat: LSQModel) -> dict[str, float]:
     """The learned steps as reply metrics: ``{"qat.step.<layer>.weight": step, ...}``."""
     return {STEP_METRIC_PREFIX + k: v for k, v in qat.steps().items()}
-
-
-def steps_from_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
-    """The steps in (aggregated) client metrics, by ``<layer>.weight`` / ``<layer>.input``; ``{}`` if none."""
-    return {k[len(STEP_METRIC_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(STEP_METRIC_PREFIX)}  # type: ignore[arg-type]
-
-
-def final_steps(metrics_by_round: Mapping[int, Mapping[str, object]]) -> dict[str, object]:
-    """The last round's aggregated steps, as a run records them: ``{"round": r, "steps": {...}}``.
-
-    ``metrics_by_round``: the server's aggregated training metrics per round (Flower's
-    ``Result.train_metrics_clientapp``). ``{}`` when no round reported steps (no QAT,
-    or a strategy that does not aggregate client metrics).
-    """
-    for server_round in sorted(metrics_by_round, reverse=True):
-        steps = steps_from_metrics(metrics_by_round[server_round])
-        if steps:
-            return {"round": int(server_round), "steps": steps}
-    return {}
 
 
 def _key(layer: str, what: str) -> str:

@@ -155,11 +155,14 @@ def checked_settings(node: DictConfig, name: str, schema: type[Settings]) -> Set
     return settings
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, with_torch: bool = True) -> None:
     """Seed the global streams a run draws from: ``random`` (Flower samples clients with
-    it), numpy's legacy global generator and torch (model initialisation)."""
+    it), numpy's legacy global generator and torch (model initialisation; not imported
+    for it when ``with_torch`` is false: a server process that builds no model)."""
     random.seed(seed)
     np.random.seed(seed)
+    if not with_torch:
+        return
     import torch  # here, not at the top: `fedge-sim --help` and config checks need no torch
 
     torch.manual_seed(seed)

@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedge.server.evaluation import CentralEvaluator
+from fedge.server.evaluation import Evaluate
 from fedge.server.grid import FedgeGrid
 from fedge.strategies.compressed import CompressedStrategy, CompressionLog, as_model_dtypes
 from fedge.strategies.privacy import PrivacyLedger
@@ -77,7 +77,7 @@ def run_federation(
     strategy: Strategy,
     grid: FedgeGrid,
     initial_arrays: ArrayRecord,
-    evaluator: CentralEvaluator,
+    evaluator: Evaluate,
     num_rounds: int,
     train_config: ConfigRecord | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,

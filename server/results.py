@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fedge.client.qat import final_steps
+from fedge.client.qat_steps import final_steps
 from fedge.server.federation import FederationResult
 from fedge.strategies.compressed import CompressedStrategy, CompressionLog
 from fedge.strategies.delta_aggregation import DeltaAggregation

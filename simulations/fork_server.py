@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-#: What every worker imports: torch and the worker's own modules; ``__main__`` as spawn
-#: would. Not ``torch._dynamo`` (1-2.5 s): training steps with :class:`fedge.client.sgd.SGD`,
-#: which does not import it, as ``torch.optim`` does.
-WORKER_MODULES = ("__main__", "torch", "fedge.simulations.worker", "fedge.client.torch_trainer")
+#: What every worker imports: torch and the worker's own modules. Not ``torch._dynamo``
+#: (1-2.5 s): training steps with :class:`fedge.client.sgd.SGD`, which does not import it,
+#: as ``torch.optim`` does.
+WORKER_MODULES = ("torch", "fedge.simulations.worker", "fedge.client.torch_trainer")
 
 
 def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
@@ -35,21 +35,26 @@ def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
     return mp.get_context("spawn")
 
 
-def start_fork_server(modules: Iterable[str] = ()) -> None:
+def start_fork_server(modules: Iterable[str] = (), with_main: bool = True) -> None:
     """Start the fork server now (it imports :data:`WORKER_MODULES` and ``modules``, e.g.
     the task's module, in the background); no-op where there is none or once it runs.
-    A module that fails to import is skipped (the worker imports it itself)."""
+    A module that fails to import is skipped (the worker imports it itself).
+
+    ``with_main``: also run this program's ``__main__`` there first, as spawn would (a
+    script whose own functions or classes travel to the workers needs it). ``fedge-sim``
+    passes false: its ``__main__`` is the console script, whose import of the CLI would
+    cost the fork server Hydra's and OmegaConf's imports (~0.35 s of CPU) before torch's."""
     if worker_context().get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
-    mp.set_forkserver_preload([*WORKER_MODULES, *modules])
+    mp.set_forkserver_preload([*(["__main__"] if with_main else []), *WORKER_MODULES, *modules])
     forkserver.ensure_running()
 
 
-def start_for(cfg: DictConfig) -> None:
+def start_for(cfg: DictConfig, with_main: bool = True) -> None:
     """Start the fork server if experiment ``cfg`` runs ``backend=local`` with worker
     processes, preloading its task's module (``fedge.tasks.digits.DigitsTask`` ->
-    ``fedge.tasks.digits``)."""
+    ``fedge.tasks.digits``); ``with_main``: see :func:`start_fork_server`."""
     if cfg.backend.name == "local" and cfg.backend.num_workers > 0:
-        start_fork_server([str(cfg.task._target_).rpartition(".")[0]])
+        start_fork_server([str(cfg.task._target_).rpartition(".")[0]], with_main)

@@ -21,6 +21,13 @@ report compares all runs given:
   offline devices when the run had device profiles); above ``max_client_bars``
   clients, percentiles over the clients and the top ``top_n`` instead.
 
+Speed (the end of every ``fedge-sim`` run writes one): :func:`warm_up` pays matplotlib's
+one-off costs (its import, the font cache, the first text drawn), and ``fedge-sim`` calls
+it on a thread while the rounds run (:func:`start_warm_up`); where this process holds no
+torch (the default run's server process does not: :mod:`fedge.simulations.evaluation_process`),
+``clients.png``, the costliest figure, is drawn by a forked child while this process
+draws the others (:func:`render`): forking a process whose torch runs threads is not safe.
+
 Runs are labelled by what they are (``digits/fedavg/topk qat8 dev=phone``: task,
 strategy, codec, QAT bits, device profiles) and any other config value that differs
 between them (``seed=1``). Legends sit below the axes, outside them. Plots use matplotlib's ``Figure`` with the Agg
@@ -30,7 +37,10 @@ canvas: no display needed.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +196,66 @@ def run_labels(configs: Sequence[dict[str, Any]]) -> list[str]:
     if len(set(labels)) < len(labels):  # same config twice: tell them apart by position
         labels = [f"{label} #{i}" for i, label in enumerate(labels)]
     return labels
+
+
+def warm_up() -> None:
+    """Import matplotlib's Figure and Agg canvas and draw one small figure with text, so the
+    report's first figure pays none of matplotlib's one-off costs (~0.4 s of CPU here)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.0, 1.0), dpi=10, layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], marker=".", label="warm-up")
+    ax.set(xlabel="x", ylabel="y", title="warm-up")
+    FigureCanvasAgg(fig).draw()
+
+
+def start_warm_up() -> threading.Thread:
+    """Run :func:`warm_up` on a daemon thread (e.g. while a run's rounds wait on their
+    workers); :func:`make_report` waits for it. Returns the thread."""
+    global _WARMING
+    thread = threading.Thread(target=warm_up, name="fedge-report-warm-up", daemon=True)
+    thread.start()
+    _WARMING = thread
+    return thread
+
+
+_WARMING: threading.Thread | None = None  # started by start_warm_up, joined before drawing
+
+
+#: One figure to draw: the function, its arguments (the figure's path among them).
+Drawing = tuple[Callable[..., Path], tuple[Any, ...]]
+
+
+def _draw_all(drawings: Sequence[Drawing]) -> None:
+    for draw, args in drawings:
+        draw(*args)
+
+
+def _can_fork() -> bool:
+    """Forking this process is safe and available: Linux, no torch (its thread pools) and
+    no thread but this one (a lock another thread holds would stay held in the child)."""
+    return sys.platform.startswith("linux") and "torch" not in sys.modules and threading.active_count() == 1
+
+
+def render(drawings: Sequence[Drawing], parallel: bool = True) -> None:
+    """Draw every figure of ``drawings``: the first in a forked child (when ``parallel`` and
+    :func:`_can_fork`), the others here meanwhile; else all here, in order. A child that
+    fails raises ``RuntimeError`` naming its figure (its traceback is on stderr)."""
+    if _WARMING is not None:
+        _WARMING.join()
+    if not (parallel and len(drawings) > 1 and _can_fork()):
+        _draw_all(drawings)
+        return
+    child = mp.get_context("fork").Process(target=_draw_all, args=(drawings[:1],), name="fedge-report-figure", daemon=True)
+    child.start()
+    try:
+        _draw_all(drawings[1:])
+    finally:
+        child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"drawing {drawings[0][1][1]} failed (exit code {child.exitcode})")
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:
@@ -370,16 +440,20 @@ def make_report(
         out_dir = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([str(p.resolve()) for p in dirs]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = {
-        "accuracy_vs_round": plot_accuracy_vs_round(runs, out_dir / "accuracy_vs_round.png"),
-        "accuracy_vs_uplink": plot_accuracy_vs_uplink(runs, out_dir / "accuracy_vs_uplink.png"),
-        "clients": plot_clients(runs, out_dir / "clients.png", max_client_bars),
-    }
-    report_clients.write_csv(runs, out_dir / CLIENTS_CSV)
+    images = {key: out_dir / f"{key}.png" for key in ("accuracy_vs_round", "accuracy_vs_uplink", "clients")}
+    drawings: list[Drawing] = [  # the costliest first: drawn by a child beside the others where render() can fork
+        (plot_clients, (runs, images["clients"], max_client_bars)),
+        (plot_accuracy_vs_round, (runs, images["accuracy_vs_round"])),
+        (plot_accuracy_vs_uplink, (runs, images["accuracy_vs_uplink"])),
+    ]
     if any(run.simulated for run in runs):
-        images["accuracy_vs_sim_time"] = plot_accuracy_vs_sim_time(runs, out_dir / "accuracy_vs_sim_time.png")
+        images["accuracy_vs_sim_time"] = out_dir / "accuracy_vs_sim_time.png"
+        drawings.append((plot_accuracy_vs_sim_time, (runs, images["accuracy_vs_sim_time"])))
     if any(async_section(run.results) for run in runs):
-        images[STALENESS_PLOT] = plot_staleness(runs, out_dir / "staleness.png")
+        images[STALENESS_PLOT] = out_dir / "staleness.png"
+        drawings.append((plot_staleness, (runs, images[STALENESS_PLOT])))
+    render(drawings)
+    report_clients.write_csv(runs, out_dir / CLIENTS_CSV)
     report = out_dir / "report.md"
     report.write_text(markdown(runs, images, out_dir, max_client_bars, top_n))
     return report

@@ -31,11 +31,16 @@ register_configs()
 
 
 def _job(cfg: DictConfig) -> float:
-    from fedge.simulations.experiment import run_experiment  # torch, datasets: only for a job
-    from fedge.simulations.report import make_report
+    from fedge.server.federation import RoundRecord
+    from fedge.simulations.experiment import run_experiment  # datasets (torch where the server needs it): only for a job
+    from fedge.simulations.report import make_report, start_warm_up
+
+    def warm_report(record: RoundRecord) -> None:
+        if record.round == 1:  # the workers are warm: matplotlib's one-off costs beside the rounds, not after them
+            start_warm_up()
 
     hydra_cfg = HydraConfig.get()
-    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
+    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), on_round=warm_report)
     if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
         print(f"report: {make_report([outcome.results_path.parent])}")
     return outcome.result.final_accuracy
@@ -44,8 +49,10 @@ def _job(cfg: DictConfig) -> float:
 def _prepare(cfg: DictConfig) -> None:
     """Start the worker processes' fork server now (``backend=local`` with workers): it
     imports torch and the task's module on another core while this process composes the
-    run and imports the experiment (:mod:`fedge.simulations.fork_server`)."""
-    fork_server.start_for(cfg)
+    run and imports the experiment (:mod:`fedge.simulations.fork_server`). Not this
+    program's ``__main__`` (the console script): the task travels by its config's
+    ``_target_``, nothing of ``__main__`` does."""
+    fork_server.start_for(cfg, with_main=False)
 
 
 def _check(cfg: DictConfig) -> None:
