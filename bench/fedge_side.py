@@ -47,7 +47,7 @@ def run_fedge(settings: BenchSettings, num_workers: int, threads_per_worker: int
     random.seed(settings.seed)  # Flower strategies sample clients with `random`
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
-    flwr_log.setLevel(logging.ERROR)  # as fedge-sim (simulations/sim_cli.py, verbose=false)
+    flwr_log.setLevel(logging.ERROR)  # as fedge-sim (simulations/sim_app.py, verbose=false)
     try:
         with LocalGrid(recipe, num_workers, threads_per_worker) as grid:
             result = run_federation(

@@ -1,91 +1,45 @@
 """``fedge-sim``: the command line of one-machine federations.
 
-``fedge-sim`` composes ``conf/config.yaml`` with the command line's overrides, checks
-them before anything is written (:mod:`fedge.conf.cli`), runs
-:func:`fedge.simulations.experiment.run_experiment` in the Hydra output directory and,
-for a single run, writes its ``fedge-report``.
+The application itself (what a run composes, checks and runs) is
+:mod:`fedge.simulations.sim_app`; this module is the console script's entry point and
+imports nothing else until it has made one decision: whether to start the workers' fork
+server (:mod:`fedge.simulations.fork_server`) *before* Hydra is imported and the command
+line composed and checked.
 
-Thin on purpose: ``--help`` and the configuration checks import neither torch nor the
-datasets (the experiment and the report are imported when a job runs), so they answer
-in a fraction of the time ``import torch`` takes (``bench/startup.py``).
+Why before: the fork server's ``import torch`` is the longest step before round 1, and
+the server process's Hydra import, compose and checks (~0.9 s of CPU) would otherwise
+come first, on the critical path. Started first, the fork server imports torch on the
+second core while this process composes. That is a guess made from the command line
+alone: it is made only for a plain run of the default backend (every argument an
+override, none of them ``backend``); ``--help``, ``--cfg``, any other flag and any
+``backend`` override take the usual path (the fork server starts once the configuration
+passed its checks, and only where the run needs it). When the guess was wrong (a refused
+configuration), the fork server finishes its imports and exits with this process: the
+error is printed as fast as without it.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+import sys
+from collections.abc import Sequence
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from fedge.conf.build import ConfigError, build_strategy
-from fedge.conf.checks import check_strategy
-from fedge.conf.cli import HydraApp
-from fedge.conf.cli import run as run_app
-from fedge.conf.schema import register_configs
-from fedge.simulations.experiment_checks import check_experiment
 from fedge.simulations import fork_server
 
-register_configs()
 
-
-def _job(cfg: DictConfig) -> float:
-    from fedge.server.federation import RoundRecord
-    from fedge.simulations.experiment import run_experiment  # datasets (torch where the server needs it): only for a job
-    from fedge.simulations.report import make_report, start_warm_up
-
-    def warm_report(record: RoundRecord) -> None:
-        if record.round == 1:  # the workers are warm: matplotlib's one-off costs beside the rounds, not after them
-            start_warm_up()
-
-    hydra_cfg = HydraConfig.get()
-    outcome = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), on_round=warm_report)
-    if hydra_cfg.mode == RunMode.RUN and outcome.results_path is not None:  # a sweep reports at its end
-        print(f"report: {make_report([outcome.results_path.parent])}")
-    return outcome.result.final_accuracy
-
-
-def _prepare(cfg: DictConfig) -> None:
-    """Start the worker processes' fork server now (``backend=local`` with workers): it
-    imports torch and the task's module on another core while this process composes the
-    run and imports the experiment (:mod:`fedge.simulations.fork_server`). Not this
-    program's ``__main__`` (the console script): the task travels by its config's
-    ``_target_``, nothing of ``__main__`` does."""
-    fork_server.start_for(cfg, with_main=False)
-
-
-def _check(cfg: DictConfig) -> None:
-    import flwr.common.logger  # noqa: F401  (Flower sets its logger's level when imported: import it first)
-
-    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.ERROR)
-    check_experiment(cfg)
-    check_strategy(cfg)
-    build_strategy(cfg)
-
-
-APP = HydraApp(
-    prog="fedge-sim",
-    job=_job,
-    summary="Run a federated-learning experiment on this machine: simulated clients train "
-            "the task's model on their partitions, and a Flower strategy aggregates their "
-            "(optionally compressed) updates round by round.",
-    examples=[
-        "fedge-sim strategy=fedadam partition=iid num_clients=20 rounds=5",
-        "fedge-sim task=har partition=natural compression=topk device=phone",
-        "fedge-sim -m compression=none,fp16,topk     # one report comparing 3 runs",
-    ],
-    writes="results.json, final_model.npz, report.md and plots",
-    knobs=["client.lr", "client.local_epochs", "strategy.fraction_train", "partition.alpha"],
-    config_errors=(ConfigError,),
-    check=_check,
-    prepare=_prepare,
-)
+def starts_fork_server_early(args: Sequence[str]) -> bool:
+    """Whether command line ``args`` (without the program name) is a plain run of the
+    default ``backend=local`` with workers: no flag, no ``backend`` override."""
+    return all(not arg.startswith("-") and not arg.lstrip("+~").startswith("backend") for arg in args)
 
 
 def main() -> None:
     """Console entry point (``fedge-sim``): overrides are checked before anything runs."""
-    run_app(APP)
+    if starts_fork_server_early(sys.argv[1:]):
+        fork_server.start_fork_server(with_main=False)
+    from fedge.conf.cli import run
+    from fedge.simulations.sim_app import APP
+
+    run(APP)
 
 
 if __name__ == "__main__":

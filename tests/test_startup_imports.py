@@ -77,24 +77,30 @@ _PREPARED = """
 import json, sys
 from fedge.conf.cli import HydraApp, run
 from fedge.conf.schema import register_configs
-from fedge.simulations import sim_cli
+from fedge.simulations import sim_app
 
 register_configs()
 events = []
 
 def fork_server_running():
     import os, pathlib
-    children = pathlib.Path(f'/proc/{{os.getpid()}}/task/{{os.getpid()}}/children').read_text().split()
-    return any(b'forkserver' in pathlib.Path(f'/proc/{{c}}/cmdline').read_bytes() for c in children)
+    def child_cmdline(proc):
+        try:
+            ppid = int(proc.joinpath('stat').read_text().rsplit(')', 1)[1].split()[1])
+            return proc.joinpath('cmdline').read_bytes() if ppid == os.getpid() else b''
+        except (OSError, ValueError, IndexError):
+            return b''  # a process that ended while the table was read
+    procs = [p for p in pathlib.Path('/proc').iterdir() if p.name.isdigit()]
+    return any(b'multiprocessing.forkserver import main' in child_cmdline(p) for p in procs)
 
 def prepare(cfg):
-    sim_cli._prepare(cfg)
+    sim_app.prepare(cfg)
     events.append(['prepare', 'torch' in sys.modules, fork_server_running()])
 
 def job(cfg):
     events.append(['job', cfg.num_clients])
 
-app = HydraApp(prog='t', job=job, summary='', examples=[], writes='', check=sim_cli._check, prepare=prepare)
+app = HydraApp(prog='t', job=job, summary='', examples=[], writes='', check=sim_app.check, prepare=prepare)
 try:
     run(app, {args!r})
 except SystemExit as exc:
@@ -119,3 +125,54 @@ def test_fork_server_starts_once_the_config_is_checked_before_the_job(tmp_path, 
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert json.loads(done.stdout.rsplit("RESULT ", 1)[1]) == events, done.stderr[-2000:]
+
+
+_EARLY = """
+import json, sys
+sys.argv = ['fedge-sim', *{args!r}]
+from fedge.simulations import sim_cli
+calls = []
+started = sim_cli.fork_server.start_fork_server
+def spy(*a, **k):
+    calls.append(sorted(m for m in ('hydra', 'omegaconf', 'flwr', 'torch') if m in sys.modules))
+    started(*a, **k)
+sim_cli.fork_server.start_fork_server = spy
+try:
+    sim_cli.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print('RESULT ' + json.dumps({{'code': code, 'calls': calls, 'torch': 'torch' in sys.modules}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "args, early",
+    [
+        (["num_clients=1"], True),  # a plain run (refused later by its checks): started before Hydra's import
+        (["--help"], False),
+        (["backend=ray", "num_clients=1"], False),  # another backend: only once the config is checked
+        (["--cfg", "job"], False),
+    ],
+)
+def test_fedge_sim_starts_the_fork_server_before_hydra_only_for_a_plain_local_run(tmp_path, args, early):
+    done = subprocess.run(
+        [sys.executable, "-c", _EARLY.format(args=args)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+    assert result["calls"] == ([[]] if early else [])  # nothing of Hydra, OmegaConf, Flower or torch yet
+    assert not result["torch"]  # the server process itself never imported torch for it
+    if args[0] == "num_clients=1":
+        assert result["code"] == 2 and "num_clients" in done.stderr  # the refusal reads as before
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, early",
+    [([], True), (["rounds=3", "+x=1"], True), (["backend.num_workers=0"], False), (["-m", "rounds=1,2"], False)],
+)
+def test_the_early_start_is_guessed_from_the_command_line_alone(args, early):
+    from fedge.simulations.sim_cli import starts_fork_server_early
+
+    assert starts_fork_server_early(args) is early
