@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.round_settings import round_settings
 from fedge.client.shared_broadcast import SharedBroadcast
 from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
@@ -40,7 +41,6 @@ from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config_values
 from fedge.protos.records import DOWNLINK_DELTA_KEY
 from fedge.protos.codecs import decode_update
-from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.model_architecture import ARCHITECTURE_KEY, RESET_METRIC
 from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2, tensor_pb2
@@ -196,8 +196,8 @@ class EdgeClient:
     def _train(self, task: task_pb2.Task, broadcast: SharedBroadcast | None = None) -> task_pb2.Update:
         start = time.perf_counter()
         config = config_values.from_wire(task.config)
-        cfg = self._within_device_memory(self.defaults.updated_from(config))
-        plan = UplinkPlan.from_config(config)
+        settings = round_settings(self.defaults, config)  # parsed once per round for a process's clients
+        cfg, plan = self._within_device_memory(settings.train), settings.plan
         keep = config.get(DOWNLINK_DELTA_KEY, False)
         if not isinstance(keep, bool):
             raise ValueError(f"{DOWNLINK_DELTA_KEY} must be a bool, got {keep!r}")
