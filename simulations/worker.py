@@ -27,16 +27,20 @@ def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[
     return [recipe.client(node_id).handle(task_pb2.Task.FromString(payload)).SerializeToString() for node_id, payload in tasks]
 
 
-def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
+def answer_split_tasks(
+    recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]
+) -> list[task_pb2.Update]:
     """Run each ``(node_id, Task header, model slot)`` on its client, the model being
-    ``models[slot]``; return Update bytes. Each model is decoded once for all the clients
+    ``models[slot]``; return the Updates. Each model is decoded once for all the clients
     it goes to (:class:`~fedge.client.shared_broadcast.SharedBroadcast`), each client
     checking it against its own model as it would a Task's."""
     shared = [SharedBroadcast(model) for model in models]
-    return [
-        recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]).SerializeToString()
-        for node_id, header, slot in tasks
-    ]
+    return [recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]) for node_id, header, slot in tasks]
+
+
+def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
+    """:func:`answer_split_tasks`, each Update serialised (what crosses back from a worker process)."""
+    return [update.SerializeToString() for update in answer_split_tasks(recipe, tasks, models)]
 
 
 def warm_up_torch(threads: int | None = None) -> None:
