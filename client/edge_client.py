@@ -218,11 +218,12 @@ class EdgeClient:
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))
             metrics["update_norm"] = norm
+        reply = task_pb2.Update(task_id=task.task_id, node_id=self.node_id)
         if SECAGG_KEY in config:  # secure aggregation: the update leaves the device masked
             request = _secagg_request(config[SECAGG_KEY])
-            secagg, update = self._secagg().masked_input(request, delta, stats.num_examples, rng), None
-        else:
-            secagg, update = None, self.uplink.encode(delta, plan, base_round=task.server_round - 1)
+            reply.secagg.CopyFrom(self._secagg().masked_input(request, delta, stats.num_examples, rng))
+        else:  # encoded straight into the reply (not copied into it afterwards)
+            self.uplink.encode(delta, plan, base_round=task.server_round - 1, out=reply.update)
         metrics.update(
             {
                 "num-examples": float(stats.num_examples),
@@ -243,7 +244,8 @@ class EdgeClient:
         metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
         if self.tamper is not None:
             metrics = self.tamper.metrics(metrics, task.server_round)
-        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
+        reply.metrics.update(metrics)
+        return reply
 
     def _secagg(self) -> SecAggDevice:
         if self.secagg is None:
