@@ -9,7 +9,8 @@ and each task's byte count is its real serialised size. ``num_workers=0`` runs e
 client in this process and hands the Grid the clients' Update objects (no serialise and
 parse round trip; each is still counted at its serialised size).
 
-Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
+The Grid's process and every worker keep the memory they free for the next round
+(:mod:`fedge.simulations.heap_reuse`). Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
 (else spawned; :mod:`fedge.simulations.fork_server`), which imported what every worker
 needs once.
 
@@ -32,6 +33,7 @@ from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.fork_server import worker_context
+from fedge.simulations.heap_reuse import keep_freed_memory
 from fedge.simulations.worker import WorkerThreads, answer_split_tasks, freeze_start_up_objects, warm_up_torch, worker_main
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class LocalGrid(FedgeGrid):
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = []
         self._board = BroadcastBoard()
         self._in_process_threads = WorkerThreads(threads_per_worker, recipe.needs_torch())  # num_workers=0
+        keep_freed_memory()  # this process decodes (and with num_workers=0 trains) model-sized buffers every round
         if self.num_workers:
             ctx = worker_context()  # not fork: forking after torch threads start is unsafe
             for _ in range(self.num_workers):

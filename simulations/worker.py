@@ -20,6 +20,7 @@ from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.client.shared_broadcast import SharedBroadcast
 from fedge.simulations.broadcast import BroadcastReader, Job, JobTask
 from fedge.simulations.clients import ClientRecipe
+from fedge.simulations.heap_reuse import keep_freed_memory
 
 
 def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[bytes]:
@@ -120,6 +121,7 @@ def worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:
     """A worker's loop: receive a :class:`Job`, answer with its updates; ``None`` or a
     closed pipe ends it."""
     limit_thread_pools(threads)
+    keep_freed_memory()  # model-sized buffers reused round after round, not fresh pages
     if recipe.needs_torch():
         warm_up_torch(threads)
     freeze_start_up_objects()
