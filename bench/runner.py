@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
+import time
 from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -236,6 +237,7 @@ def _best(runs: dict[str, dict], runtime: str, key: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Run both runtimes, write the JSON, print the table; returns the JSON payload."""
     args = _parse(argv)
+    started = time.perf_counter()
     try:
         settings = BenchSettings(
             num_clients=args.clients,
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "notes": _notes(runs, fedge_steady, flower_steady, machine, after_load) + list(args.note),
         "machine": {**machine, "load_average_1m_after": after_load},
+        "bench_wall_s": time.perf_counter() - started,  # the whole benchmark, every run and both floors
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

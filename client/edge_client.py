@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.client.clipping import CLIPPING_NORM_KEY, clip_update
+from fedge.client.round_settings import round_settings
 from fedge.client.shared_broadcast import SharedBroadcast
 from fedge.client.tamper import UpdateTamper
 from fedge.client.train_config import TrainConfig
@@ -40,7 +41,6 @@ from fedge.client.uplink import UplinkEncoder
 from fedge.protos import config_values
 from fedge.protos.records import DOWNLINK_DELTA_KEY
 from fedge.protos.codecs import decode_update
-from fedge.protos.codecs.plan import UplinkPlan
 from fedge.protos.model_architecture import ARCHITECTURE_KEY, RESET_METRIC
 from fedge.protos.secagg import REQUEST_KEY as SECAGG_KEY
 from fedge.protos.v1 import task_pb2, tensor_pb2
@@ -196,8 +196,8 @@ class EdgeClient:
     def _train(self, task: task_pb2.Task, broadcast: SharedBroadcast | None = None) -> task_pb2.Update:
         start = time.perf_counter()
         config = config_values.from_wire(task.config)
-        cfg = self._within_device_memory(self.defaults.updated_from(config))
-        plan = UplinkPlan.from_config(config)
+        settings = round_settings(self.defaults, config)  # parsed once per round for a process's clients
+        cfg, plan = self._within_device_memory(settings.train), settings.plan
         keep = config.get(DOWNLINK_DELTA_KEY, False)
         if not isinstance(keep, bool):
             raise ValueError(f"{DOWNLINK_DELTA_KEY} must be a bool, got {keep!r}")
@@ -218,11 +218,12 @@ class EdgeClient:
         if CLIPPING_NORM_KEY in config:
             delta, norm = clip_update(delta, float(config[CLIPPING_NORM_KEY]))
             metrics["update_norm"] = norm
+        reply = task_pb2.Update(task_id=task.task_id, node_id=self.node_id)
         if SECAGG_KEY in config:  # secure aggregation: the update leaves the device masked
             request = _secagg_request(config[SECAGG_KEY])
-            secagg, update = self._secagg().masked_input(request, delta, stats.num_examples, rng), None
-        else:
-            secagg, update = None, self.uplink.encode(delta, plan, base_round=task.server_round - 1)
+            reply.secagg.CopyFrom(self._secagg().masked_input(request, delta, stats.num_examples, rng))
+        else:  # encoded straight into the reply (not copied into it afterwards)
+            self.uplink.encode(delta, plan, base_round=task.server_round - 1, out=reply.update)
         metrics.update(
             {
                 "num-examples": float(stats.num_examples),
@@ -243,7 +244,8 @@ class EdgeClient:
         metrics.update(result.metrics)  # QAT: the learned steps, so the server can export an int8 model with them
         if self.tamper is not None:
             metrics = self.tamper.metrics(metrics, task.server_round)
-        return task_pb2.Update(task_id=task.task_id, node_id=self.node_id, update=update, secagg=secagg, metrics=metrics)
+        reply.metrics.update(metrics)
+        return reply
 
     def _secagg(self) -> SecAggDevice:
         if self.secagg is None:

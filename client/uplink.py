@@ -41,8 +41,11 @@ class UplinkEncoder:
         self.resets.append(reason)
         log.info("uplink state reset: %s", reason)
 
-    def encode(self, delta: Mapping[str, np.ndarray], plan: UplinkPlan, base_round: int) -> tensor_pb2.CompressedUpdate:
-        """The encoded update for ``delta`` (``local - global`` by tensor name)."""
+    def encode(
+        self, delta: Mapping[str, np.ndarray], plan: UplinkPlan, base_round: int, out: tensor_pb2.CompressedUpdate | None = None
+    ) -> tensor_pb2.CompressedUpdate:
+        """The encoded update for ``delta`` (``local - global`` by tensor name), written
+        into ``out`` if given (an empty CompressedUpdate: the reply's own field)."""
         stale = sorted(k for k, r in self.residual.items() if k in delta and r.shape != delta[k].shape)
         if stale:
             shapes = ", ".join(f"{k}: {self.residual[k].shape} -> {delta[k].shape}" for k in stale[:3])
@@ -66,6 +69,7 @@ class UplinkEncoder:
             state=self.codec_state,
             fallback=plan.fallback,
             dense_below=plan.dense_below,
+            out=out,
         )
         if plan.error_feedback:  # residual = corrected - what the server decodes, in place where possible
             remaining = {

@@ -32,6 +32,19 @@ from fedge.server.message_translation import failure_reply, message_to_task, upd
 
 log = logging.getLogger(__name__)
 
+#: A backend's answer to one task: the serialised Update; the Update itself, from a backend
+#: whose devices run in this process (no serialise-and-parse round trip; it is counted at
+#: its serialised size all the same, :func:`answer_size`); or None (the node never answered).
+Answer = bytes | task_pb2.Update | None
+
+
+def answer_size(answer: Answer) -> int:
+    """The bytes ``answer`` puts on the wire: its length, or its Update's serialised size
+    (``ByteSize()``: computed, not serialised); 0 for no answer."""
+    if answer is None:
+        return 0
+    return answer.ByteSize() if isinstance(answer, task_pb2.Update) else len(answer)
+
 
 class FedgeGrid(Grid):
     """A Grid whose nodes are fedge devices reached through :meth:`_deliver`."""
@@ -138,9 +151,10 @@ class FedgeGrid(Grid):
         return task, task.SerializeToString()
 
     @abstractmethod
-    def _deliver(self, tasks: Sequence[tuple[int, Any]]) -> list[bytes | None]:
+    def _deliver(self, tasks: Sequence[tuple[int, Any]]) -> list[Answer]:
         """Send each ``(node_id, Task bytes)`` (or what :meth:`_encode` made for the
-        task); return Update bytes per task, in order.
+        task); return Update bytes per task, in order (an in-process backend may return
+        the Update objects its devices made: see :data:`Answer`).
 
         ``None`` means the node never answered (lost, timed out).
         """
@@ -155,10 +169,10 @@ class FedgeGrid(Grid):
         self.close()
 
     @staticmethod
-    def _parse(answer: bytes | None) -> task_pb2.Update | Exception | None:
+    def _parse(answer: Answer) -> task_pb2.Update | Exception | None:
         """The Update in ``answer``; the parse error if it is broken; None if no answer."""
-        if answer is None:
-            return None
+        if answer is None or isinstance(answer, task_pb2.Update):
+            return answer
         update = task_pb2.Update()
         try:
             update.ParseFromString(answer)
@@ -169,7 +183,7 @@ class FedgeGrid(Grid):
     def _settle_devices(
         self,
         batch: Sequence[tuple[Message, task_pb2.Task, Sized]],
-        answers: Sequence[bytes | None],
+        answers: Sequence[Answer],
         updates: Sequence[task_pb2.Update | Exception | None],
         train_rounds: set[int],
     ) -> list[str | None]:
@@ -186,7 +200,7 @@ class FedgeGrid(Grid):
             if task.kind != "train" or not isinstance(update, task_pb2.Update):
                 continue  # evaluation is not priced; lost or broken answers are failures anyway
             samples = int(update.metrics.get("train_samples", 0.0))
-            job = TrainingDelivery(message.metadata.dst_node_id, len(payload), len(answer or b""), samples)
+            job = TrainingDelivery(message.metadata.dst_node_id, len(payload), answer_size(answer), samples)
             by_round.setdefault(task.server_round, []).append((i, job))
         for server_round, jobs in by_round.items():
             verdicts = observer.settle_training(server_round, [job for _, job in jobs])
@@ -198,7 +212,7 @@ class FedgeGrid(Grid):
         self,
         message: Message,
         group: int,
-        answer: bytes | None,
+        answer: Answer,
         update: task_pb2.Update | Exception | None,
         straggler: str | None = None,
     ) -> Message:
@@ -207,12 +221,12 @@ class FedgeGrid(Grid):
             self.traffic.received(group, 0, ok=False, node_id=node)
             return failure_reply(message, f"node {node} did not answer")
         if isinstance(update, Exception):
-            self.traffic.received(group, len(answer), ok=False, node_id=node)
+            self.traffic.received(group, answer_size(answer), ok=False, node_id=node)
             return failure_reply(message, f"node {node} sent unparsable bytes: {update}")
         compute_s = update.metrics.get("compute_s", 0.0)
         if straggler is not None:  # its Update never arrived in time: no uplink bytes
             log.debug(straggler)
             self.traffic.received(group, 0, ok=False, node_id=node, compute_s=compute_s)
             return failure_reply(message, straggler)
-        self.traffic.received(group, len(answer), ok=not update.error, node_id=node, compute_s=compute_s)
+        self.traffic.received(group, answer_size(answer), ok=not update.error, node_id=node, compute_s=compute_s)
         return update_to_reply(update, message)

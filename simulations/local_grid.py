@@ -6,9 +6,11 @@ residuals, ...) stays in one process for the whole run. Tasks and updates cross 
 process boundary as the protos a device would receive; the round's model crosses
 once per round for all workers, through shared memory (:mod:`fedge.simulations.broadcast`),
 and each task's byte count is its real serialised size. ``num_workers=0`` runs every
-client in this process.
+client in this process and hands the Grid the clients' Update objects (no serialise and
+parse round trip; each is still counted at its serialised size).
 
-Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
+The Grid's process and every worker keep the memory they free for the next round
+(:mod:`fedge.simulations.heap_reuse`). Workers are forked by :mod:`multiprocessing`'s fork server where the platform has one
 (else spawned; :mod:`fedge.simulations.fork_server`), which imported what every worker
 needs once.
 
@@ -26,12 +28,13 @@ from multiprocessing.connection import Connection
 from flwr.app import Message
 
 from fedge.protos.v1 import task_pb2, tensor_pb2
-from fedge.server.grid import FedgeGrid
+from fedge.server.grid import Answer, FedgeGrid
 from fedge.server.message_translation import model_payload, task_header
 from fedge.simulations.broadcast import BroadcastBoard, Job, SplitTask, distinct_payloads
 from fedge.simulations.clients import ClientRecipe
 from fedge.simulations.fork_server import worker_context
-from fedge.simulations.worker import WorkerThreads, freeze_start_up_objects, run_split_tasks, warm_up_torch, worker_main
+from fedge.simulations.heap_reuse import keep_freed_memory
+from fedge.simulations.worker import WorkerThreads, answer_split_tasks, freeze_start_up_objects, warm_up_torch, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class LocalGrid(FedgeGrid):
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = []
         self._board = BroadcastBoard()
         self._in_process_threads = WorkerThreads(threads_per_worker, recipe.needs_torch())  # num_workers=0
+        keep_freed_memory()  # this process decodes (and with num_workers=0 trains) model-sized buffers every round
         if self.num_workers:
             ctx = worker_context()  # not fork: forking after torch threads start is unsafe
             for _ in range(self.num_workers):
@@ -76,12 +80,14 @@ class LocalGrid(FedgeGrid):
         header = task_header(message)
         return header, SplitTask(header.SerializeToString(), model_payload(message))
 
-    def _deliver(self, tasks: Sequence[tuple[int, SplitTask]]) -> list[bytes | None]:
+    def _deliver(self, tasks: Sequence[tuple[int, SplitTask]]) -> list[Answer]:
         if not self._workers:
             payloads, slot_of = distinct_payloads(tasks)
             models = [tensor_pb2.CompressedUpdate.FromString(p) for p in payloads]  # parsed once each
             with self._in_process_threads():  # a worker's float sums
-                return list(run_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
+                # the Updates themselves: nothing crosses a process, so they are neither
+                # serialised nor parsed again (the Grid counts their serialised size)
+                return list(answer_split_tasks(self.recipe, [(n, s.header, k) for (n, s), k in zip(tasks, slot_of)], models))
         segment, slots, slot_of = self._board.post(tasks)
         jobs: list[list[int]] = [[] for _ in self._workers]
         for position, (node_id, _) in enumerate(tasks):
@@ -95,7 +101,7 @@ class LocalGrid(FedgeGrid):
                     sent[w] = True
                 except (BrokenPipeError, OSError):
                     self._log_dead(proc)
-        answers: list[bytes | None] = [None] * len(tasks)
+        answers: list[Answer] = [None] * len(tasks)
         for w, ((proc, conn), positions) in enumerate(zip(self._workers, jobs)):
             if not sent[w]:
                 continue

@@ -20,6 +20,7 @@ from fedge.protos.v1 import task_pb2, tensor_pb2
 from fedge.client.shared_broadcast import SharedBroadcast
 from fedge.simulations.broadcast import BroadcastReader, Job, JobTask
 from fedge.simulations.clients import ClientRecipe
+from fedge.simulations.heap_reuse import keep_freed_memory
 
 
 def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[bytes]:
@@ -27,16 +28,20 @@ def run_tasks(recipe: ClientRecipe, tasks: Sequence[tuple[int, bytes]]) -> list[
     return [recipe.client(node_id).handle(task_pb2.Task.FromString(payload)).SerializeToString() for node_id, payload in tasks]
 
 
-def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
+def answer_split_tasks(
+    recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]
+) -> list[task_pb2.Update]:
     """Run each ``(node_id, Task header, model slot)`` on its client, the model being
-    ``models[slot]``; return Update bytes. Each model is decoded once for all the clients
+    ``models[slot]``; return the Updates. Each model is decoded once for all the clients
     it goes to (:class:`~fedge.client.shared_broadcast.SharedBroadcast`), each client
     checking it against its own model as it would a Task's."""
     shared = [SharedBroadcast(model) for model in models]
-    return [
-        recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]).SerializeToString()
-        for node_id, header, slot in tasks
-    ]
+    return [recipe.client(node_id).handle(task_pb2.Task.FromString(header), shared[slot]) for node_id, header, slot in tasks]
+
+
+def run_split_tasks(recipe: ClientRecipe, tasks: Sequence[JobTask], models: Sequence[tensor_pb2.CompressedUpdate]) -> list[bytes]:
+    """:func:`answer_split_tasks`, each Update serialised (what crosses back from a worker process)."""
+    return [update.SerializeToString() for update in answer_split_tasks(recipe, tasks, models)]
 
 
 def warm_up_torch(threads: int | None = None) -> None:
@@ -116,6 +121,7 @@ def worker_main(conn: Connection, recipe: ClientRecipe, threads: int) -> None:
     """A worker's loop: receive a :class:`Job`, answer with its updates; ``None`` or a
     closed pipe ends it."""
     limit_thread_pools(threads)
+    keep_freed_memory()  # model-sized buffers reused round after round, not fresh pages
     if recipe.needs_torch():
         warm_up_torch(threads)
     freeze_start_up_objects()

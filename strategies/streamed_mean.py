@@ -54,10 +54,18 @@ def weighted_mean(arrays: Iterable[Mapping[str, np.ndarray]], weights: list[floa
     total_weight = sum(weights)
     weight_factors = [w / total_weight for w in weights]
     aggregated: dict[str, np.ndarray] = {}
+    # ``value * weight`` goes into one buffer per tensor, reused reply after reply (the
+    # same numbers: the buffer has the product's own dtype); nothing of ``arrays`` is written
+    scratch: dict[str, np.ndarray] = {}
     for record, weight in zip(arrays, weight_factors, strict=True):
         for key, value in record.items():
             if key not in aggregated:
                 aggregated[key] = value * weight
+                continue
+            buffer = scratch.get(key)
+            if buffer is None or buffer.shape != np.shape(value) or buffer.dtype != np.result_type(value, weight):
+                aggregated[key] += value * weight  # first fold of this tensor (or another layout): a new buffer
+                scratch[key] = np.empty(np.shape(value), np.result_type(value, weight))
             else:
-                aggregated[key] += value * weight
+                aggregated[key] += np.multiply(value, weight, out=buffer)
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in aggregated.items()})

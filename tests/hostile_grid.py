@@ -30,6 +30,17 @@ TRAIN = TrainConfig(local_steps=2)
 Attack = Callable[[task_pb2.Task, task_pb2.Update], task_pb2.Update | None]
 
 
+def honest_update(answer: bytes | task_pb2.Update) -> task_pb2.Update:
+    """A copy of the Update in a LocalGrid answer, to rewrite: bytes from a worker process,
+    the client's Update object itself when clients run in the calling process."""
+    update = task_pb2.Update()
+    if isinstance(answer, task_pb2.Update):
+        update.CopyFrom(answer)
+    else:
+        update.ParseFromString(answer)
+    return update
+
+
 class HostileGrid(LocalGrid):
     """In-process clients; ``attacks[node]`` rewrites that node's Updates for tasks of
     ``kind`` (train or evaluate) from round ``start_round`` on."""
@@ -47,7 +58,7 @@ class HostileGrid(LocalGrid):
             attack = self.attacks.get(node)
             if attack is None or task.kind != self.kind or task.server_round < self.start_round or answers[position] is None:
                 continue
-            sent = attack(task, task_pb2.Update.FromString(answers[position]))
+            sent = attack(task, honest_update(answers[position]))
             answers[position] = None if sent is None else sent.SerializeToString()
         return answers
 

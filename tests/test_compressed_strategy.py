@@ -22,9 +22,9 @@ class CorruptingGrid(LocalGrid):
         answers = super()._deliver(tasks)
         if not answers:
             return answers
-        from fedge.protos.v1 import task_pb2
+        from tests.hostile_grid import honest_update
 
-        update = task_pb2.Update.FromString(answers[0])
+        update = honest_update(answers[0])
         update.update.tensors[0].data = update.update.tensors[0].data[:-4]
         answers[0] = update.SerializeToString()
         return answers

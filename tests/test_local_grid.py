@@ -105,3 +105,76 @@ def test_in_process_rounds_find_the_thread_pools_once_and_train_as_workers(monke
         finals.append({r.metadata.src_node_id: r.content["fedge.update"]["payload"] for r in replies})
     assert len(made) == 1  # three in-process deliveries: the pools were found once (workers cap their own)
     assert finals[0] == finals[1]  # the same update bytes, in-process or in worker processes
+
+
+class TruncatingClient(EdgeClient):
+    """A device whose Update carries a tensor four bytes short (hostile or broken)."""
+
+    def handle(self, task, broadcast=None):
+        update = super().handle(task, broadcast)
+        if update.HasField("update"):
+            tensor = update.update.tensors[0]
+            tensor.data = tensor.data[:-4]
+        return update
+
+
+class TruncatingRecipe(ClientRecipe):
+    hostile = node_id_of(0)
+
+    def client(self, node_id):
+        if node_id not in self._clients:
+            if self._data is None:
+                self._data = self.task.load()
+            data = self._data.train.subset(self.partitions[node_id])
+            cls = TruncatingClient if node_id == self.hostile else EdgeClient
+            self._clients[node_id] = cls(self.task, data, node_id, self.defaults, self.seed)
+        return self._clients[node_id]
+
+
+def _capture_answers(grid):
+    """Wrap ``grid._deliver`` to keep every answer it hands the Grid."""
+    seen = []
+    deliver = grid._deliver
+
+    def capturing(tasks):
+        answers = deliver(tasks)
+        seen.extend(answers)
+        return answers
+
+    grid._deliver = capturing
+    return seen
+
+
+def test_in_process_answers_are_counted_at_their_serialised_size():
+    from fedge.protos.v1 import task_pb2
+    from fedge.server.grid import answer_size
+
+    uplink = {}
+    for workers in (0, 2):
+        strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+        with LocalGrid(recipe(), num_workers=workers) as grid:
+            seen = _capture_answers(grid)
+            grid.send_and_receive(train_messages(grid, strategy, 1))
+            kinds = {type(a) for a in seen}
+            assert kinds == ({task_pb2.Update} if workers == 0 else {bytes})  # in-process: no serialise/parse round trip
+            serialised = [a.SerializeToString() if isinstance(a, task_pb2.Update) else a for a in seen]
+            assert [answer_size(a) for a in seen] == [len(b) for b in serialised]
+            assert grid.traffic.round(1).uplink_bytes == sum(len(b) for b in serialised)
+            uplink[workers] = sorted(len(b) for b in serialised)
+    assert uplink[0] == uplink[2]  # the same Updates, the same bytes, in-process or across processes
+    assert answer_size(None) == 0
+
+
+def test_in_process_updates_still_meet_the_reply_validator():
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=4))
+    from fedge.protos.v1 import task_pb2
+
+    with LocalGrid(recipe(TruncatingRecipe), num_workers=0) as grid:
+        seen = _capture_answers(grid)
+        replies = grid.send_and_receive(train_messages(grid, strategy, 1))
+        assert all(isinstance(a, task_pb2.Update) for a in seen)  # the fast path: Update objects, never bytes
+        arrays, _ = strategy.aggregate_train(1, replies)
+    dropped = strategy.log.dropped_in(1)
+    assert [d.node_id for d in dropped] == [TruncatingRecipe.hostile]
+    assert "MalformedPayloadError" in dropped[0].reason and "bytes" in dropped[0].reason
+    assert arrays is not None  # the three honest replies were aggregated

@@ -35,8 +35,11 @@ def encode_update(
     state: MutableMapping[str, dict] | None = None,
     fallback: CodecSpec | str = LOSSLESS_CODEC,
     dense_below: int = 0,
+    out: pb.CompressedUpdate | None = None,
 ) -> pb.CompressedUpdate:
-    """Encode named tensors with ``spec``.
+    """Encode named tensors with ``spec`` (into ``out`` if given: an empty CompressedUpdate,
+    e.g. the ``update`` field of a reply being built, so the payload is not copied into
+    its place afterwards; ``out`` is returned).
 
     Non-float tensors always go losslessly. Float tensors with fewer than
     ``dense_below`` elements, or that the codec does not support (e.g. 1-D tensors for
@@ -48,7 +51,9 @@ def encode_update(
     # a lossless codec keeps no state between tensors: one instance serves every role it has
     small = codec if codec.lossless and fallback == spec else make_codec(fallback)
     raw = codec if codec.lossless and spec == LOSSLESS_CODEC else make_codec(LOSSLESS_CODEC)
-    out = pb.CompressedUpdate(kind=kind, base_round=base_round)
+    if out is None:
+        out = pb.CompressedUpdate()
+    out.kind, out.base_round = kind, base_round
     arrays = {name: np.asarray(array) for name, array in arrays.items()}
     main = codec.allocate(
         {
