@@ -23,13 +23,19 @@ _SIM = """
 import json, sys
 sys.argv = ['fedge-sim', *{args!r}]
 from fedge.simulations import sim_cli
+early_starts = []  # per start of the fork server by sim_cli: what of Hydra, OmegaConf, Flower, torch was loaded
+started = sim_cli.fork_server.start_fork_server
+def spy(*a, **k):
+    early_starts.append(sorted(m for m in ('hydra', 'omegaconf', 'flwr', 'torch') if m in sys.modules))
+    started(*a, **k)
+sim_cli.fork_server.start_fork_server = spy
 try:
     sim_cli.main()
 except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-print('RESULT ' + json.dumps({{'code': code, 'loaded': [m for m in {heavy!r} if m in sys.modules]}}))
+print('RESULT ' + json.dumps({{'code': code, 'loaded': [m for m in {heavy!r} if m in sys.modules], 'early_starts': early_starts}}))
 """
 
 
@@ -42,7 +48,7 @@ def _sim(args: list[str], tmp_path: Path, heavy: tuple[str, ...] = HEAVY) -> tup
 
 def test_help_imports_no_torch_no_datasets_and_no_flower(tmp_path):
     result, _ = _sim(["--help"], tmp_path, (*HEAVY, "flwr"))
-    assert result == {"code": 0, "loaded": []}
+    assert result == {"code": 0, "loaded": [], "early_starts": []}
 
 
 @pytest.mark.parametrize(
@@ -56,7 +62,7 @@ def test_help_imports_no_torch_no_datasets_and_no_flower(tmp_path):
 )
 def test_configuration_errors_import_no_torch(tmp_path, args, key):
     result, stderr = _sim(args, tmp_path)
-    assert result == {"code": 2, "loaded": []}
+    assert result["code"] == 2 and result["loaded"] == []
     assert stderr.startswith(f"fedge-sim: configuration error: {key}") or key in stderr
     assert not (tmp_path / "outputs").exists()
 
@@ -127,26 +133,6 @@ def test_fork_server_starts_once_the_config_is_checked_before_the_job(tmp_path, 
     assert json.loads(done.stdout.rsplit("RESULT ", 1)[1]) == events, done.stderr[-2000:]
 
 
-_EARLY = """
-import json, sys
-sys.argv = ['fedge-sim', *{args!r}]
-from fedge.simulations import sim_cli
-calls = []
-started = sim_cli.fork_server.start_fork_server
-def spy(*a, **k):
-    calls.append(sorted(m for m in ('hydra', 'omegaconf', 'flwr', 'torch') if m in sys.modules))
-    started(*a, **k)
-sim_cli.fork_server.start_fork_server = spy
-try:
-    sim_cli.main()
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-print('RESULT ' + json.dumps({{'code': code, 'calls': calls, 'torch': 'torch' in sys.modules}}))
-"""
-
-
 @pytest.mark.parametrize(
     "args, early",
     [
@@ -157,14 +143,11 @@ print('RESULT ' + json.dumps({{'code': code, 'calls': calls, 'torch': 'torch' in
     ],
 )
 def test_fedge_sim_starts_the_fork_server_before_hydra_only_for_a_plain_local_run(tmp_path, args, early):
-    done = subprocess.run(
-        [sys.executable, "-c", _EARLY.format(args=args)], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
-    assert result["calls"] == ([[]] if early else [])  # nothing of Hydra, OmegaConf, Flower or torch yet
-    assert not result["torch"]  # the server process itself never imported torch for it
+    result, stderr = _sim(args, tmp_path)
+    assert result["early_starts"] == ([[]] if early else [])  # nothing of Hydra, OmegaConf, Flower or torch yet
+    assert "torch" not in result["loaded"]  # the server process itself never imported torch for it
     if args[0] == "num_clients=1":
-        assert result["code"] == 2 and "num_clients" in done.stderr  # the refusal reads as before
+        assert result["code"] == 2 and "num_clients" in stderr  # the refusal reads as before
     assert not (tmp_path / "outputs").exists()
 
 
