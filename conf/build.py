@@ -40,7 +40,8 @@ def instantiate_node(kind: str, node: DictConfig, **kwargs: object) -> object:
         return instantiate(node, **kwargs)
     except Exception as exc:  # hydra wraps the constructor's error; show its cause
         cause = exc.__cause__ or exc
-        raise ConfigError(f"cannot build {kind} from {OmegaConf.to_container(node)}: {cause}") from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        raise ConfigError(f"cannot build {kind} ({target}): {cause}") from None
 
 
 def node_dict(node: DictConfig) -> dict[str, Any]:
