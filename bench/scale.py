@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import results_files
-from bench.startup import TIMED_RUN, _baseline_tree, _env
+from bench.startup import _baseline_tree, _env, timed_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_FILE = Path(__file__).resolve().parent / "scale_tasks.py"
@@ -113,7 +113,7 @@ def overrides(clients: int, sampled: int, rounds: int, copies: int) -> list[str]
 
 def run_one(clients: int, sampled: int, rounds: int, copies: int, out: Path, tree: Path | None) -> dict[str, object]:
     """One fedge-sim run: its stamps, peak memory of its process tree, wall seconds."""
-    args = [sys.executable, "-c", TIMED_RUN, *overrides(clients, sampled, rounds, copies), f"hydra.run.dir={out}"]
+    args = [sys.executable, *timed_run_args(out, overrides(clients, sampled, rounds, copies))]
     launched = time.time()
     proc = subprocess.Popen(args, env=_env(tree), cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = TreeMemory(proc.pid)
@@ -122,7 +122,7 @@ def run_one(clients: int, sampled: int, rounds: int, copies: int, out: Path, tre
     sampler.stop()
     if proc.returncode != 0 or "STAMPS " not in stdout:
         raise RuntimeError(f"run failed ({proc.returncode}): {stderr[-2000:]}")
-    stamps = json.loads(stdout.rsplit("STAMPS ", 1)[1])
+    stamps = json.loads(stdout.rsplit("STAMPS ", 1)[1])["wall"]
     rounds_s = [b - a for a, b in zip(stamps, stamps[1:])]
     return {
         "clients": clients, "sampled": sampled, "rounds": rounds,
@@ -205,8 +205,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--rounds", type=int, default=10, help="rounds with 100 sampled per round")
-    parser.add_argument("--all-rounds", type=int, default=2, help="rounds with every client sampled")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds with 100 sampled per round (0: that row is not run)")
+    parser.add_argument("--all-rounds", type=int, default=2, help="rounds with every client sampled (0: that row is not run)")
     parser.add_argument("--copies", type=int, default=8, help="copies of the digits training pool (1,437 each)")
     parser.add_argument("--baseline", default="", help="commit to run beside this tree (alternating)")
     parser.add_argument("--baseline-max", type=int, default=1000, help="largest client count run on the baseline")
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         old = _baseline_tree(args.baseline, tmp) if args.baseline else None
         for n in sizes:
             for sampled, rounds in ((min(SAMPLED, n), args.rounds), (n, args.all_rounds)):
+                if rounds == 0:
+                    continue  # --rounds 0 / --all-rounds 0: that row is not run
                 if sampled == n and n == SAMPLED and rounds == args.all_rounds and args.rounds != args.all_rounds:
                     continue  # 100 of 100 is the row above
                 sides = [("this", None)] + ([(args.baseline, old)] if old is not None and n <= args.baseline_max else [])

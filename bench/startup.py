@@ -89,14 +89,22 @@ def _timed(args: Sequence[str], tree: Path | None, cwd: Path) -> tuple[float, st
     return time.perf_counter() - start, done.stdout
 
 
-def _run_start_up(tree: Path | None, out: Path, rounds: int | None) -> dict[str, float]:
-    """One timed run (``rounds=None``: the default's 20): start-up (wall and CPU of the
-    process tree), time to the end of round 0, and the whole run (wall and CPU)."""
+def timed_run_args(out: Path, overrides: Sequence[str]) -> list[str]:
+    """The interpreter's arguments of one timed ``fedge-sim`` run (:data:`TIMED_RUN`, written
+    beside ``out`` once) with ``overrides``, in Hydra output directory ``out``. Its stdout
+    ends with ``STAMPS`` and a json object: ``wall`` (the end of each round, seconds since
+    the epoch, round 0 first), ``cpu`` (the process tree's CPU seconds then), ``cpu_end``."""
     script = out.parent / "fedge-sim-timed.py"
     if not script.exists():
         script.write_text(TIMED_RUN)
+    return [str(script), str(CPU_TIME), *overrides, f"hydra.run.dir={out}"]
+
+
+def _run_start_up(tree: Path | None, out: Path, rounds: int | None) -> dict[str, float]:
+    """One timed run (``rounds=None``: the default's 20): start-up (wall and CPU of the
+    process tree), time to the end of round 0, and the whole run (wall and CPU)."""
     launched = time.time()
-    args = [str(script), str(CPU_TIME), *([f"rounds={rounds}"] if rounds else []), "progress=false", f"hydra.run.dir={out}"]
+    args = timed_run_args(out, [*([f"rounds={rounds}"] if rounds else []), "progress=false"])
     seconds, stdout = _timed(args, tree, out.parent)
     stamps = json.loads(stdout.rsplit("STAMPS ", 1)[1])
     wall, cpu = stamps["wall"], stamps["cpu"]
