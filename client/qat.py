@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedge.client.qat_steps import STEP_METRIC_PREFIX, final_steps, steps_from_metrics  # noqa: F401  (torch-free: the server's)
+from fedge.client.qat_steps import STEP_METRIC_PREFIX
 
 #: The layers LSQ quantises (weights and inputs): every conv (1-D for ``har``, 2-D) and linear layer.
 QUANTISED = (nn.Conv1d, nn.Conv2d, nn.Linear)

@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from fedge.conf.build import ConfigError, build_strategy
 from fedge.conf.checks import check_strategy
 from fedge.conf.cli import HydraApp
-from fedge.conf.cli import run as run_app
 from fedge.conf.schema import register_configs
 from fedge.simulations.experiment_checks import check_experiment
 from fedge.simulations import fork_server

@@ -165,9 +165,19 @@ class DeltaAggregation(FedAvg):
         (float64, decoded and densified; row ``i`` from ``nodes[i]``) and their example counts
         ``weights`` ``(n,)``: bounded, screened, then :meth:`combine`\ d. Override for a rule
         that scores updates differently (:class:`~fedge.strategies.fltrust.FLTrust`)."""
+        deltas, weights, _ = self.bound_and_screen(server_round, nodes, deltas, weights)
+        return self.combine(deltas, weights)
+
+    def bound_and_screen(
+        self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The round's updates after norm bounding (each clipped row recorded) and the cosine
+        screen (each excluded node recorded): the kept rows of ``deltas`` ``(k, d)``, their
+        ``weights`` ``(k,)`` and their ``nodes``, in the order given. What every rule here
+        does before it combines or selects."""
         deltas = self._bound(server_round, nodes, deltas)
-        keep = self._screen(server_round, nodes, deltas)
-        return self.combine(deltas[keep], weights[keep])
+        kept = np.flatnonzero(self._screen(server_round, nodes, deltas))
+        return deltas[kept], weights[kept], [nodes[i] for i in kept]
 
     def global_model(self) -> dict[str, np.ndarray]:
         """The global model this round's ``configure_train`` broadcast, by name (the base

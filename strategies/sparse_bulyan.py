@@ -54,9 +54,7 @@ class SparseBulyan(SparseMultiKrum):
 
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
         f = self.num_malicious_nodes
-        deltas = self._bound(server_round, nodes, deltas)
-        screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
-        deltas, nodes = deltas[screened], [nodes[i] for i in screened]
+        deltas, _, nodes = self.bound_and_screen(server_round, nodes, deltas, weights)
         theta = max(1, len(deltas) - 2 * f)
         ranking = self.rank(server_round, nodes, deltas, theta)
         trusted = self.trusted(ranking, theta)

@@ -71,9 +71,7 @@ class SparseKrum(SparseMultiKrum):
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
         if self.bucket_size == 1:
             return super().aggregate_deltas(server_round, nodes, deltas, weights)
-        deltas = self._bound(server_round, nodes, deltas)
-        screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
-        deltas, weights, nodes = deltas[screened], weights[screened], [nodes[i] for i in screened]
+        deltas, weights, nodes = self.bound_and_screen(server_round, nodes, deltas, weights)
         f = self.num_malicious_nodes
         size = krum_bucket_size(len(deltas), self.bucket_size, f, self.bucket_mode)
         if size < self.bucket_size:

@@ -87,9 +87,7 @@ class SparseMultiKrum(DeltaAggregation):
         self.fill = fill
 
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        deltas = self._bound(server_round, nodes, deltas)
-        screened = np.flatnonzero(self._screen(server_round, nodes, deltas))
-        deltas, weights, nodes = deltas[screened], weights[screened], [nodes[i] for i in screened]
+        deltas, weights, nodes = self.bound_and_screen(server_round, nodes, deltas, weights)
         ranking = self.rank(server_round, nodes, deltas, self.num_nodes_to_select)
         chosen, trusted = ranking[: self.num_nodes_to_select], self.trusted(ranking, self.num_nodes_to_select)
         filled = fill_unsent(deltas[chosen], deltas[trusted])
