@@ -11,12 +11,23 @@ both), so :func:`start_fork_server` is called before the server process imports 
 ``fedge-sim`` calls it as soon as its configuration is composed, before importing the
 experiment; the two processes then import side by side, on two cores. This module imports
 nothing beyond :mod:`multiprocessing` for that reason.
+
+A program's ``__main__`` (a script, or ``python -m pkg.mod``) runs again in every worker,
+as spawn runs it, so that its functions and classes can travel to the workers. CPython's
+``set_forkserver_preload(["__main__"])`` was meant to run it once in the fork server
+instead, but before 3.13.8 it never does (the fork server reads a key that
+``spawn.get_preparation_data`` stopped writing in 2013: CPython gh-126631), so each worker
+re-ran the whole program's imports one after the other (~2 s each for a bench importing
+Flower). :func:`main_imports` names what ``__main__`` imported, and the fork server imports
+those too: a worker's re-run of ``__main__`` then finds them imported.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 from collections.abc import Iterable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,20 +46,42 @@ def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
     return mp.get_context("spawn")
 
 
+def main_imports() -> list[str]:
+    """The modules this program's ``__main__`` imported, for the fork server to import
+    before any worker re-runs ``__main__`` (see the module docstring): ``pkg.mod`` itself
+    under ``python -m pkg.mod`` (its ``if __name__ == "__main__"`` block does not run), and
+    the module of every module, class and function in ``__main__``'s namespace. Builtins
+    and ``__main__``'s own definitions are left out; the names are sorted."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return []
+    names: set[str] = set()
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if isinstance(spec_name, str) and not spec_name.endswith("__main__"):
+        names.add(spec_name)
+    for value in list(vars(main).values()):
+        name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name not in ("__main__", "__mp_main__", "builtins"):
+            names.add(name)
+    return sorted(names)
+
+
 def start_fork_server(modules: Iterable[str] = (), with_main: bool = True) -> None:
     """Start the fork server now (it imports :data:`WORKER_MODULES` and ``modules``, e.g.
     the task's module, in the background); no-op where there is none or once it runs.
     A module that fails to import is skipped (the worker imports it itself).
 
-    ``with_main``: also run this program's ``__main__`` there first, as spawn would (a
-    script whose own functions or classes travel to the workers needs it). ``fedge-sim``
-    passes false: its ``__main__`` is the console script, whose import of the CLI would
-    cost the fork server Hydra's and OmegaConf's imports (~0.35 s of CPU) before torch's."""
+    ``with_main``: also import this program's ``__main__`` there first (on CPython before
+    3.13.8, what it imported: :func:`main_imports`), so that the workers' re-run of it is
+    cheap. ``fedge-sim`` passes false: its ``__main__`` is the console script, whose import
+    of the CLI would cost the fork server Hydra's and OmegaConf's imports (~0.35 s of CPU)
+    before torch's."""
     if worker_context().get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
-    mp.set_forkserver_preload([*(["__main__"] if with_main else []), *WORKER_MODULES, *modules])
+    main = ["__main__", *main_imports()] if with_main else []
+    mp.set_forkserver_preload([*main, *WORKER_MODULES, *modules])
     forkserver.ensure_running()
 
 
