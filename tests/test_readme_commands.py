@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from fedge.search.budget import device_budget
+from fedge.search.settings import load_settings
 from fedge.simulations.sim_app import check
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,15 +43,15 @@ def shell_blocks(text: str) -> Iterator[str]:
             language = None
 
 
-def readme_commands() -> list[str]:
-    """The README's ``fedge-sim`` commands: its shell blocks' lines (continuations joined,
+def readme_commands(program: str = "fedge-sim") -> list[str]:
+    """The README's ``program`` commands: its shell blocks' lines (continuations joined,
     comments dropped) and its inline ones (`` `fedge-sim secagg=on` ``)."""
     text = (REPO / "README.md").read_text()
-    commands = sorted(set(re.findall(r"`(fedge-sim [^`]*)`", text)))
+    commands = sorted(set(re.findall(rf"`({program} [^`]*)`", text)))
     for block in shell_blocks(text):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
-            if line.startswith("fedge-sim "):
+            if line.startswith(f"{program} "):
                 commands.append(" ".join(shlex.split(line, comments=True)))
     return commands
 
@@ -89,3 +91,21 @@ def test_readme_command_composes_and_passes_the_checks(
 ) -> None:
     for overrides in variants(command):
         check(make_cfg(overrides))
+
+
+SEARCH_COMMANDS = readme_commands("fedge-search")
+
+
+@pytest.mark.parametrize("command", SEARCH_COMMANDS)
+def test_readme_search_command_loads_its_settings(command: str) -> None:
+    """``fedge-search CONFIG key=value ...``: the config exists and the overrides pass the
+    checks ``fedge-search`` runs before its first trial."""
+    words = [w for w in shlex.split(command)[1:] if w not in ("--help", "-h")]
+    if words:
+        config, overrides = (("har_wearable", words) if "=" in words[0] else (words[0], words[1:]))
+        settings = load_settings(config, overrides)
+        device_budget(settings.profile, settings.budget)  # budget.* keys are checked here, as fedge-search does
+
+
+def test_the_readme_has_fedge_search_commands() -> None:
+    assert len(SEARCH_COMMANDS) >= 2
