@@ -26,6 +26,7 @@ import numpy as np
 from fedge.strategies.bucketing import BUCKET_MODES, bucket_groups, bucket_means, krum_bucket_size, spoiled_buckets
 from fedge.strategies.delta_aggregation import RobustDecision, fill_unsent, sender_share
 from fedge.strategies.sparse_multikrum import SparseMultiKrum, krum_ranking
+from fedge.strategies.update_momentum import DEFAULT_MAX_NODES, AggregateMomentum, DeviceMomentum, check_momentum
 
 
 class SparseKrum(SparseMultiKrum):
@@ -56,7 +57,8 @@ class SparseKrum(SparseMultiKrum):
 
     def __init__(
         self, *args: object, num_malicious_nodes: int = 0, bucket_size: int = 2, bucket_mode: str = "resample",
-        bucket_seed: int = 0, **kwargs: object,
+        bucket_seed: int = 0, momentum: float = 0.0, momentum_scope: str = "device",
+        momentum_max_nodes: int = DEFAULT_MAX_NODES, **kwargs: object,
     ) -> None:
         super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)  # type: ignore[arg-type]
         if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 1:
@@ -67,9 +69,24 @@ class SparseKrum(SparseMultiKrum):
             raise ValueError(f"strategy.bucket_mode must be one of {BUCKET_MODES}, got {bucket_mode!r}")
         self.bucket_size, self.bucket_mode = bucket_size, bucket_mode
         self.bucket_seed = bucket_seed
+        check_momentum(momentum, momentum_scope, momentum_max_nodes)
+        if momentum > 0 and momentum_scope == "device" and self.fill != "all":
+            raise ValueError("strategy.momentum > 0 with strategy.momentum_scope=device needs strategy.fill=all (the momenta "
+                             f"are filled from every update; which updates are trusted is known only after Krum ranks them), got fill={self.fill!r}")
+        self.momentum, self.momentum_scope = float(momentum), momentum_scope
+        #: Each device's momentum (``momentum_scope`` ``device``; beta 0 when the scope is ``aggregate``).
+        self.device_momentum = DeviceMomentum(momentum if momentum_scope == "device" else 0.0, momentum_max_nodes)
+        #: The EMA of the rule's outputs (``momentum_scope`` ``aggregate``; beta 0 otherwise).
+        self.aggregate_momentum = AggregateMomentum(momentum if momentum_scope == "aggregate" else 0.0)
 
     def aggregate_deltas(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        if self.bucket_size == 1:
+        return self.aggregate_momentum.step(self.select(server_round, nodes, deltas, weights))
+
+    def select(self, server_round: int, nodes: list[int], deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The round's Krum output ``(d,)`` (before ``aggregate`` momentum) from ``deltas`` ``(n, d)``
+        of ``nodes`` with example counts ``weights`` ``(n,)``: bounded and screened, filled, each
+        kept device's update replaced by its momentum (``device``), Krum on the bucket means."""
+        if self.bucket_size == 1 and self.device_momentum.beta == 0.0:
             return super().aggregate_deltas(server_round, nodes, deltas, weights)
         deltas, weights, nodes = self.bound_and_screen(server_round, nodes, deltas, weights)
         f = self.num_malicious_nodes
@@ -80,7 +97,8 @@ class SparseKrum(SparseMultiKrum):
                 f"more than 2 f_b + 2 buckets, f_b = the buckets f = {f} attackers can spoil ({self.bucket_mode})"))
         groups = bucket_groups(len(deltas), size, self.bucket_seed, server_round, self.bucket_mode)
         spoiled = spoiled_buckets(size, f, self.bucket_mode)
-        ranking = krum_ranking(bucket_means(fill_unsent(deltas), weights, groups), spoiled)
+        means = bucket_means(self.device_momentum.update(nodes, fill_unsent(deltas)), weights, groups)  # beta 0: of the updates
+        ranking = krum_ranking(means, spoiled)
         chosen = groups[ranking[0]]
         rank_of = {int(b): r for r, b in enumerate(ranking)}
         for i, node in enumerate(nodes):
@@ -92,5 +110,7 @@ class SparseKrum(SparseMultiKrum):
         # fill = trusted: the members of the n_buckets - f_b lowest-scored buckets fill and count
         trusted_buckets = ranking if self.fill == "all" else ranking[: max(1, len(groups) - spoiled)]
         trusted = np.unique(np.concatenate([groups[b] for b in trusted_buckets]))
+        if self.fill == "all":  # the chosen bucket's mean (of momenta), every update filling and counting
+            return np.asarray(means[ranking[0]] * sender_share(deltas))
         filled = fill_unsent(deltas[chosen], deltas[trusted])
         return self.combine(filled, weights[chosen]) * sender_share(deltas[trusted])
