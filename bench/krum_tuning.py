@@ -81,6 +81,8 @@ def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     base = table.get(BASELINE, {}).get("attacks_gap_pp_mean")
     eligible = [n for n, t in table.items() if base is None or t["attacks_gap_pp_mean"] is None or t["attacks_gap_pp_mean"] <= base + 1.0]
+    if not eligible:  # a partial run (written after every cell) without a clean cell yet
+        return {"candidates": table, "chosen": None, "chosen_overrides": None, "holds_on_dev": None}
     chosen = min(eligible, key=lambda n: (table[n]["clean_gap_pp_worst"], table[n]["clean_gap_pp_mean"]))
     return {"candidates": table, "chosen": chosen, "chosen_overrides": CANDIDATES[chosen],
             "holds_on_dev": table[chosen]["clean_gap_pp_worst"] <= MARGIN_PP}
@@ -100,22 +102,29 @@ def main() -> None:
     history = previous.pop("history", []) if previous else []
     if previous and not args.add:  # an earlier tuning (other candidates or seeds): kept whole
         history.append(previous)
+    kept = [r for r in kept if r["candidate"] in CANDIDATES or r["candidate"] == FEDAVG]
     done = {(r["candidate"], r["attack"], r["seed"]) for r in kept}
     jobs = [(FEDAVG, "none", seed, args.rounds) for seed in DEV_SEEDS]
     jobs += [(c, a, seed, args.rounds) for a in args.attacks for c in args.candidates for seed in DEV_SEEDS]
     jobs = [j for j in jobs if j[:3] not in done]
     load_before, started, cpu_before = os.getloadavg(), time.perf_counter(), finished_tree_cpu_s()
     runs = list(kept)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict[str, Any]:  # after every cell: a run stopped half way keeps what it ran (then --add)
+        payload = {"seeds": DEV_SEEDS, "rounds": args.rounds, "compression": "topk", "candidate_overrides": CANDIDATES,
+                   "rule": RULE, "baseline": BASELINE, "workers": args.jobs, "cells_done": len(runs) - len(kept), "cells_planned": len(jobs),
+                   "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
+                   "cpu_s": finished_tree_cpu_s() - cpu_before, **choose(runs), "runs": runs, "history": history}
+        path.write_text(json.dumps(payload, indent=2))
+        return payload
+
     with mp.get_context("spawn").Pool(args.jobs, initializer=start_worker) as pool:
         for run in pool.imap_unordered(run_job, jobs):
             runs.append(run)
             print(f"[{len(runs) - len(kept)}/{len(jobs)}] {run['candidate']} {run['attack']} seed {run['seed']}: {run['accuracy']:.4f}", flush=True)
-    payload = {"seeds": DEV_SEEDS, "rounds": args.rounds, "compression": "topk", "candidate_overrides": CANDIDATES,
-               "rule": RULE, "baseline": BASELINE, "workers": args.jobs,
-               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
-               "cpu_s": finished_tree_cpu_s() - cpu_before, **choose(runs), "runs": runs, "history": history}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+            write()
+    payload = write()
     print(json.dumps({k: payload[k] for k in ("candidates", "chosen", "holds_on_dev")}, indent=2))
 
 
