@@ -71,11 +71,11 @@ class SparseKrum(SparseMultiKrum):
     """
 
     def __init__(
-        self, *args: object, num_malicious_nodes: int = 0, bucket_size: int = 2, bucket_mode: str = "resample",
+        self, *args: object, num_malicious_nodes: int = 0, bucket_size: int = 3, bucket_mode: str = "resample",
         bucket_seed: int = 0, momentum: float = 0.0, momentum_scope: str = "device",
-        momentum_max_nodes: int = DEFAULT_MAX_NODES, **kwargs: object,
+        momentum_max_nodes: int = DEFAULT_MAX_NODES, clip: str = "median", clip_factor: float = 2.0, **kwargs: object,
     ) -> None:
-        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1, clip=clip, clip_factor=clip_factor, **kwargs)  # type: ignore[arg-type]
         if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 1:
             raise ValueError(f"strategy.bucket_size must be an integer >= 1 (1 = no bucketing), got {bucket_size!r}")
         if isinstance(bucket_seed, bool) or not isinstance(bucket_seed, int) or bucket_seed < 0:
