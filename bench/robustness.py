@@ -561,20 +561,25 @@ def regeneration_record(args: argparse.Namespace, jobs: list[tuple[str, str, str
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "loadavg_1min_mean": statistics.fmean(getattr(args, "load_samples", None) or [os.getloadavg()[0]]),
         "jobs": args.jobs, "wall_s": wall_s, "cpu_s": cpu_s,
+        "labels": {s: label(s) for s in {j[0] for j in jobs}},  # the rows' names then (a default can change later)
     }
 
 
 def regenerated_markdown(payload: dict[str, Any]) -> list[str]:
     """robustness.md's note on the rows ``--merge`` regenerated after the grid run."""
     lines = []
-    for r in payload.get("regenerated", []):
+    records = payload.get("regenerated", [])
+    for i, r in enumerate(records):
+        later = [q for q in records[i + 1 :] if set(q["strategies"]) >= set(r["strategies"]) and set(q["compressions"]) >= set(r["compressions"])
+                 and set(q["attacks"]) >= set(r["attacks"]) and set(q["seeds"]) >= set(r["seeds"])]
         lines += ["", f"Rows regenerated after the grid run (`{r['command']}`, {r['at_utc']}, commit {r['commit'][:10]}"
-                  f"{' + uncommitted changes' if r['dirty'] else ''}): {', '.join(label(s) for s in r['strategies'])} x "
+                  f"{' + uncommitted changes' if r['dirty'] else ''}): {', '.join(r.get('labels', {}).get(s, label(s)) for s in r['strategies'])} x "
                   f"{', '.join(r['attacks'])} x {', '.join(r['compressions'])} x seeds {', '.join(map(str, r['seeds']))}: "
                   f"{r['cells']} cells ({r['replaced_cells']} earlier runs replaced), {r['wall_s']:.0f} s wall, "
                   f"{r['cpu_s']:.0f} CPU-s, {r['jobs']} workers, load {r['loadavg_before'][0]:.1f} before, "
                   f"{r['loadavg_after'][0]:.1f} after (mean {r['loadavg_1min_mean']:.1f}; accuracy does not depend on load). "
-                  "Every other row, and the grid's cost above, are the grid run's."]
+                  "Every other row, and the grid's cost above, are the grid run's."
+                  + (f" These rows were replaced by the regeneration of {later[-1]['at_utc']}." if later else "")]
     regenerated = {s for r in payload.get("regenerated", []) for s in r["strategies"]}
     lines += [f"- {label(s)}: {ROW_NOTES[s]}" for s in STRATEGIES if s in regenerated and s in ROW_NOTES]
     return lines
