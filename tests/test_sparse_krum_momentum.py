@@ -103,7 +103,7 @@ def test_a_sleeper_attackers_momentum_cannot_take_over(beta: float) -> None:
     and its bucket is never selected; the model keeps moving the honest way, closer to it than
     FedAvg's step. Where the attacker alone, or with one honest device, sent, the
     senders' median that fills the others' unsent coordinates is the attacker's, with or
-    without momentum (measured here: cosine to the honest mean 0.5-0.7 at beta 0, 0.5-0.95
+    without momentum (measured with buckets of 2, no bound: cosine to the honest mean 0.5-0.7 at beta 0, 0.5-0.95
     at 0.5 and 0.8)."""
     rng = np.random.default_rng(2)
     strategy = SparseKrum(num_malicious_nodes=1, momentum=beta, **NODES)
