@@ -199,5 +199,10 @@ def test_merge_replaces_only_the_regenerated_cells_and_keeps_every_other_row(tmp
     assert json.loads((tmp_path / "robustness.json").read_text())["regenerated"][0]["strategies"] == ["SparseKrum"]
     text = (tmp_path / "robustness.md").read_text()
     assert "Rows regenerated after the grid run" in text and "4 cells (4 earlier runs replaced)" in text
-    assert "chosen on dev seeds 3, 4, 5" in text and "| SparseKrum (resampled buckets of 2) | none | topk |" in text
+    assert "chosen on dev seeds 3-8" in text and "| SparseKrum (resampled buckets of 3, bound 2x median) | none | topk |" in text
     assert (tmp_path / "robustness.png").stat().st_size > 0
+    again["regenerated"][0]["labels"] = {"SparseKrum": "SparseKrum (an older default)"}  # the row name when it ran
+    robustness.write(again)
+    text = (tmp_path / "robustness.md").read_text()
+    assert "SparseKrum (an older default) x none, signflip" in text  # an earlier regeneration keeps the name it ran under
+    assert text.count("These rows were replaced by the regeneration of") == 1  # the earlier one, not the latest

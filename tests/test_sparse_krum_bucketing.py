@@ -74,7 +74,7 @@ def test_dense_updates_krum_runs_on_the_bucket_means_as_flowers_krum(mode: str, 
     deltas[[2, 6]] += rng.normal(size=(2, 40)) * 3
     examples = rng.integers(5, 50, size=10)
     replies = [reply(100 + i, start + d, int(e)) for i, (d, e) in enumerate(zip(deltas, examples))]
-    strategy = SparseKrum(num_malicious_nodes=1, bucket_size=size, bucket_mode=mode, bucket_seed=11, **NODES)
+    strategy = SparseKrum(num_malicious_nodes=1, bucket_size=size, bucket_mode=mode, bucket_seed=11, clip="off", **NODES)  # Flower's Krum bounds nothing
     got = aggregate(strategy, replies, start, server_round=3)
     groups = bucket_groups(10, size, seed=11, server_round=3, mode=mode)
     received = np.stack([r.content.array_records["arrays"]["w"].numpy().astype(np.float64) for r in replies]) - start.astype(np.float32)
@@ -121,12 +121,15 @@ def test_too_few_replies_for_the_buckets_fall_back_and_say_so(mode: str, replies
 
 
 def test_the_default_is_the_setting_chosen_on_dev_seeds(make_cfg) -> None:  # type: ignore[no-untyped-def]
-    """Constructor and Hydra config agree: resampled buckets of 2 (bench/krum_tuning.py, dev seeds 3-5)."""
+    """Constructor and Hydra config agree: resampled buckets of 3, updates bounded at 2 x the
+    round's median norm, no momentum (bench/krum_tuning.py, third tuning, dev seeds 3-8)."""
     from fedge.conf.build import build_strategy
 
     built = build_strategy(make_cfg(["strategy=sparse_krum"])).strategy
     plain = SparseKrum()
-    assert (built.bucket_size, built.bucket_mode) == (plain.bucket_size, plain.bucket_mode) == (2, "resample")
+    chosen = (3, "resample", "median", 2.0, 0.0)
+    assert (built.bucket_size, built.bucket_mode, built.clip, built.clip_factor, built.momentum) == chosen
+    assert (plain.bucket_size, plain.bucket_mode, plain.clip, plain.clip_factor, plain.momentum) == chosen
 
 
 @pytest.mark.parametrize(("key", "value"), [("bucket_size", 0), ("bucket_size", 1.5), ("bucket_size", True), ("bucket_seed", -1),

@@ -31,7 +31,7 @@ def test_dense_updates_aggregate_as_flowers_rule(seed: int, f: int, m: int) -> N
     deltas[rng.choice(9, 2, replace=False)] += rng.normal(size=(2, 60)) * 3
     replies = [reply(100 + i, start + d, int(rng.integers(5, 50))) for i, d in enumerate(deltas)]
     flower = Krum(num_malicious_nodes=f, **NODES) if m == 1 else MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m, **NODES)
-    ours = SparseKrum(num_malicious_nodes=f, bucket_size=1, **NODES) if m == 1 else SparseMultiKrum(num_malicious_nodes=f, num_nodes_to_select=m, **NODES)
+    ours = SparseKrum(num_malicious_nodes=f, bucket_size=1, clip="off", **NODES) if m == 1 else SparseMultiKrum(num_malicious_nodes=f, num_nodes_to_select=m, **NODES)
     expected = _flower(flower, replies, start)
     got = aggregate(ours, replies, start)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
@@ -61,7 +61,7 @@ def test_on_topk_updates_the_small_update_no_longer_wins() -> None:
     assert np.argmin([np.linalg.norm(row) for row in deltas]) == 7
     flower = _flower(Krum(num_malicious_nodes=1, **NODES), replies, start)
     np.testing.assert_allclose(flower, deltas[7], atol=1e-6)  # Flower's Krum: the small wrong update
-    strategy = SparseKrum(num_malicious_nodes=1, fill="trusted", bucket_size=1, **NODES)
+    strategy = SparseKrum(num_malicious_nodes=1, fill="trusted", bucket_size=1, clip="off", **NODES)
     got = aggregate(strategy, replies, start)
     chosen = next(d.node_id for d in strategy.decisions if d.action == "kept") - 100
     assert chosen != 7
