@@ -303,7 +303,7 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
     for t in sorted({kd.teacher_rounds_run for kd in candidates.values()}):
         name = f"teacher@{t}" if dev else "teacher"
         teachers[t] = run((*next(kd for kd in candidates.values() if kd.teacher_rounds_run == t).teacher_federation(),
-                           *TEACHER), seed, tmp / f"{name}{seed}")
+                           *TEACHER), seed, tmp / f"{name.replace('@', '_r')}{seed}")  # no @ in a Hydra override value
     longest = max(candidates.values(), key=lambda kd: kd.rounds)
     scratch = f"scratch@{longest.rounds}" if dev else "scratch"
     sides = [(scratch, (*longest.federation(), *STUDENT))] + [
@@ -311,7 +311,7 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
         for name, kd in candidates.items()]
     runs = {f"teacher@{t}" if dev else "teacher": r for t, r in teachers.items()}
     for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
-        runs[name] = run(overrides, seed, tmp / f"{name}{seed}")
+        runs[name] = run(overrides, seed, tmp / f"{name.replace('@', '_r')}{seed}")
     for r in sorted({kd.rounds for kd in candidates.values()} - {longest.rounds}):
         curve = [x for x in runs[scratch]["rounds"] if x["round"] <= r]  # round 0: the initial model
         runs[f"scratch@{r}"] = {"accuracy": curve[-1]["accuracy"], "rounds": curve, "cpu_s": None, "from": f"{scratch} after round {r}"}

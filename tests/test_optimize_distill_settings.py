@@ -89,7 +89,9 @@ def test_the_scratch_twin_gets_the_students_rounds_devices_and_data_and_the_teac
     assert "rounds=20" in teacher and "task.width=16" in teacher
     assert scratch == (*kd.federation(), *optimize.STUDENT) and "rounds=12" in scratch
     assert student[: len(scratch)] == scratch and "shape=distill" in student  # the twin plus the distillation only
-    assert any(o.endswith("teacher0/final_model.npz") for o in student)
+    assert any(o.endswith("/teacher0/final_model.npz") for o in student)
+    dev = optimize.distill_seed(tmp_path, 1, {"B@12": kd}, dev=True)
+    assert "@" not in str(dev["teacher@20"]["dir"]) and not any("@" in o for c in calls for o in c if "teacher_path" in o)
 
 
 def test_dev_seeds_share_one_teacher_and_one_scratch_run_read_at_each_candidates_rounds(monkeypatch, tmp_path):
