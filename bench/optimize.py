@@ -91,7 +91,8 @@ class DistillSettings:
     alike (the scratch twin and the distilled student: same rounds, devices, seed and data);
     ``teacher_rounds`` for the teacher's own federation (0: the students' ``rounds``; more
     trains the teacher closer to convergence, as a user distilling from a finished big model
-    would, and leaves the students' comparison untouched); the student's soft targets
+    would, and leaves the students' comparison untouched); ``local_steps`` for both students
+    (the teacher keeps the federation's 20); the student's soft targets
     (``temperature``, ``alpha``), attention hint (``feature_weight``) and annealing
     (``anneal_rounds`` >= 2 moves alpha to ``alpha_end`` by that round, the hint alike;
     0 = off). Defaults: chosen on :data:`DEV_SEEDS` (``--part distill-dev``; its table, rule
@@ -104,6 +105,7 @@ class DistillSettings:
     anneal_rounds: int = 0
     alpha_end: float = 0.0
     teacher_rounds: int = 0
+    local_steps: int = 20
 
     def __post_init__(self) -> None:
         problems = [f"{key} must be {why}, got {getattr(self, key)}" for key, ok, why in (
@@ -111,7 +113,8 @@ class DistillSettings:
             ("alpha", 0 <= self.alpha <= 1, "in [0, 1]"), ("feature_weight", self.feature_weight >= 0, ">= 0"),
             ("anneal_rounds", self.anneal_rounds == 0 or 2 <= self.anneal_rounds <= self.rounds, "0 (off) or in [2, rounds]"),
             ("alpha_end", 0 <= self.alpha_end <= 1, "in [0, 1]"),
-            ("teacher_rounds", self.teacher_rounds >= 0, ">= 0 (0: the students' rounds)")) if not ok]
+            ("teacher_rounds", self.teacher_rounds >= 0, ">= 0 (0: the students' rounds)"),
+            ("local_steps", self.local_steps >= 1, ">= 1")) if not ok]
         if problems:
             raise ValueError("distill settings: " + "; ".join(problems))
 
@@ -131,8 +134,13 @@ class DistillSettings:
         return replace(base or cls(), **changes)  # type: ignore[arg-type]  # each value parsed as its field's type
 
     def federation(self) -> tuple[str, ...]:
-        """The label-skewed federation both students train in (``rounds``)."""
-        return (*LABEL_SKEW, f"rounds={self.rounds}")
+        """The label-skewed federation both students train in (``rounds``, ``local_steps``)."""
+        steps = f"client.local_steps={self.local_steps}"
+        return (*(steps if o.startswith("client.local_steps=") else o for o in LABEL_SKEW), f"rounds={self.rounds}")
+
+    def scratch_name(self, rounds: int) -> str:
+        """A dev seed's scratch twin of these students after ``rounds`` (``scratch@R``; ``xS`` for other local steps)."""
+        return f"scratch@{rounds}" + ("" if self.local_steps == DistillSettings.local_steps else f"x{self.local_steps}")
 
     @property
     def teacher_rounds_run(self) -> int:
@@ -140,7 +148,7 @@ class DistillSettings:
         return self.teacher_rounds or self.rounds
 
     def teacher_federation(self) -> tuple[str, ...]:
-        """The teacher's federation: the students' devices and data, ``teacher_rounds_run`` rounds."""
+        """The teacher's federation: the students' devices and data, ``teacher_rounds_run`` rounds (20 local steps)."""
         return (*LABEL_SKEW, f"rounds={self.teacher_rounds_run}")
 
     def student(self) -> tuple[str, ...]:
@@ -292,7 +300,8 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
 
     Reported (``dev`` false): one candidate, runs ``teacher``, ``scratch``, and the candidate's
     name. Dev: one teacher per distinct ``teacher_rounds_run`` (``teacher@T``) and ONE scratch
-    run at the candidates' most rounds (``scratch@R``); a candidate of fewer rounds r is
+    run per distinct ``local_steps`` at those candidates' most rounds (``scratch@R``, see
+    :meth:`DistillSettings.scratch_name`); a candidate of fewer rounds r is
     compared with that run's model after round r (``scratch@r``, ``from`` says so): a run is
     deterministic per seed and nothing in it depends on the total rounds (the wave-6 dev run
     checked it: 10-round teachers rerun matched their 15-round runs' round 10 exactly), so
@@ -304,17 +313,21 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
         name = f"teacher@{t}" if dev else "teacher"
         teachers[t] = run((*next(kd for kd in candidates.values() if kd.teacher_rounds_run == t).teacher_federation(),
                            *TEACHER), seed, tmp / f"{name.replace('@', '_r')}{seed}")  # no @ in a Hydra override value
-    longest = max(candidates.values(), key=lambda kd: kd.rounds)
-    scratch = f"scratch@{longest.rounds}" if dev else "scratch"
-    sides = [(scratch, (*longest.federation(), *STUDENT))] + [
+    twins = {steps: max((kd for kd in candidates.values() if kd.local_steps == steps), key=lambda kd: kd.rounds)
+             for steps in sorted({kd.local_steps for kd in candidates.values()})}
+    scratch = {steps: kd.scratch_name(kd.rounds) if dev else "scratch" for steps, kd in twins.items()}
+    sides = [(scratch[steps], (*kd.federation(), *STUDENT)) for steps, kd in twins.items()] + [
         (name, student_overrides(kd, teachers[kd.teacher_rounds_run]["dir"] / "final_model.npz"))
         for name, kd in candidates.items()]
     runs = {f"teacher@{t}" if dev else "teacher": r for t, r in teachers.items()}
     for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
         runs[name] = run(overrides, seed, tmp / f"{name.replace('@', '_r')}{seed}")
-    for r in sorted({kd.rounds for kd in candidates.values()} - {longest.rounds}):
-        curve = [x for x in runs[scratch]["rounds"] if x["round"] <= r]  # round 0: the initial model
-        runs[f"scratch@{r}"] = {"accuracy": curve[-1]["accuracy"], "rounds": curve, "cpu_s": None, "from": f"{scratch} after round {r}"}
+    for kd in candidates.values():
+        longest = scratch[kd.local_steps]
+        if kd.rounds < twins[kd.local_steps].rounds:
+            curve = [x for x in runs[longest]["rounds"] if x["round"] <= kd.rounds]  # round 0: the initial model
+            runs[kd.scratch_name(kd.rounds)] = {"accuracy": curve[-1]["accuracy"], "rounds": curve, "cpu_s": None,
+                                                "from": f"{longest} after round {kd.rounds}"}
     return runs
 
 
@@ -381,7 +394,7 @@ def distill_dev_part(tmp: Path, emit: Emit, seeds: tuple[int, ...] = DEV_SEEDS) 
         kept = {name: {"accuracy": r["accuracy"], "accuracy_by_round": [x["accuracy"] for x in r["rounds"]],
                        "cpu_s": r["cpu_s"]} | ({"from": r["from"]} if "from" in r else {}) for name, r in runs.items()}
         for name, kd in DEV_CANDIDATES.items():
-            kept[name] |= {"settings": asdict(kd), "teacher": f"teacher@{kd.teacher_rounds_run}", "scratch": f"scratch@{kd.rounds}"}
+            kept[name] |= {"settings": asdict(kd), "teacher": f"teacher@{kd.teacher_rounds_run}", "scratch": kd.scratch_name(kd.rounds)}
         emit({"dev_seed": seed, "runs": kept})
 
 

@@ -64,6 +64,11 @@ def test_teacher_rounds_train_only_the_teacher_and_are_validated():
     kd = DistillSettings.parse(["rounds=12", "teacher_rounds=20"], DistillSettings())
     assert "rounds=20" in kd.teacher_federation() and "rounds=12" in kd.federation()
     assert kd.teacher_federation()[:-1] == kd.federation()[:-1]  # the same devices, partition and local training
+    steps = DistillSettings(local_steps=40)
+    assert "client.local_steps=40" in steps.federation() and "client.local_steps=20" in steps.teacher_federation()
+    assert steps.scratch_name(12) == "scratch@12x40" and kd.scratch_name(12) == "scratch@12"
+    with pytest.raises(ValueError, match=r"local_steps must be >= 1, got 0"):
+        DistillSettings.parse(["local_steps=0"], DistillSettings())
     assert DistillSettings(rounds=12).teacher_rounds_run == 12  # 0: the students' rounds
     with pytest.raises(ValueError, match=r"teacher_rounds must be >= 0 \(0: the students' rounds\), got -1"):
         DistillSettings.parse(["teacher_rounds=-1"], DistillSettings())
@@ -102,6 +107,11 @@ def test_dev_seeds_share_one_teacher_and_one_scratch_run_read_at_each_candidates
     assert len(calls) == 4 and sum("shape=distill" not in c and "task.width=8" in c for c in calls) == 1
     assert runs["scratch@10"]["accuracy"] == 0.10 and runs["scratch@10"]["from"] == "scratch@15 after round 10"
     assert runs["teacher@20"]["accuracy"] == 0.20 and runs["H@15"]["accuracy"] == 0.15
+    calls.clear()  # students of other local steps get their own scratch twin
+    runs = optimize.distill_seed(tmp_path, 4, cands | {"L@12": DistillSettings(rounds=12, teacher_rounds=20, local_steps=40)}, dev=True)
+    assert len(calls) == 6 and runs["scratch@12x40"]["accuracy"] == 0.12 and "from" not in runs["scratch@12x40"]
+    assert [c for c in calls if "client.local_steps=40" in c and "shape=distill" not in c] == [
+        (*DistillSettings(rounds=12, local_steps=40).federation(), *optimize.STUDENT)]
     with pytest.raises(ValueError, match="one candidate"):
         optimize.distill_seed(tmp_path, 0, cands)
 
