@@ -376,6 +376,12 @@ DEV_CANDIDATES: dict[str, DistillSettings] = {
     "B@15": DistillSettings(rounds=15, teacher_rounds=20, anneal_rounds=15, alpha_end=0.1),
     "H@15": DistillSettings(rounds=15, teacher_rounds=20, alpha=0.7, anneal_rounds=15, alpha_end=0.3),
     "H@20": DistillSettings(rounds=20, teacher_rounds=20, alpha=0.7, anneal_rounds=20, alpha_end=0.3),
+    # second batch (``--candidates L@10 L@12``), added when the first batch's dev seeds 3-6 showed the 20-round
+    # teacher lifting the 10-12-round students well above scratch but leaving them 1.5-3 pp below it: 40 local
+    # steps for BOTH students (the teacher keeps 20) give each round twice the training, and under this label
+    # skew the scratch twin's devices drift further towards their own classes while the soft targets hold the rest
+    "L@10": DistillSettings(rounds=10, teacher_rounds=20, anneal_rounds=10, alpha_end=0.1, local_steps=40),
+    "L@12": DistillSettings(rounds=12, teacher_rounds=20, anneal_rounds=12, alpha_end=0.1, local_steps=40),
 }
 #: the selection rule, written down (and committed) before the dev seeds ran; dev_markdown applies it
 DEV_RULE = (
@@ -386,14 +392,23 @@ DEV_RULE = (
     "largest smallest margin over those seeds, then by fewer student rounds. That candidate becomes DISTILL.")
 
 
-def distill_dev_part(tmp: Path, emit: Emit, seeds: tuple[int, ...] = DEV_SEEDS) -> None:
-    """The candidates of DEV_CANDIDATES on the dev seeds (one teacher per teacher round count and one
-    scratch run per seed, see :func:`distill_seed`): what chose the distill part's defaults."""
+def dev_candidates(names: list[str]) -> dict[str, DistillSettings]:
+    """DEV_CANDIDATES, ``names`` only when given (``--candidates``); an unknown name raises ``ValueError`` naming it."""
+    unknown = [n for n in names if n not in DEV_CANDIDATES]
+    if unknown:
+        raise ValueError(f"--candidates {' '.join(unknown)}: not in DEV_CANDIDATES ({', '.join(DEV_CANDIDATES)})")
+    return {n: kd for n, kd in DEV_CANDIDATES.items() if not names or n in names}
+
+
+def distill_dev_part(tmp: Path, emit: Emit, seeds: tuple[int, ...] = DEV_SEEDS,
+                     candidates: dict[str, DistillSettings] = DEV_CANDIDATES) -> None:
+    """``candidates`` on the dev seeds (one teacher per teacher round count and one scratch run per
+    local-step count, see :func:`distill_seed`): what chose DISTILL."""
     for seed in seeds:
-        runs = distill_seed(tmp, seed, DEV_CANDIDATES, dev=True)
+        runs = distill_seed(tmp, seed, candidates, dev=True)
         kept = {name: {"accuracy": r["accuracy"], "accuracy_by_round": [x["accuracy"] for x in r["rounds"]],
                        "cpu_s": r["cpu_s"]} | ({"from": r["from"]} if "from" in r else {}) for name, r in runs.items()}
-        for name, kd in DEV_CANDIDATES.items():
+        for name, kd in candidates.items():
             kept[name] |= {"settings": asdict(kd), "teacher": f"teacher@{kd.teacher_rounds_run}", "scratch": kd.scratch_name(kd.rounds)}
         emit({"dev_seed": seed, "runs": kept})
 
@@ -450,12 +465,15 @@ def main() -> None:
                              "distill-dev (not in all): the candidates that chose the distill part's settings, on DEV_SEEDS")
     parser.add_argument("--seeds", type=int, nargs="+", help="distill and distill-dev: these seeds only (default: SEEDS, "
                         "DEV_SEEDS); each seed merges into optimize.json, so one process per seed may run in parallel")
+    parser.add_argument("--candidates", nargs="+", default=[], metavar="NAME",
+                        help=f"distill-dev: these DEV_CANDIDATES only (default all: {' '.join(DEV_CANDIDATES)})")
     parser.add_argument("--distill", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"distill part: settings over its defaults, keys {', '.join(f.name for f in fields(DistillSettings))}")
     parser.add_argument("--markdown", action="store_true", help="only rewrite optimize.md from optimize.json")
     args = parser.parse_args()
     try:
         settings = DistillSettings.parse(args.distill, DISTILL)
+        candidates = dev_candidates(args.candidates)
     except ValueError as exc:
         parser.error(str(exc))
     if args.markdown:
@@ -467,7 +485,7 @@ def main() -> None:
     parts: dict[str, Callable[[Path, Emit], None]] = dict(PARTS)
     seeds = tuple(args.seeds) if args.seeds else None
     parts["distill"] = functools.partial(distill_part, settings=settings, seeds=seeds or SEEDS)
-    parts["distill-dev"] = functools.partial(distill_dev_part, seeds=seeds or DEV_SEEDS)
+    parts["distill-dev"] = functools.partial(distill_dev_part, seeds=seeds or DEV_SEEDS, candidates=candidates)
     for name in PARTS if args.part == "all" else [args.part]:
         load = os.getloadavg()
 

@@ -132,3 +132,10 @@ def test_the_dev_rule_takes_most_seeds_meeting_both_halves_then_the_largest_smal
     assert scores["X"]["met"] == [3, 4] and scores["Y"]["met"] == [3]
     assert scores["X"]["ranked"][1] == pytest.approx(0.3) and optimize.dev_choice(scores) == "Z"
     assert "By it: **Z**" in optimize.dev_markdown(dev)[0]
+
+
+def test_dev_candidates_by_name_and_an_unknown_name_refused():
+    assert list(optimize.dev_candidates(["L@12", "B@10"])) == ["B@10", "L@12"]  # DEV_CANDIDATES' order
+    assert optimize.dev_candidates([]) == optimize.DEV_CANDIDATES
+    with pytest.raises(ValueError, match=r"--candidates X@3: not in DEV_CANDIDATES \(B@10"):
+        optimize.dev_candidates(["X@3"])
