@@ -139,3 +139,13 @@ def test_dev_candidates_by_name_and_an_unknown_name_refused():
     assert optimize.dev_candidates([]) == optimize.DEV_CANDIDATES
     with pytest.raises(ValueError, match=r"--candidates X@3: not in DEV_CANDIDATES \(B@10"):
         optimize.dev_candidates(["X@3"])
+
+
+def test_distill_is_the_rules_choice_on_the_recorded_dev_seeds():
+    import json
+
+    from bench.results_files import RESULTS
+
+    dev = json.loads((RESULTS / "optimize.json").read_text())["parts"]["distill"]["dev"]
+    assert dev["rule"] == optimize.DEV_RULE
+    assert DISTILL == optimize.DEV_CANDIDATES[optimize.dev_choice(optimize.dev_scores(dev))]
