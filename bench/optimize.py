@@ -550,7 +550,8 @@ def _acc(g: dict) -> str:
 def _settings(k: dict) -> str:
     anneal = f", alpha annealed to {k['alpha_end']:g} by round {k['anneal_rounds']}" if k.get("anneal_rounds") else ""
     teacher = f", teacher {k['teacher_rounds']} rounds" if k.get("teacher_rounds") else ""
-    return f"T {k['temperature']:g}, alpha {k['alpha']:g}{anneal}, hint weight {k['feature_weight']:g}{teacher}"
+    steps = f", students {k['local_steps']} local steps" if k.get("local_steps", 20) != 20 else ""
+    return f"T {k['temperature']:g}, alpha {k['alpha']:g}{anneal}, hint weight {k['feature_weight']:g}{teacher}{steps}"
 
 
 def dev_scores(dev: dict) -> dict[str, dict]:
