@@ -16,6 +16,7 @@ deterministic: they follow from serialised bytes and trained samples).
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import time
@@ -91,7 +92,8 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="bench.devices", description=__doc__.split("\n\n")[0]).parse_args(argv)
     register_configs()
     torch.set_num_threads(1)
     results = {}

@@ -33,3 +33,28 @@ def check_strategy(cfg: DictConfig) -> None:
             raise ConfigurationError(
                 f"strategy.{name}", f"must be in [0, num_clients={cfg.num_clients}], got {strategy[name]}"
             )
+
+
+def check_partial_update(cfg: DictConfig) -> None:
+    """Refuse ``client.freeze`` / ``client.trainable`` patterns that name no tensor of the
+    task's model (a typo would otherwise fail the first round, after the run was written),
+    both set at once, or patterns that freeze everything, naming the key.
+
+    Builds the task's model (imports torch) only when a pattern is set. Shaped runs
+    (``shape.*``) rename or choose the tensors themselves and are checked by the shaping.
+    """
+    client = cfg.get("client")
+    freeze = list(client.get("freeze") or ()) if client is not None else []
+    trainable = list(client.get("trainable") or ()) if client is not None else []
+    if not freeze and not trainable:
+        return
+    from fedge.conf.build import instantiate_node
+    from fedge.protos.frozen_tensors import frozen_names
+    from fedge.tasks.base import FederatedTask
+
+    task = instantiate_node("task", cfg.task)
+    assert isinstance(task, FederatedTask)
+    try:
+        frozen_names(task.build_model().state_dict(), freeze, trainable)
+    except ValueError as exc:
+        raise ConfigurationError("client.freeze" if freeze else "client.trainable", str(exc)) from None

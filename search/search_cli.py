@@ -16,11 +16,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedge.search.knobs import KNOBS, SearchConfigError
+#: Said instead of a traceback when optuna (the ``search`` extra) is not installed.
+MISSING_OPTUNA = "fedge-search: needs optuna, the search extra: pip install 'fedge[search]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``fedge-search``)."""
+    try:
+        import optuna  # noqa: F401  (fedge.search.knobs and .study need it)
+    except ImportError:
+        print(MISSING_OPTUNA, file=sys.stderr)
+        return 2
+    from fedge.search.knobs import KNOBS, SearchConfigError
+
     parser = argparse.ArgumentParser(
         prog="fedge-search",
         description="The hardware-aware search: architecture and training knobs under a device profile's flash, "

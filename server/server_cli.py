@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError, build_strategy
-from fedge.conf.checks import check_strategy
+from fedge.conf.checks import check_partial_update, check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.logger_settings import check_logger
@@ -58,6 +58,8 @@ def _check(cfg: DictConfig) -> None:
         from fedge.conf.shaping import check_shaping
 
         check_shaping(cfg)
+    else:
+        check_partial_update(cfg)  # client.freeze / client.trainable against the model's tensor names
 
 
 APP = HydraApp(

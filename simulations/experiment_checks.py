@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError, checked_settings
+from fedge.conf.checks import check_partial_update
 from fedge.conf.logger_settings import check_logger
 from fedge.conf.shape_settings import check_shape_settings, shaping_requested
 from fedge.simulations.async_checks import check_async
@@ -39,6 +40,8 @@ def check_experiment(cfg: DictConfig) -> None:
         from fedge.conf.shaping import check_shaping
 
         check_shaping(cfg)
+    else:
+        check_partial_update(cfg)  # client.freeze / client.trainable against the model's tensor names
     if attack_settings(cfg).active and cfg.backend.name == "grpc":
         raise ConfigError("attack: simulated attackers run on backend=local or backend=ray (grpc devices are real fedge-client processes)")
 

@@ -89,7 +89,8 @@ def plot_bars(fig: Any, runs: Sequence[ClientRun], legend: Any) -> None:
     """Grouped bars per client: uplink KB, downlink KB, training seconds; one bar colour per run.
 
     All three panels use a log y axis (compression makes uplink bytes differ 100x
-    between runs; one scale for all panels so heights read alike).
+    between runs; one scale for all panels so heights read alike), except a panel with
+    no positive value (every device offline), which stays linear.
     """
     axes = fig.subplots(len(CLIENT_PANELS), 1, sharex=True)
     nodes = sorted({int(n) for run in runs for n in run.results.get("clients", {})})
@@ -104,8 +105,11 @@ def plot_bars(fig: Any, runs: Sequence[ClientRun], legend: Any) -> None:
             panel.extend(values)
             ax.bar(xs, values, width, label=run.label)
     for ax, panel, (_, _, ylabel, title) in zip(axes, heights, CLIENT_PANELS):
-        ax.set(ylabel=f"{ylabel} (log)", yscale="log", title=title)
-        _log_limits(ax, panel)
+        if any(v > 0 for v in panel):
+            ax.set(ylabel=f"{ylabel} (log)", yscale="log", title=title)
+            _log_limits(ax, panel)
+        else:  # nothing sent or trained (every device offline): a log axis has nothing to show
+            ax.set(ylabel=ylabel, title=title)
         ax.grid(alpha=0.3, axis="y")
     axes[-1].set_xlabel("client (node id)")
     axes[-1].set_xticks(range(len(nodes)), [str(n) for n in nodes], fontsize="small")

@@ -58,6 +58,9 @@ def assert_refused(proc: subprocess.CompletedProcess[str], cwd: Path, prefix: st
         ("strategy.fraction_train=2", ["strategy.fraction_train: must be in (0, 1], got 2"]),
         ("strategy.min_train_nodes=50", ["strategy.min_train_nodes: must be in [0, num_clients=10], got 50"]),
         ("rounds=[", ["rounds: cannot read"]),
+        # partial updates: patterns are checked against the task's model before anything is written
+        ("client.freeze=[0.*]", ["client.freeze: pattern '0.*' matches no model tensor", "features.0.weight"]),
+        ("client.trainable=[nope.*]", ["client.trainable: pattern 'nope.*' matches no model tensor"]),
     ],
 )
 def test_fedge_sim_refuses(tmp_path, override, needles):
@@ -116,6 +119,12 @@ def test_fedge_server_refuses_in_the_same_style(tmp_path):
     proc = run(tmp_path, FEDGE_SERVER, "--insecure", "compresion=topk")
     assert_refused(proc, tmp_path, "fedge-server: configuration error: ", "compresion: unknown key",
                    "did you mean 'compression'")
+
+
+def test_fedge_server_refuses_a_freeze_pattern_that_names_no_tensor(tmp_path):
+    proc = run(tmp_path, FEDGE_SERVER, "--insecure", "client.freeze=[0.*]")
+    assert_refused(proc, tmp_path, "fedge-server: configuration error: ",
+                   "client.freeze: pattern '0.*' matches no model tensor")
 
 
 def test_fedge_server_missing_certs_leaves_no_output_directory(tmp_path):

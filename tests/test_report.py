@@ -168,6 +168,24 @@ def test_few_clients_keep_a_bar_and_a_row_each(tmp_path):
     assert [len(ax.patches) for ax in figure.axes] == [12, 12, 12]
 
 
+def test_a_run_where_no_device_sent_or_trained_draws_clients_png_without_warnings(tmp_path):
+    """Every device offline (phones outside their hours): zero bars cannot go on a log axis."""
+    import warnings
+
+    from bench.scale_outputs import write_run
+    from fedge.simulations.report import clients_figure, load_runs
+
+    run = write_run(tmp_path / "offline", 4)
+    results = json.loads((run / "results.json").read_text())
+    for client in results["clients"].values():
+        client.update(uplink_bytes=0, downlink_bytes=0, compute_s=0.0)
+    (run / "results.json").write_text(json.dumps(results))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = clients_figure(load_runs([run]), max_client_bars=50)
+    assert [ax.get_yscale() for ax in figure.axes] == ["linear"] * 3
+
+
 def test_fedge_report_refuses_a_bad_top_n(tmp_path):
     from bench.scale_outputs import write_run
 

@@ -158,3 +158,19 @@ def test_training_ram_meter_follows_checkpointing_momentum_and_batch(tmp_path, m
 def test_memory_knobs_become_overrides():
     assert overrides_for({"checkpoint_segments": 0, "momentum": 0.0}) == ["client.checkpointing=false", "client.momentum=0.0"]
     assert overrides_for({"checkpoint_segments": 2}) == ["client.checkpointing=true", "client.checkpoint_segments=2"]
+
+
+def test_without_optuna_fedge_search_says_which_extra_instead_of_a_traceback(tmp_path):
+    """A user who installed fedge without the search extra gets one line and exit 2, --help included."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['optuna'] = None\n"  # as if optuna were not installed
+            "from fedge.search.search_cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    for args in (["--help"], ["har_wearable", "trials=1"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == "fedge-search: needs optuna, the search extra: pip install 'fedge[search]'"
+        assert list(tmp_path.iterdir()) == []
