@@ -19,12 +19,14 @@ instead, but before 3.13.8 it never does (the fork server reads a key that
 ``spawn.get_preparation_data`` stopped writing in 2013: CPython gh-126631), so each worker
 re-ran the whole program's imports one after the other (~2 s each for a bench importing
 Flower). :func:`main_imports` names what ``__main__`` imported, and the fork server imports
-those too: a worker's re-run of ``__main__`` then finds them imported.
+those too (each guarded: :mod:`fedge.simulations.fork_server_imports`): a worker's re-run of
+``__main__`` then finds them imported.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 from collections.abc import Iterable
 from types import ModuleType
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 #: (1-2.5 s): training steps with :class:`fedge.client.sgd.SGD`, which does not import it,
 #: as ``torch.optim`` does.
 WORKER_MODULES = ("torch", "fedge.simulations.worker", "fedge.client.torch_trainer")
+#: The fork server's guarded import of :func:`main_imports` (imported there only).
+MAIN_IMPORTS_MODULE = "fedge.simulations.fork_server_imports"
+#: The environment variable that hands it the names (comma-separated), for the fork server's start.
+MAIN_IMPORTS_ENV = "FEDGE_FORK_SERVER_IMPORTS"
 
 
 def worker_context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
@@ -80,9 +86,14 @@ def start_fork_server(modules: Iterable[str] = (), with_main: bool = True) -> No
         return
     from multiprocessing import forkserver
 
-    main = ["__main__", *main_imports()] if with_main else []
-    mp.set_forkserver_preload([*main, *WORKER_MODULES, *modules])
-    forkserver.ensure_running()
+    if with_main:  # guarded: a module of the program's that fails there must not end the fork server
+        os.environ[MAIN_IMPORTS_ENV] = ",".join(main_imports())
+    main = ["__main__", MAIN_IMPORTS_MODULE] if with_main else []
+    try:
+        mp.set_forkserver_preload([*main, *WORKER_MODULES, *modules])
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(MAIN_IMPORTS_ENV, None)  # the fork server has read it; workers need not
 
 
 def start_for(cfg: DictConfig, with_main: bool = True) -> None:

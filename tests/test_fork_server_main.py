@@ -64,6 +64,28 @@ def test_workers_find_main_imports_imported(tmp_path: Path, as_module: bool) -> 
     assert len(importers) == 2  # this program and the fork server
 
 
+FRAGILE = """
+import multiprocessing, os
+if "FEDGE_FORK_SERVER_IMPORTS" in os.environ and multiprocessing.current_process().name == "MainProcess":
+    raise RuntimeError("this module does not import in the fork server")  # (a worker's name is Process-N)
+"""
+
+
+def test_a_main_import_that_raises_there_does_not_end_the_fork_server(tmp_path: Path) -> None:
+    """CPython's preload skips only ImportError; a program's module raising anything else in
+    the fork server must cost only that import (the worker re-imports it and fails alike:
+    here the worker's target does not need it, so it still runs)."""
+    (tmp_path / "fragile_dep.py").write_text(FRAGILE)
+    (tmp_path / "heavy_dep.py").write_text(HEAVY)
+    program = PROGRAM.replace("from heavy_dep import work", "from heavy_dep import work\nimport fragile_dep")
+    (tmp_path / "prog.py").write_text(textwrap.dedent(program.format(with_main=True)))
+    env = {"IMPORT_LOG": str(tmp_path / "imports.log"), "WORK_LOG": str(tmp_path / "work.log"),
+           "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "prog"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "work.log").exists(), proc.stderr
+    assert len((tmp_path / "work.log").read_text().split()) == 2
+
+
 def test_without_main_workers_import_it_themselves(tmp_path: Path) -> None:
     """The control: with ``with_main=False`` each worker re-runs ``__main__`` and its imports."""
     importers, workers = importers_and_workers(tmp_path, with_main=False, as_module=False)
