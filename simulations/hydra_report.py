@@ -24,7 +24,7 @@ class ReportCallback(Callback):
     """``on_multirun_end``: report on every run below the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()  # printed absolute, as a single run's results: line
         try:
             report = make_report([sweep_dir])
         except (FileNotFoundError, ValueError) as exc:  # e.g. every job failed

@@ -48,7 +48,7 @@ def test_sweep_ends_with_one_report_comparing_its_runs(sweep):
     assert sorted(p.parent.name for p in sweep_dir.rglob("results.json")) == ["0", "1", "2"]
     reports = list(sweep_dir.rglob("report.md"))
     assert reports == [sweep_dir / "report.md"], reports
-    assert f"sweep report: {sweep_dir / 'report.md'}" in proc.stdout
+    assert f"sweep report: {(sweep_dir / 'report.md').resolve()}" in proc.stdout  # absolute, as results: is
     text = reports[0].read_text()
     for label in ("digits/fedavg/none", "digits/fedavg/fp16", "digits/fedavg/topk"):
         assert f"## {label}" in text  # a table per run
