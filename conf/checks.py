@@ -35,6 +35,21 @@ def check_strategy(cfg: DictConfig) -> None:
             )
 
 
+def check_model_settings(cfg: DictConfig) -> None:
+    """The checks that build the task's model (import torch), for ``fedge-sim`` and
+    ``fedge-server`` alike: ``shape.*`` when shaping is asked for (zero channels, ranks,
+    students; :func:`fedge.conf.shaping.check_shaping`), else ``client.freeze`` /
+    ``client.trainable`` (:func:`check_partial_update`)."""
+    from fedge.conf.shape_settings import shaping_requested
+
+    if shaping_requested(cfg):
+        from fedge.conf.shaping import check_shaping
+
+        check_shaping(cfg)
+    else:
+        check_partial_update(cfg)
+
+
 def check_partial_update(cfg: DictConfig) -> None:
     """Refuse ``client.freeze`` / ``client.trainable`` patterns that name no tensor of the
     task's model (a typo would otherwise fail the first round, after the run was written),

@@ -15,13 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError, build_strategy
-from fedge.conf.checks import check_partial_update, check_strategy
+from fedge.conf.checks import check_model_settings, check_strategy
 from fedge.conf.cli import HydraApp
 from fedge.conf.cli import run as run_app
 from fedge.conf.logger_settings import check_logger
 from fedge.conf.schema import register_configs
 from fedge.conf.modes import check_async_settings
-from fedge.conf.shape_settings import check_served_shape, check_shape_settings, shaping_requested
+from fedge.conf.shape_settings import check_served_shape, check_shape_settings
 from fedge.server.serve import serve
 from fedge.strategies.fedbuff import check_linear
 
@@ -54,12 +54,7 @@ def _check(cfg: DictConfig) -> None:
     check_logger(cfg)
     check_shape_settings(cfg)  # ranges and files, no torch
     check_served_shape(cfg)  # shape.lowrank / prune / distill need fedge-sim's devices
-    if shaping_requested(cfg):  # zero channels and the like: builds the model
-        from fedge.conf.shaping import check_shaping
-
-        check_shaping(cfg)
-    else:
-        check_partial_update(cfg)  # client.freeze / client.trainable against the model's tensor names
+    check_model_settings(cfg)  # shape.*, else client.freeze / trainable: builds the model only when one is set
 
 
 APP = HydraApp(

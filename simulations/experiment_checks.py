@@ -9,9 +9,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedge.conf.build import ConfigError, checked_settings
-from fedge.conf.checks import check_partial_update
+from fedge.conf.checks import check_model_settings
 from fedge.conf.logger_settings import check_logger
-from fedge.conf.shape_settings import check_shape_settings, shaping_requested
+from fedge.conf.shape_settings import check_shape_settings
 from fedge.simulations.async_checks import check_async
 from fedge.conf.schema import AttackConfig
 from fedge.simulations.backends import BACKENDS
@@ -36,12 +36,7 @@ def check_experiment(cfg: DictConfig) -> None:
     check_async(cfg)  # mode=async: what FedBuff cannot do
     check_logger(cfg)  # logger=tensorboard / mlflow: their packages installed
     check_shape_settings(cfg)  # no torch: ranges, files (shape=none included)
-    if shaping_requested(cfg):  # the model-dependent checks need torch: only when shaping is asked for
-        from fedge.conf.shaping import check_shaping
-
-        check_shaping(cfg)
-    else:
-        check_partial_update(cfg)  # client.freeze / client.trainable against the model's tensor names
+    check_model_settings(cfg)  # shape.*, else client.freeze / trainable: builds the model only when one is set
     if attack_settings(cfg).active and cfg.backend.name == "grpc":
         raise ConfigError("attack: simulated attackers run on backend=local or backend=ray (grpc devices are real fedge-client processes)")
 
