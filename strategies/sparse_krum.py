@@ -128,10 +128,9 @@ class SparseKrum(SparseMultiKrum):
             reason = (f"Krum rank {min(rank_of[b] for b in mine) + 1} of {len(groups)} for its best bucket of bucket(s) "
                       f"{[b + 1 for b in mine]} ({self.bucket_mode}, size {size}; the lowest score is selected, f_b = {spoiled})")
             self.decisions.append(RobustDecision(server_round, node, action, reason))
-        # fill = trusted: the members of the n_buckets - f_b lowest-scored buckets fill and count
-        trusted_buckets = ranking if self.fill == "all" else ranking[: max(1, len(groups) - spoiled)]
-        trusted = np.unique(np.concatenate([groups[b] for b in trusted_buckets]))
         if self.fill == "all":  # the chosen bucket's mean (of momenta), every update filling and counting
             return np.asarray(means[ranking[0]] * sender_share(deltas))
+        # fill = trusted: the members of the n_buckets - f_b lowest-scored buckets fill and count
+        trusted = np.unique(np.concatenate([groups[b] for b in ranking[: max(1, len(groups) - spoiled)]]))
         filled = fill_unsent(deltas[chosen], deltas[trusted])
         return self.combine(filled, weights[chosen]) * sender_share(deltas[trusted])

@@ -54,6 +54,14 @@ def check_momentum(beta: float, scope: str, max_nodes: int, key: str = "strategy
         raise ValueError(f"{key}_max_nodes must be an integer >= 1, got {max_nodes!r}")
 
 
+def ema(past: np.ndarray | None, now: np.ndarray, beta: float) -> np.ndarray:
+    """``beta past + (1 - beta) now``; ``now`` itself when there is no ``past`` of its shape
+    (a first round, or a model whose size changed: the average restarts)."""
+    if past is None or past.shape != now.shape:
+        return now
+    return beta * past + (1.0 - beta) * now
+
+
 class DeviceMomentum:
     """Each device's EMA of its updates, keyed by node id.
 
@@ -89,7 +97,7 @@ class DeviceMomentum:
         out = np.empty_like(updates, dtype=np.float64)
         for i, node in enumerate(nodes):
             past = self.momenta.pop(node, None)
-            out[i] = updates[i] if past is None or past.shape != updates[i].shape else self.beta * past + (1.0 - self.beta) * updates[i]
+            out[i] = ema(past, updates[i], self.beta)
             self.momenta[node] = out[i].copy()  # re-inserted: now the most recently seen
         while len(self.momenta) > self.max_nodes:
             self.momenta.popitem(last=False)
@@ -110,7 +118,5 @@ class AggregateMomentum:
         """The model's step ``(d,)`` for this round's rule output ``aggregate`` ``(d,)``."""
         if self.beta == 0.0:
             return aggregate
-        past = self.momentum
-        now = aggregate if past is None or past.shape != aggregate.shape else self.beta * past + (1.0 - self.beta) * aggregate
-        self.momentum = np.array(now, dtype=np.float64)
+        self.momentum = np.array(ema(self.momentum, aggregate, self.beta), dtype=np.float64)
         return self.momentum.copy()
