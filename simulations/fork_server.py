@@ -10,7 +10,8 @@ Its imports take about as long as the server process's own (``import torch`` is 
 both), so :func:`start_fork_server` is called before the server process imports torch:
 ``fedge-sim`` calls it as soon as its configuration is composed, before importing the
 experiment; the two processes then import side by side, on two cores. This module imports
-nothing beyond :mod:`multiprocessing` for that reason.
+nothing beyond the standard library (:mod:`multiprocessing`, :mod:`os`, :mod:`sys`) for
+that reason.
 
 A program's ``__main__`` (a script, or ``python -m pkg.mod``) runs again in every worker,
 as spawn runs it, so that its functions and classes can travel to the workers. CPython's
@@ -93,7 +94,7 @@ def start_fork_server(modules: Iterable[str] = (), with_main: bool = True) -> No
         mp.set_forkserver_preload([*main, *WORKER_MODULES, *modules])
         forkserver.ensure_running()
     finally:
-        os.environ.pop(MAIN_IMPORTS_ENV, None)  # the fork server has read it; workers need not
+        os.environ.pop(MAIN_IMPORTS_ENV, None)  # the fork server was started with it; this process's other children need not
 
 
 def start_for(cfg: DictConfig, with_main: bool = True) -> None:
