@@ -296,6 +296,12 @@ def student_overrides(kd: DistillSettings, teacher_path: Path) -> tuple[str, ...
             *kd.student())
 
 
+def run_dir(tmp: Path, name: str, seed: int) -> Path:
+    """The output folder of run ``name`` (``teacher@20`` -> ``teacher_r20``) on ``seed``: no ``@``,
+    because a teacher's folder goes into the students' Hydra override ``shape.distill.teacher_path``."""
+    return tmp / f"{name.replace('@', '_r')}{seed}"
+
+
 def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], dev: bool = False) -> dict[str, dict]:
     """One seed: the teachers, then the scratch student and each distilled one (``candidates``:
     name -> settings), alternating scratch first / last by seed.
@@ -314,7 +320,7 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
     for t in sorted({kd.teacher_rounds_run for kd in candidates.values()}):
         name = f"teacher@{t}" if dev else "teacher"
         teachers[t] = run((*next(kd for kd in candidates.values() if kd.teacher_rounds_run == t).teacher_federation(),
-                           *TEACHER), seed, tmp / f"{name.replace('@', '_r')}{seed}")  # no @ in a Hydra override value
+                           *TEACHER), seed, run_dir(tmp, name, seed))
     twins = {steps: max((kd for kd in candidates.values() if kd.local_steps == steps), key=lambda kd: kd.rounds)
              for steps in sorted({kd.local_steps for kd in candidates.values()})}
     scratch = {steps: kd.scratch_name(kd.rounds) if dev else "scratch" for steps, kd in twins.items()}
@@ -323,7 +329,7 @@ def distill_seed(tmp: Path, seed: int, candidates: dict[str, DistillSettings], d
         for name, kd in candidates.items()]
     runs = {f"teacher@{t}" if dev else "teacher": r for t, r in teachers.items()}
     for name, overrides in sides if seed % 2 == 0 else sides[::-1]:
-        runs[name] = run(overrides, seed, tmp / f"{name.replace('@', '_r')}{seed}")
+        runs[name] = run(overrides, seed, run_dir(tmp, name, seed))
     for kd in candidates.values():
         longest = scratch[kd.local_steps]
         if kd.rounds < twins[kd.local_steps].rounds:
